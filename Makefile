@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both set up what they need first: ffmpeg, a virtualenv, the package (editable, dev extras).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BR     := $(VENV)/bin/batch-runner
+DEMO   ?= .demo
+
+.PHONY: setup ffmpeg demo test bench clean
+
+setup: ffmpeg $(VENV)/.installed
+
+ffmpeg:
+	@sh scripts/ensure-ffmpeg.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: setup
+	@sh scripts/demo.sh "$(BR)" "$(DEMO)"
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_plan.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache

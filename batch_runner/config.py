@@ -1,0 +1,106 @@
+"""Settings: the only module that reads environment variables. Settings are passed, not global."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+ENV_DB = "BATCH_RUNNER_DB"
+ENV_PRICES = "BATCH_RUNNER_PRICES"
+ENV_FAL_URL = "BATCH_RUNNER_FAL_URL"
+ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
+ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
+ENV_FAL_KEY = "FAL_KEY"
+
+PROBE_CONCURRENCY = 8
+PROBE_TIMEOUT_S = 30.0
+
+
+class Secret:
+    """A value that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def default_db_path(environ: Mapping[str, str]) -> Path:
+    """$XDG_DATA_HOME/batch-runner/batch-runner.db, else ~/.local/share/batch-runner/…"""
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".local" / "share")
+    return Path(base) / "batch-runner" / "batch-runner.db"
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float, kind: type) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{name}={raw!r} must be a positive {kind.__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with its source already resolved."""
+
+    db_url: str
+    prices_path: Path | None = None
+    fal_url: str | None = None
+    fal_key: Secret | None = None
+    probe_concurrency: int = PROBE_CONCURRENCY
+    probe_timeout_s: float = PROBE_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        db = env.get(ENV_DB) or f"sqlite:///{default_db_path(env)}"
+        prices = env.get(ENV_PRICES)
+        key = env.get(ENV_FAL_KEY)
+        return cls(
+            db_url=normalize_db_url(db),
+            prices_path=Path(prices) if prices else None,
+            fal_url=env.get(ENV_FAL_URL) or None,
+            fal_key=Secret(key) if key else None,
+            probe_concurrency=int(_positive(env, ENV_PROBE_CONCURRENCY, PROBE_CONCURRENCY, int)),
+            probe_timeout_s=_positive(env, ENV_PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, float),
+        )
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        """A copy with the non-None command-line options applied."""
+        clean = {k: v for k, v in changes.items() if v is not None}
+        if "db_url" in clean:
+            clean["db_url"] = normalize_db_url(str(clean["db_url"]))
+        return replace(self, **clean)
+
+
+def normalize_db_url(value: str) -> str:
+    """Accept a bare file path as a SQLite database; map postgres URLs to the psycopg 3 driver."""
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    for prefix in ("postgres://", "postgresql://"):
+        if value.startswith(prefix):
+            return "postgresql+psycopg://" + value[len(prefix):]
+    return value

@@ -1,0 +1,123 @@
+"""Open a database: SQLite (WAL, created and migrated on first use) or PostgreSQL (checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from ..errors import DatabaseBehindError, DatabaseError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: inside the wheel, or the repository's top-level `migrations/`."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "_migrations", here.parents[2] / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise DatabaseError("the Alembic migrations are missing from this installation",
+                        hint="reinstall batch-runner")
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return cfg
+
+
+def create(url: str) -> Engine:
+    """An Engine with SQLite tuned for a single writer and many readers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"invalid database URL {url!r}",
+                            hint="use sqlite:///PATH or postgresql://user@host/db") from exc
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the folder for {parsed.database}: {exc.strerror}") from exc
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.close()
+
+        return engine
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database {safe_url(url)}: {exc}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the migrations up to `revision` in one transaction."""
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def open_engine(url: str, *, auto_migrate: bool | None = None) -> Engine:
+    """Connect and make sure the schema is current.
+
+    SQLite databases are migrated automatically (auto_migrate defaults to True for them);
+    a PostgreSQL database that is behind raises DatabaseBehindError with the fix.
+    """
+    engine = create(url)
+    is_sqlite = engine.dialect.name == "sqlite"
+    try:
+        current = current_revision(engine)
+        head = head_revision()
+        if current != head:
+            if auto_migrate if auto_migrate is not None else is_sqlite:
+                upgrade(engine)
+            else:
+                raise DatabaseBehindError(
+                    f"database {safe_url(url)} is at schema revision {current or 'none (empty)'}, "
+                    f"this batch-runner needs {head}",
+                    hint="run `batch-runner db upgrade`")
+    except OperationalError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}",
+                            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)") from exc
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"database {safe_url(url)} failed: {_first_line(exc)}") from exc
+    return engine
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -1,0 +1,154 @@
+"""Value types shared by every layer: job states, money, probe results, job specs.
+
+Money is integer micro-USD everywhere inside the program and a decimal string at the edges.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any
+
+MICRO_PER_USD = 1_000_000
+
+
+class JobState(str, enum.Enum):
+    """The whole lifecycle of a job; stored as its string value."""
+
+    QUEUED = "queued"  # in the table, waiting for a worker
+    SUBMITTING = "submitting"  # attempt row written, submit under way
+    SUBMITTED = "submitted"  # the API accepted it; in fal's queue
+    IN_PROGRESS = "in_progress"  # the model is running
+    DOWNLOADING = "downloading"  # result known, output being fetched and verified
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a terminal failure (after retries)
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"  # the API refused the input (422): fix the manifest
+    UNCERTAIN = "uncertain"  # submit outcome unknown; never resubmitted automatically
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED}
+)
+
+
+def usd_to_micro(value: str | int | Decimal) -> int:
+    """Convert a USD amount (decimal string, int or Decimal; never float) to micro-USD.
+
+    Amounts finer than a micro-dollar are rejected rather than silently rounded.
+    """
+    if isinstance(value, float):
+        raise TypeError("money must not be a float; pass a decimal string")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError(f"not a decimal amount: {value!r}") from exc
+    if not d.is_finite():
+        raise ValueError(f"not a finite amount: {value!r}")
+    micro = d * MICRO_PER_USD
+    if micro != micro.to_integral_value():
+        raise ValueError(f"amount {value} is finer than a micro-dollar")
+    return int(micro)
+
+
+def micro_to_usd(micro: int) -> Decimal:
+    """Micro-USD as an exact Decimal in dollars."""
+    return Decimal(micro) / MICRO_PER_USD
+
+
+def format_usd(micro: int) -> str:
+    """A decimal string with at least two decimals and no trailing noise: 360000 → "0.36"."""
+    d = micro_to_usd(micro).normalize()
+    if d == d.to_integral_value() or -d.as_tuple().exponent < 2:
+        return f"{d:.2f}"
+    return f"{d:f}"
+
+
+def ceil_decimal(value: Decimal, quantum: Decimal = Decimal(1)) -> Decimal:
+    """Round up to a multiple of quantum: ceil_decimal(Decimal("5.04")) == 6."""
+    return (value / quantum).to_integral_value(rounding=ROUND_CEILING) * quantum
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What ffprobe tells us about one source (a video or an image)."""
+
+    source: str
+    fingerprint: str
+    kind: str  # "video" or "image"
+    duration: Decimal | None  # seconds, exact as ffprobe printed it; None for images
+    width: int
+    height: int
+    fps: str | None  # a rational like "25/1"
+    codec: str
+    rotation: int
+    has_audio: bool
+    size_bytes: int | None
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Width and height as displayed, after applying the rotation."""
+        if self.rotation % 180:
+            return self.height, self.width
+        return self.width, self.height
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The exact price of one job under one price table."""
+
+    micro_usd: int
+    billable_units: Decimal
+    unit: str
+    unit_price_micro_usd: int
+    price_table: str  # "name@version"
+    verified: bool
+
+    @property
+    def usd(self) -> str:
+        return format_usd(self.micro_usd)
+
+
+@dataclass
+class JobSpec:
+    """One expanded job from a manifest, before it is priced or written."""
+
+    batch: str
+    endpoint: str
+    source: str | None  # path or URL of the primary media input; None for text-to-video
+    media_field: str | None  # the input field the source goes into
+    params: dict[str, Any]  # the full model input except media uploaded at run time
+    output: str  # absolute output path
+    tags: tuple[str, ...] = ()
+    origin: str = ""  # file:line of the manifest entry, for error messages
+    key: str = ""
+    fingerprint: str = ""
+    probe: ProbeResult | None = None
+    estimate: Estimate | None = None
+    extra_media: dict[str, str] = field(default_factory=dict)  # other local media inputs
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something, for the audit trail: host, process id and user."""
+
+    host: str
+    pid: int
+    user: str
+
+    @classmethod
+    def current(cls) -> "Actor":
+        import os
+        import pwd
+        import socket
+
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+        return cls(socket.gethostname(), os.getpid(), user)

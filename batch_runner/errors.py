@@ -1,0 +1,112 @@
+"""The one exception tree of batch_runner; each class carries its CLI exit code.
+
+    BatchRunnerError                exit 1   root; its docstring is the default message
+    ├── ConfigError                 exit 3   bad setting, price file or endpoint name
+    │   └── ManifestError           exit 3   a manifest problem at file:line, field
+    ├── InvalidItemsError           exit 4   plan found invalid sources (see --skip-invalid)
+    ├── BudgetExceededError         exit 5   the estimate is over --max-cost / the budget
+    ├── DatabaseError               exit 6   unreachable, locked or failing database
+    │   └── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
+    ├── ProbeError                  exit 7   one source could not be probed
+    └── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
+
+Exit codes are a public interface, documented in the README and in `--help`.
+Messages say what failed, where, and one hint; they never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class BatchRunnerError(Exception):
+    """batch_runner failed."""
+
+    exit_code: int = 1
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.hint = hint
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class ConfigError(BatchRunnerError):
+    """The configuration is invalid."""
+
+    exit_code = 3
+
+
+class ManifestError(ConfigError):
+    """The manifest is invalid."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.line, self.field = file, line, field
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}", hint=hint)
+
+
+class InvalidItemsError(BatchRunnerError):
+    """Some sources are invalid."""
+
+    exit_code = 4
+
+
+class BudgetExceededError(BatchRunnerError):
+    """The estimated cost is over the budget."""
+
+    exit_code = 5
+
+
+class DatabaseError(BatchRunnerError):
+    """The database failed."""
+
+    exit_code = 6
+    retryable = True
+
+
+class DatabaseBehindError(DatabaseError):
+    """The database schema is older than this version of batch-runner."""
+
+    retryable = False
+
+
+class ProbeError(BatchRunnerError):
+    """A source could not be probed."""
+
+    exit_code = 7
+
+
+class ToolMissingError(BatchRunnerError):
+    """A required external tool is not installed."""
+
+    exit_code = 8
+
+
+#: Every documented exit code, for `--help` and the README test.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected failure",
+    2: "usage error (bad option or argument)",
+    ConfigError.exit_code: "invalid manifest, configuration or price file",
+    InvalidItemsError.exit_code: "plan found invalid sources (rerun with --skip-invalid to ignore them)",
+    BudgetExceededError.exit_code: "estimated cost over --max-cost or the manifest budget",
+    DatabaseError.exit_code: "database unreachable, failing or behind (run `batch-runner db upgrade`)",
+    ProbeError.exit_code: "a source could not be probed",
+    ToolMissingError.exit_code: "ffprobe/ffmpeg not installed",
+    130: "interrupted (Ctrl-C)",
+}
