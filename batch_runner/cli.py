@@ -186,7 +186,7 @@ def _print_plan(result: runner.Plan) -> None:
     for what in ("endpoint", "resolution"):
         for k, (n, c) in result.totals_by(what).items():
             click.echo(f"  by {what:<11} {k:<48} {n:>6} jobs  ${format_usd(c)}")
-    click.echo(f"  {"total":<62} {len(result.jobs):>6} jobs  ${format_usd(result.total_micro_usd)}")
+    click.echo(f"  {'total':<62} {len(result.jobs):>6} jobs  ${format_usd(result.total_micro_usd)}")
     if m.budget_micro_usd is not None:
         click.echo(f"  budget per run ${format_usd(m.budget_micro_usd)}")
     if any(j.estimate and not j.estimate.verified for j in result.jobs):
