@@ -1,0 +1,95 @@
+"""Shared fixtures: real clips made with ffmpeg, real SQLite files, a PostgreSQL database per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from batch_runner.media import make_clip, make_image
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def skip_or_fail(reason: str) -> None:
+    """Locally a missing service skips; on CI (CI is set) it fails, so nothing is silently skipped."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required on CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny clips of exact durations (50 fps, so every duration is a whole number of frames)."""
+    if not shutil.which("ffmpeg") or not shutil.which("ffprobe"):
+        skip_or_fail("ffmpeg and ffprobe are not installed")
+    d = tmp_path_factory.mktemp("media")
+    clips = {
+        "c5": dict(duration="5", audio=True),
+        "c5_04": dict(duration="5.04", audio=False),
+        "c0_5": dict(duration="0.5", audio=False),
+        "c30": dict(duration="30", audio=False),
+        "c30_04": dict(duration="30.04", audio=False),
+    }
+    out = {name: make_clip(d / f"{name}.mp4", size="64x36", rate=50, **kw) for name, kw in clips.items()}
+    out["image"] = make_image(d / "still.png", size="64x36")
+    out["text"] = d / "notes.mp4"
+    out["text"].write_text("this is not a video\n" * 50)
+    out["empty"] = d / "empty.mp4"
+    out["empty"].write_bytes(b"")
+    data = out["c5"].read_bytes()
+    out["truncated"] = d / "truncated.mp4"
+    out["truncated"].write_bytes(data[: len(data) // 3])
+    return out
+
+
+@pytest.fixture
+def clip_dir(tmp_path: Path, media: dict[str, Path]) -> Path:
+    """A folder with two good 5 s clips, as a manifest's `media/` would be."""
+    d = tmp_path / "media"
+    d.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(media["c5"], d / f"{name}.mp4")
+    return d
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        skip_or_fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    name = f"br_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
