@@ -110,7 +110,8 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
         raise ProbeError(f"{source}: ffprobe timed out after {timeout_s:g} s and was killed",
                          hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source") from None
     if proc.returncode != 0:
-        raise ProbeError(f"{source}: {_explain(proc.stderr.decode('utf-8', 'replace'), kind)}")
+        stderr = proc.stderr.decode("utf-8", "replace")
+        raise ProbeError(f"{source}: {_explain(stderr, kind, _has_media_magic(source))}")
     try:
         info = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
@@ -118,10 +119,29 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
     return _parse(source, kind, fp, info)
 
 
-def _explain(stderr: str, kind: str) -> str:
+# Leading bytes of common containers: a file that starts like one but fails is damaged,
+# a file that does not is simply not media (ffprobe reports both as "invalid data").
+_MAGIC = ((4, b"ftyp"), (0, b"\x1aE\xdf\xa3"), (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"),
+          (0, b"\x00\x00\x01\xba"), (0, b"\x89PNG"), (0, b"\xff\xd8\xff"), (0, b"GIF8"))
+
+
+def _has_media_magic(source: str) -> bool | None:
+    if is_url(source):
+        return None
+    try:
+        with open(source, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    return any(head[at:at + len(magic)] == magic for at, magic in _MAGIC)
+
+
+def _explain(stderr: str, kind: str, media_magic: bool | None) -> str:
     last = stderr.strip().splitlines()[-1] if stderr.strip() else "ffprobe failed"
     low = stderr.lower()
-    if "moov atom not found" in low or "end of file" in low or "truncat" in low:
+    if media_magic is False:
+        return f"not a {kind} file ({last})"
+    if "moov atom not found" in low or "end of file" in low or "truncat" in low or media_magic:
         return f"truncated or corrupt file ({last})"
     if "invalid data found" in low:
         return f"not a {kind} file ({last})"

@@ -1,0 +1,142 @@
+"""The job table on SQLite and PostgreSQL: migrations, idempotent enqueue, probe cache, errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, func, select, text
+
+from batch_runner.db import engine as db_engine
+from batch_runner.db.models import Base, Event, Job
+from batch_runner.db.repo import Repository
+from batch_runner.domain import Actor, Estimate, JobSpec, ProbeResult
+from batch_runner.errors import DatabaseBehindError, DatabaseError
+
+
+def _spec(i: int, **params) -> JobSpec:
+    job = JobSpec(batch="b", endpoint="luma/agent/ray/v3.2/reframe", source=f"/m/{i}.mp4", media_field="video_url",
+                  params={"prompt": "p", "video_url": f"/m/{i}.mp4", "aspect_ratio": "1:1", **params},
+                  output=f"/out/{i}.mp4", tags=("t",), origin=f"m.yaml:{i}")
+    job.key = f"{i:064d}"[-64:] if not params else f"{i}-{sorted(params.items())}".ljust(64, "x")[:64]
+    job.fingerprint = f"file:/m/{i}.mp4:1:1"
+    job.estimate = Estimate(300_000, Decimal(5), "second", 60_000, "fal-published@2026-11-21", True)
+    return job
+
+
+def test_migrations_match_the_models_on_an_empty_database(db_url):
+    engine = db_engine.open_engine(db_url, auto_migrate=True)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    assert db_engine.current_revision(engine) == db_engine.head_revision()
+
+
+def test_sqlite_default_is_created_in_wal_mode(tmp_path: Path):
+    path = tmp_path / "deep" / "folder" / "jobs.db"
+    db_engine.open_engine(f"sqlite:///{path}")
+    assert path.exists()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_postgres_behind_asks_for_db_upgrade(pg_url):
+    with pytest.raises(DatabaseBehindError) as err:
+        db_engine.open_engine(pg_url)
+    assert "batch-runner db upgrade" in str(err.value) and err.value.exit_code == 6
+    db_engine.open_engine(pg_url, auto_migrate=True)
+    db_engine.open_engine(pg_url)  # now current: no error
+
+
+def test_dead_database_is_a_clear_error_without_the_password():
+    with pytest.raises(DatabaseError) as err:
+        db_engine.open_engine("postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none")
+    assert "cannot open database" in str(err.value) and "s3cret" not in str(err.value)
+    assert err.value.exit_code == 6
+
+
+def test_unwritable_sqlite_location_is_a_database_error(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DatabaseError):
+        db_engine.open_engine(f"sqlite:///{blocker}/sub/jobs.db")
+
+
+def test_enqueue_twice_adds_nothing(db_url):
+    repo = Repository(db_engine.open_engine(db_url, auto_migrate=True))
+    jobs = [_spec(i) for i in range(5)]
+    first = repo.enqueue("b", "/m.yaml", 25_000_000, jobs, Actor.current())
+    second = repo.enqueue("b", "/m.yaml", 25_000_000, jobs, Actor.current())
+    assert (first.added, first.existing, second.added, second.existing) == (5, 0, 0, 5)
+    [count] = repo.state_counts("b")
+    assert (count.state, count.jobs, count.estimated_micro_usd) == ("queued", 5, 1_500_000)
+
+
+def test_enqueue_writes_an_audit_event_per_job(db_url):
+    engine = db_engine.open_engine(db_url, auto_migrate=True)
+    repo = Repository(engine)
+    repo.enqueue("b", "/m.yaml", None, [_spec(1), _spec(2)], Actor.current())
+    with engine.connect() as conn:
+        events = conn.execute(select(Event.kind, Event.to_state, Event.pid, Event.host)
+                              .where(Event.job_id.is_not(None))).all()
+        stored = conn.execute(select(Job.input_json, Job.tags_json, Job.price_table)).first()
+    assert len(events) == 2 and all(e.kind == "job.enqueued" and e.to_state == "queued" for e in events)
+    assert events[0].pid == Actor.current().pid
+    assert json.loads(stored.input_json)["video_url"] == "/m/1.mp4"
+    assert json.loads(stored.tags_json) == ["t"] and stored.price_table == "fal-published@2026-11-21"
+
+
+def test_a_new_job_is_added_and_old_rows_are_untouched(db_url):
+    engine = db_engine.open_engine(db_url, auto_migrate=True)
+    repo = Repository(engine)
+    repo.enqueue("b", None, None, [_spec(1)], Actor.current())
+    with engine.connect() as conn:
+        before = conn.execute(select(Job.__table__)).mappings().all()
+    result = repo.enqueue("b", None, None, [_spec(1), _spec(1, resolution="720p")], Actor.current())
+    with engine.connect() as conn:
+        after = conn.execute(select(Job.__table__).order_by(Job.id)).mappings().all()
+    assert (result.added, result.existing) == (1, 1)
+    assert dict(after[0]) == dict(before[0])
+
+
+def test_enqueue_is_all_or_nothing(db_url):
+    engine = db_engine.open_engine(db_url, auto_migrate=True)
+    repo = Repository(engine)
+    broken = _spec(2)
+    broken.output = None  # type: ignore[assignment]  # violates NOT NULL mid-batch
+    with pytest.raises(DatabaseError) as err:
+        repo.enqueue("b", None, None, [_spec(1), broken], Actor.current())
+    assert "nothing was written" in str(err.value)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 0
+        assert conn.execute(text("select count(*) from batches")).scalar_one() == 0
+
+
+def test_probe_cache_round_trip(db_url):
+    repo = Repository(db_engine.open_engine(db_url, auto_migrate=True))
+    r = ProbeResult("/m/a.mp4", "file:/m/a.mp4:10:1", "video", Decimal("5.04"), 64, 36, "50/1", "h264", 90, True, 10)
+    repo.store_probes([r])
+    repo.store_probes([r])  # storing twice is harmless
+    assert repo.cached_probes(["file:/m/a.mp4:10:1", "file:/other"]) == {"file:/m/a.mp4:10:1": r}
+
+
+def test_timestamps_come_back_timezone_aware(db_url):
+    engine = db_engine.open_engine(db_url, auto_migrate=True)
+    Repository(engine).enqueue("b", None, None, [_spec(1)], Actor.current())
+    with engine.connect() as conn:
+        created = conn.execute(select(Job.created_at)).scalar_one()
+    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
+
+
+def test_alembic_cli_env_can_run_from_the_repository(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    cfg = db_engine.alembic_config()
+    cfg.set_main_option("sqlalchemy.url", url)
+    from alembic import command
+
+    command.upgrade(cfg, "head")
+    assert db_engine.current_revision(create_engine(url)) == db_engine.head_revision()
