@@ -1,0 +1,73 @@
+"""The architecture as a test: imports point one way, and a few modules own a concern alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "batch_runner"
+
+# Lower number = lower layer. A module imports only from strictly lower layers, except that
+# the db/ package's own modules may import each other.
+LAYERS = {
+    "errors": 0, "domain": 1, "catalog": 1, "config": 1, "logs": 1, "yamlload": 1,
+    "manifest": 2, "pricing": 2, "probe": 2, "media": 2, "db": 2,
+    "runner": 3,
+    "cli": 4, "__main__": 5,
+}
+
+
+def _modules():
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("")
+        parts = rel.parts
+        if parts[-1] == "__init__" and len(parts) == 1:
+            continue
+        yield parts, ast.parse(path.read_text())
+
+
+def _internal_imports(parts: tuple[str, ...], tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(parts[:-node.level]) if node.level <= len(parts) - 1 else []
+            target = base + (node.module.split(".") if node.module else [])
+            names = [a.name for a in node.names] if not node.module else [None]
+            for name in names:
+                full = target + ([name] if name else [])
+                yield full[0] if full else name
+
+
+def test_imports_point_down_the_layers():
+    for parts, tree in _modules():
+        me = parts[0]
+        for target in _internal_imports(parts, tree):
+            if target == me and me == "db":
+                continue
+            assert target in LAYERS, f"{'/'.join(parts)} imports unknown module {target}"
+            assert LAYERS[target] < LAYERS[me], f"{'/'.join(parts)} (layer {LAYERS[me]}) imports {target}"
+
+
+def test_only_cli_imports_click_and_only_config_reads_the_environment():
+    for parts, tree in _modules():
+        src = ast.unparse(tree)
+        name = "/".join(parts)
+        imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        if parts[0] != "cli":
+            assert "click" not in imports, f"{name} imports click"
+        if parts[0] != "config":
+            assert "os.environ" not in src and "getenv" not in src, f"{name} reads the environment"
+
+
+def test_sql_lives_in_db():
+    for parts, tree in _modules():
+        if parts[0] == "db":
+            continue
+        imports = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        imports |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(i.startswith(("sqlalchemy", "alembic", "sqlite3", "psycopg")) for i in imports), "/".join(parts)
+
+
+def test_every_module_opens_with_a_docstring():
+    for parts, tree in _modules():
+        assert ast.get_docstring(tree), f"{'/'.join(parts)} has no module docstring"
