@@ -11,11 +11,11 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "Error: apt-get could not install ffmpeg; install it by hand and retry" >&2
     exit 1
 fi
-cat >&2 <<'MSG'
-Error: ffmpeg and ffprobe are required but were not found on PATH.
-  Debian/Ubuntu:  sudo apt-get install ffmpeg
-  Fedora:         sudo dnf install ffmpeg
-  macOS:          brew install ffmpeg
-Then run the make command again.
-MSG
+{
+    echo "Error: ffmpeg and ffprobe are required but were not found on PATH."
+    echo "  Debian/Ubuntu:  sudo apt-get install ffmpeg"
+    echo "  Fedora:         sudo dnf install ffmpeg"
+    echo "  macOS:          brew install ffmpeg"
+    echo "Then run the make command again."
+} >&2
 exit 1

@@ -140,3 +140,34 @@ def test_alembic_cli_env_can_run_from_the_repository(tmp_path: Path):
 
     command.upgrade(cfg, "head")
     assert db_engine.current_revision(create_engine(url)) == db_engine.head_revision()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 300 KiB tmpfs: room for the schema, not for thousands of jobs."""
+    import subprocess
+
+    from tests.conftest import skip_or_fail
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True)
+    if proc.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs (needs root): {proc.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_a_clear_error_and_writes_nothing(tiny_disk: Path):
+    engine = db_engine.open_engine(f"sqlite:///{tiny_disk / 'jobs.db'}")
+    repo = Repository(engine)
+    jobs = [_spec(i) for i in range(5000)]
+    with pytest.raises(DatabaseError) as err:
+        repo.enqueue("b", "/m.yaml", None, jobs, Actor.current())
+    assert "full" in str(err.value) and "nothing was written" in str(err.value) and err.value.exit_code == 6
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 0
+    small = repo.enqueue("b", "/m.yaml", None, jobs[:3], Actor.current())  # still usable afterwards
+    assert small.added == 3
