@@ -260,7 +260,7 @@ def _sources(doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warning
         if name is not None and not isinstance(name, str):
             raise _err("must be a string", file, spec.line_of("name"), f"{fld}.name")
         if not kinds:
-            if ep.source_field and catalog.endpoint(ep.id).field_map[ep.source_field].required:
+            if ep.source_field and ep.field_map[ep.source_field].required:
                 raise _err(f"needs one of glob, path, url or rows ({ep.alias} takes a {ep.source_kind})",
                            file, line, fld)
             yield _Source(None, name or f"item{i + 1}", "", params, where, tags, origin)
