@@ -19,6 +19,8 @@ ASPECT_RAY2_REFRAME = ("1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21")
 ASPECT_RAY2_GENERATE = ("16:9", "9:16", "4:3", "3:4", "21:9", "9:21")
 ASPECT_RAY32 = ("3:4", "4:3", "1:1", "9:16", "16:9", "21:9")
 EDIT_MODES = tuple(f"{k}_{n}" for k in ("adhere", "flex", "reimagine") for n in (1, 2, 3))
+#: Endpoints without a resolution input (Ray 2 reframe and modify) render at this resolution.
+DEFAULT_OUTPUT_RESOLUTION = "720p"
 RAY32_PROMPT_MAX_CHARS = 6000
 RAY32_REFRAME_MAX_SOURCE_S = Decimal(30)
 
@@ -410,3 +412,56 @@ def suggest_endpoint(name: str) -> str:
     """A hint for an unknown endpoint name."""
     guess = _suggest(name, [*_BY_ALIAS, *_BY_ID])
     return guess or "run `batch-runner endpoints` to list them"
+
+
+# --------------------------------------------------------------------------- output convention
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a job's output video must measure: the runner verifies downloads against it."""
+
+    width: int
+    height: int
+    duration: Decimal
+
+
+def _even(value: Decimal) -> int:
+    n = int(value.to_integral_value())
+    return n + (n % 2)
+
+
+def output_size(aspect: tuple[int, int], resolution: str) -> tuple[int, int]:
+    """Width and height for an aspect ratio at a resolution: the short side is 540/720/1080 px
+    and the long side follows the aspect ratio, rounded to an even number (H.264 needs it)."""
+    short = RESOLUTION_SHORT_SIDE_PX[resolution]
+    w, h = aspect
+    if w >= h:
+        return _even(Decimal(short) * w / h), short
+    return short, _even(Decimal(short) * h / w)
+
+
+def parse_aspect(value: str) -> tuple[int, int]:
+    w, _, h = value.partition(":")
+    return int(w), int(h)
+
+
+def expected_output(ep: Endpoint, params: dict[str, Any], source_size: tuple[int, int] | None,
+                    source_duration: Decimal | None) -> OutputSpec:
+    """The size and length of the video an endpoint returns for an input (see README)."""
+    full = ep.with_defaults(params)
+    resolution = full.get("resolution", DEFAULT_OUTPUT_RESOLUTION)
+    if ep.output_aspect == "param":
+        aspect = parse_aspect(full["aspect_ratio"])
+    else:
+        if source_size is None:
+            raise ValueError(f"{ep.id} keeps the source's aspect ratio and needs its size")
+        aspect = source_size
+    if ep.output_duration == "param":
+        duration = Decimal(str(full["duration"]).rstrip("s"))
+    else:
+        if source_duration is None:
+            raise ValueError(f"{ep.id} keeps the source's duration and needs it")
+        duration = source_duration
+    width, height = output_size(aspect, resolution)
+    return OutputSpec(width, height, duration)

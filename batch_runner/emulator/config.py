@@ -1,0 +1,45 @@
+"""Emulator settings: concurrency, the time model, faults, keys and where files live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: How long fal takes, in fal seconds, before the speed factor divides them.
+QUEUE_DELAY_S = 2.0
+PROCESSING_S = {"reframe": 60.0, "text-to-video": 45.0, "image-to-video": 45.0,
+                "video-to-video": 60.0, "modify": 50.0}
+RESULT_TTL_S = 3600.0  # fal keeps a result 1 h after completion
+WEBHOOK_ATTEMPTS = 10
+WEBHOOK_RETRY_S = 12 * 60.0  # 10 attempts over about 2 hours
+KEEPALIVE_S = 5.0  # SSE keep-alive: fal-js gives up after 15 s of silence
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything an emulator instance is started with."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    concurrency: int = 2  # fal's default account limit: at most this many IN_PROGRESS
+    speed: float = 1.0  # 10 = ten times faster than fal; delays are divided by it
+    instant: bool = False  # no delays, and outputs rendered once per shape and reused
+    faults: str = ""  # e.g. "rate_limit=0.1,drop_after_submit=1/1" (see faults.py)
+    seed: int = 0
+    data_dir: Path | None = None  # uploads and outputs; a temporary folder when None
+    fps: int = 24  # frame rate of rendered outputs
+    result_ttl_s: float = RESULT_TTL_S
+    keys: frozenset[str] | None = None  # accepted API keys; None accepts any key
+    admin_keys: frozenset[str] | None = None  # keys allowed on the usage API; None: any key
+    prices_path: Path | None = None  # a price file laid over the default table
+    user_id: str = "emulator-user"
+    keepalive_s: float = KEEPALIVE_S
+    processing_s: dict[str, float] = field(default_factory=lambda: dict(PROCESSING_S))
+    queue_delay_s: float = QUEUE_DELAY_S
+
+    def scaled(self, fal_seconds: float) -> float:
+        """Real seconds for a span of fal time under the speed factor (0 when instant)."""
+        if self.instant:
+            return 0.0
+        return fal_seconds / self.speed if self.speed > 0 else 0.0

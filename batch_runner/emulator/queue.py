@@ -1,0 +1,416 @@
+"""The emulated queue: requests, an account concurrency limit, the time model, billing.
+
+All state lives on the server's event loop; rendering runs in a thread pool. A request moves
+IN_QUEUE → IN_PROGRESS → COMPLETED (fal has no FAILED: a failed run completes with `error`).
+Only successful runs are billed; a request cancelled while queued never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .. import catalog
+from ..pricing import PriceTable
+from . import render, webhooks
+from .config import WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S, EmulatorConfig
+from .faults import FaultPlan
+from .store import FileStore
+
+IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def canonical_hash(endpoint_id: str, payload: dict[str, Any]) -> str:
+    text = json.dumps({"endpoint": endpoint_id, "input": payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+@dataclass
+class Request:
+    """One accepted submission and everything that happened to it."""
+
+    id: str
+    endpoint: catalog.Endpoint
+    input: dict[str, Any]
+    input_hash: str
+    received_at: float
+    ready_at: float
+    webhook_url: str | None
+    base_url: str
+    state: str = IN_QUEUE
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float | None = None
+    completed_at: float | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    result_status: int = 200
+    result_body: Any = None
+    billable_units: Decimal | None = None
+    cost_micro_usd: int | None = None
+    cancelled: bool = False
+    expires_at: float | None = None
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    def touch(self) -> None:
+        """Wake everyone following this request (SSE streams)."""
+        self.version += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.logs.append({"message": message, "level": level, "source": "USER", "timestamp": iso(time.time())})
+        self.touch()
+
+
+@dataclass(frozen=True)
+class Billed:
+    request_id: str
+    endpoint: str
+    unit: str
+    units: Decimal
+    unit_price_micro_usd: int
+    cost_micro_usd: int
+    at: float
+
+
+class Queue:
+    """Accepts requests, runs at most `concurrency` at once, bills successes."""
+
+    def __init__(self, config: EmulatorConfig, prices: PriceTable, store: FileStore, faults: FaultPlan,
+                 signer: webhooks.WebhookSigner, workdir: Path) -> None:
+        self.config, self.prices, self.store, self.faults = config, prices, store, faults
+        self.signer, self.workdir = signer, workdir
+        self.requests: dict[str, Request] = {}
+        self.received: list[dict[str, Any]] = []  # every submission, accepted or refused
+        self.ledger: list[Billed] = []
+        self.webhook_log: list[dict[str, Any]] = []
+        self._waiting: deque[Request] = deque()
+        self._running: set[str] = set()
+        self._submits_per_input: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._renders: dict[str, asyncio.Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
+        self._http: httpx.AsyncClient | None = None
+        self._dispatcher: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
+        self._dispatcher = asyncio.create_task(self._dispatch())
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._dispatcher, *self._background,
+                             *(r.task for r in self.requests.values())] if t and not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http:
+            await self._http.aclose()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ submission
+
+    def submission_number(self, input_hash: str) -> int:
+        """1 for the first submit of an input, 2 for the next, …; the key of submit faults."""
+        n = self._submits_per_input.get(input_hash, 0) + 1
+        self._submits_per_input[input_hash] = n
+        return n
+
+    def record_refused(self, ep_id: str, input_hash: str, status: int, error: str) -> None:
+        self.received.append({"request_id": None, "endpoint": ep_id, "input_sha256": input_hash,
+                              "received_at": iso(time.time()), "state": "REFUSED", "http_status": status,
+                              "billable_units": None, "cost_usd": None, "error": error})
+
+    def submit(self, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int,
+               webhook_url: str | None, base_url: str) -> Request:
+        rid = str(uuid.UUID(bytes=hashlib.sha256(f"{self.config.seed}|{input_hash}|{n}".encode()).digest()[:16],
+                            version=4))
+        now = time.time()
+        req = Request(rid, ep, payload, input_hash, now, now + self.config.scaled(self.config.queue_delay_s),
+                      webhook_url, base_url)
+        req.log("Request received and queued")
+        self.requests[rid] = req
+        self.received.append({"request_id": rid, "endpoint": ep.id, "input_sha256": input_hash,
+                              "received_at": iso(now), "http_status": 200})
+        self._waiting.append(req)
+        self._wake.set()
+        return req
+
+    def position(self, req: Request) -> int:
+        """Requests ahead of this one (0-based), as fal's queue_position."""
+        try:
+            return self._waiting.index(req)
+        except ValueError:
+            return 0
+
+    def cancel(self, req: Request) -> tuple[int, str]:
+        if req.state == COMPLETED:
+            return 400, "ALREADY_COMPLETED"
+        if req.state == IN_QUEUE:
+            self._waiting.remove(req)
+            self._finish_cancelled(req)
+            return 200, "OK"
+        if req.task and not req.task.done():
+            req.task.cancel()
+        return 202, "CANCELLATION_REQUESTED"
+
+    # ------------------------------------------------------------------ scheduling
+
+    async def _dispatch(self) -> None:
+        while True:
+            now = time.time()
+            next_ready = None
+            while self._waiting and len(self._running) < self.config.concurrency:
+                head = self._waiting[0]
+                if head.ready_at > now:
+                    next_ready = head.ready_at
+                    break
+                self._waiting.popleft()
+                self._running.add(head.id)
+                head.task = asyncio.create_task(self._run(head))
+                for other in self._waiting:  # every queued request moved up one place
+                    other.touch()
+            self._wake.clear()
+            timeout = max(0.0, next_ready - time.time()) if next_ready else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run(self, req: Request) -> None:
+        ep = req.endpoint
+        req.state, req.started_at = IN_PROGRESS, time.time()
+        req.log(f"Starting {ep.alias}")
+        try:
+            total = self.config.scaled(self.config.processing_s.get(ep.family, 60.0))
+            for step in range(1, 5):
+                await asyncio.sleep(total / 4)
+                req.log(f"Generating: {step * 25}%")
+            await self._produce(req)
+        except asyncio.CancelledError:
+            self._finish_cancelled(req)
+        except render.RenderError as exc:
+            status = 500 if exc.error_type == "internal_server_error" else 422
+            field_name = exc.field or ep.source_field or "input"
+            body: Any = ({"detail": [{"loc": ["body", field_name], "msg": str(exc), "type": exc.error_type}]}
+                         if status == 422 else {"detail": str(exc), "error_type": exc.error_type})
+            self._finish_error(req, status, str(exc), exc.error_type, body)
+        finally:
+            self._running.discard(req.id)
+            self._wake.set()
+
+    async def _produce(self, req: Request) -> None:
+        ep = req.endpoint
+        full = ep.with_defaults(req.input)
+        inputs = await self._fetch_inputs(req)
+        info = None
+        if ep.source_field and ep.source_field in inputs:
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: render.probe_media(inputs[ep.source_field], video=ep.source_kind == "video"))
+        duration = info.duration if info else None
+        issues = ep.validate(req.input, source_duration=duration, allow_extra=True)
+        if issues:
+            detail = [i.as_detail() for i in issues]
+            self._finish_error(req, 422, issues[0].msg, issues[0].type, {"detail": detail})
+            return
+        n = self._submits_per_input.get(req.input_hash, 1)
+        if self.faults.fires("refuse", req.input_hash, n):
+            self._finish_error(req, 422, "The request was flagged by the content policy", "content_policy_violation",
+                               {"detail": [{"loc": ["body", "prompt"], "msg": "flagged by the content policy",
+                                            "type": "content_policy_violation"}]})
+            return
+        if self.faults.fires("fail", req.input_hash, n):
+            self._finish_error(req, 503, "Runner disconnected", "runner_disconnected",
+                               {"detail": "Runner disconnected", "error_type": "runner_disconnected"})
+            return
+        spec = catalog.expected_output(ep, full, info.size if info else None, duration)
+        path = await self._render(ep, full, inputs, spec)
+        f = self.store.reserve(f"{req.id[:8]}_output.mp4", "video/mp4")
+        os.link(path, f.path)
+        self.store.finish(f)
+        req.log("Output uploaded")
+        est = self.prices.estimate(ep, full, duration)
+        entry = self.prices.entry(ep.id)
+        base = entry.unit_price_micro(None)
+        units = _plain(Decimal(est.micro_usd) / base)
+        self.ledger.append(Billed(req.id, ep.id, entry.unit, units, base, est.micro_usd, time.time()))
+        req.billable_units, req.cost_micro_usd = units, est.micro_usd
+        req.output = {"video": {"url": self.store.url(req.base_url, f), "content_type": "video/mp4",
+                                "file_name": f.name, "file_size": f.size}}
+        self._complete(req, 200, req.output)
+
+    async def _fetch_inputs(self, req: Request) -> dict[str, Path]:
+        """Download every media input to a local file (our own URLs are read from disk)."""
+        out: dict[str, Path] = {}
+        for name in req.endpoint.media_fields:
+            url = req.input.get(name)
+            if not isinstance(url, str):
+                continue
+            try:
+                out[name] = await self._fetch(url, req.id, name)
+            except render.RenderError as exc:
+                exc.field = name
+                raise
+        return out
+
+    async def _fetch(self, url: str, rid: str, name: str) -> Path:
+        local = self.store.local_path(url)
+        if local is not None:
+            return local
+        target = self.workdir / "inputs" / rid / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith("data:"):
+            try:
+                target.write_bytes(base64.b64decode(url.split(",", 1)[1]))
+            except (IndexError, ValueError) as exc:
+                raise render.RenderError(f"Failed to decode the data URI of {name}") from exc
+            return target
+        if not url.startswith(("http://", "https://")):
+            raise render.RenderError(f"Failed to download {name}: not an http(s) or data URL")
+        assert self._http is not None
+        try:
+            async with self._http.stream("GET", url) as resp:
+                if resp.status_code >= 400:
+                    raise render.RenderError(f"Failed to download {name}: HTTP {resp.status_code}")
+                with target.open("wb") as fh:
+                    async for chunk in resp.aiter_bytes():
+                        fh.write(chunk)
+        except httpx.HTTPError as exc:
+            raise render.RenderError(f"Failed to download {name}: {type(exc).__name__}") from exc
+        return target
+
+    async def _render(self, ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path],
+                      spec: catalog.OutputSpec) -> Path:
+        """Render once per distinct job (once per output shape in instant mode) and reuse."""
+        if self.config.instant:
+            key = f"{ep.family}|{spec.width}x{spec.height}|{spec.duration}"
+        else:
+            digests = {k: _file_digest(p) for k, p in sorted(inputs.items())}
+            key = canonical_hash(ep.id, {"params": params, "media": digests})
+        key = hashlib.sha256(key.encode()).hexdigest()
+        fut = self._renders.get(key)
+        if fut is None:
+            out = self.workdir / "renders" / f"{key}.mp4"
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
+            self._renders[key] = fut
+            fut.add_done_callback(lambda f, k=key: self._forget_failed(k, f))
+        return await asyncio.shield(fut)
+
+    def _forget_failed(self, key: str, fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._renders.pop(key, None)
+
+    # ------------------------------------------------------------------ endings
+
+    def _complete(self, req: Request, status: int, body: Any) -> None:
+        req.state, req.completed_at = COMPLETED, time.time()
+        req.result_status, req.result_body = status, body
+        expire = self.faults.fires("expire", req.id)
+        req.expires_at = req.completed_at + (0.0 if expire else self.config.result_ttl_s)
+        req.log("Request completed" if req.error is None else f"Request failed: {req.error}",
+                "INFO" if req.error is None else "ERROR")
+        if req.webhook_url:
+            ok = req.error is None
+            body_bytes = webhooks.payload(req.id, ok, body, None if ok else f"Invalid status code: {status}")
+            task = asyncio.create_task(webhooks.deliver(
+                self.signer, req.webhook_url, req.id, body_bytes, attempts=WEBHOOK_ATTEMPTS,
+                retry_s=self.config.scaled(WEBHOOK_RETRY_S) or 0.05, log=self.webhook_log))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _finish_error(self, req: Request, status: int, error: str, error_type: str, body: Any) -> None:
+        req.error, req.error_type = error, error_type
+        self._complete(req, status, body)
+
+    def _finish_cancelled(self, req: Request) -> None:
+        req.cancelled = True
+        req.error, req.error_type = "Request was cancelled", "request_cancelled"
+        req.state, req.completed_at = COMPLETED, time.time()
+        req.result_status, req.result_body = 400, {"detail": "Request was cancelled"}
+        req.expires_at = req.completed_at + self.config.result_ttl_s
+        req.log("Request cancelled", "WARN")
+
+    # ------------------------------------------------------------------ views
+
+    def status_body(self, req: Request, with_logs: bool) -> dict[str, Any]:
+        base = f"{req.base_url}/{_owner_alias(req.endpoint.id)}/requests/{req.id}"
+        body: dict[str, Any] = {"status": req.state, "request_id": req.id, "response_url": base,
+                                "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+        if req.state == IN_QUEUE:
+            body["queue_position"] = self.position(req)
+        else:
+            body["logs"] = list(req.logs) if with_logs else None
+        if req.state == COMPLETED:
+            inference = (req.completed_at or 0) - (req.started_at or req.completed_at or 0)
+            body["metrics"] = {"inference_time": round(inference, 3) if req.started_at else None}
+            if req.error is not None:
+                body["error"], body["error_type"] = req.error, req.error_type
+        return body
+
+    def inspection(self) -> list[dict[str, Any]]:
+        rows = []
+        for row in self.received:
+            req = self.requests.get(row["request_id"]) if row["request_id"] else None
+            if req is not None:
+                row = {**row, "state": "CANCELLED" if req.cancelled else req.state,
+                       "billable_units": f"{req.billable_units:f}" if req.billable_units is not None else None,
+                       "cost_usd": _usd(req.cost_micro_usd) if req.cost_micro_usd is not None else None,
+                       "error": req.error, "error_type": req.error_type}
+            rows.append(row)
+        return rows
+
+
+def _owner_alias(endpoint_id: str) -> str:
+    return "/".join(endpoint_id.split("/")[:2])
+
+
+def _plain(value: Decimal) -> Decimal:
+    """Drop trailing zeros without switching to an exponent: 10.000 → 10, 1.50 → 1.5."""
+    value = value.normalize()
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
+
+
+def _usd(micro: int) -> str:
+    return f"{_plain(Decimal(micro) / 1_000_000):f}"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _render_to(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec,
+               out: Path, fps: int) -> Path:
+    if not out.exists():
+        tmp = out.with_suffix(".tmp.mp4")
+        render.render(ep, params, inputs, spec, tmp, fps=fps)
+        tmp.replace(out)
+    return out
