@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from . import runner
-from .config import ENV_DB, ENV_PRICES, Settings
+from .config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
 from .domain import format_usd, usd_to_micro
@@ -83,15 +83,18 @@ def _emit_json(data: Any) -> None:
                    "[default: ~/.local/share/batch-runner/batch-runner.db].")
 @click.option("--prices", "prices_path", envvar=ENV_PRICES, show_envvar=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Your own price file, laid over the defaults.")
+@click.option("--fal-url", envvar=ENV_FAL_URL, show_envvar=True, metavar="URL",
+              help="Send every fal call (queue, storage, platform API) to this base URL, e.g. an emulator.")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.version_option(package_name="batch-runner")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_url: str | None,
+        verbose: int) -> None:
     """Run batches of Luma Ray video jobs on fal.ai and account for every cent.
 
     FAL_KEY is read from the environment and never printed, logged or stored.
     """
-    settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path)
+    settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
     setup_logging(verbose, [settings.fal_key.reveal()] if settings.fal_key else [])
     ctx.obj = _App(settings)
 
@@ -278,6 +281,50 @@ def samples(folder: Path, clips: int, images: int, duration: str) -> None:
 
     for path in make_samples(folder, clips=clips, images=images, duration=duration):
         click.echo(str(path))
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+@cli.group(cls=_Group)
+def emulator() -> None:
+    """The local fal emulator: free, offline, nothing real is called."""
+
+
+@emulator.command("serve", epilog=EXIT_CODES_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 1000),
+              help="Requests in progress at once (fal's account limit).")
+@click.option("--speed", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Time factor: 10 runs fal's queue and processing delays ten times faster.")
+@click.option("--instant", is_flag=True, help="No delays; render each output shape once and reuse it.")
+@click.option("--faults", default="", metavar="SPEC",
+              help="Fault injection, e.g. 'rate_limit=0.1,drop_after_submit=1/1' (see README).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault decisions.")
+@click.option("--fps", default=24, show_default=True, type=click.IntRange(1, 60), help="Frame rate of outputs.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep uploads and outputs here [default: a temporary folder].")
+def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant: bool, faults: str, seed: int,
+                   fps: int, data_dir: Path | None) -> None:
+    """Serve the fal emulator until Ctrl-C; prints its URL (use it as --fal-url)."""
+    from .emulator.config import EmulatorConfig
+    from .emulator.faults import FaultPlan
+    from .emulator.server import serve
+
+    try:
+        FaultPlan(faults, seed)
+    except ValueError as exc:
+        raise ConfigError(f"--faults: {exc}") from None
+    config = EmulatorConfig(host=host, port=port, concurrency=concurrency, speed=speed, instant=instant,
+                            faults=faults, seed=seed, fps=fps, data_dir=data_dir)
+
+    def ready(url: str) -> None:
+        click.echo(url)
+        click.echo(f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
+                   f"Point batch-runner at it with --fal-url {url}", err=True)
+
+    serve(config, on_ready=ready)
 
 
 def main() -> None:

@@ -14,6 +14,12 @@ ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
 
+#: fal's hosts (reference §1). One URL (--fal-url) replaces all of them, e.g. with the emulator.
+FAL_QUEUE_URL = "https://queue.fal.run"
+FAL_REST_URL = "https://rest.fal.ai"
+FAL_CDN_URL = "https://v3.fal.media"
+FAL_API_URL = "https://api.fal.ai/v1"
+
 PROBE_CONCURRENCY = 8
 PROBE_TIMEOUT_S = 30.0
 
@@ -39,6 +45,28 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclass(frozen=True)
+class FalHosts:
+    """Base URLs of fal's queue, REST (storage tokens), CDN (uploads) and platform APIs."""
+
+    queue: str = FAL_QUEUE_URL
+    rest: str = FAL_REST_URL
+    cdn: str = FAL_CDN_URL
+    api: str = FAL_API_URL
+
+    @classmethod
+    def for_url(cls, url: str | None) -> "FalHosts":
+        """fal's real hosts, or every host at one base URL (an emulator serves them all)."""
+        if not url:
+            return cls()
+        base = url.rstrip("/")
+        return cls(queue=base, rest=base, cdn=base, api=f"{base}/v1")
+
+    @property
+    def is_real_fal(self) -> bool:
+        return self.queue == FAL_QUEUE_URL
 
 
 def default_db_path(environ: Mapping[str, str]) -> Path:
@@ -88,9 +116,17 @@ class Settings:
             probe_timeout_s=_positive(env, ENV_PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, float),
         )
 
+    @property
+    def hosts(self) -> FalHosts:
+        return FalHosts.for_url(self.fal_url)
+
     def with_overrides(self, **changes: object) -> "Settings":
         """A copy with the non-None command-line options applied."""
         clean = {k: v for k, v in changes.items() if v is not None}
+        if "fal_url" in clean and not str(clean["fal_url"]).startswith(("http://", "https://")):
+            from .errors import ConfigError
+
+            raise ConfigError(f"--fal-url {clean['fal_url']!r} must be an http(s) URL")
         if "db_url" in clean:
             clean["db_url"] = normalize_db_url(str(clean["db_url"]))
         return replace(self, **clean)

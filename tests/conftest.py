@@ -93,3 +93,41 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+# ---------------------------------------------------------------------- the fal emulator
+
+EMU_KEY = "emulator-test-key"
+
+
+@pytest.fixture
+def emulator_factory():
+    """Start emulators on free ports (fast time, low frame rate); all stopped after the test."""
+    from batch_runner.emulator.server import start_emulator
+
+    servers = []
+
+    def make(**settings):
+        settings.setdefault("speed", 1000.0)
+        settings.setdefault("fps", 8)
+        server = start_emulator(**settings)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def emu(emulator_factory):
+    return emulator_factory()
+
+
+@pytest.fixture
+def api(emu):
+    """An httpx client for the default emulator, with a key."""
+    import httpx
+
+    with httpx.Client(base_url=emu.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=60) as client:
+        yield client

@@ -12,9 +12,11 @@ PKG = Path(__file__).resolve().parents[2] / "batch_runner"
 LAYERS = {
     "errors": 0, "domain": 1, "catalog": 1, "config": 1, "logs": 1, "yamlload": 1,
     "manifest": 2, "pricing": 2, "probe": 2, "media": 2, "db": 2,
-    "runner": 3,
+    "runner": 3, "emulator": 3,
     "cli": 4, "__main__": 5,
 }
+# The emulator is a separate app: besides its own package it may use only these.
+EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}
 
 
 def _modules():
@@ -41,10 +43,19 @@ def test_imports_point_down_the_layers():
     for parts, tree in _modules():
         me = parts[0]
         for target in _internal_imports(parts, tree):
-            if target == me and me == "db":
+            if target == me and me in ("db", "emulator"):
                 continue
+            if me == "emulator":
+                assert target in EMULATOR_MAY_IMPORT, f"{'/'.join(parts)} imports {target}"
             assert target in LAYERS, f"{'/'.join(parts)} imports unknown module {target}"
             assert LAYERS[target] < LAYERS[me], f"{'/'.join(parts)} (layer {LAYERS[me]}) imports {target}"
+
+
+def test_nothing_but_the_cli_starts_the_emulator():
+    for parts, tree in _modules():
+        if parts[0] in ("cli", "emulator", "__main__"):
+            continue
+        assert "emulator" not in set(_internal_imports(parts, tree)), f"{'/'.join(parts)} imports the emulator"
 
 
 def test_only_cli_imports_click_and_only_config_reads_the_environment():
