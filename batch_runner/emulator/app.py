@@ -99,8 +99,8 @@ class Emulator:
         if self.faults.fires("rate_limit", *key, n):
             return _json({"detail": "Rate limit exceeded"}, 429, {"Retry-After": str(RETRY_AFTER_S)})
         if self.faults.fires("bad_gateway", *key, n):
-            body = NGINX_502 if n % 2 else NGINX_503
-            return Response(body, status_code=502 if n % 2 else 503, media_type="text/html")
+            odd = self.faults.fired.get("bad_gateway", 1) % 2  # alternate 502 and 503
+            return Response(NGINX_502 if odd else NGINX_503, status_code=502 if odd else 503, media_type="text/html")
         return None
 
 

@@ -125,8 +125,9 @@ class FileStore:
             mp = self._multipart.get(upload_id)
         if mp is None or mp.file.id != fid:
             return None
-        numbers = [int(p["partNumber"]) for p in parts]
-        if not numbers or sorted(numbers) != list(range(1, len(numbers) + 1)) or any(n not in mp.parts for n in numbers):
+        # fal-client uploads parts in parallel and lists them in completion order: sort them.
+        numbers = sorted(int(p["partNumber"]) for p in parts)
+        if not numbers or numbers != list(range(1, len(numbers) + 1)) or any(n not in mp.parts for n in numbers):
             return None
         with mp.file.path.open("wb") as out:
             for n in numbers:
