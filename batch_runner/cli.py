@@ -324,13 +324,21 @@ def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant
         click.echo(f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
                    f"Point batch-runner at it with --fal-url {url}", err=True)
 
-    serve(config, on_ready=ready)
+    try:
+        serve(config, on_ready=ready)
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops the server: a clean exit
+        pass
+    click.echo("fal emulator stopped", err=True)
 
 
 def main() -> None:
-    """Console entry point: Ctrl-C exits 130."""
+    """Console entry point. Click would turn Ctrl-C into exit 1; we exit 130 as documented."""
     try:
-        cli.main(prog_name="batch-runner")
-    except KeyboardInterrupt:
+        code = cli.main(prog_name="batch-runner", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -474,8 +474,10 @@ async def inspect_requests(request: HttpRequest) -> Response:
 
 async def health(request: HttpRequest) -> Response:
     emu: Emulator = request.app.state.emu
+    assert emu.queue is not None
     return _json({"ok": True, "emulator": True, "concurrency": emu.config.concurrency, "speed": emu.config.speed,
-                  "instant": emu.config.instant, "started_at": iso(request.app.state.started_at)})
+                  "instant": emu.config.instant, "renders": emu.queue.renders_made,
+                  "started_at": iso(request.app.state.started_at)})
 
 
 def create_app(config: EmulatorConfig) -> Starlette:

@@ -111,6 +111,7 @@ class Queue:
         self._submits_per_input: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._renders: dict[str, asyncio.Future] = {}
+        self.renders_made = 0  # distinct outputs rendered with ffmpeg
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
         self._dispatcher: asyncio.Task | None = None
@@ -318,6 +319,7 @@ class Queue:
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
             self._renders[key] = fut
+            self.renders_made += 1
             fut.add_done_callback(lambda f, k=key: self._forget_failed(k, f))
         return await asyncio.shield(fut)
 

@@ -278,3 +278,28 @@ def test_console_script_runs_as_a_subprocess(project, tmp_path):
     proc = subprocess.run([str(exe), "plan", str(project / "jobs/missing.yaml")], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 3 and proc.stdout == ""
+
+
+def test_ctrl_c_exits_130(project, tmp_path):
+    import signal
+    import socket
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(1)
+    manifest = write(project / "jobs/hang.yaml", "batch: h\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
+                     f"  aspect_ratio: '1:1'\nsources:\n  - url: http://127.0.0.1:{hang.getsockname()[1]}/v.mp4\n")
+    exe = Path(sys.executable).parent / "batch-runner"
+    proc = subprocess.Popen([str(exe), "--db", str(tmp_path / "h.db"), "plan", str(manifest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hang.settimeout(60)
+        conn, _ = hang.accept()  # the CLI is now waiting on our silent server
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and out == "" and "interrupted" in err
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hang.close()

@@ -58,7 +58,8 @@ def test_multipart_upload(api):
         resp = api.put(f"{access}/multipart/{upload_id}/{n}", content=chunk)
         parts.append({"partNumber": n, "etag": resp.headers["etag"]})
     assert httpx.get(access).status_code == 404  # not served before completion
-    done = api.post(f"{access}/multipart/{upload_id}/complete", json={"parts": parts})
+    # listed out of order, as fal-client's parallel uploads list them
+    done = api.post(f"{access}/multipart/{upload_id}/complete", json={"parts": parts[::-1]})
     assert done.status_code == 200 and done.json()["access_url"] == access
     assert httpx.get(access).content == data
     assert all(p["etag"].startswith('"') for p in parts)
@@ -267,3 +268,27 @@ def test_every_endpoint_renders_the_promised_size_and_length(api, media, tmp_pat
     else:
         assert abs(width / height - 64 / 36) < 0.01
     assert has_audio is (ep.source_kind == "video" and ep.family in ("reframe", "video-to-video", "modify"))
+
+
+# ---------------------------------------------------------------------- time model
+
+
+def _run_three(api) -> None:
+    for prompt in ("one", "two", "three"):
+        wait_done(api, submit(api, T2V, {"prompt": prompt})["status_url"])
+
+
+def test_instant_mode_renders_each_shape_once(emulator_factory):
+    instant = emulator_factory(instant=True)
+    normal = emulator_factory()
+    for server, renders in ((instant, 1), (normal, 3)):
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=30) as api:
+            _run_three(api)
+            health = api.get("/_emulator/health").json()
+            assert health["renders"] == renders and health["instant"] is (server is instant)
+
+
+def test_identical_requests_reuse_one_render(api):
+    for _ in range(2):
+        wait_done(api, submit(api, T2V, {"prompt": "same"})["status_url"])
+    assert api.get("/_emulator/health").json()["renders"] == 1
