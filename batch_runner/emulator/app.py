@@ -108,6 +108,36 @@ def _unauthorized() -> JSONResponse:
     return _json({"detail": "Missing or invalid credentials: send 'Authorization: Key <FAL_KEY>'"}, 401)
 
 
+def handler(*, auth: bool = True) -> Any:
+    """Wrap a route: pass it the Emulator, and answer 401 first when a key is required but missing."""
+
+    def wrap(func: Any) -> Any:
+        async def endpoint(request: HttpRequest) -> Response:
+            emu: Emulator = request.app.state.emu
+            if auth and not emu.authorized(request):
+                return _unauthorized()
+            return await func(emu, request)
+
+        endpoint.__name__ = func.__name__
+        return endpoint
+
+    return wrap
+
+
+class BadBody(Exception):
+    """The request body is not the JSON object the route needs."""
+
+
+async def _body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except json.JSONDecodeError:
+        raise BadBody("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadBody("body must be a JSON object")
+    return data
+
+
 # ---------------------------------------------------------------------- queue
 
 
@@ -162,11 +192,9 @@ async def _submit(emu: Emulator, path: str, request: HttpRequest) -> Response:
     if not emu.authorized(request):
         return _unauthorized()
     try:
-        payload = json.loads(await request.body() or b"null")
-    except json.JSONDecodeError:
-        return _json({"detail": [{"loc": ["body"], "msg": "body is not valid JSON", "type": "json_invalid"}]}, 422)
-    if not isinstance(payload, dict):
-        return _json({"detail": [{"loc": ["body"], "msg": "body must be a JSON object", "type": "dict_type"}]}, 422)
+        payload = await _body(request)
+    except BadBody as exc:
+        return _json({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, 422)
     assert emu.queue is not None
     input_hash = canonical_hash(ep.id, payload)
     n = emu.queue.submission_number(input_hash)
@@ -247,10 +275,8 @@ def _result(req: Request | None) -> Response:
 # ---------------------------------------------------------------------- storage
 
 
-async def storage_token(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def storage_token(emu: Emulator, request: HttpRequest) -> Response:
     token = f"cdn-{len(emu.cdn_tokens)}-{int(time.time() * 1000)}"
     expires = datetime.now(timezone.utc) + timedelta(hours=1)
     emu.cdn_tokens[token] = expires.timestamp()
@@ -258,29 +284,25 @@ async def storage_token(request: HttpRequest) -> Response:
                   "expires_at": expires.isoformat()})
 
 
-async def storage_initiate(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def storage_initiate(emu: Emulator, request: HttpRequest) -> Response:
     try:
-        body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError:
-        return _json({"detail": "body is not valid JSON"}, 422)
+        body = await _body(request)
+    except BadBody as exc:
+        return _json({"detail": str(exc)}, 422)
     token, f = emu.store.initiate(body.get("file_name"), body.get("content_type"))
     base = emu.base_url(request)
     return _json({"upload_url": f"{base}/storage/upload/target/{token}", "file_url": emu.store.url(base, f)})
 
 
-async def storage_put(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
+@handler(auth=False)  # the upload URL itself is the credential, as with a signed URL
+async def storage_put(emu: Emulator, request: HttpRequest) -> Response:
     f = emu.store.put_pending(request.path_params["token"], await request.body())
     return _json({"detail": "unknown upload"}, 404) if f is None else Response(status_code=200)
 
 
-async def cdn_upload(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def cdn_upload(emu: Emulator, request: HttpRequest) -> Response:
     data = await request.body()
     fault = emu.call_fault("upload", canonical_hash("upload", {"size": len(data)}))
     if fault is not None:
@@ -290,17 +312,15 @@ async def cdn_upload(request: HttpRequest) -> Response:
                   "file_name": f.name, "file_size": f.size})
 
 
-async def cdn_multipart_start(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def cdn_multipart_start(emu: Emulator, request: HttpRequest) -> Response:
     upload_id, f = emu.store.start_multipart(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
     return _json({"access_url": emu.store.url(emu.base_url(request), f), "uploadId": upload_id})
 
 
-async def cdn_file(request: HttpRequest) -> Response:
-    """GET a file (with Range), or PUT a part / POST completion of a multipart upload."""
-    emu: Emulator = request.app.state.emu
+@handler(auth=False)
+async def cdn_file(emu: Emulator, request: HttpRequest) -> Response:
+    """GET a file (public, with Range), or PUT a part / POST completion of a multipart upload."""
     fid, name, rest = request.path_params["fid"], unquote(request.path_params["name"]), request.path_params.get("rest", "")
     if rest:
         if not emu.authorized(request):
@@ -310,7 +330,10 @@ async def cdn_file(request: HttpRequest) -> Response:
             etag = emu.store.put_part(fid, bits[1], int(bits[2]), await request.body())
             return _json({"detail": "unknown upload"}, 404) if etag is None else Response(headers={"ETag": etag})
         if len(bits) == 3 and bits[0] == "multipart" and bits[2] == "complete" and request.method == "POST":
-            parts = (json.loads(await request.body() or b"{}")).get("parts") or []
+            try:
+                parts = (await _body(request)).get("parts") or []
+            except BadBody as exc:
+                return _json({"detail": str(exc)}, 422)
             f = emu.store.complete_multipart(fid, bits[1], parts)
             if f is None:
                 return _json({"detail": "parts missing or out of order"}, 400)
@@ -365,10 +388,8 @@ def _endpoint_ids(request: HttpRequest) -> list[str]:
     return ids
 
 
-async def models_pricing(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def models_pricing(emu: Emulator, request: HttpRequest) -> Response:
     ids = _endpoint_ids(request)
     if not 1 <= len(ids) <= 50:
         return _json({"detail": "give between 1 and 50 endpoint_id values"}, 422)
@@ -378,16 +399,14 @@ async def models_pricing(request: HttpRequest) -> Response:
     return _json({"prices": [_price_row(emu, i) for i in ids], "next_cursor": None, "has_more": False})
 
 
-async def models_estimate(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def models_estimate(emu: Emulator, request: HttpRequest) -> Response:
     try:
-        body = json.loads(await request.body() or b"{}")
-        kind = body["estimate_type"]
-        endpoints = body["endpoints"]
-        assert kind in ("historical_api_price", "unit_price") and isinstance(endpoints, dict)
-    except (json.JSONDecodeError, KeyError, AssertionError):
+        body = await _body(request)
+    except BadBody as exc:
+        return _json({"detail": str(exc)}, 422)
+    kind, endpoints = body.get("estimate_type"), body.get("endpoints")
+    if kind not in ("historical_api_price", "unit_price") or not isinstance(endpoints, dict):
         return _json({"detail": "expected estimate_type (historical_api_price|unit_price) and endpoints"}, 422)
     assert emu.queue is not None
     total = Decimal(0)
@@ -408,11 +427,9 @@ async def models_estimate(request: HttpRequest) -> Response:
     return _json({"estimate_type": kind, "total_cost": float(round(total, 6)), "currency": "USD"})
 
 
-async def models_usage(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if not emu.authorized(request):
-        return _unauthorized()
+@handler()
+async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
+    key = request.headers.get("authorization", "").partition(" ")[2]
     if emu.config.admin_keys is not None and key.strip() not in emu.config.admin_keys:
         return _json({"detail": "This endpoint requires an admin API key"}, 403)
     q = request.query_params
@@ -461,19 +478,20 @@ def _bucket(at: datetime, timeframe: str) -> str:
 # ---------------------------------------------------------------------- keys and inspection
 
 
-async def jwks(request: HttpRequest) -> Response:
-    return _json(request.app.state.emu.signer.jwks())
+@handler(auth=False)
+async def jwks(emu: Emulator, request: HttpRequest) -> Response:
+    return _json(emu.signer.jwks())
 
 
-async def inspect_requests(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
+@handler(auth=False)
+async def inspect_requests(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
     return _json({"requests": emu.queue.inspection(), "webhooks": emu.queue.webhook_log,
                   "faults_fired": dict(emu.faults.fired)})
 
 
-async def health(request: HttpRequest) -> Response:
-    emu: Emulator = request.app.state.emu
+@handler(auth=False)
+async def health(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
     return _json({"ok": True, "emulator": True, "concurrency": emu.config.concurrency, "speed": emu.config.speed,
                   "instant": emu.config.instant, "renders": emu.queue.renders_made,
