@@ -32,6 +32,27 @@ class JobState(str, enum.Enum):
         return self in TERMINAL_STATES
 
 
+#: States in which a job holds one of fal's concurrency slots (counted against the in-flight cap).
+IN_FLIGHT_STATES = frozenset({JobState.SUBMITTING, JobState.SUBMITTED, JobState.IN_PROGRESS})
+#: States a worker follows to the end after a restart (a request id is known).
+FOLLOW_STATES = frozenset({JobState.SUBMITTED, JobState.IN_PROGRESS, JobState.DOWNLOADING})
+
+
+class AttemptState(str, enum.Enum):
+    """One try at a job. `sending` is written before the submit goes out (write-ahead)."""
+
+    PREPARING = "preparing"  # claimed, budget reserved, media being uploaded: nothing sent yet
+    SENDING = "sending"  # the submit is going out now; no answer recorded yet
+    SUBMITTED = "submitted"  # fal answered with a request id
+    IN_PROGRESS = "in_progress"
+    DOWNLOADING = "downloading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNSENT = "unsent"  # given up before anything was sent (fal refused to queue it, or stop)
+    CANCELLED = "cancelled"
+    UNCERTAIN = "uncertain"
+
+
 TERMINAL_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED}
 )

@@ -8,7 +8,16 @@
     ├── DatabaseError               exit 6   unreachable, locked or failing database
     │   └── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
     ├── ProbeError                  exit 7   one source could not be probed
-    └── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
+    ├── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
+    ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
+    ├── RunInterruptedError         exit 130 Ctrl-C / SIGTERM: in-flight work is recorded and resumable
+    └── RemoteError                 exit 9   fal's API failed or refused
+        ├── AuthError               exit 9   401/403: the key is missing or wrong
+        ├── AccountLockedError      exit 9   403 "User is locked": top up, nothing more is sent
+        ├── InputRejectedError      exit 9   422: fal refused the input (terminal for the job)
+        ├── TransientRemoteError    exit 9   429, 5xx, timeouts, transport: retry later (retryable)
+        │   └── RateLimitedError    exit 9   429, with the server's Retry-After
+        └── AmbiguousSubmitError    exit 9   a submit may or may not have been accepted (uncertain)
 
 Exit codes are a public interface, documented in the README and in `--help`.
 Messages say what failed, where, and one hint; they never contain a secret.
@@ -97,16 +106,68 @@ class ToolMissingError(BatchRunnerError):
     exit_code = 8
 
 
+class JobsFailedError(BatchRunnerError):
+    """Some jobs failed."""
+
+
+class RunInterruptedError(BatchRunnerError):
+    """Interrupted; in-flight jobs are recorded and a later run resumes them."""
+
+    exit_code = 130
+
+
+class RemoteError(BatchRunnerError):
+    """fal's API failed."""
+
+    exit_code = 9
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None, status: int | None = None,
+                 error_type: str | None = None, body: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status, self.error_type, self.body = status, error_type, body
+
+
+class AuthError(RemoteError):
+    """fal refused the API key."""
+
+
+class AccountLockedError(RemoteError):
+    """The fal account is locked."""
+
+
+class InputRejectedError(RemoteError):
+    """fal refused the input."""
+
+
+class TransientRemoteError(RemoteError):
+    """fal's API failed for now; the call can be repeated."""
+
+    retryable = True
+
+
+class RateLimitedError(TransientRemoteError):
+    """fal's API asked us to slow down."""
+
+    def __init__(self, message: str | None = None, *, retry_after_s: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after_s = retry_after_s
+
+
+class AmbiguousSubmitError(RemoteError):
+    """A submit went out but no answer came back: it may or may not have been accepted."""
+
+
 #: Every documented exit code, for `--help` and the README test.
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "unexpected failure",
+    1: "some jobs failed (run/work), or an unexpected failure",
     2: "usage error (bad option or argument)",
     ConfigError.exit_code: "invalid manifest, configuration or price file",
     InvalidItemsError.exit_code: "plan found invalid sources (rerun with --skip-invalid to ignore them)",
-    BudgetExceededError.exit_code: "estimated cost over --max-cost or the manifest budget",
+    BudgetExceededError.exit_code: "estimated cost over --max-cost or the budget; a run stopped dispatching at it",
     DatabaseError.exit_code: "database unreachable, failing or behind (run `batch-runner db upgrade`)",
     ProbeError.exit_code: "a source could not be probed",
     ToolMissingError.exit_code: "ffprobe/ffmpeg not installed",
-    130: "interrupted (Ctrl-C)",
+    RemoteError.exit_code: "fal refused the key or the account is locked; nothing more was sent",
+    130: "interrupted (Ctrl-C, SIGTERM): in-flight jobs are recorded and resume on the next run",
 }

@@ -86,6 +86,9 @@ class Job(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    billed_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -97,6 +100,8 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    worker: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16))
     request_id: Mapped[str | None] = mapped_column(String(200), index=True)
     status_url: Mapped[str | None] = mapped_column(Text)
@@ -105,6 +110,7 @@ class Attempt(Base):
     reserved_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     billed_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     billable_units: Mapped[str | None] = mapped_column(String(32))
+    unit_price_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -165,3 +171,45 @@ class Probe(Base):
     has_audio: Mapped[bool] = mapped_column(Boolean)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     probed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Run(Base):
+    """One `run` (or a named run shared by `work` processes): its budget and what it reserved."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
+    budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    reserved_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    summary_json: Mapped[str | None] = mapped_column(Text)
+
+
+class Upload(Base):
+    """A local file already uploaded to a fal storage host, reused by content hash."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("sha256", "base_url", name="uq_uploads_sha256_base_url"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    base_url: Mapped[str] = mapped_column(String(300))
+    url: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Lock(Base):
+    """Named rows whose row lock serialises short critical sections across workers (claims)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    counter: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -27,7 +27,9 @@ def test_wheel_ships_migrations_and_db_upgrade_works_from_it(tmp_path: Path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
-    assert sqlite3.connect(db).execute("select version_num from alembic_version").fetchone() == ("0001",)
+    from batch_runner.db.engine import head_revision
+
+    assert sqlite3.connect(db).execute("select version_num from alembic_version").fetchone() == (head_revision(),)
     check = subprocess.run([sys.executable, "-c", "import batch_runner.db.engine as e; print(e.migrations_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site)}, timeout=60)
     assert check.stdout.strip() == str(site / "batch_runner" / "_migrations")
