@@ -6,21 +6,25 @@ The only module that imports click. Progress and warnings go to stderr; results 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
 from . import runner
-from .config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Settings
+from .config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Secret, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
-from .domain import format_usd, usd_to_micro
+from .domain import JobState, format_usd, usd_to_micro
 from .errors import EXIT_CODES, BatchRunnerError, BudgetExceededError, ConfigError, DatabaseError
 from .logs import setup_logging
 from .pricing import PriceTable, load_price_table
 
+_STATE_CHOICE = click.Choice([s.value for s in JobState])
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
 
@@ -43,8 +47,9 @@ class _Group(click.Group):
 class _App:
     """Per-invocation state: settings, and the price table and database opened on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, verbose: int = 0) -> None:
         self.settings = settings
+        self.verbose = verbose
         self._prices: PriceTable | None = None
         self._repo: Repository | None = None
 
@@ -96,7 +101,7 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     """
     settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
     setup_logging(verbose, [settings.fal_key.reveal()] if settings.fal_key else [])
-    ctx.obj = _App(settings)
+    ctx.obj = _App(settings, verbose)
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -217,10 +222,22 @@ def enqueue(app: _App, manifest: Path, skip_invalid: bool, as_json: bool) -> Non
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.option("--batch", help="Only this batch.")
+@click.option("--state", "states", multiple=True, type=_STATE_CHOICE,
+              help="List the jobs in this state (repeatable) instead of counting.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def status(app: _App, batch: str | None, as_json: bool) -> None:
-    """Count jobs by batch and state."""
+def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool) -> None:
+    """Count jobs by batch and state, or list the jobs in some states."""
+    if states:
+        rows = runner.select_jobs(app.repo, [batch] if batch else None, [JobState(s) for s in states], [])
+        if as_json:
+            _emit_json({"jobs": [{k: r[k] for k in ("id", "key", "state", "endpoint", "source", "output_path",
+                                                     "last_error", "attempt_count")} for r in rows]})
+            return
+        for r in rows:
+            click.echo(f"{r['id']:>6} {r['key'][:12]} {r['state']:<11} {r['source'] or '-'} → {r['output_path']}"
+                       + (f"  ({r['last_error']})" if r["last_error"] else ""))
+        return
     counts = runner.status(app.repo, batch)
     if batch is not None and not counts and batch not in app.repo.batch_names():
         raise ConfigError(f'no batch named "{batch}"', hint="run `batch-runner status` to list batches")
@@ -281,6 +298,213 @@ def samples(folder: Path, clips: int, images: int, duration: str) -> None:
 
     for path in make_samples(folder, clips=clips, images=images, duration=duration):
         click.echo(str(path))
+
+
+# --------------------------------------------------------------------------- run, work and friends
+
+EMULATOR_SPEED = 20.0  # the embedded emulator runs fal's delays twenty times faster
+
+
+class _Interrupts:
+    """First Ctrl-C/SIGTERM: stop claiming and leave in-flight work resumable. Second: exit now."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            os._exit(130)  # the state is already safe: every step is recorded before it happens
+        self.stop.set()
+        click.echo("\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
+                   "(Ctrl-C again to exit at once)", err=True)
+
+    def __enter__(self) -> "_Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[Settings, Secret]]:
+    """Settings and key for talking to fal, the --fal-url target or an embedded emulator."""
+    settings = app.settings
+    if emulator:
+        from .emulator.server import start_emulator
+
+        server = start_emulator(concurrency=max(2, concurrency), speed=EMULATOR_SPEED)
+        click.echo(f"EMULATOR: every fal call goes to a local emulator at {server.url}. Nothing real is called "
+                   "and nothing is billed; the outputs are real files made with ffmpeg.", err=True)
+        try:
+            yield settings.with_overrides(fal_url=server.url), Secret("emulator")
+        finally:
+            server.stop()
+        return
+    if settings.fal_key is None and not settings.fal_url:
+        raise ConfigError("FAL_KEY is not set, so nothing can be sent to fal",
+                          hint="export FAL_KEY=…, or try it free with --emulator")
+    yield settings, settings.fal_key or Secret("local")
+
+
+def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool) -> Any:
+    from .worker import PoolSettings
+
+    return PoolSettings(concurrency=concurrency, max_in_flight=max_in_flight, cancel_on_exit=cancel_on_exit,
+                        burst=burst)
+
+
+def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int,
+                 max_in_flight: int | None, max_cost: int | None, emulator: bool, cancel_on_exit: bool,
+                 as_json: bool, skip_invalid: bool, run_name: str | None, burst: bool) -> None:
+    from contextlib import contextmanager
+
+    from .progress import ProgressReporter
+
+    access = contextmanager(_fal_access)(app, emulator, concurrency)
+    with access as (settings, key), _Interrupts() as interrupts, \
+            ProgressReporter(verbose=app.verbose) as reporter:
+        summary = runner.run_jobs(settings, app.prices, app.repo, key, manifest=manifest,
+                                  batches=list(batches) or None,
+                                  pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst),
+                                  max_cost_micro_usd=max_cost, run_name=run_name, reporter=reporter,
+                                  stop=interrupts.stop, skip_invalid=skip_invalid)
+    if as_json:
+        _emit_json(summary.to_json())
+    else:
+        _print_summary(summary)
+    err = summary.exit_error()
+    if err is not None:
+        raise err
+
+
+def _print_summary(summary: "runner.RunSummary") -> None:
+    counts = "  ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
+    click.echo(f"run {summary.run}: {counts}")
+    budget = f" of a ${format_usd(summary.budget_micro_usd)} budget" if summary.budget_micro_usd is not None else ""
+    click.echo(f"  estimated ${format_usd(summary.estimated_micro_usd)}   billed ${format_usd(summary.billed_micro_usd)}"
+               f"{budget}   {summary.elapsed_s:.1f} s")
+    for f in summary.failed:
+        click.echo(f"  {f['state'].upper():<10} job {f['job']} {f['source'] or ''} → {f['output']}: {f['error']}")
+    if summary.not_run and summary.stopped_by:
+        click.echo(f"  {summary.not_run} job(s) still queued")
+
+
+_RUN_OPTIONS = [
+    click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: the manifest's, "
+                 "else all]."),
+    click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 256),
+                 help="Worker threads; also the most requests in flight at fal (its account limits start at 2)."),
+    click.option("--max-in-flight", type=click.IntRange(1, 1024),
+                 help="Cap on requests in flight across all workers [default: --concurrency]."),
+    click.option("--max-cost", callback=_usd, metavar="USD",
+                 help="Budget for this run: dispatch stops before it would be exceeded (exit 5)."),
+    click.option("--emulator", is_flag=True, help="Start the embedded fal emulator and use it: nothing real is called."),
+    click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel in-flight requests at fal."),
+    click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout."),
+]
+
+
+def _run_options(func: Any) -> Any:
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("manifest", required=False, type=click.Path(path_type=Path))
+@_run_options
+@click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
+@click.pass_obj
+def run(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None,
+        max_cost: int | None, emulator: bool, cancel_on_exit: bool, as_json: bool, skip_invalid: bool) -> None:
+    """Enqueue MANIFEST (if given) and process every pending job to a verified output, then exit."""
+    _run_command(app, manifest, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit,
+                 as_json, skip_invalid, None, burst=True)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@_run_options
+@click.option("--run", "run_name", metavar="NAME",
+              help="Join the named run, sharing its budget with every worker that joins it.")
+@click.pass_obj
+def work(app: _App, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None, max_cost: int | None,
+         emulator: bool, cancel_on_exit: bool, as_json: bool, run_name: str | None) -> None:
+    """Process jobs as they are enqueued until stopped (one per machine; all share the database)."""
+    _run_command(app, None, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit, as_json,
+                 False, run_name, burst=False)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(app: _App, job: str, as_json: bool) -> None:
+    """Show JOB (an id or a key prefix): its input, attempts and whole audit trail."""
+    row, attempts, events = runner.job_history(app.repo, job)
+    if as_json:
+        _emit_json({"job": row, "attempts": attempts, "events": events})
+        return
+    click.echo(f"job {row['id']}  key {row['key']}  state {row['state']}")
+    click.echo(f"  endpoint {row['endpoint']}\n  source   {row['source']}\n  output   {row['output_path']}")
+    billed = format_usd(row["billed_micro_usd"]) if row["billed_micro_usd"] is not None else "-"
+    click.echo(f"  estimate ${format_usd(row['estimate_micro_usd'])} ({row['price_table']})   billed ${billed}")
+    if row["last_error"]:
+        click.echo(f"  last error: {row['last_error']}")
+    click.echo(f"  input    {row['input_json']}")
+    click.echo("attempts:")
+    for a in attempts:
+        click.echo(f"  #{a['number']} {a['state']:<11} request {a['request_id'] or '-'}  worker {a['worker']}  "
+                   f"billed {format_usd(a['billed_micro_usd']) if a['billed_micro_usd'] is not None else '-'}"
+                   + (f"  error: {a['error']}" if a["error"] else ""))
+    click.echo("events:")
+    for e in events:
+        move = f"{e['from_state'] or ''} → {e['to_state']}" if e["to_state"] else ""
+        click.echo(f"  {e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<18} {move:<26} {e['user']}@{e['host']}:{e['pid']}  "
+                   f"{e['details_json'] if e['details_json'] != '{}' else ''}")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
+@click.option("--state", "states", multiple=True, type=click.Choice(["failed", "cancelled", "uncertain", "rejected"]),
+              help="Which jobs to queue again [default: failed].")
+@click.option("--uncertain", is_flag=True, help="Same as --state uncertain: resubmit on purpose.")
+@click.option("--job", "jobs", multiple=True, metavar="ID", help="Only these jobs (id or key prefix; repeatable).")
+@click.pass_obj
+def retry(app: _App, batches: tuple[str, ...], states: tuple[str, ...], uncertain: bool, jobs: tuple[str, ...]) -> None:
+    """Queue failed (or cancelled, uncertain, rejected) jobs again; the next run makes new attempts."""
+    chosen = [JobState(s) for s in states] or ([] if uncertain else [JobState.FAILED])
+    if uncertain:
+        chosen.append(JobState.UNCERTAIN)
+    selected = runner.select_jobs(app.repo, list(batches) or None, chosen, list(jobs))
+    n = runner.retry_jobs(app.repo, selected, chosen)
+    click.echo(f"{n} job(s) queued again; run `batch-runner run` to process them")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--batch", "batches", multiple=True, help="Cancel this batch's pending jobs (repeatable).")
+@click.option("--job", "jobs", multiple=True, metavar="ID", help="Cancel these jobs (id or key prefix; repeatable).")
+@click.pass_obj
+def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
+    """Cancel queued jobs here and in-flight ones at fal (needs FAL_KEY or --fal-url for those)."""
+    if not batches and not jobs:
+        raise click.UsageError("name what to cancel with --batch or --job")
+    pending = [JobState.QUEUED, JobState.UNCERTAIN, JobState.SUBMITTED, JobState.IN_PROGRESS]
+    selected = runner.select_jobs(app.repo, list(batches) or None, pending, list(jobs))
+    client = None
+    if any(j["state"] in (JobState.SUBMITTED.value, JobState.IN_PROGRESS.value) for j in selected) and (
+            app.settings.fal_key or app.settings.fal_url):
+        from .api.client import FalClient
+
+        client = FalClient(app.settings.hosts, app.settings.fal_key or Secret("local"))
+    try:
+        local, remote = runner.cancel_jobs(app.repo, selected, client)
+    finally:
+        if client:
+            client.close()
+    click.echo(f"cancelled {local} queued job(s) and {remote} in-flight request(s)")
 
 
 # --------------------------------------------------------------------------- emulator

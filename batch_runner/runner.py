@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -14,9 +17,14 @@ import httpx
 
 from . import catalog, probe
 from .config import Settings
+from .api.client import FalClient
+from .config import Secret
+from .db.queue import JobQueue
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import Actor, JobSpec, ProbeResult, format_usd
-from .errors import BatchRunnerError, InvalidItemsError, ManifestError
+from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd
+from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
+    ManifestError, RunInterruptedError
+from .worker import Pool, PoolSettings, Reporter, Worker
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
 
@@ -223,3 +231,169 @@ def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:
         })
     return out
 
+
+
+# --------------------------------------------------------------------------- run and work
+
+FAILED_STATES = (JobState.FAILED, JobState.REJECTED, JobState.UNCERTAIN)
+
+
+@dataclass
+class RunSummary:
+    """The end of a run: what happened to the jobs it touched, what it cost, how it ended."""
+
+    run: str
+    batches: list[str] | None
+    counts: dict[str, int]
+    estimated_micro_usd: int
+    billed_micro_usd: int
+    budget_micro_usd: int | None
+    failed: list[dict[str, Any]]
+    batch_states: dict[str, int]
+    elapsed_s: float
+    stopped_by: str | None = None  # "budget", "interrupt", or an error message
+    budget_left_micro_usd: int | None = None
+    not_run: int = 0
+    error: BatchRunnerError | None = None
+
+    def exit_error(self) -> BatchRunnerError | None:
+        """The error the command exits with (None: exit 0)."""
+        if self.error is not None:
+            return self.error
+        if self.stopped_by == "interrupt":
+            return RunInterruptedError(f"interrupted: {self.counts.get('succeeded', 0)} done; in-flight jobs are "
+                                       "recorded and the next run resumes them")
+        if self.stopped_by == "budget":
+            return BudgetExceededError(
+                f"budget stop: ${format_usd(self.budget_left_micro_usd or 0)} of ${format_usd(self.budget_micro_usd or 0)} "
+                f"left, not enough for the next job; {self.not_run} job(s) did not run",
+                hint="raise --max-cost or the manifest budget and run again")
+        if self.failed:
+            return JobsFailedError(f"{len(self.failed)} job(s) did not succeed (see the summary)",
+                                   hint="`batch-runner retry` queues them again")
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        err = self.exit_error()
+        return {
+            "run": self.run, "batches": self.batches, "jobs": self.counts,
+            "estimated_cost_usd": format_usd(self.estimated_micro_usd),
+            "billed_cost_usd": format_usd(self.billed_micro_usd),
+            "budget_usd": format_usd(self.budget_micro_usd) if self.budget_micro_usd is not None else None,
+            "stopped_by": self.stopped_by, "not_run": self.not_run, "elapsed_s": round(self.elapsed_s, 3),
+            "failed": self.failed, "batch_states": self.batch_states,
+            "exit_code": err.exit_code if err else 0,
+        }
+
+
+def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secret, *, manifest: Path | None,
+             batches: list[str] | None, pool: PoolSettings, max_cost_micro_usd: int | None, run_name: str | None,
+             reporter: Reporter, stop: threading.Event, skip_invalid: bool = False) -> RunSummary:
+    """Enqueue the manifest (if any), then process until nothing is left (or forever for `work`)."""
+    started = time.monotonic()
+    budget = max_cost_micro_usd
+    if manifest is not None:
+        planned = plan(manifest, settings, prices, repo)
+        enqueue(planned, repo, skip_invalid=skip_invalid)
+        batches = batches or [planned.manifest.batch]
+        if budget is None:
+            budget = planned.manifest.budget_micro_usd
+    if batches:
+        known = set(repo.batch_names())
+        missing = [b for b in batches if b not in known]
+        if missing:
+            raise ConfigError(f'no batch named "{missing[0]}"', hint="enqueue its manifest first")
+        if budget is None and len(batches) == 1:
+            budget = repo.batch_budget(batches[0])
+    queue = JobQueue(repo.engine, Actor.current(), pool.lease_s)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{Actor.current().pid}"
+    run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget)
+    reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
+    client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
+    probes_cache: dict[str, ProbeResult | None] = {}
+
+    def source_probe(job: dict[str, Any]) -> ProbeResult | None:
+        fp = job.get("source_fingerprint")
+        if not fp:
+            return None
+        if fp not in probes_cache:
+            probes_cache[fp] = repo.cached_probes([fp]).get(fp)
+        return probes_cache[fp]
+
+    worker = Worker(queue, client, prices, pool, reporter, source_probe, stop)
+    try:
+        outcome = Pool(queue, worker, run, batches, pool, stop).run_until_done()
+    finally:
+        client.close()
+    report = queue.run_report(run.id, batches)
+    jobs = report["jobs"]
+    counts: dict[str, int] = defaultdict(int)
+    for j in jobs:
+        counts[j["state"]] += 1
+    failed = [{"job": j["id"], "key": j["key"][:12], "state": j["state"], "source": j["source"],
+               "output": j["output_path"], "error": j["last_error"]}
+              for j in jobs if j["state"] in {s.value for s in FAILED_STATES}]
+    stopped_by = None
+    error = outcome.fatal
+    if error is not None:
+        stopped_by = error.message
+    elif outcome.interrupted:
+        stopped_by = "interrupt"
+    elif outcome.budget_stop is not None:
+        stopped_by = "budget"
+    summary = RunSummary(
+        run=name, batches=batches, counts=dict(counts), estimated_micro_usd=sum(j["estimate_micro_usd"] for j in jobs),
+        billed_micro_usd=report["billed_micro_usd"], budget_micro_usd=report["budget_micro_usd"], failed=failed,
+        batch_states=report["batch_states"], elapsed_s=time.monotonic() - started, stopped_by=stopped_by,
+        budget_left_micro_usd=(outcome.budget_stop.left_micro_usd if outcome.budget_stop else None),
+        not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error)
+    queue.finish_run(run.id, "interrupted" if outcome.interrupted else stopped_by or "finished", summary.to_json())
+    return summary
+
+
+# --------------------------------------------------------------------------- manage jobs
+
+
+def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]) -> list[dict[str, Any]]:
+    queue = JobQueue(repo.engine, Actor.current(), 60)
+    if refs:
+        found = queue.find_jobs(refs)
+        if not found:
+            raise ConfigError(f"no job matches {', '.join(refs)}", hint="use a job id or a key prefix from `status`")
+        return [j for j in found if not states or j["state"] in {s.value for s in states}]
+    return queue.jobs_in(batches, states)
+
+
+def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> int:
+    """Queue failed, cancelled or uncertain jobs again; the next run makes a new attempt."""
+    queue = JobQueue(repo.engine, Actor.current(), 60)
+    return queue.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
+
+
+def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None) -> tuple[int, int]:
+    """Cancel queued jobs locally and in-flight ones through fal's API; (local, remote) counts."""
+    queue = JobQueue(repo.engine, Actor.current(), 60)
+    ids = [j["id"] for j in jobs]
+    local = queue.cancel_queued(ids, "cancel requested")
+    remote = 0
+    claims = queue.lease_for_cancel(ids)
+    if claims and client is None:
+        raise ConfigError(f"{len(claims)} job(s) are in flight at fal and need the API to cancel",
+                          hint="set FAL_KEY (or --fal-url for an emulator)")
+    for claim in claims:
+        answer = client.cancel(claim.attempt["cancel_url"]) if client else "?"
+        queue.cancel_followed(claim, answer)
+        remote += 1
+    return local, remote
+
+
+def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    queue = JobQueue(repo.engine, Actor.current(), 60)
+    found = queue.find_jobs([ref])
+    if not found:
+        raise ConfigError(f"no job matches {ref!r}", hint="use a job id or a key prefix from `status --state …`")
+    if len(found) > 1:
+        raise ConfigError(f"{ref!r} matches {len(found)} jobs", hint="give more of the key")
+    attempts, events = queue.history(found[0]["id"])
+    return found[0], attempts, events

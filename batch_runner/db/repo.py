@@ -151,6 +151,13 @@ class Repository:
         except SQLAlchemyError as exc:
             raise self._fail("counting jobs", exc) from exc
 
+    def batch_budget(self, name: str) -> int | None:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(select(Batch.budget_micro_usd).where(Batch.name == name)).scalar()
+        except SQLAlchemyError as exc:
+            raise self._fail("reading the batch", exc) from exc
+
     def batch_names(self) -> list[str]:
         try:
             with self.engine.connect() as conn:

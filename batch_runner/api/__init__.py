@@ -1,0 +1,1 @@
+"""fal's HTTP APIs: the client (queue, storage, pricing) and the one place retry policy lives."""

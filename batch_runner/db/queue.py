@@ -1,0 +1,440 @@
+"""The job queue in SQL: runs and budget reservations, claims with leases, state transitions,
+attempts, the audit trail, and the upload cache.
+
+Every claim takes the `dispatch` lock row first, so the in-flight cap and the budget check are
+decided one claim at a time across threads, processes and machines. Every state change writes
+an event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState
+from ..errors import DatabaseError
+from .engine import safe_url
+from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
+
+J, A, R = Job.__table__, Attempt.__table__, Run.__table__
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    name: str
+    budget_micro_usd: int | None
+    reserved_micro_usd: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds the lease on, and what to do with it."""
+
+    kind: str  # "submit" (a new attempt) or "follow" (a live request id)
+    job: dict[str, Any]
+    attempt: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BudgetStop:
+    """The next job's estimate does not fit in what is left of the run's budget."""
+
+    job_id: int
+    estimate_micro_usd: int
+    left_micro_usd: int
+
+
+class JobQueue:
+    """Queue operations for one worker process (host:pid), safe to share across its threads."""
+
+    def __init__(self, engine: Engine, actor: Actor, lease_s: float) -> None:
+        self.engine, self.actor, self.lease_s = engine, actor, lease_s
+        self.worker = f"{actor.host}:{actor.pid}"
+
+    def _fail(self, action: str, exc: SQLAlchemyError) -> DatabaseError:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return DatabaseError(f"{action} failed on {safe_url(str(self.engine.url))}: {first[0] if first else exc}")
+
+    def _tx(self, action: str, fn: Any, *args: Any) -> Any:
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn, *args)
+        except SQLAlchemyError as exc:
+            raise self._fail(action, exc) from exc
+
+    def _event(self, conn: Connection, kind: str, *, job: dict | None = None, attempt_id: int | None = None,
+               batch_id: int | None = None, from_state: str | None = None, to_state: str | None = None,
+               **details: Any) -> None:
+        conn.execute(insert(Event), [{
+            "at": utcnow(), "batch_id": batch_id or (job or {}).get("batch_id"), "job_id": (job or {}).get("id"),
+            "attempt_id": attempt_id, "host": self.actor.host, "pid": self.actor.pid, "user": self.actor.user,
+            "kind": kind, "from_state": from_state, "to_state": to_state,
+            "details_json": json.dumps({k: v for k, v in details.items() if v is not None}, sort_keys=True,
+                                       default=str)}])
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, name: str, batch: str | None, budget_micro_usd: int | None) -> RunInfo:
+        """Create the named run, or join it (a later budget replaces an earlier one)."""
+        def go(conn: Connection) -> RunInfo:
+            batch_id = conn.execute(select(Batch.id).where(Batch.name == batch)).scalar() if batch else None
+            row = conn.execute(select(R).where(R.c.name == name)).mappings().first()
+            if row is None:
+                conn.execute(insert(R).values(name=name, batch_id=batch_id, budget_micro_usd=budget_micro_usd,
+                                              reserved_micro_usd=0, status="running", started_at=utcnow(),
+                                              host=self.actor.host, pid=self.actor.pid))
+            elif budget_micro_usd is not None:
+                conn.execute(update(R).where(R.c.name == name).values(budget_micro_usd=budget_micro_usd))
+            row = conn.execute(select(R).where(R.c.name == name)).mappings().one()
+            self._event(conn, "run.started", batch_id=batch_id, run=name, budget_micro_usd=row["budget_micro_usd"])
+            return RunInfo(row["id"], name, row["budget_micro_usd"], row["reserved_micro_usd"])
+        return self._tx("starting the run", go)
+
+    def run_info(self, run_id: int) -> RunInfo:
+        def go(conn: Connection) -> RunInfo:
+            row = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+            return RunInfo(row["id"], row["name"], row["budget_micro_usd"], row["reserved_micro_usd"])
+        return self._tx("reading the run", go)
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        def go(conn: Connection) -> None:
+            conn.execute(update(R).where(R.c.id == run_id).values(
+                status=status, finished_at=utcnow(), summary_json=json.dumps(summary, sort_keys=True)))
+            self._event(conn, "run.finished", status=status, run_id=run_id)
+        self._tx("finishing the run", go)
+
+    # ------------------------------------------------------------------ claiming
+
+    def claim(self, run_id: int, batches: Sequence[str] | None, max_in_flight: int,
+              follow_only: bool = False) -> Claim | BudgetStop | None:
+        """The next job for this worker: a live request to follow first, else a queued job to
+        submit (if the in-flight cap and the run's budget allow). None when there is nothing."""
+        def go(conn: Connection) -> Claim | BudgetStop | None:
+            conn.execute(update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1))
+            now = utcnow()
+            self._sweep_stale_submits(conn, now, batches)
+            scope = self._scope(batches)
+            free = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < now)
+            follow = conn.execute(select(J).where(J.c.state.in_([s.value for s in FOLLOW_STATES]), free, *scope)
+                                  .order_by(J.c.id).limit(1).with_for_update(skip_locked=True)).mappings().first()
+            if follow is not None:
+                attempt = self._latest_attempt(conn, follow["id"])
+                self._lease(conn, follow["id"], now)
+                self._event(conn, "job.followed", job=dict(follow), attempt_id=attempt["id"],
+                            request_id=attempt["request_id"], worker=self.worker)
+                return Claim("follow", dict(follow), attempt)
+            if follow_only:
+                return None
+            in_flight = conn.execute(select(func.count()).select_from(J).where(
+                J.c.state.in_([s.value for s in IN_FLIGHT_STATES]))).scalar_one()
+            if in_flight >= max_in_flight:
+                return None
+            job = conn.execute(select(J).where(
+                J.c.state == JobState.QUEUED.value,
+                or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now), *scope)
+                .order_by(J.c.id).limit(1).with_for_update(skip_locked=True)).mappings().first()
+            if job is None:
+                return None
+            est = job["estimate_micro_usd"]
+            reserved = conn.execute(update(R).where(
+                R.c.id == run_id,
+                or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd))
+                .values(reserved_micro_usd=R.c.reserved_micro_usd + est))
+            if reserved.rowcount != 1:
+                run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+                return BudgetStop(job["id"], est, (run["budget_micro_usd"] or 0) - run["reserved_micro_usd"])
+            number = job["attempt_count"] + 1
+            attempt_id = conn.execute(insert(A).values(
+                job_id=job["id"], number=number, run_id=run_id, worker=self.worker,
+                state=AttemptState.PREPARING.value, reserved_micro_usd=est, created_at=now)).inserted_primary_key[0]
+            conn.execute(update(J).where(J.c.id == job["id"]).values(
+                state=JobState.SUBMITTING.value, attempt_count=number, lease_owner=self.worker,
+                lease_expires_at=now + timedelta(seconds=self.lease_s), updated_at=now, next_attempt_at=None))
+            self._event(conn, "job.claimed", job=dict(job), attempt_id=attempt_id, from_state=job["state"],
+                        to_state=JobState.SUBMITTING.value, attempt=number, reserved_micro_usd=est, worker=self.worker)
+            attempt = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
+            return Claim("submit", {**job, "attempt_count": number}, dict(attempt))
+        return self._tx("claiming a job", go)
+
+    def _scope(self, batches: Sequence[str] | None) -> list[Any]:
+        if not batches:
+            return []
+        return [J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(list(batches))))]
+
+    def _lease(self, conn: Connection, job_id: int, now: datetime) -> None:
+        conn.execute(update(J).where(J.c.id == job_id).values(
+            lease_owner=self.worker, lease_expires_at=now + timedelta(seconds=self.lease_s)))
+
+    def _latest_attempt(self, conn: Connection, job_id: int) -> dict[str, Any]:
+        return dict(conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number.desc()).limit(1))
+                    .mappings().one())
+
+    def _sweep_stale_submits(self, conn: Connection, now: datetime, batches: Sequence[str] | None) -> None:
+        """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
+        what may have been sent as uncertain (never resubmitted automatically)."""
+        stale = conn.execute(select(J).where(J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now,
+                                             *self._scope(batches))).mappings().all()
+        for job in stale:
+            attempt = self._latest_attempt(conn, job["id"])
+            if attempt["state"] == AttemptState.PREPARING.value:
+                self._end_attempt(conn, attempt, AttemptState.UNSENT, "the worker stopped before sending",
+                                  billed=0)
+                self._set_job(conn, dict(job), JobState.QUEUED, "worker stopped before sending; requeued",
+                              attempt_id=attempt["id"])
+            else:
+                self._end_attempt(conn, attempt, AttemptState.UNCERTAIN,
+                                  "the worker stopped while sending the submit", billed=None)
+                self._set_job(conn, dict(job), JobState.UNCERTAIN, "worker stopped while sending the submit",
+                              attempt_id=attempt["id"])
+
+    # ------------------------------------------------------------------ transitions
+
+    def _set_job(self, conn: Connection, job: dict[str, Any], state: JobState, reason: str | None = None, *,
+                 attempt_id: int | None = None, keep_lease: bool = False, **values: Any) -> None:
+        now = utcnow()
+        new = {"state": state.value, "updated_at": now, **values}
+        if state == JobState.SUCCEEDED:
+            new["last_error"] = None
+        elif reason is not None:
+            new["last_error"] = reason
+        if not keep_lease:
+            new.update(lease_owner=None, lease_expires_at=None)
+        conn.execute(update(J).where(J.c.id == job["id"]).values(**new))
+        self._event(conn, f"job.{state.value}", job=job, attempt_id=attempt_id, from_state=job["state"],
+                    to_state=state.value, reason=reason, worker=self.worker)
+        job["state"] = state.value
+
+    def _end_attempt(self, conn: Connection, attempt: dict[str, Any], state: AttemptState, error: str | None,
+                     *, billed: int | None, **values: Any) -> None:
+        """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it)."""
+        conn.execute(update(A).where(A.c.id == attempt["id"]).values(
+            state=state.value, error=error, finished_at=utcnow(), billed_micro_usd=billed, **values))
+        if billed is not None and attempt.get("run_id") is not None and attempt.get("reserved_micro_usd") is not None:
+            conn.execute(update(R).where(R.c.id == attempt["run_id"]).values(
+                reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt["reserved_micro_usd"]))
+        attempt["state"] = state.value
+
+    def sending(self, claim: Claim) -> None:
+        """Write-ahead: committed before the submit goes out."""
+        def go(conn: Connection) -> None:
+            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=AttemptState.SENDING.value))
+            self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt["id"])
+        self._tx("recording the submit", go)
+        claim.attempt["state"] = AttemptState.SENDING.value
+
+    def submitted(self, claim: Claim, request_id: str, status_url: str, response_url: str, cancel_url: str,
+                  payload_sha256: str) -> None:
+        """Committed the moment fal answers: from now on the job is followed, never resubmitted."""
+        def go(conn: Connection) -> None:
+            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(
+                state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
+                response_url=response_url, cancel_url=cancel_url, submitted_at=utcnow()))
+            self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt["id"], keep_lease=True)
+            self._event(conn, "attempt.submitted", job=claim.job, attempt_id=claim.attempt["id"],
+                        request_id=request_id, input_sha256=payload_sha256)
+        self._tx("recording the request id", go)
+        claim.attempt.update(state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
+                             response_url=response_url, cancel_url=cancel_url)
+
+    def progress(self, claim: Claim, state: JobState, **details: Any) -> None:
+        """in_progress / downloading: the job keeps its lease."""
+        if claim.job["state"] == state.value:
+            return
+
+        def go(conn: Connection) -> None:
+            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=state.value))
+            self._set_job(conn, claim.job, state, attempt_id=claim.attempt["id"], keep_lease=True, **details)
+        self._tx("recording progress", go)
+
+    def requeue(self, claim: Claim, reason: str, *, delay_s: float, sent: bool) -> None:
+        """A retryable failure that billed nothing: the job waits `delay_s` and gets a new attempt."""
+        def go(conn: Connection) -> None:
+            self._end_attempt(conn, claim.attempt, AttemptState.FAILED if sent else AttemptState.UNSENT, reason,
+                              billed=0)
+            self._set_job(conn, claim.job, JobState.QUEUED, reason, attempt_id=claim.attempt["id"],
+                          next_attempt_at=utcnow() + timedelta(seconds=delay_s))
+        self._tx("requeueing a job", go)
+
+    def release(self, claim: Claim, *, unsent: bool = False) -> None:
+        """Give the job back (on stop): a live request stays as it is for the next worker; a
+        claim that never sent anything goes back to the queue."""
+        def go(conn: Connection) -> None:
+            if unsent:
+                self._end_attempt(conn, claim.attempt, AttemptState.UNSENT, "stopped before sending", billed=0)
+                self._set_job(conn, claim.job, JobState.QUEUED, "stopped before sending",
+                              attempt_id=claim.attempt["id"])
+            else:
+                conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+                             .values(lease_owner=None, lease_expires_at=None))
+                self._event(conn, "job.released", job=claim.job, attempt_id=claim.attempt["id"], worker=self.worker)
+        self._tx("releasing a job", go)
+
+    def uncertain(self, claim: Claim, reason: str) -> None:
+        def go(conn: Connection) -> None:
+            self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
+            self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt["id"])
+        self._tx("marking a job uncertain", go)
+
+    def finish(self, claim: Claim, state: JobState, reason: str | None, *, billed_micro_usd: int,
+               billable_units: str | None = None, unit_price_micro_usd: int | None = None,
+               output: dict[str, Any] | None = None) -> None:
+        """A terminal state, with what fal billed (0 when nothing) and the verified output."""
+        attempt_state = {JobState.SUCCEEDED: AttemptState.SUCCEEDED, JobState.CANCELLED: AttemptState.CANCELLED,
+                         }.get(state, AttemptState.FAILED)
+
+        def go(conn: Connection) -> None:
+            self._end_attempt(conn, claim.attempt, attempt_state, reason, billed=billed_micro_usd,
+                              billable_units=billable_units, unit_price_micro_usd=unit_price_micro_usd)
+            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+                                 .where(A.c.job_id == claim.job["id"])).scalar_one()
+            if output is not None:
+                conn.execute(insert(Output).values(job_id=claim.job["id"], attempt_id=claim.attempt["id"],
+                                                   created_at=utcnow(), **output))
+            self._set_job(conn, claim.job, state, reason, attempt_id=claim.attempt["id"], billed_micro_usd=total)
+        self._tx("finishing a job", go)
+
+    def heartbeat(self) -> int:
+        """Extend the lease of every job this worker holds; returns how many."""
+        def go(conn: Connection) -> int:
+            now = utcnow()
+            return conn.execute(update(J).where(J.c.lease_owner == self.worker).values(
+                lease_expires_at=now + timedelta(seconds=self.lease_s))).rowcount
+        return self._tx("renewing leases", go)
+
+    # ------------------------------------------------------------------ reading
+
+    def remaining(self, batches: Sequence[str] | None) -> dict[str, int]:
+        """Jobs still to do, by state: queued, in flight, downloading."""
+        def go(conn: Connection) -> dict[str, int]:
+            active = [JobState.QUEUED, *IN_FLIGHT_STATES, JobState.DOWNLOADING]
+            rows = conn.execute(select(J.c.state, func.count()).where(
+                J.c.state.in_([s.value for s in active]), *self._scope(batches)).group_by(J.c.state))
+            return {s: n for s, n in rows}
+        return self._tx("counting jobs", go)
+
+    def next_retry_at(self, batches: Sequence[str] | None) -> datetime | None:
+        """When the earliest waiting retry becomes due (ordered, not min(): SQLite's min() is untyped)."""
+        def go(conn: Connection) -> datetime | None:
+            return conn.execute(select(J.c.next_attempt_at).where(
+                J.c.state == JobState.QUEUED.value, J.c.next_attempt_at.is_not(None), *self._scope(batches))
+                .order_by(J.c.next_attempt_at).limit(1)).scalar()
+        return self._tx("reading retry times", go)
+
+    def counts(self, batches: Sequence[str] | None) -> dict[str, int]:
+        def go(conn: Connection) -> dict[str, int]:
+            return {s: n for s, n in conn.execute(select(J.c.state, func.count()).where(*self._scope(batches))
+                                                  .group_by(J.c.state))}
+        return self._tx("counting jobs", go)
+
+    def jobs_in(self, batches: Sequence[str] | None, states: Iterable[JobState]) -> list[dict[str, Any]]:
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(select(J).where(
+                J.c.state.in_([s.value for s in states]), *self._scope(batches)).order_by(J.c.id)).mappings()]
+        return self._tx("listing jobs", go)
+
+    def run_report(self, run_id: int, batches: Sequence[str] | None) -> dict[str, Any]:
+        """What a run did: the jobs its attempts touched, by final state, and what it was billed."""
+        def go(conn: Connection) -> dict[str, Any]:
+            touched = select(A.c.job_id).where(A.c.run_id == run_id).distinct()
+            rows = [dict(r) for r in conn.execute(select(J).where(J.c.id.in_(touched)).order_by(J.c.id)).mappings()]
+            billed = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+                                  .where(A.c.run_id == run_id)).scalar_one()
+            attempts = conn.execute(select(func.count()).select_from(A).where(A.c.run_id == run_id)).scalar_one()
+            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+            scope = conn.execute(select(J.c.state, func.count()).where(*self._scope(batches))
+                                 .group_by(J.c.state)).all()
+            return {"jobs": rows, "billed_micro_usd": int(billed), "attempts": int(attempts),
+                    "budget_micro_usd": run["budget_micro_usd"], "reserved_micro_usd": run["reserved_micro_usd"],
+                    "batch_states": {st: n for st, n in scope}}
+        return self._tx("reporting the run", go)
+
+    # ------------------------------------------------------------------ uploads
+
+    def cached_upload(self, sha256: str, base_url: str) -> str | None:
+        def go(conn: Connection) -> str | None:
+            return conn.execute(select(Upload.url).where(Upload.sha256 == sha256, Upload.base_url == base_url,
+                                                         Upload.expires_at > utcnow())).scalar()
+        return self._tx("reading the upload cache", go)
+
+    def store_upload(self, sha256: str, base_url: str, url: str, size: int, ttl_s: float) -> None:
+        def go(conn: Connection) -> None:
+            now = utcnow()
+            conn.execute(Upload.__table__.delete().where(Upload.sha256 == sha256, Upload.base_url == base_url))
+            conn.execute(insert(Upload).values(sha256=sha256, base_url=base_url, url=url, size_bytes=size,
+                                               created_at=now, expires_at=now + timedelta(seconds=ttl_s)))
+        self._tx("writing the upload cache", go)
+
+    # ------------------------------------------------------------------ management
+
+    def find_jobs(self, refs: Sequence[str]) -> list[dict[str, Any]]:
+        """Jobs by id or key prefix (at least 6 characters)."""
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            out = []
+            for ref in refs:
+                cond = J.c.id == int(ref) if ref.isdigit() else J.c.key.like(f"{ref}%")
+                rows = conn.execute(select(J).where(cond)).mappings().all()
+                out.extend(dict(r) for r in rows)
+            return out
+        return self._tx("finding jobs", go)
+
+    def history(self, job_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def go(conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            attempts = [dict(r) for r in conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number))
+                        .mappings()]
+            events = [dict(r) for r in conn.execute(select(Event.__table__).where(Event.job_id == job_id)
+                                                    .order_by(Event.id)).mappings()]
+            return attempts, events
+        return self._tx("reading a job's history", go)
+
+    def requeue_jobs(self, job_ids: Sequence[int], from_states: Iterable[JobState], reason: str) -> int:
+        """Put jobs back in the queue on purpose (`retry`): history is kept, a new attempt follows."""
+        allowed = [s.value for s in from_states]
+
+        def go(conn: Connection) -> int:
+            n = 0
+            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(allowed))).mappings():
+                self._set_job(conn, dict(job), JobState.QUEUED, reason, next_attempt_at=None)
+                n += 1
+            return n
+        return self._tx("requeueing jobs", go)
+
+    def cancel_queued(self, job_ids: Sequence[int], reason: str) -> int:
+        def go(conn: Connection) -> int:
+            n = 0
+            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(
+                    [JobState.QUEUED.value, JobState.UNCERTAIN.value]))).mappings():
+                self._set_job(conn, dict(job), JobState.CANCELLED, reason)
+                n += 1
+            return n
+        return self._tx("cancelling jobs", go)
+
+    def cancel_followed(self, claim: Claim, answer: str) -> None:
+        """An in-flight job cancelled through the API: it ends cancelled, unbilled unless it finishes."""
+        def go(conn: Connection) -> None:
+            self._end_attempt(conn, claim.attempt, AttemptState.CANCELLED, f"cancel requested: {answer}", billed=0)
+            self._set_job(conn, claim.job, JobState.CANCELLED, f"cancelled through the API ({answer})",
+                          attempt_id=claim.attempt["id"])
+        self._tx("cancelling a job", go)
+
+    def lease_for_cancel(self, job_ids: Sequence[int]) -> list[Claim]:
+        """In-flight jobs with a request id, taken over for cancellation."""
+        def go(conn: Connection) -> list[Claim]:
+            out = []
+            now = utcnow()
+            rows = conn.execute(select(J).where(J.c.id.in_(list(job_ids)),
+                                                J.c.state.in_([s.value for s in FOLLOW_STATES]))).mappings().all()
+            for job in rows:
+                attempt = self._latest_attempt(conn, job["id"])
+                if attempt.get("cancel_url"):
+                    self._lease(conn, job["id"], now)
+                    out.append(Claim("follow", dict(job), attempt))
+            return out
+        return self._tx("taking jobs to cancel", go)
+

@@ -1,0 +1,96 @@
+"""Progress of a run on stderr: a live bar on a terminal, one line per event otherwise (cron logs)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .domain import format_usd
+
+FINAL = {"succeeded", "failed", "rejected", "uncertain", "cancelled"}
+
+
+class ProgressReporter:
+    """Counts done / failed / in flight and spend against the budget; thread-safe."""
+
+    def __init__(self, verbose: int = 0, stream: TextIO | None = None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.live = self.stream.isatty() if live is None else live
+        self.lock = threading.Lock()
+        self.total = 0
+        self.done = self.failed = self.in_flight = 0
+        self.spent = 0
+        self.budget: int | None = None
+        self.started = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> "ProgressReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _line(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _status(self) -> str:
+        budget = f" of ${format_usd(self.budget)}" if self.budget is not None else ""
+        return f"failed {self.failed}  in flight {self.in_flight}  spent ${format_usd(self.spent)}{budget}"
+
+    def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
+        with self.lock:
+            if kind == "start":
+                self.total, self.budget = info["total"], info.get("budget_micro_usd")
+                if self.live:
+                    self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                              MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                              TextColumn("ETA"), TimeRemainingColumn(),
+                                              console=Console(file=self.stream), transient=False)
+                    self._task = self._progress.add_task("run", total=self.total, status=self._status())
+                    self._progress.start()
+                else:
+                    self._line(f"run {info['run']}: {self.total} job(s) to do" +
+                               (f", budget ${format_usd(self.budget)}" if self.budget is not None else ""))
+                return
+            name = f"job {job.get('id')} ({_short(job)})"
+            if kind == "submitted":
+                self.in_flight += 1
+                if self.verbose:
+                    self._line(f"{name}: submitted as {info.get('request_id')}")
+            elif kind in FINAL:
+                self.in_flight = max(0, self.in_flight - (0 if kind == "cancelled" and not job.get("state") else 1))
+                if kind == "succeeded":
+                    self.done += 1
+                    self.spent += info.get("billed_micro_usd", 0)
+                else:
+                    self.failed += 1
+                if not self.live or kind != "succeeded":
+                    extra = f": {info['error']}" if info.get("error") else ""
+                    self._line(f"{name} {kind}{extra}  [{self.done + self.failed}/{self.total}, {self._status()}]")
+            elif kind == "retry":
+                self.in_flight = max(0, self.in_flight - 1)
+                self._line(f"{name}: will retry in {info.get('delay_s', 0):.0f} s: {info.get('error')}")
+            elif kind == "queued" and self.verbose:
+                self._line(f"{name}: queue position {info.get('position')}")
+            elif kind == "log" and self.verbose > 1:
+                self._line(f"{name}: {info.get('message')}")
+            elif kind == "error":
+                self._line(f"{name}: {info.get('error')}")
+            if self._progress is not None:
+                self._progress.update(self._task, completed=self.done + self.failed, status=self._status())
+
+
+def _short(job: dict[str, Any]) -> str:
+    src = job.get("source") or job.get("output_path") or ""
+    return src.rsplit("/", 1)[-1] or str(job.get("key", ""))[:10]
