@@ -349,11 +349,12 @@ def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[S
     yield settings, settings.fal_key or Secret("local")
 
 
-def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool) -> Any:
+def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool,
+                   lease_s: float) -> Any:
     from .worker import PoolSettings
 
     return PoolSettings(concurrency=concurrency, max_in_flight=max_in_flight, cancel_on_exit=cancel_on_exit,
-                        burst=burst)
+                        burst=burst, lease_s=lease_s)
 
 
 def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int,
@@ -368,7 +369,8 @@ def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], con
             ProgressReporter(verbose=app.verbose) as reporter:
         summary = runner.run_jobs(settings, app.prices, app.repo, key, manifest=manifest,
                                   batches=list(batches) or None,
-                                  pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst),
+                                  pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst,
+                                                      settings.lease_s),
                                   max_cost_micro_usd=max_cost, run_name=run_name, reporter=reporter,
                                   stop=interrupts.stop, skip_invalid=skip_invalid)
     if as_json:

@@ -13,6 +13,8 @@ ENV_FAL_URL = "BATCH_RUNNER_FAL_URL"
 ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
+ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
+LEASE_S = 60.0
 
 #: fal's hosts (reference §1). One URL (--fal-url) replaces all of them, e.g. with the emulator.
 FAL_QUEUE_URL = "https://queue.fal.run"
@@ -100,6 +102,7 @@ class Settings:
     fal_key: Secret | None = None
     probe_concurrency: int = PROBE_CONCURRENCY
     probe_timeout_s: float = PROBE_TIMEOUT_S
+    lease_s: float = LEASE_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -114,6 +117,7 @@ class Settings:
             fal_key=Secret(key) if key else None,
             probe_concurrency=int(_positive(env, ENV_PROBE_CONCURRENCY, PROBE_CONCURRENCY, int)),
             probe_timeout_s=_positive(env, ENV_PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, float),
+            lease_s=_positive(env, ENV_LEASE_S, LEASE_S, float),
         )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -103,6 +104,12 @@ class Worker:
         job = claim.job
         ep = catalog.endpoint(job["endpoint"])
         try:
+            if job["source_fingerprint"] and not probe.is_url(job["source"] or "") \
+                    and probe.fingerprint(job["source"]) != job["source_fingerprint"]:
+                self.queue.finish(claim, JobState.FAILED, "the source changed after it was planned and priced; "
+                                  "enqueue the manifest again to plan the new version", billed_micro_usd=0)
+                self.reporter.event("failed", job, error="source changed since planning")
+                return False
             payload = self._with_uploads(ep, json.loads(job["input_json"]))
         except (OSError, ProbeError) as exc:
             self.queue.finish(claim, JobState.FAILED, f"source unreadable: {exc}", billed_micro_usd=0)
@@ -354,6 +361,16 @@ class Worker:
         return None, got
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -395,6 +412,7 @@ class Pool:
         self._done = threading.Event()
 
     def run_until_done(self) -> PoolOutcome:
+        self.queue.expire_dead_local_leases(_pid_alive)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         threads = [threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)

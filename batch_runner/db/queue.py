@@ -300,6 +300,19 @@ class JobQueue:
             self._set_job(conn, claim.job, state, reason, attempt_id=claim.attempt["id"], billed_micro_usd=total)
         self._tx("finishing a job", go)
 
+    def expire_dead_local_leases(self, alive: Any) -> int:
+        """Leases held by processes on this host that no longer exist end now (no lease wait)."""
+        def go(conn: Connection) -> int:
+            owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.actor.host}:%"))
+                                  .distinct()).scalars().all()
+            dead = [o for o in owners if o != self.worker and o.rsplit(":", 1)[-1].isdigit()
+                    and not alive(int(o.rsplit(":", 1)[-1]))]
+            if dead:
+                conn.execute(update(J).where(J.c.lease_owner.in_(dead)).values(lease_expires_at=utcnow()))
+                self._event(conn, "worker.dead", dead=dead)
+            return len(dead)
+        return self._tx("reclaiming dead workers' jobs", go)
+
     def heartbeat(self) -> int:
         """Extend the lease of every job this worker holds; returns how many."""
         def go(conn: Connection) -> int:

@@ -1,0 +1,104 @@
+"""Run the real use case in-process against a real emulator, with fast retry timings."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from batch_runner import runner
+from batch_runner.api.transport import RetryPolicy
+from batch_runner.config import Secret, Settings
+from batch_runner.db import engine as db_engine
+from batch_runner.db.repo import Repository
+from batch_runner.media import make_clip
+from batch_runner.pricing import load_price_table
+from batch_runner.worker import PoolSettings
+
+FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, max_retry_after_s=0.05)
+
+REFRAME_MANIFEST = """batch: {batch}
+endpoint: ray-3.2/reframe
+defaults:
+  prompt: extend the scene
+  resolution: 540p
+matrix:
+  aspect_ratio: ["9:16", "1:1"]
+sources:
+  - glob: "media/*.mp4"
+output_root: out
+output: "{{batch}}/{{stem}}_{{aspect_ratio}}.mp4"
+"""
+
+
+@dataclass
+class Bench:
+    """A folder with media and a manifest, a SQLite job table, and an emulator."""
+
+    root: Path
+    emulator: Any
+    manifest: Path
+    db_url: str
+    events: list = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(db_url=self.db_url, fal_url=self.emulator.url)
+
+    @property
+    def repo(self) -> Repository:
+        return Repository(db_engine.open_engine(self.db_url))
+
+    def pool(self, **kw: Any) -> PoolSettings:
+        base = dict(concurrency=2, retry_delay_s=0.05, poll_min_s=0.05, poll_max_s=0.2, idle_s=0.05,
+                    retry_policy=FAST, lease_s=30.0)
+        base.update(kw)
+        return PoolSettings(**base)
+
+    def run(self, *, manifest: bool = True, max_cost: int | None = None, stop: threading.Event | None = None,
+            batches: list[str] | None = None, **pool_kw: Any) -> runner.RunSummary:
+        reporter = _Recorder(self.events)
+        return runner.run_jobs(self.settings, load_price_table(), self.repo, Secret("test-key"),
+                               manifest=self.manifest if manifest else None, batches=batches,
+                               pool=self.pool(**pool_kw), max_cost_micro_usd=max_cost, run_name=None,
+                               reporter=reporter, stop=stop or threading.Event())
+
+    def emulator_log(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.emulator.url}/_emulator/requests", timeout=30).json()["requests"]
+
+    def sql(self, query: str, *args: Any) -> list[tuple]:
+        con = sqlite3.connect(self.db_url.removeprefix("sqlite:///"))
+        try:
+            return con.execute(query, args).fetchall()
+        finally:
+            con.close()
+
+
+class _Recorder:
+    def __init__(self, events: list) -> None:
+        self.events = events
+        self.lock = threading.Lock()
+
+    def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
+        with self.lock:
+            self.events.append((kind, job.get("id"), info))
+
+
+DURATIONS = {"c5": "5", "c0_5": "0.5", "c5_04": "5.04"}
+PATTERNS = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "pal100bars", "smptehdbars", "yuvtestsrc")
+
+
+def make_bench(tmp_path: Path, media: dict[str, Path], emulator: Any, *, clips: int = 2, clip: str = "c5",
+               manifest_text: str = REFRAME_MANIFEST, batch: str = "b") -> Bench:
+    """Distinct clips (different pictures, same length), so every job's input differs."""
+    (tmp_path / "media").mkdir(exist_ok=True)
+    for i in range(clips):
+        make_clip(tmp_path / "media" / f"clip{i}.mp4", duration=DURATIONS[clip], size="64x36", rate=50,
+                  pattern=PATTERNS[i % len(PATTERNS)], audio=False)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(manifest_text.format(batch=batch))
+    return Bench(tmp_path, emulator, manifest, f"sqlite:///{tmp_path / 'jobs.db'}")

@@ -1,0 +1,178 @@
+"""Runs against the emulator over real HTTP: the happy path and every injected fault ends in
+the right state, with nothing lost and nothing paid twice."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from batch_runner.errors import AccountLockedError, BudgetExceededError, JobsFailedError
+from tests.integration.run_helpers import make_bench
+
+
+def _states(bench) -> dict[str, int]:
+    return dict(bench.sql("select state, count(*) from jobs group by state"))
+
+
+def _accepted(bench) -> list[dict]:
+    return [r for r in bench.emulator_log() if r["request_id"]]
+
+
+def test_happy_path_verifies_every_output_and_bills_exactly(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory())
+    summary = bench.run()
+    assert summary.exit_error() is None and summary.counts == {"succeeded": 4}
+    assert summary.billed_micro_usd == 4 * 300_000 == summary.estimated_micro_usd  # 5 s × $0.06 at 540p
+    for out in sorted((tmp_path / "out" / "b").glob("*.mp4")):
+        side = json.loads(out.with_name(out.name + ".json").read_text())
+        assert side["billed_cost_usd"] == "0.30" and side["request_id"] and len(side["sha256"]) == 64
+        assert (side["width"], side["height"]) in ((540, 960), (540, 540))
+    assert len(list((tmp_path / "out" / "b").glob("*.mp4"))) == 4
+    assert not list((tmp_path / "out" / "b").glob(".*.part"))
+    log = _accepted(bench)
+    assert len(log) == 4 and len({r["input_sha256"] for r in log}) == 4
+    assert bench.sql("select count(*) from uploads") == [(2,)]  # each source uploaded once
+
+
+def test_rate_limits_gateway_errors_and_timeouts_are_retried_transparently(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="rate_limit=1/3,bad_gateway=1/2,gateway_timeout=1/1"))
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 4}
+    refused = [r for r in bench.emulator_log() if not r["request_id"]]
+    assert len(refused) >= 1 and len(_accepted(bench)) == 4  # refused submits never created requests
+
+
+def test_dropped_submit_goes_uncertain_and_is_never_resubmitted(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="drop_after_submit=1/1"))
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 3, "uncertain": 1}
+    assert isinstance(summary.exit_error(), JobsFailedError)
+    [uncertain] = summary.failed
+    assert uncertain["state"] == "uncertain" and "may have been accepted" in uncertain["error"]
+    log = _accepted(bench)
+    assert len(log) == 4  # the dropped request exists at fal (and will bill): it was not sent again
+    again = bench.run(manifest=False, batches=["b"])
+    assert again.counts == {} and len(_accepted(bench)) == 4  # a plain re-run leaves it alone
+
+
+def test_retry_uncertain_resubmits_on_purpose_and_keeps_history(tmp_path, media, emulator_factory):
+    from batch_runner import runner
+    from batch_runner.domain import JobState
+
+    bench = make_bench(tmp_path, media, emulator_factory(faults="drop_after_submit=1/1"))
+    bench.run()
+    jobs = runner.select_jobs(bench.repo, ["b"], [JobState.UNCERTAIN], [])
+    assert runner.retry_jobs(bench.repo, jobs, [JobState.UNCERTAIN]) == 1
+    summary = bench.run(manifest=False, batches=["b"])
+    assert summary.counts == {"succeeded": 1}
+    attempts = bench.sql("select number, state from attempts where job_id = ? order by number", jobs[0]["id"])
+    assert attempts == [(1, "uncertain"), (2, "succeeded")]
+    assert len(_accepted(bench)) == 5
+
+
+def test_failed_run_gets_a_new_attempt_and_succeeds(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="fail=1/1"), clips=1)
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2} and summary.exit_error() is None
+    history = bench.sql("select a.number, a.state, a.billed_micro_usd from attempts a order by a.job_id, a.number")
+    assert (1, "failed", 0) in history and history.count((2, "succeeded", 300_000)) == 1
+    assert summary.billed_micro_usd == 2 * 300_000  # the failed run was not billed
+
+
+def test_persistent_failures_stop_after_max_attempts(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="fail=1"), clips=1)
+    summary = bench.run(max_attempts=2)
+    assert summary.counts == {"failed": 2} and summary.billed_micro_usd == 0
+    assert all("after 2 attempts" in f["error"] for f in summary.failed)
+    assert bench.sql("select count(*) from attempts") == [(4,)]
+
+
+def test_content_refusal_is_terminal(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="refuse=1"), clips=1)
+    summary = bench.run()
+    assert summary.counts == {"failed": 2}
+    assert bench.sql("select count(*) from attempts") == [(2,)]  # no second attempt
+    assert all("content_policy_violation" in f["error"] for f in summary.failed)
+
+
+def test_locked_account_stops_everything_and_loses_nothing(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="lock=1"))
+    summary = bench.run()
+    assert isinstance(summary.exit_error(), AccountLockedError) and summary.exit_error().exit_code == 9
+    assert _states(bench) == {"queued": 4}
+    assert bench.sql("select distinct state from attempts") in ([("unsent",)], [])
+
+
+def test_truncated_and_slow_downloads_still_deliver(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="truncate_download=1/2,slow_download=1/1"))
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 4}
+    assert len(_accepted(bench)) == 4
+
+
+def test_expired_result_is_failed_and_counted_as_billed(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="expire=1/1"), clips=1)
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 1, "failed": 1}
+    assert "result expired" in summary.failed[0]["error"]
+    assert summary.billed_micro_usd == 2 * 300_000
+
+
+def test_output_that_fails_verification_is_kept_aside_and_billed(tmp_path, media, emulator_factory):
+    # At 1 frame per second a 0.5 s source comes back 1 s long: the check must catch it.
+    bench = make_bench(tmp_path, media, emulator_factory(fps=1), clips=1, clip="c0_5")
+    summary = bench.run()
+    assert summary.counts == {"failed": 2}
+    assert all("output check failed: expected 0.5 s" in f["error"] for f in summary.failed)
+    aside = sorted(p.name for p in (tmp_path / "out" / "b").iterdir())
+    assert aside == ["clip0_1x1.rejected.mp4", "clip0_9x16.rejected.mp4"]
+    assert summary.billed_micro_usd == 2 * 60_000
+
+
+def test_source_changed_after_planning_fails_before_paying(tmp_path, media, emulator_factory):
+    from batch_runner import runner
+    from batch_runner.pricing import load_price_table
+
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    planned = runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
+    runner.enqueue(planned, bench.repo)
+    (tmp_path / "media" / "clip0.mp4").write_bytes(media["c5_04"].read_bytes())
+    summary = bench.run(manifest=False, batches=["b"])
+    assert summary.counts == {"failed": 2} and summary.billed_micro_usd == 0
+    assert "source changed after it was planned" in summary.failed[0]["error"]
+    assert _accepted(bench) == []
+
+
+def test_budget_is_never_exceeded_under_concurrency(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(concurrency=8), clips=6)  # 12 jobs × $0.30
+    with pytest.raises(BudgetExceededError):
+        raise bench.run(max_cost=1_000_000, concurrency=8).exit_error()
+    billed = sum(Decimal(r["cost_usd"] or "0") for r in bench.emulator_log())
+    assert billed <= Decimal("1.00") and len(_accepted(bench)) == 3
+    states = _states(bench)
+    assert states == {"succeeded": 3, "queued": 9}
+    assert bench.sql("select reserved_micro_usd, budget_micro_usd from runs") == [(900_000, 1_000_000)]
+
+
+def test_a_budget_stop_says_what_was_left_and_what_did_not_run(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=2)
+    summary = bench.run(max_cost=700_000)
+    err = summary.exit_error()
+    assert isinstance(err, BudgetExceededError) and err.exit_code == 5
+    assert "$0.10 of $0.70 left" in err.message and "2 job(s) did not run" in err.message
+
+
+def test_every_step_is_an_audit_event(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.run()
+    kinds = [k for (k,) in bench.sql("select kind from events where job_id = 1 order by id")]
+    assert kinds[:1] == ["job.enqueued"]
+    for step in ("job.claimed", "attempt.sending", "job.submitted", "attempt.submitted", "job.downloading",
+                 "job.succeeded"):
+        assert step in kinds
+    moves = bench.sql("select from_state, to_state, host, pid from events where job_id = 1 and to_state is not null")
+    assert ("queued", "submitting") in [(a, b) for a, b, _, _ in moves]
+    assert all(host and pid for _, _, host, pid in moves)
