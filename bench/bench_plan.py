@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -26,6 +25,12 @@ WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
 from batch_runner.media import make_clip  # noqa: E402
+from bench._report import run_measured as _run, write_section  # noqa: E402
+
+
+def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
+    exe = Path(sys.executable).parent / "batch-runner"
+    return _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
 
 ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 GRID_X = list(range(0, 100, 10))  # 5 × 10 = 50 combinations
@@ -40,25 +45,6 @@ def manifest(folder: Path) -> Path:
         "sources:\n  - glob: \"media/*.mp4\"\n"
         "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
     return path
-
-
-def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
-    """Run the CLI once: wall seconds, the child's own peak RSS (KiB, via wait4), stdout, stderr."""
-    exe = Path(sys.executable).parent / "batch-runner"
-    env = {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}
-    out_f = (WORK / "stdout.txt").open("w+b")
-    err_f = (WORK / "stderr.txt").open("w+b")
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(exe), *args], stdout=out_f, stderr=err_f, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out_f.seek(0)
-    err_f.seek(0)
-    out, err = out_f.read().decode(), err_f.read().decode()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_maxrss, out, err
 
 
 def baseline_ffprobe(files: list[Path]) -> float:
@@ -144,19 +130,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not opts.no_write:
-        _write_section(table)
-
-
-def _write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = "<!-- plan-bench:start -->", "<!-- plan-bench:end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text += f"\n## Plan and enqueue\n\n{block}\n"
-    path.write_text(text)
+        write_section("plan-bench", "Plan and enqueue", table)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class Emulator:
         self.queue: Queue | None = None
         self.cdn_tokens: dict[str, float] = {}
         self.calls: dict[str, int] = {}  # per-key call counters, the keys of call faults
+        self.http_requests: dict[str, int] = {}  # served requests by kind: api, download, inspection
         self.root = root
 
     # ------------------------------------------------------------------ helpers
@@ -495,7 +496,23 @@ async def health(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
     return _json({"ok": True, "emulator": True, "concurrency": emu.config.concurrency, "speed": emu.config.speed,
                   "instant": emu.config.instant, "renders": emu.queue.renders_made,
+                  "http_requests": dict(emu.http_requests),
                   "started_at": iso(request.app.state.started_at)})
+
+
+class _CountRequests:
+    """ASGI middleware: counts every HTTP request served, by kind, for benchmarks and tests."""
+
+    def __init__(self, app: Any, emu: Emulator) -> None:
+        self.app, self.emu = app, emu
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            kind = ("download" if path.startswith("/files/") and scope["method"] in ("GET", "HEAD")
+                    else "inspection" if path.startswith("/_emulator/") else "api")
+            self.emu.http_requests[kind] = self.emu.http_requests.get(kind, 0) + 1
+        await self.app(scope, receive, send)
 
 
 def create_app(config: EmulatorConfig) -> Starlette:
@@ -527,6 +544,7 @@ def create_app(config: EmulatorConfig) -> Starlette:
         Route("/{path:path}", queue_route, methods=["GET", "POST", "PUT"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(_CountRequests, emu=emu)
     app.state.emu = emu
     app.state.started_at = time.time()
     return app

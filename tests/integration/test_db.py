@@ -144,14 +144,14 @@ def test_alembic_cli_env_can_run_from_the_repository(tmp_path: Path):
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    """A 300 KiB tmpfs: room for the schema, not for thousands of jobs."""
+    """A 2 MiB tmpfs, filled by `filler` up to about 300 KiB free: room for the schema only."""
     import subprocess
 
     from tests.conftest import skip_or_fail
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
     if proc.returncode != 0:
         skip_or_fail(f"cannot mount a tmpfs (needs root): {proc.stderr.decode().strip()}")
     try:
@@ -161,6 +161,7 @@ def tiny_disk(tmp_path: Path):
 
 
 def test_full_disk_is_a_clear_error_and_writes_nothing(tiny_disk: Path):
+    (tiny_disk / "filler").write_bytes(b"\0" * (1700 * 1024))
     engine = db_engine.open_engine(f"sqlite:///{tiny_disk / 'jobs.db'}")
     repo = Repository(engine)
     jobs = [_spec(i) for i in range(5000)]
@@ -169,5 +170,6 @@ def test_full_disk_is_a_clear_error_and_writes_nothing(tiny_disk: Path):
     assert "full" in str(err.value) and "nothing was written" in str(err.value) and err.value.exit_code == 6
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 0
-    small = repo.enqueue("b", "/m.yaml", None, jobs[:3], Actor.current())  # still usable afterwards
-    assert small.added == 3
+    (tiny_disk / "filler").unlink()  # the user frees space and tries again: it works, nothing lost
+    again = repo.enqueue("b", "/m.yaml", None, jobs[:50], Actor.current())
+    assert again.added == 50

@@ -1,0 +1,130 @@
+"""Benchmark `run`: 1,000 jobs against the emulator in instant mode at concurrency 32, beside a
+plain script using the official fal-client (submit, poll, download in a thread pool of 32).
+
+Each contender gets its own fresh emulator process (so neither profits from the other's cached
+renders). HTTP requests are counted by the emulator itself. Figures go to BENCHMARKS.md.
+
+Usage: python bench/bench_run.py [--sources 20] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work-run"
+sys.path.insert(0, str(ROOT))
+
+from batch_runner.media import PATTERNS, make_clip  # noqa: E402
+from bench._report import run_measured, write_section  # noqa: E402
+
+EXE = Path(sys.executable).parent / "batch-runner"
+ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
+GRID_X = list(range(0, 100, 10))
+CONCURRENCY = 32
+
+
+class Emulator:
+    """A fresh `batch-runner emulator serve --instant` process."""
+
+    def __enter__(self) -> "Emulator":
+        self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--instant", "--fps", "8",
+                                      "--concurrency", str(CONCURRENCY)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        return self
+
+    def requests(self) -> dict[str, int]:
+        return httpx.get(f"{self.url}/_emulator/health", timeout=30).json()["http_requests"]
+
+    def accepted(self) -> int:
+        rows = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
+        return sum(1 for r in rows if r["request_id"])
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def prepare(sources: int) -> Path:
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "media").mkdir(parents=True)
+    for i in range(sources):
+        # distinct content even where the pattern repeats: a different width per source
+        make_clip(WORK / "media" / f"src{i:03d}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
+                  pattern=PATTERNS[i % len(PATTERNS)])
+    manifest = WORK / "bench.yaml"
+    manifest.write_text(
+        "batch: bench\nendpoint: ray-2-flash/reframe\n"
+        f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
+        "sources:\n  - glob: \"media/*.mp4\"\noutput_root: out-runner\n"
+        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sources", type=int, default=20)
+    ap.add_argument("--no-write", action="store_true")
+    opts = ap.parse_args()
+    manifest = prepare(opts.sources)
+    jobs = opts.sources * len(ASPECTS) * len(GRID_X)
+    env = {**os.environ, "FAL_KEY": "bench-key", "BATCH_RUNNER_DB": f"sqlite:///{WORK / 'bench.db'}"}
+    env.pop("BATCH_RUNNER_FAL_URL", None)
+
+    plan = json.loads(subprocess.run([str(EXE), "plan", str(manifest), "--json"], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+    (WORK / "jobs.json").write_text(json.dumps([{"endpoint": j["endpoint"], "input": j["params"]}
+                                                for j in plan["jobs"]]))
+
+    with Emulator() as emu:
+        plain_wall, plain_rss, out, _ = run_measured(
+            [sys.executable, str(ROOT / "bench" / "plain_fal_client.py"), emu.url, str(WORK / "jobs.json"),
+             str(WORK / "out-plain"), str(CONCURRENCY)], env, WORK)
+        plain = emu.requests()
+        assert json.loads(out)["done"] == jobs and emu.accepted() == jobs
+    with Emulator() as emu:
+        ours_wall, ours_rss, out, _ = run_measured(
+            [str(EXE), "--fal-url", emu.url, "run", str(manifest), "--concurrency", str(CONCURRENCY), "--json"],
+            env, WORK)
+        ours = emu.requests()
+        summary = json.loads(out)
+        assert summary["jobs"] == {"succeeded": jobs}, summary
+        assert emu.accepted() == jobs
+
+    def per_job(counts: dict[str, int]) -> float:
+        return counts.get("api", 0) / jobs
+
+    rows = [
+        ("plain fal-client script (baseline)", f"{plain_wall:.1f} s", f"{jobs / plain_wall:.1f}", "1.00",
+         f"{per_job(plain):.2f}", f"{plain_rss / 1024:.0f} MB"),
+        ("batch-runner run (persists, verifies)", f"{ours_wall:.1f} s", f"{jobs / ours_wall:.1f}",
+         f"{plain_wall / ours_wall:.2f}", f"{per_job(ours):.2f}", f"{ours_rss / 1024:.0f} MB"),
+    ]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs:,} jobs ({opts.sources} sources × 50 combinations, "
+             f"Ray 2 Flash reframe), emulator in instant mode, concurrency {CONCURRENCY} (`make bench`).", "",
+             "| contender | wall | jobs/s | speed vs baseline | HTTP requests per job besides the download | peak RSS |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    lines += ["", f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
+              f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
+              f"({per_job(ours):.2f} → {'met' if per_job(ours) <= 4 else 'NOT met'}); peak RSS under 200 MB "
+              f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'})."]
+    table = "\n".join(lines)
+    print(table)
+    if not opts.no_write:
+        write_section("run-bench", "Run", table)
+
+
+if __name__ == "__main__":
+    main()
