@@ -50,6 +50,7 @@ class _App:
     def __init__(self, settings: Settings, verbose: int = 0) -> None:
         self.settings = settings
         self.verbose = verbose
+        self.pool_size: int | None = None  # run/work size the connection pool to their threads
         self._prices: PriceTable | None = None
         self._repo: Repository | None = None
 
@@ -62,7 +63,7 @@ class _App:
     @property
     def repo(self) -> Repository:
         if self._repo is None:
-            self._repo = Repository(db_engine.open_engine(self.settings.db_url))
+            self._repo = Repository(db_engine.open_engine(self.settings.db_url, pool_size=self.pool_size))
         return self._repo
 
 
@@ -370,6 +371,7 @@ def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], con
 
     from .progress import ProgressReporter
 
+    app.pool_size = concurrency + 4  # every worker thread, the heartbeat and the main thread
     access = contextmanager(_fal_access)(app, emulator, concurrency)
     with access as (settings, key), _Interrupts() as interrupts, \
             ProgressReporter(verbose=app.verbose) as reporter:

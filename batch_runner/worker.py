@@ -81,6 +81,8 @@ class Worker:
         self.reporter, self.source_probe, self.stop = reporter, source_probe, stop
         self._unit_prices: dict[str, tuple[Decimal, str]] = {}
         self._upload_locks: dict[str, threading.Lock] = {}
+        self._uploaded: dict[str, str] = {}  # content sha256 → URL, for this process
+        self._digests: dict[str, str] = {}  # file fingerprint → content sha256
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry
@@ -160,15 +162,30 @@ class Worker:
         return out
 
     def _upload(self, path: Path) -> str:
-        digest = _sha256(path)
+        fp = probe.fingerprint(str(path))
         with self._lock:
+            digest = self._digests.get(fp)
+        if digest is None:
+            digest = _sha256(path)
+            with self._lock:
+                self._digests[fp] = digest
+        with self._lock:
+            known = self._uploaded.get(digest)
             lock = self._upload_locks.setdefault(digest, threading.Lock())
+        if known is not None:
+            return known
         with lock:  # two threads with the same source upload it once
+            with self._lock:
+                known = self._uploaded.get(digest)
+            if known is not None:
+                return known
             base = self.client.hosts.cdn
             url = self.queue.cached_upload(digest, base)
             if url is None:
                 url = self.client.upload(path)
                 self.queue.store_upload(digest, base, url, path.stat().st_size, UPLOAD_TTL_S)
+            with self._lock:
+                self._uploaded[digest] = url
             return url
 
     # ------------------------------------------------------------------ follow

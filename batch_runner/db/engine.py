@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from contextlib import nullcontext
 from pathlib import Path
+from typing import ContextManager
 
 from alembic import command
 from alembic.config import Config
@@ -41,8 +45,27 @@ def alembic_config() -> Config:
     return cfg
 
 
-def create(url: str) -> Engine:
-    """An Engine with SQLite tuned for a single writer and many readers."""
+_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> ContextManager[object]:
+    """SQLite has one writer at a time: funnel this process's writes through one lock, so
+    threads queue here instead of in SQLite's busy handler (which sleeps up to 100 ms a try).
+    PostgreSQL needs no such lock."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    with _LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _WRITE_LOCKS[engine] = threading.Lock()
+    return lock
+
+
+def create(url: str, pool_size: int | None = None) -> Engine:
+    """An Engine with SQLite tuned for a single writer and many readers; `pool_size` should
+    cover the threads that use it at once (the worker pool)."""
+    sizing = {"pool_size": pool_size, "max_overflow": 4} if pool_size else {}
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -54,7 +77,7 @@ def create(url: str) -> Engine:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DatabaseError(f"cannot create the folder for {parsed.database}: {exc.strerror}") from exc
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizing)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -67,7 +90,7 @@ def create(url: str) -> Engine:
 
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, **sizing)
     except (ArgumentError, ImportError) as exc:
         raise DatabaseError(f"cannot use database {safe_url(url)}: {exc}") from exc
 
@@ -89,13 +112,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
-def open_engine(url: str, *, auto_migrate: bool | None = None) -> Engine:
+def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None) -> Engine:
     """Connect and make sure the schema is current.
 
     SQLite databases are migrated automatically (auto_migrate defaults to True for them);
     a PostgreSQL database that is behind raises DatabaseBehindError with the fix.
     """
-    engine = create(url)
+    engine = create(url, pool_size)
     is_sqlite = engine.dialect.name == "sqlite"
     try:
         current = current_revision(engine)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState
 from ..errors import DatabaseError
-from .engine import safe_url
+from .engine import safe_url, write_lock
 from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
 
 J, A, R = Job.__table__, Attempt.__table__, Run.__table__
@@ -64,7 +64,7 @@ class JobQueue:
 
     def _tx(self, action: str, fn: Any, *args: Any) -> Any:
         try:
-            with self.engine.begin() as conn:
+            with write_lock(self.engine), self.engine.begin() as conn:
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
             raise self._fail(action, exc) from exc

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..domain import Actor, JobSpec, JobState, ProbeResult, ceil_decimal
 from ..errors import DatabaseError
-from .engine import safe_url
+from .engine import safe_url, write_lock
 from .models import Batch, Event, Job, Probe, utcnow
 
 _CHUNK = 500  # rows per IN (...) lookup, well under SQLite's variable limit
@@ -79,7 +79,7 @@ class Repository:
         if not rows:
             return
         try:
-            with self.engine.begin() as conn:
+            with write_lock(self.engine), self.engine.begin() as conn:
                 conn.execute(_insert_ignore(self.engine, Probe, ["fingerprint_sha256"]), rows)
         except SQLAlchemyError as exc:
             raise self._fail("writing the probe cache", exc) from exc
@@ -108,7 +108,7 @@ class Repository:
         """
         now = utcnow()
         try:
-            with self.engine.begin() as conn:
+            with write_lock(self.engine), self.engine.begin() as conn:
                 batch_id = self._batch_id(conn, batch, manifest_path, budget_micro_usd, now)
                 rows = [_job_row(j, batch_id, now) for j in jobs]
                 inserted: list[tuple[int, str]] = []

@@ -244,11 +244,13 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
 
     async def events() -> AsyncIterator[bytes]:
         while True:
+            # Take the change event *before* reading the status: a change while this event is
+            # being sent then sets `waiter`, instead of being missed until the next keep-alive.
+            waiter = req.changed
             body = queue.status_body(req, logs)
             yield f"data: {json.dumps(body)}\n\n".encode()
-            if req.state == COMPLETED:
+            if body["status"] == COMPLETED:
                 return
-            waiter = req.changed
             try:  # one event per change, and the status again as a keep-alive
                 await asyncio.wait_for(waiter.wait(), keepalive)
             except asyncio.TimeoutError:

@@ -112,6 +112,7 @@ class Queue:
         self._wake = asyncio.Event()
         self._renders: dict[str, asyncio.Future] = {}
         self.renders_made = 0  # distinct outputs rendered with ffmpeg
+        self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
         self._dispatcher: asyncio.Task | None = None
@@ -230,8 +231,7 @@ class Queue:
         inputs = await self._fetch_inputs(req)
         info = None
         if ep.source_field and ep.source_field in inputs:
-            info = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: render.probe_media(inputs[ep.source_field], video=ep.source_kind == "video"))
+            info = await self._probe_input(inputs[ep.source_field], video=ep.source_kind == "video")
         duration = info.duration if info else None
         issues = ep.validate(req.input, source_duration=duration, allow_extra=True)
         if issues:
@@ -263,6 +263,16 @@ class Queue:
         req.output = {"video": {"url": self.store.url(req.base_url, f), "content_type": "video/mp4",
                                 "file_name": f.name, "file_size": f.size}}
         self._complete(req, 200, req.output)
+
+    async def _probe_input(self, path: Path, *, video: bool) -> render.MediaInfo:
+        stored = path.is_relative_to(self.store.root)
+        if stored and path in self._input_info:
+            return self._input_info[path]
+        info = await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: render.probe_media(path, video=video))
+        if stored:
+            self._input_info[path] = info
+        return info
 
     async def _fetch_inputs(self, req: Request) -> dict[str, Path]:
         """Download every media input to a local file (our own URLs are read from disk)."""
