@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_plan.py
+	$(PY) bench/bench_run.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache
+	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache bench/.work bench/.work-run
