@@ -170,6 +170,8 @@ async def queue_route(request: HttpRequest) -> Response:
         if request.method == "GET" and tail == "status":
             return _status(emu, req, request)
         if request.method == "GET" and tail == "status/stream":
+            if emu.faults.fires("stream_unavailable", rid):
+                return Response(NGINX_503, status_code=503, media_type="text/html")
             return _stream(emu, req, request)
         if request.method == "GET" and tail == "":
             return _result(req)
@@ -498,7 +500,7 @@ async def health(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
     return _json({"ok": True, "emulator": True, "concurrency": emu.config.concurrency, "speed": emu.config.speed,
                   "instant": emu.config.instant, "renders": emu.queue.renders_made,
-                  "http_requests": dict(emu.http_requests),
+                  "http_requests": dict(emu.http_requests), "peak_open_requests": emu.queue.peak_open,
                   "started_at": iso(request.app.state.started_at)})
 
 

@@ -21,6 +21,7 @@ FAULTS: dict[str, str] = {
     "truncate_download": "an output download is cut off midway",
     "lock": "403 'User is locked' on submit",
     "expire": "the result expires as soon as the request completes",
+    "stream_unavailable": "the status stream answers an nginx 503 (clients must fall back to polling)",
 }
 
 

@@ -112,6 +112,8 @@ class Queue:
         self._wake = asyncio.Event()
         self._renders: dict[str, asyncio.Future] = {}
         self.renders_made = 0  # distinct outputs rendered with ffmpeg
+        self.open_requests = 0  # accepted and not yet completed
+        self.peak_open = 0  # the most open at once: what a client's in-flight cap must bound
         self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
@@ -159,6 +161,8 @@ class Queue:
         self.received.append({"request_id": rid, "endpoint": ep.id, "input_sha256": input_hash,
                               "received_at": iso(now), "http_status": 200})
         self._waiting.append(req)
+        self.open_requests += 1
+        self.peak_open = max(self.peak_open, self.open_requests)
         self._wake.set()
         return req
 
@@ -340,6 +344,7 @@ class Queue:
     # ------------------------------------------------------------------ endings
 
     def _complete(self, req: Request, status: int, body: Any) -> None:
+        self.open_requests -= 1
         req.state, req.completed_at = COMPLETED, time.time()
         req.result_status, req.result_body = status, body
         expire = self.faults.fires("expire", req.id)
@@ -360,6 +365,7 @@ class Queue:
         self._complete(req, status, body)
 
     def _finish_cancelled(self, req: Request) -> None:
+        self.open_requests -= 1
         req.cancelled = True
         req.error, req.error_type = "Request was cancelled", "request_cancelled"
         req.state, req.completed_at = COMPLETED, time.time()

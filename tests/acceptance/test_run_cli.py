@@ -204,3 +204,24 @@ def test_every_endpoint_runs_to_a_verified_output(tmp_path, media, emulator_fact
     assert json.loads(out)["jobs"] == {"succeeded": 1}
     [(path, width, height)] = bench.sql("select path, width, height from outputs")
     assert Path(path).exists() and min(width, height) in (540, 720)
+
+
+def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    env = _env(bench)
+    proc = subprocess.Popen([str(EXE), "-v", "work", "--concurrency", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the worker is up, with nothing to do yet
+        assert first.startswith("run all-") and ": 0 job(s) to do" in first
+        assert _invoke(["enqueue", str(bench.manifest)], env)[0] == 0
+        _wait_until(lambda: bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 2,
+                    "the worker finished the new jobs")
+        assert proc.poll() is None  # still waiting for more
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "submitted as" in err  # -v shows each request id

@@ -166,7 +166,15 @@ def test_fault_limits_and_spec_errors():
         with pytest.raises(ValueError):
             FaultPlan(bad)
     assert set(FAULTS) == {"rate_limit", "bad_gateway", "gateway_timeout", "drop_after_submit", "fail", "refuse",
-                           "slow_download", "truncate_download", "lock", "expire"}
+                           "slow_download", "truncate_download", "lock", "expire", "stream_unavailable"}
+
+
+def test_unavailable_stream_is_an_nginx_503(faulty):
+    api = faulty("stream_unavailable=1")
+    body = submit(api, T2V, {"prompt": "s"})
+    resp = api.get(body["status_url"] + "/stream")
+    assert resp.status_code == 503 and "nginx" in resp.text
+    assert api.get(body["status_url"]).status_code in (200, 202)
 
 
 def test_same_seed_gives_the_same_faults_over_http(emulator_factory):

@@ -176,3 +176,50 @@ def test_every_step_is_an_audit_event(tmp_path, media, emulator_factory):
     moves = bench.sql("select from_state, to_state, host, pid from events where job_id = 1 and to_state is not null")
     assert ("queued", "submitting") in [(a, b) for a, b, _, _ in moves]
     assert all(host and pid for _, _, host, pid in moves)
+
+
+def test_without_the_status_stream_it_polls_at_an_adaptive_interval(tmp_path, media, emulator_factory):
+    import httpx
+
+    server = emulator_factory(faults="stream_unavailable=1", speed=60)  # 1 s of processing per request
+    bench = make_bench(tmp_path, media, server, clips=1)
+    summary = bench.run(poll_min_s=0.1, poll_max_s=0.5)
+    assert summary.counts == {"succeeded": 2}
+    health = httpx.get(f"{server.url}/_emulator/health").json()
+    per_job = health["http_requests"]["api"] / 2
+    assert 4 < per_job < 25  # polled, but not hammered every few milliseconds
+
+
+def test_in_flight_cap_holds_at_fal(tmp_path, media, emulator_factory):
+    import httpx
+
+    server = emulator_factory(concurrency=8, speed=200)
+    bench = make_bench(tmp_path, media, server, clips=4)
+    summary = bench.run(concurrency=6, max_in_flight=2)
+    assert summary.counts == {"succeeded": 8}
+    assert httpx.get(f"{server.url}/_emulator/health").json()["peak_open_requests"] == 2
+
+
+def test_an_expired_lease_of_another_host_is_taken_over(tmp_path, media, emulator_factory):
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    from batch_runner import runner
+    from batch_runner.pricing import load_price_table
+
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    # A worker on another machine claimed job 1 and died before sending anything. Timestamps are
+    # written the way SQLAlchemy stores them on SQLite (UTC, space-separated).
+    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    con = sqlite3.connect(bench.db_url.removeprefix("sqlite:///"))
+    con.execute("update jobs set state='submitting', attempt_count=1, lease_owner='otherhost:99', "
+                "lease_expires_at=? where id=1", (past,))
+    con.execute("insert into attempts (job_id, number, state, created_at) values (1, 1, 'preparing', ?)", (past,))
+    con.commit()
+    con.close()
+    summary = bench.run(manifest=False, batches=["b"])
+    assert summary.counts == {"succeeded": 2}
+    attempts = bench.sql("select number, state from attempts where job_id = 1 order by number")
+    assert attempts == [(1, "unsent"), (2, "succeeded")]  # never sent, so safely run again
+    assert len([r for r in bench.emulator_log() if r["request_id"]]) == 2
