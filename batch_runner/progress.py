@@ -24,7 +24,8 @@ class ProgressReporter:
         self.live = self.stream.isatty() if live is None else live
         self.lock = threading.Lock()
         self.total = 0
-        self.done = self.failed = self.in_flight = 0
+        self.done = self.failed = 0
+        self._flying: set[Any] = set()  # submitted and not finished: the jobs in flight
         self.spent = 0
         self.budget: int | None = None
         self.started = time.monotonic()
@@ -46,7 +47,7 @@ class ProgressReporter:
 
     def _status(self) -> str:
         budget = f" of ${format_usd(self.budget)}" if self.budget is not None else ""
-        return f"failed {self.failed}  in flight {self.in_flight}  spent ${format_usd(self.spent)}{budget}"
+        return f"failed {self.failed}  in flight {len(self._flying)}  spent ${format_usd(self.spent)}{budget}"
 
     def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
         with self.lock:
@@ -65,11 +66,11 @@ class ProgressReporter:
                 return
             name = f"job {job.get('id')} ({_short(job)})"
             if kind == "submitted":
-                self.in_flight += 1
+                self._flying.add(job.get("id"))
                 if self.verbose:
                     self._line(f"{name}: submitted as {info.get('request_id')}")
             elif kind in FINAL:
-                self.in_flight = max(0, self.in_flight - (0 if kind == "cancelled" and not job.get("state") else 1))
+                self._flying.discard(job.get("id"))
                 if kind == "succeeded":
                     self.done += 1
                     self.spent += info.get("billed_micro_usd", 0)
@@ -79,7 +80,7 @@ class ProgressReporter:
                     extra = f": {info['error']}" if info.get("error") else ""
                     self._line(f"{name} {kind}{extra}  [{self.done + self.failed}/{self.total}, {self._status()}]")
             elif kind == "retry":
-                self.in_flight = max(0, self.in_flight - 1)
+                self._flying.discard(job.get("id"))
                 self._line(f"{name}: will retry in {info.get('delay_s', 0):.0f} s: {info.get('error')}")
             elif kind == "queued" and self.verbose:
                 self._line(f"{name}: queue position {info.get('position')}")

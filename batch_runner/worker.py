@@ -290,7 +290,7 @@ class Worker:
             self.reporter.event("failed", job, error="result expired")
         elif (error_type in RETRYABLE_ERROR_TYPES or code >= 500) and billed == 0:
             self._retry_or_fail(claim, reason, sent=True)
-        elif error_type in REJECTION_ERROR_TYPES or code == 422 and error_type != "content_policy_violation":
+        elif error_type in REJECTION_ERROR_TYPES or (code == 422 and error_type != "content_policy_violation"):
             self.queue.finish(claim, JobState.REJECTED, reason, billed_micro_usd=billed, billable_units=units,
                               unit_price_micro_usd=unit_price)
             self.reporter.event("rejected", job, error=reason)
@@ -389,11 +389,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _detail(body: Any) -> str | None:

@@ -418,11 +418,8 @@ def _usd(micro: int) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _render_to(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec,

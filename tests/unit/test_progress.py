@@ -1,0 +1,20 @@
+"""The progress reporter's counts: done, failed, in flight, spend (plain lines when not a TTY)."""
+
+import io
+
+from batch_runner.progress import ProgressReporter
+
+
+def test_counts_in_flight_jobs_exactly():
+    out = io.StringIO()
+    with ProgressReporter(stream=out, live=False) as rep:
+        rep.event("start", {}, run="r", total=3, budget_micro_usd=2_000_000)
+        for i in (1, 2, 3):
+            rep.event("submitted", {"id": i, "source": f"/m/{i}.mp4"}, request_id=f"r{i}")
+        rep.event("succeeded", {"id": 1, "source": "/m/1.mp4"}, billed_micro_usd=600_000)
+        rep.event("retry", {"id": 2, "source": "/m/2.mp4"}, error="runner_disconnected", delay_s=20)
+        rep.event("failed", {"id": 4, "source": "/m/4.mp4"}, error="source changed")  # never submitted
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "run r: 3 job(s) to do, budget $2.00"
+    assert lines[1] == "job 1 (1.mp4) succeeded  [1/3, failed 0  in flight 2  spent $0.60 of $2.00]"
+    assert lines[-1] == "job 4 (4.mp4) failed: source changed  [2/3, failed 1  in flight 1  spent $0.60 of $2.00]"
