@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -307,7 +308,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             budget = repo.batch_budget(batches[0])
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{Actor.current().pid}"
+    # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
+    name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{secrets.token_hex(3)}"
     run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget)
     reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)

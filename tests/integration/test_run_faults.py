@@ -223,3 +223,11 @@ def test_an_expired_lease_of_another_host_is_taken_over(tmp_path, media, emulato
     attempts = bench.sql("select number, state from attempts where job_id = 1 order by number")
     assert attempts == [(1, "unsent"), (2, "succeeded")]  # never sent, so safely run again
     assert len([r for r in bench.emulator_log() if r["request_id"]]) == 2
+
+
+def test_back_to_back_runs_are_separate_runs(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    first = bench.run()
+    second = bench.run(manifest=False, batches=["b"])
+    assert first.run != second.run and first.counts == {"succeeded": 2} and second.counts == {}
+    assert bench.sql("select count(*) from runs") == [(2,)]
