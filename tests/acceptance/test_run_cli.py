@@ -225,3 +225,43 @@ def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulat
             proc.kill()
     assert proc.returncode == 130
     assert "submitted as" in err  # -v shows each request id
+
+
+def test_cancel_on_exit_cancels_in_flight_requests_at_fal(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(speed=2, concurrency=4), clips=1)
+    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest), "--concurrency", "2", "--cancel-on-exit"],
+                            env=_env(bench), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until(lambda: _submitted(bench) >= 2, "both submits recorded")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert bench.sql("select state, count(*) from jobs group by state") == [("cancelled", 2)]
+    log = [r for r in bench.emulator_log() if r["request_id"]]
+    assert [r["state"] for r in log] == ["CANCELLED", "CANCELLED"] and all(r["cost_usd"] is None for r in log)
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(speed=1, concurrency=2), clips=1)
+    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest)], env=_env(bench), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until(lambda: _submitted(bench) >= 1, "a submit recorded")
+        proc.send_signal(signal.SIGINT)
+        for _ in range(10):  # read until the first Ctrl-C has been handled, and no further
+            if proc.stderr.readline().startswith("stopping"):
+                break
+        else:
+            raise AssertionError("the first Ctrl-C was not acknowledged")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)  # far less than the 45 s the request still needs at fal
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    live = bench.sql("select count(*) from attempts where request_id is not null and state in ('submitted', "
+                     "'in_progress')")[0][0]
+    assert live >= 1  # recorded, and the next run follows it

@@ -18,3 +18,15 @@ def test_counts_in_flight_jobs_exactly():
     assert lines[0] == "run r: 3 job(s) to do, budget $2.00"
     assert lines[1] == "job 1 (1.mp4) succeeded  [1/3, failed 0  in flight 2  spent $0.60 of $2.00]"
     assert lines[-1] == "job 4 (4.mp4) failed: source changed  [2/3, failed 1  in flight 1  spent $0.60 of $2.00]"
+
+
+def test_live_bar_shows_counts_spend_and_eta():
+    out = io.StringIO()
+    with ProgressReporter(stream=out, live=True) as rep:
+        rep.event("start", {}, run="r", total=2, budget_micro_usd=None)
+        rep.event("submitted", {"id": 1}, request_id="a")
+        rep.event("succeeded", {"id": 1}, billed_micro_usd=300_000)
+        rep.event("failed", {"id": 2, "source": "/m/b.mp4"}, error="content_policy_violation")
+    text = out.getvalue()
+    assert "2/2" in text and "failed 1" in text and "spent $0.30" in text and "ETA" in text
+    assert "job 2 (b.mp4) failed: content_policy_violation" in text
