@@ -231,3 +231,21 @@ def test_back_to_back_runs_are_separate_runs(tmp_path, media, emulator_factory):
     second = bench.run(manifest=False, batches=["b"])
     assert first.run != second.run and first.counts == {"succeeded": 2} and second.counts == {}
     assert bench.sql("select count(*) from runs") == [(2,)]
+
+
+def test_a_run_on_postgresql_bills_and_records_the_same(tmp_path, media, emulator_factory, pg_url):
+    from sqlalchemy import text
+
+    from batch_runner.db import engine as db_engine
+
+    bench = make_bench(tmp_path, media, emulator_factory(faults="fail=1/1"), clips=2)
+    bench.db_url = pg_url
+    engine = db_engine.open_engine(pg_url, auto_migrate=True)
+    summary = bench.run(concurrency=4)
+    assert summary.counts == {"succeeded": 4} and summary.billed_micro_usd == 4 * 300_000
+    with engine.connect() as conn:
+        attempts = conn.execute(text("select state, count(*) from attempts group by state order by state")).all()
+        run = conn.execute(text("select reserved_micro_usd, status from runs")).one()
+    assert [tuple(a) for a in attempts] == [("failed", 1), ("succeeded", 4)]
+    assert tuple(run) == (1_200_000, "finished")
+    assert len([r for r in bench.emulator_log() if r["request_id"]]) == 5
