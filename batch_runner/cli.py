@@ -147,14 +147,23 @@ def endpoints(app: _App, as_json: bool) -> None:
 @click.option("--max-cost", callback=_usd, metavar="USD",
               help="Exit with code 5 when the estimated total is over this amount.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
+@click.option("--diff", "show_diff", is_flag=True,
+              help="Compare with the job table: new, changed (they bill again), unchanged and removed jobs.")
 @click.pass_obj
-def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool) -> None:
+def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool,
+         show_diff: bool) -> None:
     """Expand MANIFEST, probe its sources and price every job. Writes no jobs, calls no API."""
     result = runner.plan(manifest, app.settings, app.prices, app.repo)
+    diff = runner.diff_plan(result, app.repo) if show_diff else None
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:
-        _emit_json(result.to_json())
+        data = result.to_json()
+        if diff is not None:
+            data["diff"] = diff.to_json()
+        _emit_json(data)
+    elif diff is not None:
+        _print_diff(result, diff)
     else:
         _print_plan(result)
     click.echo(f"probed {result.probes_run} source(s), {result.probes_cached} from cache", err=True)
@@ -172,6 +181,31 @@ def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -
     if max_cost is not None and total > max_cost:
         raise BudgetExceededError(f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
                                   hint="reduce the matrix or the sources, or raise --max-cost")
+
+
+def _print_diff(result: runner.Plan, diff: "runner.PlanDiff") -> None:
+    root = result.manifest.output_root
+
+    def rel(path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+    click.echo(f"batch {result.manifest.batch}: plan against the job table   price table {result.price_table}")
+    for job in diff.new:
+        click.echo(f"  new        {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}")
+    for job, old in diff.changed:
+        click.echo(f"  changed    {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}"
+                   f"  (replaces {old['key'][:10]}, {old['state']}: bills again)")
+    for row in diff.removed:
+        click.echo(f"  removed    {row['key'][:10]}  {'':>9}  {rel(row['output_path'])}  ({row['state']}; "
+                   "still in the table)")
+    states: dict[str, int] = {}
+    for _, state in diff.unchanged:
+        states[state] = states.get(state, 0) + 1
+    unchanged = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
+    click.echo(f"  unchanged  {len(diff.unchanged)} job(s): {unchanged}")
+    click.echo(f"  tonight adds {len(diff.new)} new and {len(diff.changed)} changed job(s): "
+               f"${format_usd(diff.added_micro_usd)}")
 
 
 def _print_plan(result: runner.Plan) -> None:

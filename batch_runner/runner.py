@@ -81,6 +81,56 @@ class Plan:
         }
 
 
+@dataclass
+class PlanDiff:
+    """What tonight's plan adds to the job table: new jobs, changed ones (they bill again),
+    unchanged ones (with their state) and jobs the manifest no longer produces."""
+
+    new: list[JobSpec]
+    changed: list[tuple[JobSpec, dict[str, Any]]]  # the planned job and the table row it replaces
+    unchanged: list[tuple[JobSpec, str]]  # with the job's state in the table
+    removed: list[dict[str, Any]]
+
+    @property
+    def added_micro_usd(self) -> int:
+        return sum(j.estimate.micro_usd for j in self.new if j.estimate) + sum(
+            j.estimate.micro_usd for j, _ in self.changed if j.estimate)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "new": [j.key for j in self.new],
+            "changed": [{"key": j.key, "replaces": old["key"], "output": j.output,
+                         "estimated_cost_usd": j.estimate.usd if j.estimate else None} for j, old in self.changed],
+            "unchanged": [{"key": j.key, "state": state} for j, state in self.unchanged],
+            "removed": [{"key": r["key"], "output": r["output_path"], "state": r["state"]} for r in self.removed],
+            "added_cost_usd": format_usd(self.added_micro_usd),
+        }
+
+
+def diff_plan(plan_: Plan, repo: Repository) -> PlanDiff:
+    """Compare a plan with the job table (by job key, and by output path for changed jobs)."""
+    rows = repo.batch_jobs(plan_.manifest.batch)
+    by_key = {r["key"]: r for r in rows}
+    by_output: dict[str, dict[str, Any]] = {}
+    for r in rows:  # the newest job for each output path
+        by_output[r["output_path"]] = r
+    new, changed, unchanged = [], [], []
+    planned_keys, planned_outputs = set(), set()
+    for job in plan_.jobs:
+        planned_keys.add(job.key)
+        planned_outputs.add(job.output)
+        if job.key in by_key:
+            unchanged.append((job, by_key[job.key]["state"]))
+        elif job.output in by_output:
+            changed.append((job, by_output[job.output]))
+        else:
+            new.append(job)
+    replaced = {old["key"] for _, old in changed}
+    removed = [r for r in rows if r["key"] not in planned_keys and r["key"] not in replaced
+               and r["output_path"] not in planned_outputs]
+    return PlanDiff(new, changed, unchanged, removed)
+
+
 def _job_json(j: JobSpec) -> dict[str, Any]:
     est = j.estimate
     assert est is not None

@@ -151,6 +151,16 @@ class Repository:
         except SQLAlchemyError as exc:
             raise self._fail("counting jobs", exc) from exc
 
+    def batch_jobs(self, batch: str) -> list[dict]:
+        """Every job of a batch: key, output path, state, estimate (for `plan --diff`)."""
+        stmt = (select(Job.key, Job.output_path, Job.state, Job.estimate_micro_usd, Job.source)
+                .join(Batch, Batch.id == Job.batch_id).where(Batch.name == batch).order_by(Job.id))
+        try:
+            with self.engine.connect() as conn:
+                return [dict(r) for r in conn.execute(stmt).mappings()]
+        except SQLAlchemyError as exc:
+            raise self._fail("reading the batch", exc) from exc
+
     def batch_budget(self, name: str) -> int | None:
         try:
             with self.engine.connect() as conn:

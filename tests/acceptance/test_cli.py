@@ -306,3 +306,24 @@ def test_ctrl_c_exits_130(project, tmp_path):
         if proc.poll() is None:
             proc.kill()
         hang.close()
+
+
+def test_plan_diff_shows_what_tonight_adds(br, project, media):
+    manifest = project / "jobs/nightly-reframe.yaml"
+    code, out, _ = br("plan", str(manifest), "--diff", "--json")
+    diff = json.loads(out)["diff"]
+    assert code == 0 and len(diff["new"]) == 6 and diff["added_cost_usd"] == "3.60"
+    assert br("enqueue", str(manifest))[0] == 0
+    shutil.copy(media["c5_04"], project / "jobs/media/clip04.mp4")  # a new source
+    shutil.copy(media["c0_5"], project / "jobs/media/clip02.mp4")  # a changed source
+    (project / "jobs/media/clip03.mp4").unlink()  # a removed source
+    code, out, _ = br("plan", str(manifest), "--diff", "--json")
+    diff = json.loads(out)["diff"]
+    assert len(diff["new"]) == 2 and len(diff["changed"]) == 2 and len(diff["removed"]) == 2
+    assert [u["state"] for u in diff["unchanged"]] == ["queued", "queued"]
+    # clip04 (6 started seconds) twice, clip02 (1 started second) twice, at $0.12/s
+    assert diff["added_cost_usd"] == "1.68"
+    assert all(c["output"].endswith(("clip02_9x16_720p.mp4", "clip02_1x1_720p.mp4")) for c in diff["changed"])
+    code, table, _ = br("plan", str(manifest), "--diff")
+    assert code == 0 and table.count("  new ") == 2 and "bills again" in table and "removed" in table
+    assert "tonight adds 2 new and 2 changed job(s): $1.68" in table
