@@ -105,6 +105,11 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     """Run batches of Luma Ray video jobs on fal.ai and account for every cent.
 
     FAL_KEY is read from the environment and never printed, logged or stored.
+
+    \b
+    Environment: FAL_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
+      BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
+      BATCH_RUNNER_LEASE_S (60)
     """
     settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
     setup_logging(verbose, [settings.fal_key.reveal()] if settings.fal_key else [])

@@ -327,3 +327,12 @@ def test_plan_diff_shows_what_tonight_adds(br, project, media):
     code, table, _ = br("plan", str(manifest), "--diff")
     assert code == 0 and table.count("  new ") == 2 and "bills again" in table and "removed" in table
     assert "tonight adds 2 new and 2 changed job(s): $1.68" in table
+
+
+def test_help_names_every_environment_variable():
+    import re
+
+    help_text = CliRunner().invoke(cli, ["--help"]).stdout
+    config_src = (REPO / "batch_runner" / "config.py").read_text()
+    for name in set(re.findall(r'"(BATCH_RUNNER_[A-Z_]+|FAL_KEY)"', config_src)):
+        assert name in help_text, name
