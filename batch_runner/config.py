@@ -14,6 +14,8 @@ ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
 ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
+ENV_MAX_USD_PER_DAY = "BATCH_RUNNER_MAX_USD_PER_DAY"
+ENV_WARN_AT_USD = "BATCH_RUNNER_WARN_AT_USD"
 LEASE_S = 60.0
 
 #: fal's hosts (reference §1). One URL (--fal-url) replaces all of them, e.g. with the emulator.
@@ -92,6 +94,22 @@ def _positive(environ: Mapping[str, str], name: str, default: float, kind: type)
     return value
 
 
+def _usd_setting(environ: Mapping[str, str], name: str) -> int | None:
+    raw = environ.get(name)
+    if not raw:
+        return None
+    from .domain import usd_to_micro
+    from .errors import ConfigError
+
+    try:
+        micro = usd_to_micro(raw)
+    except ValueError:
+        micro = 0
+    if micro <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive USD amount like 50.00")
+    return micro
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with its source already resolved."""
@@ -103,6 +121,8 @@ class Settings:
     probe_concurrency: int = PROBE_CONCURRENCY
     probe_timeout_s: float = PROBE_TIMEOUT_S
     lease_s: float = LEASE_S
+    max_usd_per_day_micro: int | None = None  # account-wide, every batch, per rolling 24 h
+    warn_at_micro: int | None = None  # default warning threshold of a run
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -118,6 +138,8 @@ class Settings:
             probe_concurrency=int(_positive(env, ENV_PROBE_CONCURRENCY, PROBE_CONCURRENCY, int)),
             probe_timeout_s=_positive(env, ENV_PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, float),
             lease_s=_positive(env, ENV_LEASE_S, LEASE_S, float),
+            max_usd_per_day_micro=_usd_setting(env, ENV_MAX_USD_PER_DAY),
+            warn_at_micro=_usd_setting(env, ENV_WARN_AT_USD),
         )
 
     @property

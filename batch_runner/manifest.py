@@ -27,7 +27,7 @@ from .yamlload import LineDict, LineList, load_yaml
 TOP_KEYS = ("batch", "endpoint", "defaults", "matrix", "sources", "overrides", "output",
             "output_root", "tags", "budget")
 SOURCE_KEYS = ("glob", "path", "url", "rows", "name", "params", "tags")
-BUDGET_KEYS = ("max_usd",)
+BUDGET_KEYS = ("max_usd", "max_usd_per_day", "warn_at_usd")
 BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _GLOB_CHARS = set("*?[")
 
@@ -44,6 +44,8 @@ class Manifest:
     budget_micro_usd: int | None
     jobs: list[JobSpec]
     warnings: list[str] = field(default_factory=list)
+    daily_budget_micro_usd: int | None = None  # per rolling 24 h, this batch
+    warn_at_micro_usd: int | None = None
 
 
 @dataclass
@@ -104,7 +106,7 @@ def load_manifest(path: Path) -> Manifest:
             raise _err("an override maps a source pattern to parameters", file, overrides.line_of(pattern),
                        f"overrides.{pattern}")
     tags = _tags(doc.get("tags"), file, doc.line_of("tags"), "tags")
-    budget = _budget(doc, file)
+    budget, daily, warn_at = (_budget(doc, file, key) for key in BUDGET_KEYS)
     output_root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
     template = _optional_str(doc, "output", file, _default_template(ep, matrix))
     template_line = doc.line_of("output")
@@ -150,7 +152,7 @@ def load_manifest(path: Path) -> Manifest:
                              and not is_remote(v)},
             ))
     _check_duplicate_outputs(jobs, template, file, template_line)
-    return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings)
+    return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
 
 
 # --------------------------------------------------------------------------- top-level fields
@@ -207,16 +209,16 @@ def _tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in value if t.strip())
 
 
-def _budget(doc: LineDict, file: str) -> int | None:
+def _budget(doc: LineDict, file: str, key: str) -> int | None:
     budget = doc.get("budget")
     if budget is None:
         return None
     if not isinstance(budget, LineDict):
         raise _err("must be a mapping, e.g. budget: {max_usd: \"25.00\"}", file, doc.line_of("budget"), "budget")
     _unknown_keys(budget, BUDGET_KEYS, file, "budget")
-    if "max_usd" not in budget:
+    if key not in budget:
         return None
-    raw = budget["max_usd"]
+    raw = budget[key]
     try:
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
             raise ValueError
@@ -224,8 +226,8 @@ def _budget(doc: LineDict, file: str) -> int | None:
         if micro <= 0:
             raise ValueError
     except ValueError:
-        raise _err(f"must be a positive USD amount, got {raw!r}", file, budget.line_of("max_usd"),
-                   "budget.max_usd", 'write it as a quoted decimal, e.g. "25.00"') from None
+        raise _err(f"must be a positive USD amount, got {raw!r}", file, budget.line_of(key),
+                   f"budget.{key}", 'write it as a quoted decimal, e.g. "25.00"') from None
     return micro
 
 

@@ -88,6 +88,8 @@ class ProgressReporter:
                 self._line(f"{name}: {info.get('message')}")
             elif kind == "error":
                 self._line(f"{name}: {info.get('error')}")
+            elif kind == "warning":
+                self._line(f"warning: {info.get('message')}")
             if self._progress is not None:
                 self._progress.update(self._task, completed=self.done + self.failed, status=self._status())
 

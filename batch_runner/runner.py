@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -245,7 +246,8 @@ def enqueue(plan_: Plan, repo: Repository, *, skip_invalid: bool = False) -> Enq
     if plan_.invalid and not skip_invalid:
         raise invalid_items_error(plan_)
     m = plan_.manifest
-    return repo.enqueue(m.batch, str(m.path.resolve()), m.budget_micro_usd, plan_.jobs, Actor.current())
+    return repo.enqueue(m.batch, str(m.path.resolve()), m.budget_micro_usd, plan_.jobs, Actor.current(),
+                        daily_budget_micro_usd=m.daily_budget_micro_usd, warn_at_micro_usd=m.warn_at_micro_usd)
 
 
 def invalid_items_error(plan_: Plan) -> InvalidItemsError:
@@ -304,6 +306,8 @@ class RunSummary:
     elapsed_s: float
     stopped_by: str | None = None  # "budget", "interrupt", or an error message
     budget_left_micro_usd: int | None = None
+    budget_stop_scope: str | None = None  # which budget stopped dispatch: run, batch per day, account per day
+    budget_stop_limit_micro_usd: int | None = None
     not_run: int = 0
     error: BatchRunnerError | None = None
 
@@ -315,10 +319,13 @@ class RunSummary:
             return RunInterruptedError(f"interrupted: {self.counts.get('succeeded', 0)} done; in-flight jobs are "
                                        "recorded and the next run resumes them")
         if self.stopped_by == "budget":
+            window = " in the last 24 h" if self.budget_stop_scope != "run" else ""
             return BudgetExceededError(
-                f"budget stop: ${format_usd(self.budget_left_micro_usd or 0)} of ${format_usd(self.budget_micro_usd or 0)} "
-                f"left, not enough for the next job; {self.not_run} job(s) did not run",
-                hint="raise --max-cost or the manifest budget and run again")
+                f"budget stop ({self.budget_stop_scope} budget): ${format_usd(max(0, self.budget_left_micro_usd or 0))} "
+                f"of ${format_usd(self.budget_stop_limit_micro_usd or 0)} left{window}, not enough for the next job; "
+                f"{self.not_run} job(s) did not run",
+                hint="raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) "
+                     "and run again")
         if self.failed:
             return JobsFailedError(f"{len(self.failed)} job(s) did not succeed (see the summary)",
                                    hint="`batch-runner retry` queues them again")
@@ -331,7 +338,8 @@ class RunSummary:
             "estimated_cost_usd": format_usd(self.estimated_micro_usd),
             "billed_cost_usd": format_usd(self.billed_micro_usd),
             "budget_usd": format_usd(self.budget_micro_usd) if self.budget_micro_usd is not None else None,
-            "stopped_by": self.stopped_by, "not_run": self.not_run, "elapsed_s": round(self.elapsed_s, 3),
+            "stopped_by": self.stopped_by, "budget_stop_scope": self.budget_stop_scope,
+            "not_run": self.not_run, "elapsed_s": round(self.elapsed_s, 3),
             "failed": self.failed, "batch_states": self.batch_states,
             "exit_code": err.exit_code if err else 0,
         }
@@ -342,25 +350,27 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
              reporter: Reporter, stop: threading.Event, skip_invalid: bool = False) -> RunSummary:
     """Enqueue the manifest (if any), then process until nothing is left (or forever for `work`)."""
     started = time.monotonic()
-    budget = max_cost_micro_usd
+    budget, daily, warn_at = max_cost_micro_usd, None, settings.warn_at_micro
     if manifest is not None:
         planned = plan(manifest, settings, prices, repo)
         enqueue(planned, repo, skip_invalid=skip_invalid)
         batches = batches or [planned.manifest.batch]
-        if budget is None:
-            budget = planned.manifest.budget_micro_usd
     if batches:
         known = set(repo.batch_names())
         missing = [b for b in batches if b not in known]
         if missing:
             raise ConfigError(f'no batch named "{missing[0]}"', hint="enqueue its manifest first")
-        if budget is None and len(batches) == 1:
-            budget = repo.batch_budget(batches[0])
+        if len(batches) == 1:  # the batch's own policies (from its manifest) apply
+            run_b, daily, batch_warn = repo.batch_budgets(batches[0])
+            budget = budget if budget is not None else run_b
+            warn_at = batch_warn if batch_warn is not None else warn_at
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
     name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{secrets.token_hex(3)}"
-    run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget)
+    run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget, daily, warn_at)
+    if settings.max_usd_per_day_micro is not None and pool.account_daily_micro_usd is None:
+        pool = dataclasses.replace(pool, account_daily_micro_usd=settings.max_usd_per_day_micro)
     reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
     probes_cache: dict[str, ProbeResult | None] = {}
@@ -399,6 +409,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
         billed_micro_usd=report["billed_micro_usd"], budget_micro_usd=report["budget_micro_usd"], failed=failed,
         batch_states=report["batch_states"], elapsed_s=time.monotonic() - started, stopped_by=stopped_by,
         budget_left_micro_usd=(outcome.budget_stop.left_micro_usd if outcome.budget_stop else None),
+        budget_stop_scope=(outcome.budget_stop.scope if outcome.budget_stop else None),
+        budget_stop_limit_micro_usd=(outcome.budget_stop.budget_micro_usd if outcome.budget_stop else None),
         not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error)
     queue.finish_run(run.id, "interrupted" if outcome.interrupted else stopped_by or "finished", summary.to_json())
     return summary

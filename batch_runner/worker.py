@@ -54,6 +54,7 @@ class PoolSettings:
     duration_tolerance_s: Decimal = Decimal("0.25")
     probe_timeout_s: float = 30.0
     cancel_on_exit: bool = False
+    account_daily_micro_usd: int | None = None  # BATCH_RUNNER_MAX_USD_PER_DAY: every batch, rolling 24 h
     burst: bool = True  # exit when nothing is left (run); False keeps waiting (work)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -452,7 +453,8 @@ class Pool:
         while not self.stop.is_set() and self.outcome.fatal is None:
             try:
                 claim = self.queue.claim(self.run.id, self.batches, self.settings.in_flight_cap,
-                                         follow_only=self._draining.is_set())
+                                         follow_only=self._draining.is_set(),
+                                         account_daily_micro_usd=self.settings.account_daily_micro_usd)
             except BatchRunnerError as exc:
                 self._fail(exc)
                 return
@@ -465,6 +467,8 @@ class Pool:
                 if not self._wait_for_work():
                     return
                 continue
+            if claim.warning:
+                self.worker.reporter.event("warning", claim.job, message=claim.warning)
             try:
                 self.worker.process(claim)
             except (AccountLockedError, AuthError) as exc:

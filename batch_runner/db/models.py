@@ -58,6 +58,8 @@ class Batch(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     manifest_path: Mapped[str | None] = mapped_column(Text)
     budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    daily_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    warn_at_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -100,6 +102,7 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     worker: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16))
@@ -113,7 +116,7 @@ class Attempt(Base):
     unit_price_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -182,6 +185,8 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
     budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    daily_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)  # per rolling 24 h, this batch
+    warn_at_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     reserved_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -17,12 +17,15 @@ from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState
+from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState, format_usd
 from ..errors import DatabaseError
 from .engine import safe_url, write_lock
 from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
 
 J, A, R = Job.__table__, Attempt.__table__, Run.__table__
+
+
+DAY = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class RunInfo:
     name: str
     budget_micro_usd: int | None
     reserved_micro_usd: int
+    batch_id: int | None = None
+    daily_budget_micro_usd: int | None = None
+    warn_at_micro_usd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Claim:
     kind: str  # "submit" (a new attempt) or "follow" (a live request id)
     job: dict[str, Any]
     attempt: dict[str, Any]
+    warning: str | None = None  # set once, on the claim that crosses the run's warning threshold
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,8 @@ class BudgetStop:
     job_id: int
     estimate_micro_usd: int
     left_micro_usd: int
+    budget_micro_usd: int = 0
+    scope: str = "run"  # "run", "batch per day" or "account per day"
 
 
 class JobQueue:
@@ -81,27 +90,40 @@ class JobQueue:
 
     # ------------------------------------------------------------------ runs
 
-    def start_run(self, name: str, batch: str | None, budget_micro_usd: int | None) -> RunInfo:
-        """Create the named run, or join it (a later budget replaces an earlier one)."""
+    def start_run(self, name: str, batch: str | None, budget_micro_usd: int | None,
+                  daily_budget_micro_usd: int | None = None, warn_at_micro_usd: int | None = None) -> RunInfo:
+        """Create the named run, or join it (budgets given later replace earlier ones)."""
+        policies = {"budget_micro_usd": budget_micro_usd, "daily_budget_micro_usd": daily_budget_micro_usd,
+                    "warn_at_micro_usd": warn_at_micro_usd}
+
         def go(conn: Connection) -> RunInfo:
             batch_id = conn.execute(select(Batch.id).where(Batch.name == batch)).scalar() if batch else None
             row = conn.execute(select(R).where(R.c.name == name)).mappings().first()
             if row is None:
-                conn.execute(insert(R).values(name=name, batch_id=batch_id, budget_micro_usd=budget_micro_usd,
-                                              reserved_micro_usd=0, status="running", started_at=utcnow(),
-                                              host=self.actor.host, pid=self.actor.pid))
-            elif budget_micro_usd is not None:
-                conn.execute(update(R).where(R.c.name == name).values(budget_micro_usd=budget_micro_usd))
-            row = conn.execute(select(R).where(R.c.name == name)).mappings().one()
-            self._event(conn, "run.started", batch_id=batch_id, run=name, budget_micro_usd=row["budget_micro_usd"])
-            return RunInfo(row["id"], name, row["budget_micro_usd"], row["reserved_micro_usd"])
+                conn.execute(insert(R).values(name=name, batch_id=batch_id, reserved_micro_usd=0, status="running",
+                                              started_at=utcnow(), host=self.actor.host, pid=self.actor.pid,
+                                              **policies))
+            else:
+                given = {k: v for k, v in policies.items() if v is not None}
+                if given:
+                    conn.execute(update(R).where(R.c.name == name).values(**given))
+            self._event(conn, "run.started", batch_id=batch_id, run=name, **policies)
+            return self._run_info(conn, name)
         return self._tx("starting the run", go)
 
-    def run_info(self, run_id: int) -> RunInfo:
-        def go(conn: Connection) -> RunInfo:
-            row = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
-            return RunInfo(row["id"], row["name"], row["budget_micro_usd"], row["reserved_micro_usd"])
-        return self._tx("reading the run", go)
+    def _run_info(self, conn: Connection, name: str) -> RunInfo:
+        row = conn.execute(select(R).where(R.c.name == name)).mappings().one()
+        return RunInfo(row["id"], name, row["budget_micro_usd"], row["reserved_micro_usd"], row["batch_id"],
+                       row["daily_budget_micro_usd"], row["warn_at_micro_usd"])
+
+    def spent_since(self, conn: Connection, since: datetime, batch_id: int | None) -> int:
+        """Money committed by attempts created since `since`: what fal billed, or, while the
+        outcome is open (in flight, uncertain), what was reserved for it."""
+        committed = func.coalesce(A.c.billed_micro_usd, A.c.reserved_micro_usd, 0)
+        stmt = select(func.coalesce(func.sum(committed), 0)).where(A.c.created_at >= since)
+        if batch_id is not None:
+            stmt = stmt.where(A.c.batch_id == batch_id)
+        return int(conn.execute(stmt).scalar_one())
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         def go(conn: Connection) -> None:
@@ -113,7 +135,7 @@ class JobQueue:
     # ------------------------------------------------------------------ claiming
 
     def claim(self, run_id: int, batches: Sequence[str] | None, max_in_flight: int,
-              follow_only: bool = False) -> Claim | BudgetStop | None:
+              follow_only: bool = False, account_daily_micro_usd: int | None = None) -> Claim | BudgetStop | None:
         """The next job for this worker: a live request to follow first, else a queued job to
         submit (if the in-flight cap and the run's budget allow). None when there is nothing."""
         def go(conn: Connection) -> Claim | BudgetStop | None:
@@ -143,16 +165,31 @@ class JobQueue:
             if job is None:
                 return None
             est = job["estimate_micro_usd"]
+            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+            day_ago = now - DAY
+            for limit, scope_batch, scope in ((run["daily_budget_micro_usd"], job["batch_id"], "batch per day"),
+                                              (account_daily_micro_usd, None, "account per day")):
+                if limit is not None:
+                    spent = self.spent_since(conn, day_ago, scope_batch)
+                    if spent + est > limit:
+                        return BudgetStop(job["id"], est, limit - spent, limit, scope)
             reserved = conn.execute(update(R).where(
                 R.c.id == run_id,
                 or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd))
                 .values(reserved_micro_usd=R.c.reserved_micro_usd + est))
             if reserved.rowcount != 1:
-                run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
-                return BudgetStop(job["id"], est, (run["budget_micro_usd"] or 0) - run["reserved_micro_usd"])
+                return BudgetStop(job["id"], est, (run["budget_micro_usd"] or 0) - run["reserved_micro_usd"],
+                                  run["budget_micro_usd"] or 0, "run")
+            warning = None
+            warn_at = run["warn_at_micro_usd"]
+            if warn_at is not None and run["reserved_micro_usd"] < warn_at <= run["reserved_micro_usd"] + est:
+                warning = (f"run {run['name']} has committed ${format_usd(run['reserved_micro_usd'] + est)}, "
+                           f"past its ${format_usd(warn_at)} warning threshold")
+                self._event(conn, "run.budget_warning", batch_id=job["batch_id"], run=run["name"],
+                            committed_micro_usd=run["reserved_micro_usd"] + est, warn_at_micro_usd=warn_at)
             number = job["attempt_count"] + 1
             attempt_id = conn.execute(insert(A).values(
-                job_id=job["id"], number=number, run_id=run_id, worker=self.worker,
+                job_id=job["id"], number=number, run_id=run_id, batch_id=job["batch_id"], worker=self.worker,
                 state=AttemptState.PREPARING.value, reserved_micro_usd=est, created_at=now)).inserted_primary_key[0]
             conn.execute(update(J).where(J.c.id == job["id"]).values(
                 state=JobState.SUBMITTING.value, attempt_count=number, lease_owner=self.worker,
@@ -160,7 +197,7 @@ class JobQueue:
             self._event(conn, "job.claimed", job=dict(job), attempt_id=attempt_id, from_state=job["state"],
                         to_state=JobState.SUBMITTING.value, attempt=number, reserved_micro_usd=est, worker=self.worker)
             attempt = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
-            return Claim("submit", {**job, "attempt_count": number}, dict(attempt))
+            return Claim("submit", {**job, "attempt_count": number}, dict(attempt), warning)
         return self._tx("claiming a job", go)
 
     def _scope(self, batches: Sequence[str] | None) -> list[Any]:

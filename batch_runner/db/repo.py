@@ -100,7 +100,8 @@ class Repository:
         return out
 
     def enqueue(self, batch: str, manifest_path: str | None, budget_micro_usd: int | None,
-                jobs: Sequence[JobSpec], actor: Actor) -> EnqueueResult:
+                jobs: Sequence[JobSpec], actor: Actor, *, daily_budget_micro_usd: int | None = None,
+                warn_at_micro_usd: int | None = None) -> EnqueueResult:
         """Insert the jobs that are not in the table yet, all in one transaction.
 
         A job's key is unique across the table, so enqueueing twice adds nothing and a
@@ -109,7 +110,8 @@ class Repository:
         now = utcnow()
         try:
             with write_lock(self.engine), self.engine.begin() as conn:
-                batch_id = self._batch_id(conn, batch, manifest_path, budget_micro_usd, now)
+                batch_id = self._batch_id(conn, batch, manifest_path, budget_micro_usd, now,
+                                          daily_budget_micro_usd, warn_at_micro_usd)
                 rows = [_job_row(j, batch_id, now) for j in jobs]
                 inserted: list[tuple[int, str]] = []
                 stmt = _insert_ignore(self.engine, Job, ["key"]).returning(Job.id, Job.key)
@@ -128,14 +130,15 @@ class Repository:
             raise self._fail("enqueueing", exc) from exc
         return EnqueueResult(batch, len(inserted), len(rows) - len(inserted))
 
-    def _batch_id(self, conn: Any, name: str, manifest_path: str | None,
-                  budget: int | None, now: Any) -> int:
+    def _batch_id(self, conn: Any, name: str, manifest_path: str | None, budget: int | None, now: Any,
+                  daily: int | None, warn_at: int | None) -> int:
         conn.execute(_insert_ignore(self.engine, Batch, ["name"]),
                      [{"name": name, "manifest_path": manifest_path, "budget_micro_usd": budget,
                        "created_at": now, "updated_at": now}])
         batch_id = conn.execute(select(Batch.id).where(Batch.name == name)).scalar_one()
         conn.execute(Batch.__table__.update().where(Batch.id == batch_id).values(
-            manifest_path=manifest_path, budget_micro_usd=budget, updated_at=now))
+            manifest_path=manifest_path, budget_micro_usd=budget, daily_budget_micro_usd=daily,
+            warn_at_micro_usd=warn_at, updated_at=now))
         return batch_id
 
     def state_counts(self, batch: str | None = None) -> list[StateCount]:
@@ -161,12 +164,15 @@ class Repository:
         except SQLAlchemyError as exc:
             raise self._fail("reading the batch", exc) from exc
 
-    def batch_budget(self, name: str) -> int | None:
+    def batch_budgets(self, name: str) -> tuple[int | None, int | None, int | None]:
+        """The batch's budget policies: per run, per rolling day, warning threshold."""
         try:
             with self.engine.connect() as conn:
-                return conn.execute(select(Batch.budget_micro_usd).where(Batch.name == name)).scalar()
+                row = conn.execute(select(Batch.budget_micro_usd, Batch.daily_budget_micro_usd,
+                                          Batch.warn_at_micro_usd).where(Batch.name == name)).first()
         except SQLAlchemyError as exc:
             raise self._fail("reading the batch", exc) from exc
+        return (row[0], row[1], row[2]) if row else (None, None, None)
 
     def batch_names(self) -> list[str]:
         try:

@@ -60,3 +60,12 @@ def test_fal_key_is_a_secret_that_never_shows():
     s = Settings.from_env({"FAL_KEY": "sk-live-123", "HOME": "/tmp"})
     assert s.fal_key is not None and s.fal_key.reveal() == "sk-live-123"
     assert "sk-live-123" not in repr(s) and "sk-live-123" not in str(s)
+
+
+def test_budget_settings_come_from_the_environment():
+    from batch_runner.errors import ConfigError
+
+    s = Settings.from_env({"HOME": "/tmp", "BATCH_RUNNER_MAX_USD_PER_DAY": "75.50", "BATCH_RUNNER_WARN_AT_USD": "50"})
+    assert (s.max_usd_per_day_micro, s.warn_at_micro) == (75_500_000, 50_000_000)
+    with pytest.raises(ConfigError, match="BATCH_RUNNER_MAX_USD_PER_DAY"):
+        Settings.from_env({"HOME": "/tmp", "BATCH_RUNNER_MAX_USD_PER_DAY": "lots"})

@@ -44,10 +44,11 @@ class Bench:
     manifest: Path
     db_url: str
     events: list = field(default_factory=list)
+    extra_settings: dict = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
-        return Settings(db_url=self.db_url, fal_url=self.emulator.url)
+        return Settings(db_url=self.db_url, fal_url=self.emulator.url, **self.extra_settings)
 
     @property
     def repo(self) -> Repository:

@@ -249,3 +249,55 @@ def test_a_run_on_postgresql_bills_and_records_the_same(tmp_path, media, emulato
     assert [tuple(a) for a in attempts] == [("failed", 1), ("succeeded", 4)]
     assert tuple(run) == (1_200_000, "finished")
     assert len([r for r in bench.emulator_log() if r["request_id"]]) == 5
+
+
+POLICY_MANIFEST = """batch: {batch}
+endpoint: ray-3.2/reframe
+defaults:
+  prompt: extend the scene
+  resolution: 540p
+matrix:
+  aspect_ratio: ["9:16", "1:1"]
+sources:
+  - glob: "media/*.mp4"
+output_root: out
+output: "{{batch}}/{{stem}}_{{aspect_ratio}}.mp4"
+budget:
+  max_usd_per_day: "1.00"
+  warn_at_usd: "0.50"
+"""
+
+
+def test_per_day_budget_holds_across_runs(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=3, manifest_text=POLICY_MANIFEST)  # 6 × $0.30
+    first = bench.run()
+    err = first.exit_error()
+    assert isinstance(err, BudgetExceededError) and first.counts == {"succeeded": 3}
+    assert "batch per day budget" in err.message and "$0.10 of $1.00 left in the last 24 h" in err.message
+    second = bench.run(manifest=False, batches=["b"])  # minutes later: the same 24 hours
+    assert second.counts == {} and isinstance(second.exit_error(), BudgetExceededError)
+    billed = sum(Decimal(r["cost_usd"] or "0") for r in bench.emulator_log())
+    assert billed == Decimal("0.90")
+
+
+def test_account_per_day_budget_spans_batches(tmp_path, media, emulator_factory):
+    emu = emulator_factory()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = make_bench(tmp_path / "a", media, emu, clips=1, batch="a")
+    b = make_bench(tmp_path / "b", media, emu, clips=1, batch="b")
+    b.db_url = a.db_url
+    for bench in (a, b):
+        bench.extra_settings = {"max_usd_per_day_micro": 1_000_000}
+    assert a.run().counts == {"succeeded": 2}  # $0.60
+    second = b.run()
+    assert second.counts == {"succeeded": 1} and second.budget_stop_scope == "account per day"
+
+
+def test_warning_threshold_is_reported_once_and_audited(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1, manifest_text=POLICY_MANIFEST)
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2}
+    warnings = [info["message"] for kind, _, info in bench.events if kind == "warning"]
+    assert len(warnings) == 1 and "past its $0.50 warning threshold" in warnings[0]
+    assert bench.sql("select count(*) from events where kind = 'run.budget_warning'") == [(1,)]

@@ -10,11 +10,12 @@ PKG = Path(__file__).resolve().parents[2] / "batch_runner"
 # Lower number = lower layer. A module imports only from strictly lower layers, except that
 # the db/ package's own modules may import each other.
 LAYERS = {
-    "errors": 0, "domain": 1, "catalog": 1, "config": 1, "logs": 1, "yamlload": 1,
-    "manifest": 2, "pricing": 2, "probe": 2, "media": 2, "db": 2, "api": 2, "progress": 2,
-    "worker": 3, "emulator": 3,
-    "runner": 4,
-    "cli": 5, "__main__": 6,
+    "errors": 0, "domain": 1,
+    "catalog": 2, "config": 2, "logs": 2, "yamlload": 2,
+    "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
+    "worker": 4, "emulator": 4,
+    "runner": 5,
+    "cli": 6, "__main__": 7,
 }
 # The emulator is a separate app: besides its own package it may use only these.
 EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}

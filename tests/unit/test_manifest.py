@@ -199,3 +199,11 @@ def test_media_params_resolve_to_absolute_paths(files: Path):
 def test_batch_name_is_checked(files: Path):
     err = fails(files, "batch: 'night ly/x'\nendpoint: ray-3.2/reframe\nsources: [media/a.mp4]\n")
     assert err.field == "batch" and err.line == 1
+
+
+def test_budget_policies_are_parsed(files: Path):
+    m = load(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd: "25"\n'
+                           '  max_usd_per_day: "40.50"\n  warn_at_usd: "20"\n')
+    assert (m.budget_micro_usd, m.daily_budget_micro_usd, m.warn_at_micro_usd) == (25_000_000, 40_500_000, 20_000_000)
+    err = fails(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd_per_week: "1"\n')
+    assert err.line == 8 and "max_usd_per_day" in str(err)
