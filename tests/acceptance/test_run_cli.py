@@ -152,7 +152,7 @@ def test_budget_stop_exit_code_and_message(tmp_path, media, emulator_factory):
     code, out, err = _invoke(["run", str(bench.manifest), "--max-cost", "0.65", "--json"], _env(bench))
     summary = json.loads(out)
     assert code == 5 and summary["stopped_by"] == "budget" and summary["not_run"] == 2
-    assert "budget stop: $0.05 of $0.65 left" in err
+    assert "budget stop (run budget): $0.05 of $0.65 left, not enough for the next job" in err
 
 
 def test_cancel_queued_locally_and_in_flight_through_the_api(tmp_path, media, emulator_factory):
