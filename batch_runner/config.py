@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 ENV_DB = "BATCH_RUNNER_DB"
 ENV_PRICES = "BATCH_RUNNER_PRICES"
@@ -79,35 +79,26 @@ def default_db_path(environ: Mapping[str, str]) -> Path:
     return Path(base) / "batch-runner" / "batch-runner.db"
 
 
-def _positive(environ: Mapping[str, str], name: str, default: float, kind: type) -> float:
+def _setting(environ: Mapping[str, str], name: str, parse: Any, default: Any, what: str) -> Any:
+    """A positive value from the environment, or a ConfigError naming the variable."""
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = kind(raw)
+        value = parse(raw)
     except ValueError:
-        value = 0
-    if value <= 0:
+        value = None
+    if value is None or value <= 0:
         from .errors import ConfigError
 
-        raise ConfigError(f"{name}={raw!r} must be a positive {kind.__name__}")
+        raise ConfigError(f"{name}={raw!r} must be a positive {what}")
     return value
 
 
-def _usd_setting(environ: Mapping[str, str], name: str) -> int | None:
-    raw = environ.get(name)
-    if not raw:
-        return None
+def _usd(raw: str) -> int:
     from .domain import usd_to_micro
-    from .errors import ConfigError
 
-    try:
-        micro = usd_to_micro(raw)
-    except ValueError:
-        micro = 0
-    if micro <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive USD amount like 50.00")
-    return micro
+    return usd_to_micro(raw)
 
 
 @dataclass(frozen=True)
@@ -135,11 +126,11 @@ class Settings:
             prices_path=Path(prices) if prices else None,
             fal_url=env.get(ENV_FAL_URL) or None,
             fal_key=Secret(key) if key else None,
-            probe_concurrency=int(_positive(env, ENV_PROBE_CONCURRENCY, PROBE_CONCURRENCY, int)),
-            probe_timeout_s=_positive(env, ENV_PROBE_TIMEOUT_S, PROBE_TIMEOUT_S, float),
-            lease_s=_positive(env, ENV_LEASE_S, LEASE_S, float),
-            max_usd_per_day_micro=_usd_setting(env, ENV_MAX_USD_PER_DAY),
-            warn_at_micro=_usd_setting(env, ENV_WARN_AT_USD),
+            probe_concurrency=_setting(env, ENV_PROBE_CONCURRENCY, int, PROBE_CONCURRENCY, "whole number"),
+            probe_timeout_s=_setting(env, ENV_PROBE_TIMEOUT_S, float, PROBE_TIMEOUT_S, "number of seconds"),
+            lease_s=_setting(env, ENV_LEASE_S, float, LEASE_S, "number of seconds"),
+            max_usd_per_day_micro=_setting(env, ENV_MAX_USD_PER_DAY, _usd, None, "USD amount like 50.00"),
+            warn_at_micro=_setting(env, ENV_WARN_AT_USD, _usd, None, "USD amount like 50.00"),
         )
 
     @property

@@ -265,3 +265,15 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, media, emulator_factory):
     live = bench.sql("select count(*) from attempts where request_id is not null and state in ('submitted', "
                      "'in_progress')")[0][0]
     assert live >= 1  # recorded, and the next run follows it
+
+
+def test_fal_key_never_appears_in_run_output_logs_or_database(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="refuse=1/1"), clips=1)
+    env = _env(bench)  # FAL_KEY=cli-test-key
+    proc = subprocess.run([str(EXE), "-vv", "run", str(bench.manifest), "--json"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "submitted as" in proc.stderr  # it ran, verbosely, with a failure
+    assert "cli-test-key" not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"cli-test-key" not in path.read_bytes(), path

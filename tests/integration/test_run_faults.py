@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch_runner.errors import AccountLockedError, BudgetExceededError, JobsFailedError
-from tests.integration.run_helpers import make_bench
+from tests.integration.run_helpers import REFRAME_MANIFEST, make_bench
 
 
 def _states(bench) -> dict[str, int]:
@@ -251,18 +251,7 @@ def test_a_run_on_postgresql_bills_and_records_the_same(tmp_path, media, emulato
     assert len([r for r in bench.emulator_log() if r["request_id"]]) == 5
 
 
-POLICY_MANIFEST = """batch: {batch}
-endpoint: ray-3.2/reframe
-defaults:
-  prompt: extend the scene
-  resolution: 540p
-matrix:
-  aspect_ratio: ["9:16", "1:1"]
-sources:
-  - glob: "media/*.mp4"
-output_root: out
-output: "{{batch}}/{{stem}}_{{aspect_ratio}}.mp4"
-budget:
+POLICY_MANIFEST = REFRAME_MANIFEST + """budget:
   max_usd_per_day: "1.00"
   warn_at_usd: "0.50"
 """
