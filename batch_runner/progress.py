@@ -84,7 +84,7 @@ class ProgressReporter:
                 self._line(f"{name}: will retry in {info.get('delay_s', 0):.0f} s: {info.get('error')}")
             elif kind == "queued" and self.verbose:
                 self._line(f"{name}: queue position {info.get('position')}")
-            elif kind == "log" and self.verbose > 1:
+            elif kind == "log" and self.verbose:
                 self._line(f"{name}: {info.get('message')}")
             elif kind == "error":
                 self._line(f"{name}: {info.get('error')}")

@@ -30,3 +30,13 @@ def test_live_bar_shows_counts_spend_and_eta():
     text = out.getvalue()
     assert "2/2" in text and "failed 1" in text and "spent $0.30" in text and "ETA" in text
     assert "job 2 (b.mp4) failed: content_policy_violation" in text
+
+
+def test_verbose_shows_queue_positions_and_logs():
+    out = io.StringIO()
+    with ProgressReporter(verbose=1, stream=out, live=False) as rep:
+        rep.event("start", {}, run="r", total=1, budget_micro_usd=None)
+        rep.event("queued", {"id": 1, "source": "/m/a.mp4"}, position=3)
+        rep.event("log", {"id": 1, "source": "/m/a.mp4"}, message="Generating: 50%")
+    assert "job 1 (a.mp4): queue position 3" in out.getvalue()
+    assert "job 1 (a.mp4): Generating: 50%" in out.getvalue()
