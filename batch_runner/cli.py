@@ -556,6 +556,52 @@ def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
     click.echo(f"cancelled {local} queued job(s) and {remote} in-flight request(s)")
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time, e.g. 2026-11-20 or "
+                                 "2026-11-20T18:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
+@click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time (ISO 8601).")
+@click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time (exclusive).")
+@click.option("--group-by", type=click.Choice(["endpoint", "resolution", "tag", "day", "batch"]), default="endpoint",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
+@click.pass_obj
+def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by: str, fmt: str,
+           output: Path | None) -> None:
+    """What it cost and produced: estimated vs billed, outcomes, delivered seconds, waste, money at risk."""
+    from . import reports
+
+    text = reports.render(reports.build(app.repo, batches=list(batches) or None, since=since, until=until,
+                                        group_by=group_by), fmt)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(output)  # all or nothing
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {output}: {exc.strerror}", hint="check the folder and free space") from exc
+    click.echo(f"wrote {output}", err=True)
+
+
 # --------------------------------------------------------------------------- emulator
 
 

@@ -105,11 +105,55 @@ def head_revision() -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the migrations up to `revision` in one transaction."""
+    """Run the migrations up to `revision`.
+
+    On SQLite, Alembic's batch mode recreates tables, which needs foreign keys off, and
+    pysqlite runs DDL outside a transaction, so a failure could leave a half-migrated file:
+    the file is backed up first and restored if anything fails.
+    """
     cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        return
+    path = Path(engine.url.database)
+    backup = path.with_name(path.name + ".pre-upgrade.bak")
+    _sqlite_copy(path, backup)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside any transaction, or it is ignored
+            conn.commit()
+            for (name,) in conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'").all():
+                conn.exec_driver_sql(f'DROP TABLE "{name}"')  # left by an interrupted batch migration
+            conn.commit()
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+            if broken:
+                raise DatabaseError(f"migration left {len(broken)} broken reference(s) in {path}")
+    except Exception as exc:
+        engine.dispose()
+        _sqlite_copy(backup, path)
+        raise DatabaseError(f"upgrading {path} failed and the database was restored as it was: "
+                            f"{_first_line(exc)}", hint=f"a copy is kept at {backup}") from exc
+    backup.unlink(missing_ok=True)
+
+
+def _sqlite_copy(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database (WAL included), via SQLite's backup API."""
+    import sqlite3
+
+    source, target = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
 
 
 def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None) -> Engine:

@@ -173,3 +173,60 @@ def test_full_disk_is_a_clear_error_and_writes_nothing(tiny_disk: Path):
     (tiny_disk / "filler").unlink()  # the user frees space and tries again: it works, nothing lost
     again = repo.enqueue("b", "/m.yaml", None, jobs[:50], Actor.current())
     assert again.added == 50
+
+
+def _at_0002_with_data(path: Path) -> None:
+    """A database at revision 0002 holding a job, an attempt and an event that references it."""
+    engine = db_engine.create(f"sqlite:///{path}")
+    db_engine.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("insert into batches (name, created_at, updated_at) values ('b', '2026-01-01', '2026-01-01')")
+        conn.exec_driver_sql(
+            "insert into jobs (key, batch_id, endpoint, input_json, output_path, state, estimate_micro_usd, "
+            "billable_units, unit, price_table, price_verified, tags_json, attempt_count, created_at, updated_at) "
+            "values ('k1', 1, 'luma/agent/ray/v3.2/reframe', '{}', '/o.mp4', 'succeeded', 600000, '5', 'second', "
+            "'t@1', 1, '[]', 1, '2026-01-01', '2026-01-01')")
+        conn.exec_driver_sql("insert into attempts (job_id, number, state, billed_micro_usd, created_at) "
+                             "values (1, 1, 'succeeded', 600000, '2026-01-01')")
+        conn.exec_driver_sql("insert into events (at, job_id, attempt_id, host, pid, user, kind, details_json) "
+                             "values ('2026-01-01', 1, 1, 'h', 1, 'u', 'job.succeeded', '{}')")
+    engine.dispose()
+
+
+def test_sqlite_upgrade_keeps_data_and_backfills(tmp_path: Path):
+    path = tmp_path / "old.db"
+    _at_0002_with_data(path)
+    engine = db_engine.open_engine(f"sqlite:///{path}")  # SQLite migrates itself to head
+    assert db_engine.current_revision(engine) == db_engine.head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(text("select batch_id, billed_micro_usd from attempts")).one() == (1, 600000)
+        assert conn.execute(text("select count(*) from events where attempt_id = 1")).scalar_one() == 1
+    assert not (tmp_path / "old.db.pre-upgrade.bak").exists()
+
+
+def test_sqlite_upgrade_cleans_up_an_interrupted_one(tmp_path: Path):
+    path = tmp_path / "old.db"
+    _at_0002_with_data(path)
+    con = sqlite3.connect(path)
+    con.execute("create table _alembic_tmp_attempts (id integer)")  # what an interrupted batch op leaves
+    con.commit()
+    con.close()
+    engine = db_engine.open_engine(f"sqlite:///{path}")
+    assert db_engine.current_revision(engine) == db_engine.head_revision()
+
+
+def test_a_failed_sqlite_upgrade_restores_the_database(tmp_path: Path):
+    path = tmp_path / "old.db"
+    engine = db_engine.create(f"sqlite:///{path}")
+    db_engine.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("insert into batches (name, created_at, updated_at) values ('keep', '2026-01-01', "
+                             "'2026-01-01')")
+        conn.exec_driver_sql("create table locks (x integer)")  # 0002 creates `locks`: it will fail
+    engine.dispose()
+    with pytest.raises(DatabaseError) as err:
+        db_engine.open_engine(f"sqlite:///{path}")
+    assert "restored as it was" in str(err.value) and "pre-upgrade.bak" in str(err.value)
+    con = sqlite3.connect(path)
+    assert con.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+    assert con.execute("select name from batches").fetchall() == [("keep",)]

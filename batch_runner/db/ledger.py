@@ -1,0 +1,49 @@
+"""The ledger in SQL: every attempt with its job, batch, output and money, for reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import DatabaseError
+from .engine import safe_url
+from .models import Attempt, Batch, Job, Output, Run
+
+
+def ledger(engine: Engine, batches: Sequence[str] | None, since: datetime | None,
+           until: datetime | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(jobs, attempts, runs) in scope: jobs of the batches (those with an attempt in the
+    window when one is given), their attempts in the window, and the runs started in it."""
+    A, J, B, O, R = Attempt.__table__, Job.__table__, Batch.__table__, Output.__table__, Run.__table__
+    window = []
+    if since is not None:
+        window.append(A.c.created_at >= since)
+    if until is not None:
+        window.append(A.c.created_at < until)
+    scope = [B.c.name.in_(list(batches))] if batches else []
+    try:
+        with engine.connect() as conn:
+            attempts = [dict(r) for r in conn.execute(
+                select(A.c.id, A.c.job_id, A.c.number, A.c.state, A.c.created_at, A.c.reserved_micro_usd,
+                       A.c.billed_micro_usd, A.c.billable_units, A.c.unit_price_micro_usd, A.c.request_id,
+                       O.c.duration_us)
+                .select_from(A.join(J, J.c.id == A.c.job_id).join(B, B.c.id == J.c.batch_id)
+                             .outerjoin(O, O.c.attempt_id == A.c.id))
+                .where(*scope, *window).order_by(A.c.id)).mappings()]
+            job_filter = [J.c.id.in_({a["job_id"] for a in attempts})] if window else []
+            jobs = [dict(r) for r in conn.execute(
+                select(J.c.id, J.c.key, J.c.endpoint, J.c.input_json, J.c.tags_json, J.c.state, J.c.created_at,
+                       J.c.estimate_micro_usd, J.c.price_table, J.c.source, J.c.output_path,
+                       B.c.name.label("batch"))
+                .select_from(J.join(B, B.c.id == J.c.batch_id)).where(*scope, *job_filter)
+                .order_by(J.c.id)).mappings()]
+            run_window = [R.c.started_at >= since] if since is not None else []
+            if until is not None:
+                run_window.append(R.c.started_at < until)
+            runs = [dict(r) for r in conn.execute(select(R).where(*run_window).order_by(R.c.id)).mappings()]
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"reading the ledger failed on {safe_url(str(engine.url))}: {exc}") from exc
+    return jobs, attempts, runs
