@@ -602,6 +602,35 @@ def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by
     click.echo(f"wrote {output}", err=True)
 
 
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time [default: 24 h ago].")
+@click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time [default: now].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
+    """Compare our ledger with fal's usage API per endpoint and day (exit 10 when they differ)."""
+    from . import reconcile as rec_module
+    from .api.client import FalClient
+    from .errors import AuthError, ReconcileMismatchError
+
+    settings = app.settings
+    if settings.fal_key is None and not settings.fal_url:
+        raise ConfigError("FAL_KEY is not set, so fal's usage cannot be read", hint="export FAL_KEY=<an admin key>")
+    client = FalClient(settings.hosts, settings.fal_key or Secret("local"))
+    try:
+        result = rec_module.reconcile(app.repo, client, app.prices, since, until)
+    except AuthError as exc:
+        raise AuthError(f"fal refused the usage API call ({exc.message})",
+                        hint="the usage API needs an admin key: create one in fal's dashboard and set FAL_KEY "
+                             "to it for reconcile") from exc
+    finally:
+        client.close()
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else rec_module.render(result).rstrip("\n"))
+    if not result.clean:
+        raise ReconcileMismatchError(f"{len(result.differences)} difference(s) and {len(result.drift)} price "
+                                     "drift(s) between our ledger and fal's usage", hint="see the lines above")
+
+
 # --------------------------------------------------------------------------- emulator
 
 

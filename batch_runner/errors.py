@@ -11,6 +11,7 @@
     ├── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
     ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
     ├── RunInterruptedError         exit 130 Ctrl-C / SIGTERM: in-flight work is recorded and resumable
+    ├── ReconcileMismatchError      exit 10  our ledger and fal's usage differ (the report lists how)
     └── RemoteError                 exit 9   fal's API failed or refused
         ├── AuthError               exit 9   401/403: the key is missing or wrong
         ├── AccountLockedError      exit 9   403 "User is locked": top up, nothing more is sent
@@ -116,6 +117,12 @@ class RunInterruptedError(BatchRunnerError):
     exit_code = 130
 
 
+class ReconcileMismatchError(BatchRunnerError):
+    """Our ledger and fal's usage differ."""
+
+    exit_code = 10
+
+
 class RemoteError(BatchRunnerError):
     """fal's API failed."""
 
@@ -169,5 +176,6 @@ EXIT_CODES: dict[int, str] = {
     ProbeError.exit_code: "a source could not be probed",
     ToolMissingError.exit_code: "ffprobe/ffmpeg not installed",
     RemoteError.exit_code: "fal refused the key or the account is locked; nothing more was sent",
+    ReconcileMismatchError.exit_code: "reconcile found spend that our ledger and fal's usage disagree on",
     130: "interrupted (Ctrl-C, SIGTERM): in-flight jobs are recorded and resume on the next run",
 }

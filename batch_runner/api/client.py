@@ -195,3 +195,20 @@ class FalClient:
         resp = self.transport.read("GET", f"{self.hosts.api}/models/pricing", "pricing",
                                    params={"endpoint_id": ",".join(endpoint_ids)})
         return {p["endpoint_id"]: (Decimal(str(p["unit_price"])), str(p["unit"])) for p in resp.json()["prices"]}
+
+    def usage(self, start: str, end: str, endpoint_ids: list[str] | None = None,
+              timeframe: str = "day") -> list[dict[str, Any]]:
+        """fal's billed usage in [start, end), one row per bucket and endpoint (all pages).
+        On the real fal this needs an admin key."""
+        params: dict[str, Any] = {"start": start, "end": end, "timeframe": timeframe}
+        if endpoint_ids:
+            params["endpoint_id"] = ",".join(endpoint_ids)
+        rows: list[dict[str, Any]] = []
+        while True:
+            data = self.transport.read("GET", f"{self.hosts.api}/models/usage", "usage", params=params).json()
+            for bucket in data.get("time_series") or ():
+                for r in bucket.get("results") or ():
+                    rows.append({"bucket": bucket["bucket"], **r})
+            if not data.get("has_more") or not data.get("next_cursor"):
+                return rows
+            params["cursor"] = data["next_cursor"]

@@ -14,7 +14,7 @@ LAYERS = {
     "catalog": 2, "config": 2, "logs": 2, "yamlload": 2,
     "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
     "worker": 4, "emulator": 4,
-    "runner": 5, "reports": 5,
+    "runner": 5, "reports": 5, "reconcile": 5,
     "cli": 6, "__main__": 7,
 }
 # The emulator is a separate app: besides its own package it may use only these.

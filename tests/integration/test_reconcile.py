@@ -1,0 +1,78 @@
+"""`reconcile` against the emulator's usage API: it agrees when all is recorded, finds the paid
+duplicate behind a dropped submit, reports price drift, and explains an admin-key refusal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+from click.testing import CliRunner
+
+from batch_runner.cli import cli
+from tests.integration.run_helpers import make_bench
+
+
+def _env(bench, key="reconcile-key"):
+    return {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": key}
+
+
+def _settled(bench) -> None:
+    """Wait until every request the emulator accepted has completed (and been billed)."""
+    for _ in range(3000):
+        rows = [r for r in bench.emulator_log() if r["request_id"]]
+        if all(r["state"] in ("COMPLETED", "CANCELLED") for r in rows):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the emulator never settled")
+
+
+def test_reconcile_agrees_when_everything_is_recorded(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.run()
+    result = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench))
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and data["clean"] is True
+    assert [(m["endpoint"], m["usd"]) for m in data["matched"]] == [("luma/agent/ray/v3.2/reframe", "0.60")]
+
+
+def test_reconcile_finds_the_paid_duplicate_behind_a_dropped_submit(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(faults="drop_after_submit=1/1"), clips=1)
+    bench.run()
+    _settled(bench)
+    fal_costs = [r["cost_usd"] for r in bench.emulator_log() if r["request_id"]]
+    result = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench))
+    assert result.exit_code == 10
+    [diff] = json.loads(result.stdout)["differences"]
+    assert diff["kind"] == "unrecorded spend at fal"
+    assert (diff["ours_usd"], diff["fal_usd"], diff["difference_usd"]) == ("0.30", "0.60", "0.30")
+    assert sorted(fal_costs) == ["0.3", "0.3"]
+    [explained] = diff["explained_by_uncertain_submits"]
+    uncertain_job = bench.sql("select id from jobs where state = 'uncertain'")[0][0]
+    assert explained == {"job": uncertain_job, "attempt": 1, "reserved_usd": "0.30"}
+    table = CliRunner().invoke(cli, ["reconcile"], env=_env(bench))
+    assert table.exit_code == 10 and f"explained by the uncertain submit of job {uncertain_job}" in table.stdout
+    assert "difference(s)" in table.stderr
+
+
+def test_reconcile_reports_unit_price_drift(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.run()
+    prices = tmp_path / "ours.yaml"
+    prices.write_text('name: ours\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
+                      '    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n')
+    result = CliRunner().invoke(cli, ["--prices", str(prices), "reconcile", "--json"], env=_env(bench))
+    [drift] = json.loads(result.stdout)["price_drift"]
+    assert result.exit_code == 10
+    assert (drift["fal_unit_price_usd"], drift["price_table_unit_price_usd"], drift["price_table"]) == (
+        "0.06", "0.05", "ours@1")
+
+
+def test_reconcile_says_when_the_usage_api_needs_an_admin_key(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(admin_keys=frozenset({"admin-key"})), clips=1)
+    result = CliRunner().invoke(cli, ["reconcile"], env=_env(bench, key="ordinary-key"))
+    assert result.exit_code == 9 and result.stdout == ""
+    assert "needs an admin key" in result.stderr and "ordinary-key" not in result.stderr
+    ok = CliRunner().invoke(cli, ["reconcile"], env=_env(bench, key="admin-key"))
+    assert ok.exit_code == 0
+    assert httpx.get(f"{bench.emulator.url}/_emulator/health").status_code == 200
