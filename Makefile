@@ -7,12 +7,15 @@ PY     := $(VENV)/bin/python
 BR     := $(VENV)/bin/batch-runner
 DEMO   ?= .demo
 
-.PHONY: setup ffmpeg demo test bench clean
+.PHONY: setup ffmpeg browser demo test bench clean
 
 setup: ffmpeg $(VENV)/.installed
 
 ffmpeg:
 	@sh scripts/ensure-ffmpeg.sh
+
+browser:
+	@sh scripts/ensure-chromium.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	@sh scripts/demo.sh "$(BR)" "$(DEMO)"
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup

@@ -578,7 +578,8 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 @click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time (exclusive).")
 @click.option("--group-by", type=click.Choice(["endpoint", "resolution", "tag", "day", "batch"]), default="endpoint",
               show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table",
+              show_default=True, help="html: one self-contained page with charts and a contact sheet.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
 @click.pass_obj
 def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by: str, fmt: str,
@@ -586,8 +587,13 @@ def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by
     """What it cost and produced: estimated vs billed, outcomes, delivered seconds, waste, money at risk."""
     from . import reports
 
-    text = reports.render(reports.build(app.repo, batches=list(batches) or None, since=since, until=until,
-                                        group_by=group_by), fmt)
+    built = reports.build(app.repo, batches=list(batches) or None, since=since, until=until, group_by=group_by)
+    if fmt == "html":
+        from .report_html import render_html
+
+        text = render_html(built)
+    else:
+        text = reports.render(built, fmt)
     if output is None:
         click.echo(text, nl=False)
         return

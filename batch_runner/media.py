@@ -59,3 +59,19 @@ def make_samples(folder: Path, *, clips: int = 3, images: int = 3, duration: str
     for i in range(images):
         made.append(make_image(folder / f"still{i + 1:02d}.png", pattern=PATTERNS[(i + 2) % len(PATTERNS)]))
     return made
+
+
+def thumbnail(path: Path, *, width: int = 192, at_s: float = 1.0) -> bytes | None:
+    """A JPEG frame of a video or image, `width` px wide; None when it cannot be read."""
+    if not shutil.which("ffmpeg") or not path.exists():
+        return None
+    for seek in (at_s, 0.0):  # short clips have no frame at 1 s
+        try:
+            out, _ = (ffmpeg.input(str(path), ss=seek)
+                      .output("pipe:", vframes=1, format="image2", vcodec="mjpeg", vf=f"scale={width}:-2")
+                      .run(capture_stdout=True, capture_stderr=True, quiet=True))
+        except ffmpeg.Error:
+            continue
+        if out:
+            return out
+    return None

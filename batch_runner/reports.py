@@ -25,7 +25,7 @@ from .db.repo import Repository
 from .domain import AttemptState, format_usd
 
 GROUPINGS = ("endpoint", "resolution", "tag", "day", "batch")
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "html")
 OPEN_ATTEMPTS = {AttemptState.SENDING.value, AttemptState.SUBMITTED.value, AttemptState.IN_PROGRESS.value,
                  AttemptState.DOWNLOADING.value, AttemptState.UNCERTAIN.value}
 
@@ -66,6 +66,9 @@ class Report:
     groups: dict[str, Line]
     total: Line
     runs: list[dict[str, Any]]
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # for the HTML contact sheet
+    billed_by_day: dict[str, int] = field(default_factory=dict)
+    billed_by_endpoint: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"group_by": self.group_by, "groups": {k: v.as_dict() for k, v in sorted(self.groups.items())},
@@ -112,11 +115,17 @@ def build(repo: Repository, *, batches: list[str] | None, since: datetime | None
                     line.at_risk += a["reserved_micro_usd"] or 0
                 if a["state"] == AttemptState.SUCCEEDED.value and a["duration_us"]:
                     line.delivered_us += a["duration_us"]
+    by_day: dict[str, int] = defaultdict(int)
+    by_endpoint: dict[str, int] = defaultdict(int)
+    for job in jobs:
+        for a in by_job.get(job["id"], []):
+            by_day[_keys("day", job, a["created_at"])[0]] += a["billed_micro_usd"] or 0
+            by_endpoint[job["endpoint"]] += a["billed_micro_usd"] or 0
     budgets = [{"run": r["name"], "budget_usd": format_usd(r["budget_micro_usd"]) if r["budget_micro_usd"] else None,
                 "committed_usd": format_usd(r["reserved_micro_usd"]), "status": r["status"],
                 "used_percent": (f"{Decimal(r['reserved_micro_usd']) * 100 / r['budget_micro_usd']:.1f}"
                                  if r["budget_micro_usd"] else None)} for r in runs]
-    return Report(group_by, dict(groups), total, budgets)
+    return Report(group_by, dict(groups), total, budgets, jobs, dict(by_day), dict(by_endpoint))
 
 
 COLUMNS = ("jobs", "estimated_usd", "billed_usd", "retry_spend_usd", "waste_usd", "at_risk_usd",

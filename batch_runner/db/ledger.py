@@ -36,8 +36,8 @@ def ledger(engine: Engine, batches: Sequence[str] | None, since: datetime | None
             job_filter = [J.c.id.in_({a["job_id"] for a in attempts})] if window else []
             jobs = [dict(r) for r in conn.execute(
                 select(J.c.id, J.c.key, J.c.endpoint, J.c.input_json, J.c.tags_json, J.c.state, J.c.created_at,
-                       J.c.estimate_micro_usd, J.c.price_table, J.c.source, J.c.output_path,
-                       B.c.name.label("batch"))
+                       J.c.estimate_micro_usd, J.c.price_table, J.c.source, J.c.output_path, J.c.billed_micro_usd,
+                       J.c.last_error, B.c.name.label("batch"))
                 .select_from(J.join(B, B.c.id == J.c.batch_id)).where(*scope, *job_filter)
                 .order_by(J.c.id)).mappings()]
             run_window = [R.c.started_at >= since] if since is not None else []

@@ -15,7 +15,8 @@ LAYERS = {
     "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
     "worker": 4, "emulator": 4,
     "runner": 5, "reports": 5, "reconcile": 5,
-    "cli": 6, "__main__": 7,
+    "report_html": 6,
+    "cli": 7, "__main__": 8,
 }
 # The emulator is a separate app: besides its own package it may use only these.
 EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}
