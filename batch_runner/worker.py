@@ -38,7 +38,8 @@ RETRYABLE_ERROR_TYPES = frozenset({
 })
 REJECTION_ERROR_TYPES = frozenset({"validation_error", "value_error", "missing", "enum", "file_download_error",
                                    "string_too_long"})
-UPLOAD_TTL_S = 6 * 24 * 3600.0  # fal keeps uploads at least 7 days; re-upload a day early
+UPLOAD_TTL_S = 6 * 24 * 3600.0
+PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × its unit price  # fal keeps uploads at least 7 days; re-upload a day early
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,8 @@ class Worker:
         if status.get("error") is not None or not result.ok:
             self._failed_run(claim, status, result.status_code, result.body, error_type, billed, units, unit_price)
             return
-        self._deliver(claim, result.body, billed, units, unit_price)
+        self._deliver(claim, result.body, billed, units, unit_price, from_api=result.billable_units is not None
+                      and unit_price is not None)
 
     def _wait_completed(self, claim: Claim) -> dict[str, Any] | None:
         """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks."""
@@ -312,8 +314,10 @@ class Worker:
 
     # ------------------------------------------------------------------ deliver
 
-    def _deliver(self, claim: Claim, body: Any, billed: int, units: str | None, unit_price: int | None) -> None:
+    def _deliver(self, claim: Claim, body: Any, billed: int, units: str | None, unit_price: int | None,
+                 *, from_api: bool) -> None:
         job = claim.job
+        source = PRICING_API if from_api else f"{job['price_table']} (estimate)"
         video = (body or {}).get("video") or {}
         if not video.get("url"):
             self.queue.finish(claim, JobState.FAILED, "the result has no video URL", billed_micro_usd=billed,
@@ -332,11 +336,14 @@ class Worker:
             self.reporter.event("failed", job, error="download failed")
             return
         problem, measured = self._verify(job, tmp)
+        if not from_api and not problem:  # no billable units from fal: price what was delivered
+            billed, source = self._price_delivered(job, measured)
         if problem:
             aside = target.with_name(f"{target.stem}.rejected{target.suffix}")
             tmp.replace(aside)
             self.queue.finish(claim, JobState.FAILED, f"output check failed: {problem} (kept at {aside})",
-                              billed_micro_usd=billed, billable_units=units, unit_price_micro_usd=unit_price)
+                              billed_micro_usd=billed, billable_units=units, unit_price_micro_usd=unit_price,
+                              price_source=source)
             self.reporter.event("failed", job, error=problem)
             return
         tmp.replace(target)  # atomic: the output appears whole or not at all
@@ -347,15 +354,30 @@ class Worker:
             "width": measured.width, "height": measured.height,
             "duration_s": str(measured.duration) if measured.duration is not None else None,
             "estimated_cost_usd": format_usd(job["estimate_micro_usd"]), "billed_cost_usd": format_usd(billed),
-            "billable_units": units, "price_table": job["price_table"],
+            "billable_units": units, "price_table": job["price_table"], "billed_price_source": source,
         }
         target.with_name(target.name + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
         self.queue.finish(claim, JobState.SUCCEEDED, None, billed_micro_usd=billed, billable_units=units,
-                          unit_price_micro_usd=unit_price,
+                          unit_price_micro_usd=unit_price, price_source=source,
                           output={"path": str(target), "sha256": sha, "size_bytes": size, "width": measured.width,
                                   "height": measured.height,
                                   "duration_us": int(measured.duration * 1_000_000) if measured.duration else None})
         self.reporter.event("succeeded", job, billed_micro_usd=billed)
+
+    def _price_delivered(self, job: dict[str, Any], measured: ProbeResult) -> tuple[int, str]:
+        """The price table applied to a verified delivery, by the endpoint's billing unit: per
+        started source second on the source's probed length (as fal bills it), per second on
+        the output's measured length, per video on its parameters alone."""
+        ep = catalog.endpoint(job["endpoint"])
+        src = self.source_probe(job)
+        if ep.billing == catalog.PER_STARTED_SOURCE_SECOND and src is not None:
+            duration = src.duration
+        elif ep.billing == catalog.PER_VIDEO:
+            duration = None
+        else:
+            duration = measured.duration
+        est = self.prices.estimate(ep, json.loads(job["input_json"]), duration)
+        return est.micro_usd, f"{est.price_table} on the verified output"
 
     def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, ProbeResult]:
         """ffprobe the download and compare it with what the request promised."""

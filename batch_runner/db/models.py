@@ -114,6 +114,9 @@ class Attempt(Base):
     billed_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     billable_units: Mapped[str | None] = mapped_column(String(32))
     unit_price_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    # where the billed amount came from: "fal pricing API", or the price table (name@version)
+    # applied to the verified output when fal sent no billable units
+    price_source: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

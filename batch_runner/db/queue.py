@@ -321,14 +321,15 @@ class JobQueue:
 
     def finish(self, claim: Claim, state: JobState, reason: str | None, *, billed_micro_usd: int,
                billable_units: str | None = None, unit_price_micro_usd: int | None = None,
-               output: dict[str, Any] | None = None) -> None:
+               price_source: str | None = None, output: dict[str, Any] | None = None) -> None:
         """A terminal state, with what fal billed (0 when nothing) and the verified output."""
         attempt_state = {JobState.SUCCEEDED: AttemptState.SUCCEEDED, JobState.CANCELLED: AttemptState.CANCELLED,
                          }.get(state, AttemptState.FAILED)
 
         def go(conn: Connection) -> None:
             self._end_attempt(conn, claim.attempt, attempt_state, reason, billed=billed_micro_usd,
-                              billable_units=billable_units, unit_price_micro_usd=unit_price_micro_usd)
+                              billable_units=billable_units, unit_price_micro_usd=unit_price_micro_usd,
+                              price_source=price_source)
             total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
                                  .where(A.c.job_id == claim.job["id"])).scalar_one()
             if output is not None:

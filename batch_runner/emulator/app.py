@@ -174,7 +174,7 @@ async def queue_route(request: HttpRequest) -> Response:
                 return Response(NGINX_503, status_code=503, media_type="text/html")
             return _stream(emu, req, request)
         if request.method == "GET" and tail == "":
-            return _result(req)
+            return _result(req, emu.config.send_billable_units)
         if request.method == "PUT" and tail == "cancel":
             if req is None:
                 return _json({"status": "NOT_FOUND"}, 404)
@@ -262,7 +262,7 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
                              headers={"Cache-Control": "no-cache", "x-fal-request-id": req.id})
 
 
-def _result(req: Request | None) -> Response:
+def _result(req: Request | None, send_units: bool = True) -> Response:
     if req is None:
         return _json({"detail": "Request not found"}, 404)
     if req.state != COMPLETED:
@@ -270,7 +270,7 @@ def _result(req: Request | None) -> Response:
     if req.expires_at is not None and time.time() >= req.expires_at:
         return _json({"detail": "Request result has expired"}, 404)
     headers = {"x-fal-request-id": req.id}
-    if req.billable_units is not None:
+    if req.billable_units is not None and send_units:
         headers["x-fal-billable-units"] = f"{req.billable_units:f}"
     if req.error_type and req.result_status >= 500:
         headers["X-Fal-Error-Type"] = req.error_type

@@ -35,6 +35,7 @@ class EmulatorConfig:
     prices_path: Path | None = None  # a price file laid over the default table
     user_id: str = "emulator-user"
     keepalive_s: float = KEEPALIVE_S
+    send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units
     processing_s: dict[str, float] = field(default_factory=lambda: dict(PROCESSING_S))
     queue_delay_s: float = QUEUE_DELAY_S
 

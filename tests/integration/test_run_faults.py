@@ -290,3 +290,22 @@ def test_warning_threshold_is_reported_once_and_audited(tmp_path, media, emulato
     warnings = [info["message"] for kind, _, info in bench.events if kind == "warning"]
     assert len(warnings) == 1 and "past its $0.50 warning threshold" in warnings[0]
     assert bench.sql("select count(*) from events where kind = 'run.budget_warning'") == [(1,)]
+
+
+def test_billed_amounts_record_where_they_came_from(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.run()
+    assert bench.sql("select distinct price_source, unit_price_micro_usd from attempts") == [
+        ("fal pricing API", 60_000)]
+
+
+def test_without_billable_units_the_verified_output_is_priced(tmp_path, media, emulator_factory):
+    # 5.04 s sources: Ray 3.2 reframe bills 6 started source seconds at $0.06, whatever the
+    # rendered output's exact length; without fal's units we must still record what fal billed.
+    bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1, clip="c5_04")
+    summary = bench.run()
+    at_fal = sum(Decimal(r["cost_usd"]) for r in bench.emulator_log() if r["request_id"])
+    assert summary.counts == {"succeeded": 2}
+    assert Decimal(summary.billed_micro_usd) / 1_000_000 == at_fal == Decimal("0.72")
+    assert bench.sql("select distinct price_source from attempts") == [
+        ("fal-published@2026-11-21 on the verified output",)]
