@@ -12,10 +12,10 @@ DEMO   ?= .demo
 setup: ffmpeg $(VENV)/.installed
 
 ffmpeg:
-	@sh scripts/ensure-ffmpeg.sh
+	@sh scripts/ensure-tool.sh ffmpeg,ffprobe ffmpeg required "to probe sources and make media"
 
 browser:
-	@sh scripts/ensure-chromium.sh
+	@sh scripts/ensure-tool.sh chromium chromium optional "the HTML report's browser test"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
