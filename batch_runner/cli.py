@@ -109,7 +109,8 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     \b
     Environment: FAL_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
       BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
-      BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_DAY, BATCH_RUNNER_WARN_AT_USD
+      BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
+      BATCH_RUNNER_WARN_AT_USD
     """
     settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
     setup_logging(verbose, [settings.fal_key.reveal()] if settings.fal_key else [])

@@ -15,6 +15,7 @@ ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
 ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
 ENV_MAX_USD_PER_DAY = "BATCH_RUNNER_MAX_USD_PER_DAY"
+ENV_MAX_USD_PER_RUN = "BATCH_RUNNER_MAX_USD_PER_RUN"
 ENV_WARN_AT_USD = "BATCH_RUNNER_WARN_AT_USD"
 LEASE_S = 60.0
 
@@ -113,6 +114,7 @@ class Settings:
     probe_timeout_s: float = PROBE_TIMEOUT_S
     lease_s: float = LEASE_S
     max_usd_per_day_micro: int | None = None  # account-wide, every batch, per rolling 24 h
+    max_usd_per_run_micro: int | None = None  # a run's budget when neither --max-cost nor the manifest sets one
     warn_at_micro: int | None = None  # default warning threshold of a run
 
     @classmethod
@@ -131,6 +133,7 @@ class Settings:
             lease_s=_setting(env, ENV_LEASE_S, float, LEASE_S, "number of seconds"),
             max_usd_per_day_micro=_setting(env, ENV_MAX_USD_PER_DAY, _usd, None, "USD amount like 50.00"),
             warn_at_micro=_setting(env, ENV_WARN_AT_USD, _usd, None, "USD amount like 50.00"),
+            max_usd_per_run_micro=_setting(env, ENV_MAX_USD_PER_RUN, _usd, None, "USD amount like 50.00"),
         )
 
     @property

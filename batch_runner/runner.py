@@ -364,6 +364,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             run_b, daily, batch_warn = repo.batch_budgets(batches[0])
             budget = budget if budget is not None else run_b
             warn_at = batch_warn if batch_warn is not None else warn_at
+    if budget is None:
+        budget = settings.max_usd_per_run_micro
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.

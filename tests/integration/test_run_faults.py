@@ -309,3 +309,11 @@ def test_without_billable_units_the_verified_output_is_priced(tmp_path, media, e
     assert Decimal(summary.billed_micro_usd) / 1_000_000 == at_fal == Decimal("0.72")
     assert bench.sql("select distinct price_source from attempts") == [
         ("fal-published@2026-11-21 on the verified output",)]
+
+
+def test_a_run_budget_can_come_from_settings(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.extra_settings = {"max_usd_per_run_micro": 400_000}
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 1} and summary.budget_micro_usd == 400_000
+    assert summary.budget_stop_scope == "run"
