@@ -393,12 +393,18 @@ class JobQueue:
     def run_report(self, run_id: int, batches: Sequence[str] | None) -> dict[str, Any]:
         """What a run did: the jobs its attempts touched, by final state, and what it was billed."""
         def go(conn: Connection) -> dict[str, Any]:
-            touched = select(A.c.job_id).where(A.c.run_id == run_id).distinct()
-            rows = [dict(r) for r in conn.execute(select(J).where(J.c.id.in_(touched)).order_by(J.c.id)).mappings()]
+            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+            ran = select(A.c.job_id).where(A.c.run_id == run_id)
+            # Jobs this run found half-sent by a dead worker and marked uncertain: the user must hear of them.
+            swept = select(Event.job_id).where(Event.kind == f"job.{JobState.UNCERTAIN.value}",
+                                               Event.at >= run["started_at"], Event.host == self.actor.host,
+                                               Event.pid == self.actor.pid, Event.job_id.is_not(None))
+            touched = ran.union(swept).subquery()
+            rows = [dict(r) for r in conn.execute(select(J).where(J.c.id.in_(select(touched.c.job_id)))
+                                                  .order_by(J.c.id)).mappings()]
             billed = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
                                   .where(A.c.run_id == run_id)).scalar_one()
             attempts = conn.execute(select(func.count()).select_from(A).where(A.c.run_id == run_id)).scalar_one()
-            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
             scope = conn.execute(select(J.c.state, func.count()).where(*self._scope(batches))
                                  .group_by(J.c.state)).all()
             return {"jobs": rows, "billed_micro_usd": int(billed), "attempts": int(attempts),

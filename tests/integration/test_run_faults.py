@@ -317,3 +317,26 @@ def test_a_run_budget_can_come_from_settings(tmp_path, media, emulator_factory):
     summary = bench.run()
     assert summary.counts == {"succeeded": 1} and summary.budget_micro_usd == 400_000
     assert summary.budget_stop_scope == "run"
+
+
+def test_a_run_reports_the_jobs_it_found_half_sent(tmp_path, media, emulator_factory):
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    from batch_runner import runner
+    from batch_runner.pricing import load_price_table
+
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    # A worker elsewhere died between sending a submit and recording fal's answer.
+    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    con = sqlite3.connect(bench.db_url.removeprefix("sqlite:///"))
+    con.execute("update jobs set state='submitting', attempt_count=1, lease_owner='otherhost:7', "
+                "lease_expires_at=? where id=1", (past,))
+    con.execute("insert into attempts (job_id, number, state, created_at) values (1, 1, 'sending', ?)", (past,))
+    con.commit()
+    con.close()
+    summary = bench.run(manifest=False, batches=["b"])
+    assert summary.counts == {"succeeded": 1, "uncertain": 1}
+    assert isinstance(summary.exit_error(), JobsFailedError)
+    assert [f["state"] for f in summary.failed] == ["uncertain"]
