@@ -72,8 +72,17 @@ class JobQueue:
         return DatabaseError(f"{action} failed on {safe_url(str(self.engine.url))}: {first[0] if first else exc}")
 
     def _tx(self, action: str, fn: Any, *args: Any) -> Any:
+        """A write transaction (through the SQLite write lock)."""
         try:
             with write_lock(self.engine), self.engine.begin() as conn:
+                return fn(conn, *args)
+        except SQLAlchemyError as exc:
+            raise self._fail(action, exc) from exc
+
+    def _read(self, action: str, fn: Any, *args: Any) -> Any:
+        """A read: no write lock, so idle workers and cache lookups never queue behind writers."""
+        try:
+            with self.engine.connect() as conn:
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
             raise self._fail(action, exc) from exc
@@ -368,7 +377,7 @@ class JobQueue:
             rows = conn.execute(select(J.c.state, func.count()).where(
                 J.c.state.in_([s.value for s in active]), *self._scope(batches)).group_by(J.c.state))
             return {s: n for s, n in rows}
-        return self._tx("counting jobs", go)
+        return self._read("counting jobs", go)
 
     def next_retry_at(self, batches: Sequence[str] | None) -> datetime | None:
         """When the earliest waiting retry becomes due (ordered, not min(): SQLite's min() is untyped)."""
@@ -376,19 +385,13 @@ class JobQueue:
             return conn.execute(select(J.c.next_attempt_at).where(
                 J.c.state == JobState.QUEUED.value, J.c.next_attempt_at.is_not(None), *self._scope(batches))
                 .order_by(J.c.next_attempt_at).limit(1)).scalar()
-        return self._tx("reading retry times", go)
-
-    def counts(self, batches: Sequence[str] | None) -> dict[str, int]:
-        def go(conn: Connection) -> dict[str, int]:
-            return {s: n for s, n in conn.execute(select(J.c.state, func.count()).where(*self._scope(batches))
-                                                  .group_by(J.c.state))}
-        return self._tx("counting jobs", go)
+        return self._read("reading retry times", go)
 
     def jobs_in(self, batches: Sequence[str] | None, states: Iterable[JobState]) -> list[dict[str, Any]]:
         def go(conn: Connection) -> list[dict[str, Any]]:
             return [dict(r) for r in conn.execute(select(J).where(
                 J.c.state.in_([s.value for s in states]), *self._scope(batches)).order_by(J.c.id)).mappings()]
-        return self._tx("listing jobs", go)
+        return self._read("listing jobs", go)
 
     def run_report(self, run_id: int, batches: Sequence[str] | None) -> dict[str, Any]:
         """What a run did: the jobs its attempts touched, by final state, and what it was billed."""
@@ -410,7 +413,7 @@ class JobQueue:
             return {"jobs": rows, "billed_micro_usd": int(billed), "attempts": int(attempts),
                     "budget_micro_usd": run["budget_micro_usd"], "reserved_micro_usd": run["reserved_micro_usd"],
                     "batch_states": {st: n for st, n in scope}}
-        return self._tx("reporting the run", go)
+        return self._read("reporting the run", go)
 
     # ------------------------------------------------------------------ uploads
 
@@ -418,7 +421,7 @@ class JobQueue:
         def go(conn: Connection) -> str | None:
             return conn.execute(select(Upload.url).where(Upload.sha256 == sha256, Upload.base_url == base_url,
                                                          Upload.expires_at > utcnow())).scalar()
-        return self._tx("reading the upload cache", go)
+        return self._read("reading the upload cache", go)
 
     def store_upload(self, sha256: str, base_url: str, url: str, size: int, ttl_s: float) -> None:
         def go(conn: Connection) -> None:
@@ -439,7 +442,7 @@ class JobQueue:
                 rows = conn.execute(select(J).where(cond)).mappings().all()
                 out.extend(dict(r) for r in rows)
             return out
-        return self._tx("finding jobs", go)
+        return self._read("finding jobs", go)
 
     def history(self, job_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         def go(conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -448,7 +451,7 @@ class JobQueue:
             events = [dict(r) for r in conn.execute(select(Event.__table__).where(Event.job_id == job_id)
                                                     .order_by(Event.id)).mappings()]
             return attempts, events
-        return self._tx("reading a job's history", go)
+        return self._read("reading a job's history", go)
 
     def requeue_jobs(self, job_ids: Sequence[int], from_states: Iterable[JobState], reason: str) -> int:
         """Put jobs back in the queue on purpose (`retry`): history is kept, a new attempt follows."""
