@@ -421,8 +421,13 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
 # --------------------------------------------------------------------------- manage jobs
 
 
+def _queue(repo: Repository) -> JobQueue:
+    """Queue access for the management commands (they hold no leases)."""
+    return JobQueue(repo.engine, Actor.current(), 60)
+
+
 def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]) -> list[dict[str, Any]]:
-    queue = JobQueue(repo.engine, Actor.current(), 60)
+    queue = _queue(repo)
     if refs:
         found = queue.find_jobs(refs)
         if not found:
@@ -433,13 +438,13 @@ def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobSta
 
 def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> int:
     """Queue failed, cancelled or uncertain jobs again; the next run makes a new attempt."""
-    queue = JobQueue(repo.engine, Actor.current(), 60)
+    queue = _queue(repo)
     return queue.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
 
 
 def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None) -> tuple[int, int]:
     """Cancel queued jobs locally and in-flight ones through fal's API; (local, remote) counts."""
-    queue = JobQueue(repo.engine, Actor.current(), 60)
+    queue = _queue(repo)
     ids = [j["id"] for j in jobs]
     local = queue.cancel_queued(ids, "cancel requested")
     remote = 0
@@ -455,7 +460,7 @@ def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient 
 
 
 def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    queue = JobQueue(repo.engine, Actor.current(), 60)
+    queue = _queue(repo)
     found = queue.find_jobs([ref])
     if not found:
         raise ConfigError(f"no job matches {ref!r}", hint="use a job id or a key prefix from `status --state …`")

@@ -91,7 +91,7 @@ class FalClient:
     def stream(self, status_url: str, *, logs: bool = False) -> Iterator[dict[str, Any]]:
         """Status events from the SSE stream until COMPLETED; raises TransientRemoteError on trouble."""
         try:
-            self.transport._count()
+            self.transport.count_request()
             with self._http.stream("GET", f"{status_url}/stream", params={"logs": "1" if logs else "0"},
                                    timeout=STREAM_TIMEOUT) as resp:
                 if resp.status_code != 200:
@@ -135,7 +135,7 @@ class FalClient:
         for attempt in range(1, self.transport.policy.attempts + 1):
             h, size = hashlib.sha256(), 0
             try:
-                self.transport._count()
+                self.transport.count_request()
                 with self._plain.stream("GET", url) as resp:
                     if resp.status_code != 200:
                         raise TransientRemoteError(f"download {url}: HTTP {resp.status_code}")
@@ -153,7 +153,7 @@ class FalClient:
                     f"download: {type(exc).__name__}: {exc}")
                 if attempt == self.transport.policy.attempts or self.stop.is_set():
                     raise err from None
-                self.transport._wait(attempt, None)
+                self.transport.backoff(attempt, None)
         raise AssertionError("unreachable")
 
     def _token(self) -> tuple[str, str]:

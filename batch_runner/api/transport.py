@@ -105,11 +105,11 @@ class Transport:
         self.requests_sent = 0  # for benchmarks: HTTP requests per job
         self._count_lock = threading.Lock()
 
-    def _count(self) -> None:
+    def count_request(self) -> None:
         with self._count_lock:
             self.requests_sent += 1
 
-    def _wait(self, attempt: int, retry_after: float | None) -> None:
+    def backoff(self, attempt: int, retry_after: float | None) -> None:
         self.stop.wait(self.policy.delay(attempt, retry_after))
 
     def read(self, method: str, url: str, what: str, *, ok: Callable[[httpx.Response], bool] | None = None,
@@ -118,7 +118,7 @@ class Transport:
         accept = ok or (lambda r: r.is_success)
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                self._count()
+                self.count_request()
                 resp = self.client.request(method, url, **kw)
             except httpx.TransportError as exc:
                 err: RemoteError = TransientRemoteError(f"{what}: {type(exc).__name__}: {exc}")
@@ -131,14 +131,14 @@ class Transport:
             if attempt == self.policy.attempts or self.stop.is_set():
                 raise err
             log.info("%s failed (%s); retry %d/%d", what, err.message, attempt, self.policy.attempts - 1)
-            self._wait(attempt, getattr(err, "retry_after_s", None))
+            self.backoff(attempt, getattr(err, "retry_after_s", None))
         raise AssertionError("unreachable")
 
     def submit(self, url: str, what: str, **kw: Any) -> httpx.Response:
         """POST a submit: repeated only when fal certainly did not accept it."""
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                self._count()
+                self.count_request()
                 resp = self.client.post(url, **kw)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server
                 err: RemoteError = TransientRemoteError(f"{what}: {type(exc).__name__}: {exc}")
@@ -159,5 +159,5 @@ class Transport:
             if attempt == self.policy.attempts or self.stop.is_set():
                 raise err
             log.info("%s not accepted (%s); retry %d/%d", what, err.message, attempt, self.policy.attempts - 1)
-            self._wait(attempt, getattr(err, "retry_after_s", None))
+            self.backoff(attempt, getattr(err, "retry_after_s", None))
         raise AssertionError("unreachable")

@@ -86,19 +86,6 @@ class Repository:
 
     # ----------------------------------------------------------------------- jobs
 
-    def existing_keys(self, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """For each key already in the table: (batch name, state)."""
-        out: dict[str, tuple[str, str]] = {}
-        try:
-            with self.engine.connect() as conn:
-                for chunk in _chunks(list(keys)):
-                    stmt = (select(Job.key, Batch.name, Job.state).join(Batch, Batch.id == Job.batch_id)
-                            .where(Job.key.in_(chunk)))
-                    out.update({k: (b, s) for k, b, s in conn.execute(stmt)})
-        except SQLAlchemyError as exc:
-            raise self._fail("reading jobs", exc) from exc
-        return out
-
     def enqueue(self, batch: str, manifest_path: str | None, budget_micro_usd: int | None,
                 jobs: Sequence[JobSpec], actor: Actor, *, daily_budget_micro_usd: int | None = None,
                 warn_at_micro_usd: int | None = None) -> EnqueueResult:

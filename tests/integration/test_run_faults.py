@@ -200,24 +200,29 @@ def test_in_flight_cap_holds_at_fal(tmp_path, media, emulator_factory):
     assert httpx.get(f"{server.url}/_emulator/health").json()["peak_open_requests"] == 2
 
 
-def test_an_expired_lease_of_another_host_is_taken_over(tmp_path, media, emulator_factory):
+def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
+    """Enqueue the manifest, then leave job 1 as a worker on another machine would after dying
+    mid-claim: state submitting, an expired lease, and one attempt in `attempt_state`. Timestamps
+    are written the way SQLAlchemy stores them on SQLite (UTC, space-separated)."""
     import sqlite3
     from datetime import datetime, timedelta, timezone
 
     from batch_runner import runner
     from batch_runner.pricing import load_price_table
 
-    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
-    # A worker on another machine claimed job 1 and died before sending anything. Timestamps are
-    # written the way SQLAlchemy stores them on SQLite (UTC, space-separated).
     past = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
     con = sqlite3.connect(bench.db_url.removeprefix("sqlite:///"))
     con.execute("update jobs set state='submitting', attempt_count=1, lease_owner='otherhost:99', "
                 "lease_expires_at=? where id=1", (past,))
-    con.execute("insert into attempts (job_id, number, state, created_at) values (1, 1, 'preparing', ?)", (past,))
+    con.execute("insert into attempts (job_id, number, state, created_at) values (1, 1, ?, ?)", (attempt_state, past))
     con.commit()
     con.close()
+
+
+def test_an_expired_lease_of_another_host_is_taken_over(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    _dead_worker_claimed_job_1(bench, "preparing")  # it died before sending anything
     summary = bench.run(manifest=False, batches=["b"])
     assert summary.counts == {"succeeded": 2}
     attempts = bench.sql("select number, state from attempts where job_id = 1 order by number")
@@ -320,22 +325,8 @@ def test_a_run_budget_can_come_from_settings(tmp_path, media, emulator_factory):
 
 
 def test_a_run_reports_the_jobs_it_found_half_sent(tmp_path, media, emulator_factory):
-    import sqlite3
-    from datetime import datetime, timedelta, timezone
-
-    from batch_runner import runner
-    from batch_runner.pricing import load_price_table
-
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
-    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
-    # A worker elsewhere died between sending a submit and recording fal's answer.
-    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
-    con = sqlite3.connect(bench.db_url.removeprefix("sqlite:///"))
-    con.execute("update jobs set state='submitting', attempt_count=1, lease_owner='otherhost:7', "
-                "lease_expires_at=? where id=1", (past,))
-    con.execute("insert into attempts (job_id, number, state, created_at) values (1, 1, 'sending', ?)", (past,))
-    con.commit()
-    con.close()
+    _dead_worker_claimed_job_1(bench, "sending")  # it died between sending and recording the answer
     summary = bench.run(manifest=False, batches=["b"])
     assert summary.counts == {"succeeded": 1, "uncertain": 1}
     assert isinstance(summary.exit_error(), JobsFailedError)
