@@ -479,12 +479,15 @@ def run(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency:
 @_run_options
 @click.option("--run", "run_name", metavar="NAME",
               help="Join the named run, sharing its budget with every worker that joins it.")
+@click.option("--until-done", is_flag=True,
+              help="Exit once nothing in scope is queued or in flight on any worker (for cron) "
+                   "[default: keep waiting for new jobs].")
 @click.pass_obj
 def work(app: _App, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None, max_cost: int | None,
-         emulator: bool, cancel_on_exit: bool, as_json: bool, run_name: str | None) -> None:
-    """Process jobs as they are enqueued until stopped (one per machine; all share the database)."""
+         emulator: bool, cancel_on_exit: bool, as_json: bool, run_name: str | None, until_done: bool) -> None:
+    """Process jobs as they are enqueued (one process per machine; all share the database)."""
     _run_command(app, None, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit, as_json,
-                 False, run_name, burst=False)
+                 False, run_name, burst=until_done)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

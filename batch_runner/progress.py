@@ -86,7 +86,8 @@ class ProgressReporter:
                 self._line(f"{name}: queue position {info.get('position')}")
             elif kind == "log" and self.verbose:
                 self._line(f"{name}: {info.get('message')}")
-            elif kind == "error":
+            elif kind in ("error", "lost"):
+                self._flying.discard(job.get("id"))
                 self._line(f"{name}: {info.get('error')}")
             elif kind == "warning":
                 self._line(f"warning: {info.get('message')}")

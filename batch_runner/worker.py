@@ -7,6 +7,7 @@ number of machines can run pools against one database.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any, Callable, Protocol
 from . import catalog, probe
 from .api.client import FalClient
 from .api.transport import RetryPolicy
-from .db.queue import BudgetStop, Claim, JobQueue, RunInfo
+from .db.queue import BudgetStop, Claim, JobQueue, LeaseLost, RunInfo
 from .domain import JobState, ProbeResult, format_usd, usd_to_micro
 from .errors import (
     AccountLockedError, AmbiguousSubmitError, AuthError, BatchRunnerError, InputRejectedError, ProbeError,
@@ -95,6 +96,9 @@ class Worker:
             if claim.kind == "submit" and not self._submit(claim):
                 return
             self._follow(claim)
+        except LeaseLost as exc:  # this worker stalled past its lease and another took the job over
+            log.warning("%s", exc)
+            self.reporter.event("lost", job, error=str(exc))
         except (AccountLockedError, AuthError):
             raise
         except BatchRunnerError as exc:  # a database or file problem in the middle: leave it resumable
@@ -326,7 +330,8 @@ class Worker:
         self.queue.progress(claim, JobState.DOWNLOADING)
         target = Path(job["output_path"])
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{claim.attempt['number']}.part")
+        # per attempt and process: a worker that took this job over never writes into a dead one's file
+        tmp = target.with_name(f".{target.name}.{claim.attempt['number']}.{os.getpid()}.part")
         try:
             sha, size = self.client.download(video["url"], tmp)
         except TransientRemoteError as exc:
@@ -347,6 +352,8 @@ class Worker:
             self.reporter.event("failed", job, error=problem)
             return
         tmp.replace(target)  # atomic: the output appears whole or not at all
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # left by a worker that died downloading
+            stale.unlink(missing_ok=True)
         sidecar = {
             "endpoint": job["endpoint"], "input": json.loads(job["input_json"]), "request_id": claim.attempt["request_id"],
             "attempt": claim.attempt["number"], "job_key": job["key"], "source": job["source"],
@@ -465,9 +472,12 @@ class Pool:
         return self.outcome
 
     def _heartbeat(self) -> None:
+        """Renew this worker's leases, and end those of dead workers on this machine (workers on
+        other machines are taken over when their leases run out)."""
         while not self._done.wait(self.settings.lease_s / 3):
             try:
                 self.queue.heartbeat()
+                self.queue.expire_dead_local_leases(_pid_alive)
             except BatchRunnerError as exc:
                 log.warning("heartbeat failed: %s", exc)
 

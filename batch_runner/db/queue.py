@@ -2,13 +2,16 @@
 attempts, the audit trail, and the upload cache.
 
 Every claim takes the `dispatch` lock row first, so the in-flight cap and the budget check are
-decided one claim at a time across threads, processes and machines. Every state change writes
-an event in the same transaction.
+decided one claim at a time across threads, processes and machines; on PostgreSQL the job rows
+are then picked with `FOR UPDATE SKIP LOCKED`. Every state change writes an event in the same
+transaction, and every change a worker makes to a job it claimed is fenced by its lease: if the
+lease was taken over (the worker stalled past it), the change is refused and rolled back.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
@@ -60,12 +63,27 @@ class BudgetStop:
     scope: str = "run"  # "run", "batch per day" or "account per day"
 
 
+class LeaseLost(Exception):
+    """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
+
+
+def owner_pid(owner: str, host: str) -> int | None:
+    """The process id in a lease owner `host:pid[:nonce]` when it is on `host`, else None."""
+    if not owner.startswith(host + ":"):
+        return None
+    pid = owner[len(host) + 1:].split(":", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 class JobQueue:
-    """Queue operations for one worker process (host:pid), safe to share across its threads."""
+    """Queue operations for one worker process, safe to share across its threads.
+
+    The worker's name is host:pid:nonce; the nonce keeps a restarted container (same hostname,
+    same pid 1) from taking its dead predecessor's leases for its own."""
 
     def __init__(self, engine: Engine, actor: Actor, lease_s: float) -> None:
         self.engine, self.actor, self.lease_s = engine, actor, lease_s
-        self.worker = f"{actor.host}:{actor.pid}"
+        self.worker = f"{actor.host}:{actor.pid}:{secrets.token_hex(3)}"
 
     def _fail(self, action: str, exc: SQLAlchemyError) -> DatabaseError:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -222,6 +240,14 @@ class JobQueue:
         return dict(conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number.desc()).limit(1))
                     .mappings().one())
 
+    def _hold(self, conn: Connection, claim: Claim) -> None:
+        """Fence a change to a claimed job: renew the lease if this worker still holds it, else
+        raise LeaseLost (the transaction rolls back, so nothing of the change is written)."""
+        held = conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker).values(
+            lease_expires_at=utcnow() + timedelta(seconds=self.lease_s))).rowcount
+        if held != 1:
+            raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
+
     def _sweep_stale_submits(self, conn: Connection, now: datetime, batches: Sequence[str] | None) -> None:
         """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
         what may have been sent as uncertain (never resubmitted automatically)."""
@@ -268,24 +294,44 @@ class JobQueue:
         attempt["state"] = state.value
 
     def sending(self, claim: Claim) -> None:
-        """Write-ahead: committed before the submit goes out."""
+        """Write-ahead: committed before the submit goes out. Refused (LeaseLost) when the claim
+        was swept or taken over meanwhile, so a stalled worker never submits a job twice."""
         def go(conn: Connection) -> None:
-            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=AttemptState.SENDING.value))
+            self._hold(conn, claim)
+            moved = conn.execute(update(A).where(A.c.id == claim.attempt["id"],
+                                                 A.c.state == AttemptState.PREPARING.value)
+                                 .values(state=AttemptState.SENDING.value)).rowcount
+            if moved != 1:
+                raise LeaseLost(f"job {claim.job['id']}: attempt {claim.attempt['number']} was closed by another worker")
             self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt["id"])
         self._tx("recording the submit", go)
         claim.attempt["state"] = AttemptState.SENDING.value
 
     def submitted(self, claim: Claim, request_id: str, status_url: str, response_url: str, cancel_url: str,
                   payload_sha256: str) -> None:
-        """Committed the moment fal answers: from now on the job is followed, never resubmitted."""
+        """Committed the moment fal answers: from now on the job is followed, never resubmitted.
+        A worker that lost its lease meanwhile still records the request id on its attempt (the
+        request exists and may bill), then lets the job go."""
         def go(conn: Connection) -> None:
+            try:
+                self._hold(conn, claim)
+            except LeaseLost:
+                conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(
+                    request_id=request_id, status_url=status_url, response_url=response_url, cancel_url=cancel_url,
+                    submitted_at=utcnow()))
+                self._event(conn, "attempt.submitted_after_lease_lost", job=claim.job,
+                            attempt_id=claim.attempt["id"], request_id=request_id, worker=self.worker)
+                return False
             conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(
                 state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
                 response_url=response_url, cancel_url=cancel_url, submitted_at=utcnow()))
             self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt["id"], keep_lease=True)
             self._event(conn, "attempt.submitted", job=claim.job, attempt_id=claim.attempt["id"],
                         request_id=request_id, input_sha256=payload_sha256)
-        self._tx("recording the request id", go)
+            return True
+        if not self._tx("recording the request id", go):
+            raise LeaseLost(f"job {claim.job['id']}: its lease was taken over while submitting; "
+                            f"request {request_id} is recorded on its attempt")
         claim.attempt.update(state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
                              response_url=response_url, cancel_url=cancel_url)
 
@@ -295,6 +341,7 @@ class JobQueue:
             return
 
         def go(conn: Connection) -> None:
+            self._hold(conn, claim)
             conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=state.value))
             self._set_job(conn, claim.job, state, attempt_id=claim.attempt["id"], keep_lease=True, **details)
         self._tx("recording progress", go)
@@ -302,6 +349,7 @@ class JobQueue:
     def requeue(self, claim: Claim, reason: str, *, delay_s: float, sent: bool) -> None:
         """A retryable failure that billed nothing: the job waits `delay_s` and gets a new attempt."""
         def go(conn: Connection) -> None:
+            self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.FAILED if sent else AttemptState.UNSENT, reason,
                               billed=0)
             self._set_job(conn, claim.job, JobState.QUEUED, reason, attempt_id=claim.attempt["id"],
@@ -313,6 +361,7 @@ class JobQueue:
         claim that never sent anything goes back to the queue."""
         def go(conn: Connection) -> None:
             if unsent:
+                self._hold(conn, claim)
                 self._end_attempt(conn, claim.attempt, AttemptState.UNSENT, "stopped before sending", billed=0)
                 self._set_job(conn, claim.job, JobState.QUEUED, "stopped before sending",
                               attempt_id=claim.attempt["id"])
@@ -324,6 +373,7 @@ class JobQueue:
 
     def uncertain(self, claim: Claim, reason: str) -> None:
         def go(conn: Connection) -> None:
+            self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
             self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt["id"])
         self._tx("marking a job uncertain", go)
@@ -336,6 +386,7 @@ class JobQueue:
                          }.get(state, AttemptState.FAILED)
 
         def go(conn: Connection) -> None:
+            self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, attempt_state, reason, billed=billed_micro_usd,
                               billable_units=billable_units, unit_price_micro_usd=unit_price_micro_usd,
                               price_source=price_source)
@@ -348,12 +399,18 @@ class JobQueue:
         self._tx("finishing a job", go)
 
     def expire_dead_local_leases(self, alive: Any) -> int:
-        """Leases held by processes on this host that no longer exist end now (no lease wait)."""
+        """Leases held by processes on this host that no longer exist end now (no lease wait).
+        An owner with this process's pid but another nonce is a dead predecessor (a restarted
+        container gets the same hostname and pid)."""
         def go(conn: Connection) -> int:
-            owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.actor.host}:%"))
+            owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.actor.host}:%"),
+                                                                J.c.lease_expires_at > utcnow())
                                   .distinct()).scalars().all()
-            dead = [o for o in owners if o != self.worker and o.rsplit(":", 1)[-1].isdigit()
-                    and not alive(int(o.rsplit(":", 1)[-1]))]
+            dead = []
+            for owner in owners:
+                pid = owner_pid(owner, self.actor.host)
+                if owner != self.worker and pid is not None and (pid == self.actor.pid or not alive(pid)):
+                    dead.append(owner)
             if dead:
                 conn.execute(update(J).where(J.c.lease_owner.in_(dead)).values(lease_expires_at=utcnow()))
                 self._event(conn, "worker.dead", dead=dead)
@@ -478,6 +535,7 @@ class JobQueue:
     def cancel_followed(self, claim: Claim, answer: str) -> None:
         """An in-flight job cancelled through the API: it ends cancelled, unbilled unless it finishes."""
         def go(conn: Connection) -> None:
+            self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.CANCELLED, f"cancel requested: {answer}", billed=0)
             self._set_job(conn, claim.job, JobState.CANCELLED, f"cancelled through the API ({answer})",
                           attempt_id=claim.attempt["id"])
