@@ -414,7 +414,9 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
         budget_stop_scope=(outcome.budget_stop.scope if outcome.budget_stop else None),
         budget_stop_limit_micro_usd=(outcome.budget_stop.budget_micro_usd if outcome.budget_stop else None),
         not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error)
-    queue.finish_run(run.id, "interrupted" if outcome.interrupted else stopped_by or "finished", summary.to_json())
+    status = ("interrupted" if outcome.interrupted else "failed" if error is not None
+              else "budget_stop" if outcome.budget_stop is not None else "finished")  # the why is in the summary
+    queue.finish_run(run.id, status, summary.to_json())
     return summary
 
 

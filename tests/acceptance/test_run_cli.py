@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.exc import DBAPIError
 
 from batch_runner import catalog
 from batch_runner.cli import cli
@@ -42,7 +42,7 @@ def _wait_until(predicate, what: str) -> None:
 def _submitted(bench) -> int:
     try:
         return bench.sql("select count(*) from attempts where request_id is not null")[0][0]
-    except sqlite3.OperationalError:
+    except DBAPIError:  # the run has not created its tables yet
         return 0
 
 

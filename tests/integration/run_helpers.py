@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from batch_runner import runner
 from batch_runner.api.transport import RetryPolicy
@@ -37,7 +39,7 @@ output: "{{batch}}/{{stem}}_{{aspect_ratio}}.mp4"
 
 @dataclass
 class Bench:
-    """A folder with media and a manifest, a SQLite job table, and an emulator."""
+    """A folder with media and a manifest, a job table (SQLite or PostgreSQL), and an emulator."""
 
     root: Path
     emulator: Any
@@ -71,12 +73,20 @@ class Bench:
     def emulator_log(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.emulator.url}/_emulator/requests", timeout=30).json()["requests"]
 
+    @property
+    def engine(self) -> Engine:
+        """A plain engine for looking at the tables from outside (no pool: nothing stays open)."""
+        if getattr(self, "_engine", None) is None or self._engine.url.render_as_string(False) != self.db_url:
+            self._engine = create_engine(self.db_url, poolclass=NullPool)
+        return self._engine
+
     def sql(self, query: str, *args: Any) -> list[tuple]:
-        con = sqlite3.connect(self.db_url.removeprefix("sqlite:///"))
-        try:
-            return con.execute(query, args).fetchall()
-        finally:
-            con.close()
+        """Run SQL with `?` placeholders on either backend; rows come back as plain tuples."""
+        names = iter(range(len(args)))
+        bound = re.sub(r"\?", lambda _: f":p{next(names)}", query)
+        with self.engine.begin() as conn:
+            result = conn.execute(text(bound), {f"p{i}": a for i, a in enumerate(args)})
+            return [tuple(r) for r in result] if result.returns_rows else []
 
 
 class _Recorder:
@@ -94,12 +104,17 @@ PATTERNS = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "pal100bars", "smp
 
 
 def make_bench(tmp_path: Path, media: dict[str, Path], emulator: Any, *, clips: int = 2, clip: str = "c5",
-               manifest_text: str = REFRAME_MANIFEST, batch: str = "b") -> Bench:
-    """Distinct clips (different pictures, same length), so every job's input differs."""
+               manifest_text: str = REFRAME_MANIFEST, batch: str = "b", db_url: str | None = None) -> Bench:
+    """Distinct clips (different pictures, same length), so every job's input differs. The job
+    table is a SQLite file unless `db_url` names another database (migrated here, as
+    `batch-runner db upgrade` would)."""
     (tmp_path / "media").mkdir(exist_ok=True)
     for i in range(clips):
         make_clip(tmp_path / "media" / f"clip{i}.mp4", duration=DURATIONS[clip], size="64x36", rate=50,
                   pattern=PATTERNS[i % len(PATTERNS)], audio=False)
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_text.format(batch=batch))
-    return Bench(tmp_path, emulator, manifest, f"sqlite:///{tmp_path / 'jobs.db'}")
+    url = db_url or f"sqlite:///{tmp_path / 'jobs.db'}"
+    if not url.startswith("sqlite"):
+        db_engine.open_engine(url, auto_migrate=True).dispose()
+    return Bench(tmp_path, emulator, manifest, url)

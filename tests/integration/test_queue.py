@@ -1,0 +1,124 @@
+"""The queue between workers, on both backends: leases fence every change to a claimed job, so a
+worker that stalled past its lease (a paused VM, a long network partition) and was taken over can
+neither submit the job again nor settle it twice; dead workers on this machine are found at once."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from batch_runner import runner
+from batch_runner.db.queue import Claim, JobQueue, LeaseLost
+from batch_runner.domain import Actor, JobState
+from batch_runner.pricing import load_price_table
+from tests.integration.run_helpers import make_bench
+
+SHORT = 0.2  # seconds: the stalled worker's lease
+PRICE = 300_000  # one 5 s reframe at 540p
+
+
+@pytest.fixture
+def bench(tmp_path, media, db_url):
+    """Two queued jobs (one clip × two aspect ratios); nothing talks to fal here."""
+    b = make_bench(tmp_path, media, SimpleNamespace(url="http://127.0.0.1:9"), clips=1, db_url=db_url)
+    runner.enqueue(runner.plan(b.manifest, b.settings, load_price_table(), b.repo), b.repo)
+    return b
+
+
+def _worker(bench, host: str, pid: int = 4242, lease_s: float = 30.0) -> JobQueue:
+    return JobQueue(bench.repo.engine, Actor(host, pid, "tester"), lease_s)
+
+
+def _claim(queue: JobQueue, run_id: int) -> Claim:
+    claim = queue.claim(run_id, None, max_in_flight=10)
+    assert isinstance(claim, Claim)
+    return claim
+
+
+def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim, JobQueue, Claim, int]:
+    """Worker A (machine a) claims job 1 and stalls past its lease; worker B (machine b) then
+    claims, which sweeps or follows job 1."""
+    a, b = _worker(bench, "a", lease_s=SHORT), _worker(bench, "b")
+    run = a.start_run("shared", "b", None)
+    ca = _claim(a, run.id)
+    assert ca.job["id"] == 1
+    if submitted:
+        a.sending(ca)
+        a.submitted(ca, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
+    time.sleep(SHORT + 0.1)
+    cb = _claim(b, run.id)
+    return a, ca, b, cb, run.id
+
+
+def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
+    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=False)
+    assert (cb.kind, cb.job["id"], cb.attempt["number"]) == ("submit", 1, 2)  # never sent: safely claimed anew
+    with pytest.raises(LeaseLost):
+        a.sending(ca)
+    assert bench.sql("select number, state from attempts where job_id = 1 order by number") == [
+        (1, "unsent"), (2, "preparing")]
+    assert bench.sql("select reserved_micro_usd from runs") == [(PRICE,)]  # A's reservation was given back
+
+
+def test_a_stalled_follower_cannot_settle_a_job_another_worker_took_over(bench):
+    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=True)
+    assert (cb.kind, cb.job["id"], cb.attempt["request_id"]) == ("follow", 1, "req-1")
+    with pytest.raises(LeaseLost):
+        a.finish(ca, JobState.SUCCEEDED, None, billed_micro_usd=PRICE,
+                 output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1})
+    with pytest.raises(LeaseLost):
+        a.progress(ca, JobState.DOWNLOADING)
+    assert bench.sql("select count(*) from outputs") == [(0,)]  # nothing of A's finish was written
+    assert bench.sql("select state, lease_owner from jobs where id = 1") == [("submitted", b.worker)]
+    b.finish(cb, JobState.SUCCEEDED, None, billed_micro_usd=PRICE,
+             output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1})
+    assert bench.sql("select state, billed_micro_usd from jobs where id = 1") == [("succeeded", PRICE)]
+    assert bench.sql("select count(*) from outputs") == [(1,)]
+    assert bench.sql("select reserved_micro_usd from runs") == [(PRICE,)]  # billed once
+
+
+def test_a_late_answer_after_the_sweep_is_kept_on_the_attempt(bench):
+    a, b = _worker(bench, "a", lease_s=SHORT), _worker(bench, "b")
+    run = a.start_run("shared", "b", None)
+    ca = _claim(a, run.id)
+    a.sending(ca)  # ... and fal is slow to answer
+    time.sleep(SHORT + 0.1)
+    b.claim(run.id, None, max_in_flight=10)  # B's sweep: job 1 may have been sent, so it is uncertain
+    assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
+    with pytest.raises(LeaseLost, match="request req-9 is recorded"):
+        a.submitted(ca, "req-9", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
+    assert bench.sql("select state, request_id from attempts where job_id = 1") == [("uncertain", "req-9")]
+    assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
+
+
+def test_heartbeats_keep_a_slow_job_from_being_taken_over(bench):
+    a, b = _worker(bench, "a", lease_s=0.6), _worker(bench, "b")
+    run = a.start_run("shared", "b", None)
+    ca = _claim(a, run.id)
+    a.sending(ca)
+    a.submitted(ca, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
+    for _ in range(4):  # 1.2 s in all: twice the lease
+        time.sleep(0.3)
+        assert a.heartbeat() == 1
+    other = b.claim(run.id, None, max_in_flight=10)
+    assert isinstance(other, Claim) and other.job["id"] == 2  # job 1 is still A's
+    a.finish(ca, JobState.SUCCEEDED, None, billed_micro_usd=PRICE)
+
+
+def test_dead_workers_on_this_machine_are_found_at_once(bench):
+    host = "this-host"
+    dead = _worker(bench, host, pid=999_001)
+    run = dead.start_run("shared", "b", None)
+    _claim(dead, run.id)
+    restarted = _worker(bench, host, pid=1)  # a restarted container: same hostname, same pid, new nonce
+    old_container = _worker(bench, host, pid=1)
+    _claim(old_container, run.id)
+    alive = {1}.__contains__
+    assert restarted.expire_dead_local_leases(alive) == 2  # pid 999001 is gone; pid 1 is now itself
+    assert restarted.expire_dead_local_leases(alive) == 0  # ended once, not again at every heartbeat
+    live = _worker(bench, host, pid=2)
+    assert live.expire_dead_local_leases(lambda pid: True) == 0  # a live pid on this host keeps its leases
+    taken = [restarted.claim(run.id, None, max_in_flight=10) for _ in range(2)]
+    assert {c.job["id"] for c in taken} == {1, 2} and all(c.attempt["number"] == 2 for c in taken)
