@@ -657,14 +657,16 @@ def emulator() -> None:
 @click.option("--speed", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Time factor: 10 runs fal's queue and processing delays ten times faster.")
 @click.option("--instant", is_flag=True, help="No delays; render each output shape once and reuse it.")
+@click.option("--reuse-renders", is_flag=True,
+              help="Render each output shape once and reuse it, with the usual delays (for load tests).")
 @click.option("--faults", default="", metavar="SPEC",
               help="Fault injection, e.g. 'rate_limit=0.1,drop_after_submit=1/1' (see README).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault decisions.")
 @click.option("--fps", default=24, show_default=True, type=click.IntRange(1, 60), help="Frame rate of outputs.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep uploads and outputs here [default: a temporary folder].")
-def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant: bool, faults: str, seed: int,
-                   fps: int, data_dir: Path | None) -> None:
+def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant: bool, reuse_renders: bool,
+                   faults: str, seed: int, fps: int, data_dir: Path | None) -> None:
     """Serve the fal emulator until Ctrl-C; prints its URL (use it as --fal-url)."""
     from .emulator.config import EmulatorConfig
     from .emulator.faults import FaultPlan
@@ -675,7 +677,7 @@ def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant
     except ValueError as exc:
         raise ConfigError(f"--faults: {exc}") from None
     config = EmulatorConfig(host=host, port=port, concurrency=concurrency, speed=speed, instant=instant,
-                            faults=faults, seed=seed, fps=fps, data_dir=data_dir)
+                            reuse_renders=reuse_renders, faults=faults, seed=seed, fps=fps, data_dir=data_dir)
 
     def ready(url: str) -> None:
         click.echo(url)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -124,6 +125,7 @@ class JobQueue:
                     "warn_at_micro_usd": warn_at_micro_usd}
 
         def go(conn: Connection) -> RunInfo:
+            self._serialize(conn)  # workers on several machines may join the same run at once
             batch_id = conn.execute(select(Batch.id).where(Batch.name == batch)).scalar() if batch else None
             row = conn.execute(select(R).where(R.c.name == name)).mappings().first()
             if row is None:
@@ -166,7 +168,7 @@ class JobQueue:
         """The next job for this worker: a live request to follow first, else a queued job to
         submit (if the in-flight cap and the run's budget allow). None when there is nothing."""
         def go(conn: Connection) -> Claim | BudgetStop | None:
-            conn.execute(update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1))
+            self._serialize(conn)
             now = utcnow()
             self._sweep_stale_submits(conn, now, batches)
             scope = self._scope(batches)
@@ -226,6 +228,12 @@ class JobQueue:
             attempt = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
             return Claim("submit", {**job, "attempt_count": number}, dict(attempt), warning)
         return self._tx("claiming a job", go)
+
+    @staticmethod
+    def _serialize(conn: Connection) -> None:
+        """Take the `dispatch` row lock: held to the end of the transaction, it makes claims and run
+        creation one at a time across every thread, process and machine."""
+        conn.execute(update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1))
 
     def _scope(self, batches: Sequence[str] | None) -> list[Any]:
         if not batches:
@@ -483,9 +491,11 @@ class JobQueue:
     def store_upload(self, sha256: str, base_url: str, url: str, size: int, ttl_s: float) -> None:
         def go(conn: Connection) -> None:
             now = utcnow()
-            conn.execute(Upload.__table__.delete().where(Upload.sha256 == sha256, Upload.base_url == base_url))
-            conn.execute(insert(Upload).values(sha256=sha256, base_url=base_url, url=url, size_bytes=size,
-                                               created_at=now, expires_at=now + timedelta(seconds=ttl_s)))
+            fresh = {"url": url, "size_bytes": size, "created_at": now, "expires_at": now + timedelta(seconds=ttl_s)}
+            # an upsert: workers on other machines may have uploaded the same file a moment ago
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(dialect_insert(Upload).values(sha256=sha256, base_url=base_url, **fresh)
+                         .on_conflict_do_update(index_elements=["sha256", "base_url"], set_=fresh))
         self._tx("writing the upload cache", go)
 
     # ------------------------------------------------------------------ management

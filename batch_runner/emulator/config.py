@@ -25,6 +25,7 @@ class EmulatorConfig:
     concurrency: int = 2  # fal's default account limit: at most this many IN_PROGRESS
     speed: float = 1.0  # 10 = ten times faster than fal; delays are divided by it
     instant: bool = False  # no delays, and outputs rendered once per shape and reused
+    reuse_renders: bool = False  # render once per output shape but keep the time model (load tests)
     faults: str = ""  # e.g. "rate_limit=0.1,drop_after_submit=1/1" (see faults.py)
     seed: int = 0
     data_dir: Path | None = None  # uploads and outputs; a temporary folder when None

@@ -320,8 +320,8 @@ class Queue:
 
     async def _render(self, ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path],
                       spec: catalog.OutputSpec) -> Path:
-        """Render once per distinct job (once per output shape in instant mode) and reuse."""
-        if self.config.instant:
+        """Render once per distinct job (once per output shape in instant or reuse mode) and reuse."""
+        if self.config.instant or self.config.reuse_renders:
             key = f"{ep.family}|{spec.width}x{spec.height}|{spec.duration}"
         else:
             digests = {k: _file_digest(p) for k, p in sorted(inputs.items())}

@@ -1,0 +1,172 @@
+"""Benchmark scale-out: the same batch done by 1, 2 and 4 `batch-runner work` processes sharing one
+PostgreSQL database, against one process on SQLite (the baseline), all measured in this run.
+
+Each contender gets a fresh emulator process (fal's time model sped up, outputs rendered once
+per shape so the emulator's ffmpeg does not eat the CPU the workers need) and a fresh database
+with the batch already enqueued. Every process runs `work --until-done` with the same number of
+threads, and the account's in-flight limit is raised to cover them all, as a team adding machines
+would. Wall time runs from starting the workers to the last one exiting. Figures go to
+BENCHMARKS.md.
+
+Usage: python bench/bench_scale.py [--sources 8] [--speed 30] [--threads 8] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work-scale"
+sys.path.insert(0, str(ROOT))
+
+from batch_runner.media import PATTERNS, make_clip  # noqa: E402
+from bench._report import write_section  # noqa: E402
+
+EXE = Path(sys.executable).parent / "batch-runner"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
+GRID_X = list(range(0, 100, 20))
+
+
+class Emulator:
+    """A fresh `batch-runner emulator serve` process."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+
+    def __enter__(self) -> "Emulator":
+        self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--speed", str(self.speed),
+                                      "--reuse-renders", "--fps", "8", "--concurrency", "1000"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        return self
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/_emulator/health", timeout=30).json()
+
+    def accepted_per_input(self) -> dict[str, int]:
+        rows = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
+        seen: dict[str, int] = {}
+        for r in rows:
+            if r["request_id"]:
+                seen[r["input_sha256"]] = seen.get(r["input_sha256"], 0) + 1
+        return seen
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def prepare(sources: int) -> Path:
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "media").mkdir(parents=True)
+    for i in range(sources):
+        make_clip(WORK / "media" / f"src{i:03d}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
+                  pattern=PATTERNS[i % len(PATTERNS)])
+    manifest = WORK / "bench.yaml"
+    manifest.write_text(
+        "batch: bench\nendpoint: ray-2-flash/reframe\n"
+        f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
+        "sources:\n  - glob: \"media/*.mp4\"\noutput_root: out\n"
+        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
+    return manifest
+
+
+def fresh_database(backend: str, tag: str) -> tuple[str, object]:
+    """A URL for an empty database, and how to drop it."""
+    if backend == "sqlite":
+        path = WORK / f"{tag}.db"
+        return f"sqlite:///{path}", lambda: None
+    import psycopg
+
+    name = f"br_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
+
+
+def contender(manifest: Path, backend: str, processes: int, threads: int, speed: float, jobs: int) -> dict:
+    tag = f"{backend}-{processes}"
+    shutil.rmtree(WORK / "out", ignore_errors=True)
+    url, drop = fresh_database(backend, tag)
+    env = {**os.environ, "FAL_KEY": "bench-key", "BATCH_RUNNER_DB": url}
+    env.pop("BATCH_RUNNER_FAL_URL", None)
+    try:
+        for args in (["db", "upgrade"], ["enqueue", str(manifest)]):
+            subprocess.run([str(EXE), *args], env=env, check=True, capture_output=True)
+        with Emulator(speed) as emu:
+            env["BATCH_RUNNER_FAL_URL"] = emu.url
+            logs = [(WORK / f"{tag}-{i}.log").open("w") for i in range(processes)]
+            start = time.perf_counter()
+            procs = [subprocess.Popen([str(EXE), "work", "--batch", "bench", "--until-done", "--concurrency",
+                                       str(threads), "--max-in-flight", str(threads * processes), "--json"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+            cpu = 0.0
+            for p in procs:
+                _, status, usage = os.wait4(p.pid, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise SystemExit(f"{tag}: a worker failed; see {WORK}/{tag}-*.log")
+                cpu += usage.ru_utime + usage.ru_stime
+            wall = time.perf_counter() - start
+            per_input = emu.accepted_per_input()
+            peak = emu.health()["peak_open_requests"]
+        assert len(per_input) == jobs and set(per_input.values()) == {1}, f"{tag}: a job was not done exactly once"
+        done = len(list((WORK / "out" / "bench").glob("*.mp4")))
+        assert done == jobs, f"{tag}: {done} outputs"
+    finally:
+        drop()
+    return {"tag": tag, "wall": wall, "cpu": cpu, "peak": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sources", type=int, default=8)
+    ap.add_argument("--speed", type=float, default=30.0, help="emulator time factor (Ray 2 Flash reframe: 60 s / speed)")
+    ap.add_argument("--threads", type=int, default=8, help="worker threads per process")
+    ap.add_argument("--no-write", action="store_true")
+    opts = ap.parse_args()
+    manifest = prepare(opts.sources)
+    jobs = opts.sources * len(ASPECTS) * len(GRID_X)
+    runs = [("SQLite", "sqlite", 1), ("PostgreSQL", "postgresql", 1), ("PostgreSQL", "postgresql", 2),
+            ("PostgreSQL", "postgresql", 4)]
+    results = []
+    for label, backend, n in runs:
+        r = contender(manifest, backend, n, opts.threads, opts.speed, jobs)
+        print(f"{label} × {n}: {r['wall']:.1f} s, {jobs / r['wall']:.1f} jobs/s, worker CPU {r['cpu']:.1f} s, "
+              f"peak in flight {r['peak']}", flush=True)
+        results.append((label, n, r))
+    base = results[0][2]["wall"]
+    processing = 60.0 / opts.speed
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
+             f"per worker process, emulator at speed {opts.speed:g} ({processing:.1f} s of processing per job, "
+             f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`).", "",
+             "| workers | database | wall | jobs/s | throughput vs baseline | peak requests in flight at fal "
+             "| worker CPU per job |", "|---|---|---|---|---|---|---|"]
+    for label, n, r in results:
+        name = "1 process (baseline)" if r is results[0][2] else f"{n} process{'es' if n > 1 else ''}"
+        lines.append(f"| {name} | {label} | {r['wall']:.1f} s | {jobs / r['wall']:.1f} | {base / r['wall']:.2f} "
+                     f"| {r['peak']} | {r['cpu'] / jobs * 1000:.0f} ms |")
+    table = "\n".join(lines)
+    print(table)
+    if not opts.no_write:
+        write_section("scale-bench", "Scale-out", table)
+
+
+if __name__ == "__main__":
+    main()
