@@ -553,11 +553,14 @@ def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
 
         client = FalClient(app.settings.hosts, app.settings.fal_key or Secret("local"))
     try:
-        local, remote = runner.cancel_jobs(app.repo, selected, client)
+        local, remote, pending = runner.cancel_jobs(app.repo, selected, client)
     finally:
         if client:
             client.close()
     click.echo(f"cancelled {local} queued job(s) and {remote} in-flight request(s)")
+    if pending:
+        click.echo(f"{pending} request(s) were already running: fal was asked to stop them but may still finish "
+                   f"and bill them; the next `run` or `work` follows them to their end and records it")
 
 
 # --------------------------------------------------------------------------- report

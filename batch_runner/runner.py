@@ -26,7 +26,7 @@ from .db.repo import EnqueueResult, Repository, StateCount
 from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd
 from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
     ManifestError, RunInterruptedError
-from .worker import Pool, PoolSettings, Reporter, Worker
+from .worker import Pool, PoolSettings, Reporter, Worker, settle_cancel
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
 
@@ -444,8 +444,10 @@ def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobSta
     return queue.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
 
 
-def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None) -> tuple[int, int]:
-    """Cancel queued jobs locally and in-flight ones through fal's API; (local, remote) counts."""
+def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None) -> tuple[int, int, int]:
+    """Cancel queued jobs locally and in-flight ones through fal's API: (queued jobs cancelled,
+    requests cancelled at fal, requests fal could only be asked to stop; the next run follows
+    those to their end and records what they cost)."""
     queue = _queue(repo)
     ids = [j["id"] for j in jobs]
     local = queue.cancel_queued(ids, "cancel requested")
@@ -454,11 +456,14 @@ def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient 
     if claims and client is None:
         raise ConfigError(f"{len(claims)} job(s) are in flight at fal and need the API to cancel",
                           hint="set FAL_KEY (or --fal-url for an emulator)")
+    pending = 0
     for claim in claims:
         answer = client.cancel(claim.attempt["cancel_url"]) if client else "?"
-        queue.cancel_followed(claim, answer)
-        remote += 1
-    return local, remote
+        if settle_cancel(queue, claim, answer):
+            remote += 1
+        else:
+            pending += 1
+    return local, remote, pending
 
 
 def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

@@ -254,10 +254,12 @@ class Worker:
         if self.settings.cancel_on_exit and claim.attempt.get("cancel_url"):
             try:
                 answer = self.client.cancel(claim.attempt["cancel_url"])
-            except RemoteError as exc:
-                answer = f"cancel failed: {exc.message}"
-            self.queue.cancel_followed(claim, answer)
-            self.reporter.event("cancelled", claim.job)
+            except RemoteError as exc:  # still running at fal, and may bill: leave it to be followed
+                self.reporter.event("error", claim.job, error=f"cancel failed, left to follow: {exc.message}")
+                self.queue.release(claim)
+                return
+            if settle_cancel(self.queue, claim, answer):
+                self.reporter.event("cancelled", claim.job)
         else:
             self.queue.release(claim)
 
@@ -406,6 +408,17 @@ class Worker:
         if got.duration is None or abs(got.duration - want.duration) > self.settings.duration_tolerance_s:
             return f"expected {want.duration} s, got {got.duration} s", got
         return None, got
+
+
+def settle_cancel(queue: JobQueue, claim: Claim, answer: str) -> bool:
+    """Record fal's answer to a cancel. `OK` (the request was still queued: it never runs and
+    never bills) ends the job now. Any other answer (CANCELLATION_REQUESTED: the model may still
+    finish and bill; ALREADY_COMPLETED) leaves the job to be followed to its real end."""
+    if answer == "OK":
+        queue.cancel_followed(claim, answer)
+        return True
+    queue.cancel_requested(claim, answer)
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

@@ -169,7 +169,7 @@ class JobQueue:
         submit (if the in-flight cap and the run's budget allow). None when there is nothing."""
         def go(conn: Connection) -> Claim | BudgetStop | None:
             self._serialize(conn)
-            now = utcnow()
+            now = self._clock(conn)
             self._sweep_stale_submits(conn, now, batches)
             scope = self._scope(batches)
             free = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < now)
@@ -230,6 +230,15 @@ class JobQueue:
         return self._tx("claiming a job", go)
 
     @staticmethod
+    def _clock(conn: Connection) -> datetime:
+        """The time leases and retry times are set and compared by: on PostgreSQL the database
+        server's clock, so workers on machines whose clocks disagree still agree on when a lease
+        ends; SQLite is on this machine anyway."""
+        if conn.dialect.name == "postgresql":
+            return conn.execute(select(func.clock_timestamp())).scalar_one()
+        return utcnow()
+
+    @staticmethod
     def _serialize(conn: Connection) -> None:
         """Take the `dispatch` row lock: held to the end of the transaction, it makes claims and run
         creation one at a time across every thread, process and machine."""
@@ -252,7 +261,7 @@ class JobQueue:
         """Fence a change to a claimed job: renew the lease if this worker still holds it, else
         raise LeaseLost (the transaction rolls back, so nothing of the change is written)."""
         held = conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker).values(
-            lease_expires_at=utcnow() + timedelta(seconds=self.lease_s))).rowcount
+            lease_expires_at=self._clock(conn) + timedelta(seconds=self.lease_s))).rowcount
         if held != 1:
             raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
 
@@ -361,7 +370,7 @@ class JobQueue:
             self._end_attempt(conn, claim.attempt, AttemptState.FAILED if sent else AttemptState.UNSENT, reason,
                               billed=0)
             self._set_job(conn, claim.job, JobState.QUEUED, reason, attempt_id=claim.attempt["id"],
-                          next_attempt_at=utcnow() + timedelta(seconds=delay_s))
+                          next_attempt_at=self._clock(conn) + timedelta(seconds=delay_s))
         self._tx("requeueing a job", go)
 
     def release(self, claim: Claim, *, unsent: bool = False) -> None:
@@ -412,7 +421,7 @@ class JobQueue:
         container gets the same hostname and pid)."""
         def go(conn: Connection) -> int:
             owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.actor.host}:%"),
-                                                                J.c.lease_expires_at > utcnow())
+                                                                J.c.lease_expires_at > self._clock(conn))
                                   .distinct()).scalars().all()
             dead = []
             for owner in owners:
@@ -420,7 +429,7 @@ class JobQueue:
                 if owner != self.worker and pid is not None and (pid == self.actor.pid or not alive(pid)):
                     dead.append(owner)
             if dead:
-                conn.execute(update(J).where(J.c.lease_owner.in_(dead)).values(lease_expires_at=utcnow()))
+                conn.execute(update(J).where(J.c.lease_owner.in_(dead)).values(lease_expires_at=self._clock(conn)))
                 self._event(conn, "worker.dead", dead=dead)
             return len(dead)
         return self._tx("reclaiming dead workers' jobs", go)
@@ -428,7 +437,7 @@ class JobQueue:
     def heartbeat(self) -> int:
         """Extend the lease of every job this worker holds; returns how many."""
         def go(conn: Connection) -> int:
-            now = utcnow()
+            now = self._clock(conn)
             return conn.execute(update(J).where(J.c.lease_owner == self.worker).values(
                 lease_expires_at=now + timedelta(seconds=self.lease_s))).rowcount
         return self._tx("renewing leases", go)
@@ -551,11 +560,21 @@ class JobQueue:
                           attempt_id=claim.attempt["id"])
         self._tx("cancelling a job", go)
 
+    def cancel_requested(self, claim: Claim, answer: str) -> None:
+        """fal was asked to cancel a running request and may still finish (and bill) it: the
+        job stays in flight, unleased, for the next worker to follow to its real end."""
+        def go(conn: Connection) -> None:
+            conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+                         .values(lease_owner=None, lease_expires_at=None))
+            self._event(conn, "job.cancel_requested", job=claim.job, attempt_id=claim.attempt["id"], answer=answer,
+                        worker=self.worker)
+        self._tx("recording a cancel request", go)
+
     def lease_for_cancel(self, job_ids: Sequence[int]) -> list[Claim]:
         """In-flight jobs with a request id, taken over for cancellation."""
         def go(conn: Connection) -> list[Claim]:
             out = []
-            now = utcnow()
+            now = self._clock(conn)
             rows = conn.execute(select(J).where(J.c.id.in_(list(job_ids)),
                                                 J.c.state.in_([s.value for s in FOLLOW_STATES]))).mappings().all()
             for job in rows:

@@ -197,7 +197,11 @@ class Queue:
                     break
                 self._waiting.popleft()
                 self._running.add(head.id)
+                # IN_PROGRESS from the moment it leaves the queue: a cancel in between must not
+                # look for it in the queue any more
+                head.state, head.started_at = IN_PROGRESS, now
                 head.task = asyncio.create_task(self._run(head))
+                head.task.add_done_callback(lambda _t, r=head: self._after_run(r))
                 for other in self._waiting:  # every queued request moved up one place
                     other.touch()
             self._wake.clear()
@@ -207,9 +211,15 @@ class Queue:
             except asyncio.TimeoutError:
                 pass
 
+    def _after_run(self, req: Request) -> None:
+        """A task cancelled before its first step never enters `_run`: settle it here."""
+        if req.state != COMPLETED:
+            self._finish_cancelled(req)
+        self._running.discard(req.id)
+        self._wake.set()
+
     async def _run(self, req: Request) -> None:
         ep = req.endpoint
-        req.state, req.started_at = IN_PROGRESS, time.time()
         req.log(f"Starting {ep.alias}")
         try:
             total = self.config.scaled(self.config.processing_s.get(ep.family, 60.0))

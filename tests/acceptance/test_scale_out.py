@@ -54,11 +54,16 @@ def _cli(bench: Bench, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(EXE), *args], env=_env(bench), capture_output=True, text=True, timeout=600)
 
 
-def _plan_and_enqueue(bench: Bench) -> int:
-    """Upgrade the database, enqueue the manifest; the planned total in micro-USD."""
-    for args in (["db", "upgrade"], ["enqueue", str(bench.manifest)]):
-        done = _cli(bench, *args)
-        assert done.returncode == 0, done.stderr
+def _plan_and_enqueue(bench: Bench, machines: int = 1) -> int:
+    """Upgrade the database, enqueue the manifest from `machines` processes at once (as the
+    nightly cron line does on every machine); the planned total in micro-USD."""
+    done = _cli(bench, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    procs = [subprocess.Popen([str(EXE), "enqueue", str(bench.manifest)], env=_env(bench), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(machines)]
+    outcomes = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    assert [code for _, _, code in outcomes] == [0] * machines, [err for _, err, _ in outcomes]
+    assert bench.sql("select count(*), count(distinct key) from jobs") == [(JOBS, JOBS)]
     plan = json.loads(_cli(bench, "plan", str(bench.manifest), "--json").stdout)
     assert len(plan["jobs"]) == JOBS
     return int(Decimal(plan["total_estimated_cost_usd"]) * 1_000_000)
@@ -95,7 +100,9 @@ def _peak_open(bench: Bench) -> int:
 
 def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path, media, emulator_factory, pg_url):
     bench = _bench(tmp_path, pg_url, emulator_factory(speed=300, concurrency=64, reuse_renders=True))
-    total = _plan_and_enqueue(bench)
+    total = _plan_and_enqueue(bench, machines=WORKERS)
+    added = bench.sql("select details_json from events where kind = 'batch.enqueued'")
+    assert sorted(json.loads(d)["added"] for (d,) in added) == [0] * (WORKERS - 1) + [JOBS]
     price = total // JOBS
     assert price * JOBS == total  # every job costs the same: 1 started second at $0.06
     budget = 300 * price + price // 2  # room for 300 jobs and half of another
