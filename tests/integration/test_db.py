@@ -175,9 +175,10 @@ def test_full_disk_is_a_clear_error_and_writes_nothing(tiny_disk: Path):
     assert again.added == 50
 
 
-def _at_0002_with_data(path: Path) -> None:
-    """A database at revision 0002 holding a job, an attempt and an event that references it."""
-    engine = db_engine.create(f"sqlite:///{path}")
+def _at_0002_with_data(url: str | Path) -> None:
+    """A database (a SQLite path or any URL) at revision 0002 holding a job, an attempt and an
+    event that references it."""
+    engine = db_engine.create(url if isinstance(url, str) else f"sqlite:///{url}")
     db_engine.upgrade(engine, "0002")
     with engine.begin() as conn:
         conn.exec_driver_sql("insert into batches (name, created_at, updated_at) values ('b', '2026-01-01', '2026-01-01')")
@@ -185,12 +186,38 @@ def _at_0002_with_data(path: Path) -> None:
             "insert into jobs (key, batch_id, endpoint, input_json, output_path, state, estimate_micro_usd, "
             "billable_units, unit, price_table, price_verified, tags_json, attempt_count, created_at, updated_at) "
             "values ('k1', 1, 'luma/agent/ray/v3.2/reframe', '{}', '/o.mp4', 'succeeded', 600000, '5', 'second', "
-            "'t@1', 1, '[]', 1, '2026-01-01', '2026-01-01')")
+            "'t@1', true, '[]', 1, '2026-01-01', '2026-01-01')")
         conn.exec_driver_sql("insert into attempts (job_id, number, state, billed_micro_usd, created_at) "
                              "values (1, 1, 'succeeded', 600000, '2026-01-01')")
-        conn.exec_driver_sql("insert into events (at, job_id, attempt_id, host, pid, user, kind, details_json) "
+        conn.exec_driver_sql('insert into events (at, job_id, attempt_id, host, pid, "user", kind, details_json) '
                              "values ('2026-01-01', 1, 1, 'h', 1, 'u', 'job.succeeded', '{}')")
     engine.dispose()
+
+
+def test_every_migration_runs_up_with_data_down_and_up_again(db_url):
+    """On both backends: 0002 with data → head (data kept, new columns backfilled) → every
+    downgrade to an empty database → head again, matching the models."""
+    from alembic import command
+
+    _at_0002_with_data(db_url)
+    engine = db_engine.create(db_url)
+    db_engine.upgrade(engine)
+    with engine.connect() as conn:
+        assert tuple(conn.execute(text("select batch_id, billed_micro_usd from attempts")).one()) == (1, 600000)
+        assert conn.execute(text("select count(*) from events where attempt_id = 1")).scalar_one() == 1
+    cfg = db_engine.alembic_config()
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # batch mode recreates tables
+            conn.commit()
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+    assert db_engine.current_revision(engine) is None
+    db_engine.upgrade(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+        assert conn.execute(text("select count(*) from jobs")).scalar_one() == 0
 
 
 def test_sqlite_upgrade_keeps_data_and_backfills(tmp_path: Path):
