@@ -32,6 +32,7 @@ test: setup browser
 bench: setup
 	$(PY) bench/bench_plan.py
 	$(PY) bench/bench_run.py
+	$(PY) bench/bench_scale.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache bench/.work bench/.work-run
+	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache bench/.work bench/.work-run bench/.work-scale

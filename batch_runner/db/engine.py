@@ -89,8 +89,10 @@ def create(url: str, pool_size: int | None = None) -> Engine:
             cur.close()
 
         return engine
+    # named in pg_stat_activity unless PGAPPNAME or the URL names it otherwise: workers are easy to spot
+    named = {"fallback_application_name": "batch-runner"}
     try:
-        return create_engine(parsed, pool_pre_ping=True, **sizing)
+        return create_engine(parsed, pool_pre_ping=True, connect_args=named, **sizing)
     except (ArgumentError, ImportError) as exc:
         raise DatabaseError(f"cannot use database {safe_url(url)}: {exc}") from exc
 

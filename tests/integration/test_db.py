@@ -257,3 +257,11 @@ def test_a_failed_sqlite_upgrade_restores_the_database(tmp_path: Path):
     con = sqlite3.connect(path)
     assert con.execute("select version_num from alembic_version").fetchall() == [("0001",)]
     assert con.execute("select name from batches").fetchall() == [("keep",)]
+
+
+def test_postgres_connections_are_named_for_monitoring(pg_url):
+    engine = db_engine.open_engine(pg_url, auto_migrate=True)
+    with engine.connect() as conn:
+        names = conn.execute(text("select application_name from pg_stat_activity "
+                                  "where datname = current_database()")).scalars().all()
+    assert "batch-runner" in names

@@ -122,3 +122,77 @@ def test_dead_workers_on_this_machine_are_found_at_once(bench):
     assert live.expire_dead_local_leases(lambda pid: True) == 0  # a live pid on this host keeps its leases
     taken = [restarted.claim(run.id, None, max_in_flight=10) for _ in range(2)]
     assert {c.job["id"] for c in taken} == {1, 2} and all(c.attempt["number"] == 2 for c in taken)
+
+
+def test_claims_lock_rows_with_skip_locked_on_postgresql_only(bench):
+    """PostgreSQL gets `FOR UPDATE SKIP LOCKED`; SQLite (one writer at a time) gets plain selects."""
+    from sqlalchemy import event
+
+    queue = _worker(bench, "a")
+    run = queue.start_run("r", "b", None)
+    seen: list[str] = []
+    listener = lambda conn, cursor, statement, *rest: seen.append(statement)  # noqa: E731
+    event.listen(queue.engine, "before_cursor_execute", listener)
+    try:
+        _claim(queue, run.id)
+    finally:
+        event.remove(queue.engine, "before_cursor_execute", listener)
+    locking = [s for s in seen if "FOR UPDATE" in s.upper()]
+    if queue.engine.dialect.name == "postgresql":
+        assert locking and all("SKIP LOCKED" in s.upper() for s in locking)
+    else:
+        assert locking == []
+
+
+def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(bench, tmp_path, media):
+    """Twelve workers on six machines claim at once, again and again: never more than the cap
+    in flight, never more reserved than the budget."""
+    import threading
+
+    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    (tmp_path / "more").mkdir()
+    more = make_bench(tmp_path / "more", media, SimpleNamespace(url="http://127.0.0.1:9"), clips=4,
+                      db_url=bench.db_url, batch="b")  # the same batch: 8 more jobs
+    runner.enqueue(runner.plan(more.manifest, more.settings, load_price_table(), more.repo), more.repo)
+    total = bench.sql("select count(*) from jobs")[0][0]
+    assert total == 10
+    workers = [_worker(bench, f"m{i % 6}", pid=100 + i) for i in range(12)]
+    run = workers[0].start_run("shared", "b", 7 * PRICE)  # room for 7 of the 10 jobs
+    cap, peak, stops = 3, [0], []
+    held: list[tuple[JobQueue, Claim]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(workers))
+
+    def work(queue: JobQueue) -> None:
+        start.wait()
+        for _ in range(30):
+            got = queue.claim(run.id, None, max_in_flight=cap)
+            with lock:
+                if isinstance(got, Claim):
+                    held.append((queue, got))
+                    peak[0] = max(peak[0], len(held))
+                elif got is not None:
+                    stops.append(got)
+            time.sleep(0.01)
+            with lock:  # finish one of this worker's jobs now and then, freeing a slot
+                mine = [h for h in held if h[0] is queue]
+                if mine and len(held) >= cap:
+                    held.remove(mine[0])
+                else:
+                    mine = []
+            for q, c in mine[:1]:
+                q.sending(c)
+                q.submitted(c, f"req-{c.job['id']}", "s", "r", "c", "0" * 64)
+                q.finish(c, JobState.SUCCEEDED, None, billed_micro_usd=PRICE)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == cap  # reached, never passed
+    assert stops and all(s.scope == "run" for s in stops)
+    [(reserved, budget)] = bench.sql("select reserved_micro_usd, budget_micro_usd from runs")
+    assert reserved == 7 * PRICE == budget
+    assert bench.sql("select count(*) from attempts")[0][0] == 7  # every claim was a distinct job
+    assert bench.sql("select count(distinct job_id) from attempts")[0][0] == 7
