@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -52,7 +53,8 @@ class PoolSettings:
     retry_delay_s: float = 20.0  # first wait before a new attempt; doubles each time
     poll_min_s: float = 1.0  # adaptive polling when the status stream is unavailable
     poll_max_s: float = 15.0
-    idle_s: float = 0.5  # how often an idle worker looks for work
+    idle_s: float = 0.5  # how often an idle worker looks for work at first...
+    idle_max_s: float = 5.0  # ...doubling while it finds none (many idle workers, one dispatch lock)
     duration_tolerance_s: Decimal = Decimal("0.25")
     probe_timeout_s: float = 30.0
     cancel_on_exit: bool = False
@@ -467,6 +469,7 @@ class Pool:
         self._draining = threading.Event()  # budget stop: follow what is in flight, submit nothing new
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._finished = 0  # jobs this process has taken as far as it could
 
     def run_until_done(self) -> PoolOutcome:
         self.queue.expire_dead_local_leases(_pid_alive)
@@ -495,6 +498,7 @@ class Pool:
                 log.warning("heartbeat failed: %s", exc)
 
     def _loop(self) -> None:
+        idle = 0  # claims in a row that found nothing
         while not self.stop.is_set() and self.outcome.fatal is None:
             try:
                 claim = self.queue.claim(self.run.id, self.batches, self.settings.in_flight_cap,
@@ -509,13 +513,16 @@ class Pool:
                 self._draining.set()
                 continue
             if claim is None:
-                if not self._wait_for_work():
+                if not self._wait_for_work(idle):
                     return
+                idle += 1
                 continue
+            idle = 0
             if claim.warning:
                 self.worker.reporter.event("warning", claim.job, message=claim.warning)
             try:
                 self.worker.process(claim)
+                self._finished += 1  # wakes idle threads: a slot is free, or the batch may be done
             except (AccountLockedError, AuthError) as exc:
                 self._fail(exc)
                 return
@@ -528,17 +535,21 @@ class Pool:
             self.outcome.fatal = exc
         self.stop.set()
 
-    def _wait_for_work(self) -> bool:
-        """False when this thread should exit (burst mode and nothing left for it)."""
+    def _wait_for_work(self, idle: int) -> bool:
+        """False when this thread should exit (burst mode and nothing left for it). Otherwise wait:
+        longer the longer nothing was found, so idle workers do not hammer the dispatch lock."""
         remaining = self.queue.remaining(self.batches)
         active = sum(n for s, n in remaining.items() if s != JobState.QUEUED.value)
         queued = remaining.get(JobState.QUEUED.value, 0)
         if self.settings.burst and active == 0 and (queued == 0 or self._draining.is_set()):
             return False
-        wait = self.settings.idle_s
+        wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
         if queued and not active and not self._draining.is_set():
             due = self.queue.next_retry_at(self.batches)
             if due is not None:
                 wait = max(self.settings.idle_s, min((due - datetime.now(timezone.utc)).total_seconds(), 30.0))
-        self.stop.wait(wait)
+        seen, deadline = self._finished, time.monotonic() + wait
+        while not self.stop.wait(min(self.settings.idle_s, max(0.0, deadline - time.monotonic()))):
+            if self._finished != seen or time.monotonic() >= deadline:
+                break
         return True
