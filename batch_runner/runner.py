@@ -26,7 +26,7 @@ from .db.repo import EnqueueResult, Repository, StateCount
 from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd
 from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
     ManifestError, RunInterruptedError
-from .worker import Pool, PoolSettings, Reporter, Worker, settle_cancel
+from .worker import Pool, PoolSettings, Reporter, Worker, pid_namespace, settle_cancel
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
 
@@ -366,7 +366,7 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             warn_at = batch_warn if batch_warn is not None else warn_at
     if budget is None:
         budget = settings.max_usd_per_run_micro
-    queue = JobQueue(repo.engine, Actor.current(), pool.lease_s)
+    queue = JobQueue(repo.engine, Actor.current(), pool.lease_s, pid_namespace=pid_namespace())
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
     name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{secrets.token_hex(3)}"
@@ -425,7 +425,7 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
 
 def _queue(repo: Repository) -> JobQueue:
     """Queue access for the management commands (they hold no leases)."""
-    return JobQueue(repo.engine, Actor.current(), 60)
+    return JobQueue(repo.engine, Actor.current(), 60, pid_namespace=pid_namespace())
 
 
 def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]) -> list[dict[str, Any]]:

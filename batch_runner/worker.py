@@ -423,6 +423,16 @@ def settle_cancel(queue: JobQueue, claim: Claim, answer: str) -> bool:
     return False
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace (Linux), e.g. 4026531836; None where there is none to read."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    digits = "".join(ch for ch in link if ch.isdigit())
+    return digits or None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -68,23 +68,27 @@ class LeaseLost(Exception):
     """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
 
 
-def owner_pid(owner: str, host: str) -> int | None:
-    """The process id in a lease owner `host:pid[:nonce]` when it is on `host`, else None."""
-    if not owner.startswith(host + ":"):
+def owner_pid(owner: str, local: str) -> int | None:
+    """The process id in a lease owner `local:pid[:nonce]` when it runs where this process can
+    see its pid (same host, same pid namespace), else None."""
+    if not owner.startswith(local + ":"):
         return None
-    pid = owner[len(host) + 1:].split(":", 1)[0]
+    pid = owner[len(local) + 1:].split(":", 1)[0]
     return int(pid) if pid.isdigit() else None
 
 
 class JobQueue:
     """Queue operations for one worker process, safe to share across its threads.
 
-    The worker's name is host:pid:nonce; the nonce keeps a restarted container (same hostname,
-    same pid 1) from taking its dead predecessor's leases for its own."""
+    The worker's name is host[@pidns]:pid:nonce. `pidns` (the process id namespace) keeps two
+    containers that share a hostname but not their process ids from judging each other dead; the
+    nonce keeps a restarted container (same hostname, same pid 1) from taking its dead
+    predecessor's leases for its own."""
 
-    def __init__(self, engine: Engine, actor: Actor, lease_s: float) -> None:
+    def __init__(self, engine: Engine, actor: Actor, lease_s: float, *, pid_namespace: str | None = None) -> None:
         self.engine, self.actor, self.lease_s = engine, actor, lease_s
-        self.worker = f"{actor.host}:{actor.pid}:{secrets.token_hex(3)}"
+        self.local = f"{actor.host}@{pid_namespace}" if pid_namespace else actor.host  # who can see whose pids
+        self.worker = f"{self.local}:{actor.pid}:{secrets.token_hex(3)}"
 
     def _fail(self, action: str, exc: SQLAlchemyError) -> DatabaseError:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -238,6 +242,13 @@ class JobQueue:
             return conn.execute(select(func.clock_timestamp())).scalar_one()
         return utcnow()
 
+    def _lease_end(self, conn: Connection) -> Any:
+        """When a lease taken or renewed now ends: computed by the server on PostgreSQL (no extra
+        round trip), by this machine on SQLite."""
+        if conn.dialect.name == "postgresql":
+            return func.clock_timestamp() + timedelta(seconds=self.lease_s)
+        return utcnow() + timedelta(seconds=self.lease_s)
+
     @staticmethod
     def _serialize(conn: Connection) -> None:
         """Take the `dispatch` row lock: held to the end of the transaction, it makes claims and run
@@ -261,7 +272,7 @@ class JobQueue:
         """Fence a change to a claimed job: renew the lease if this worker still holds it, else
         raise LeaseLost (the transaction rolls back, so nothing of the change is written)."""
         held = conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker).values(
-            lease_expires_at=self._clock(conn) + timedelta(seconds=self.lease_s))).rowcount
+            lease_expires_at=self._lease_end(conn))).rowcount
         if held != 1:
             raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
 
@@ -420,12 +431,12 @@ class JobQueue:
         An owner with this process's pid but another nonce is a dead predecessor (a restarted
         container gets the same hostname and pid)."""
         def go(conn: Connection) -> int:
-            owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.actor.host}:%"),
+            owners = conn.execute(select(J.c.lease_owner).where(J.c.lease_owner.like(f"{self.local}:%"),
                                                                 J.c.lease_expires_at > self._clock(conn))
                                   .distinct()).scalars().all()
             dead = []
             for owner in owners:
-                pid = owner_pid(owner, self.actor.host)
+                pid = owner_pid(owner, self.local)
                 if owner != self.worker and pid is not None and (pid == self.actor.pid or not alive(pid)):
                     dead.append(owner)
             if dead:
@@ -437,9 +448,8 @@ class JobQueue:
     def heartbeat(self) -> int:
         """Extend the lease of every job this worker holds; returns how many."""
         def go(conn: Connection) -> int:
-            now = self._clock(conn)
             return conn.execute(update(J).where(J.c.lease_owner == self.worker).values(
-                lease_expires_at=now + timedelta(seconds=self.lease_s))).rowcount
+                lease_expires_at=self._lease_end(conn))).rowcount
         return self._tx("renewing leases", go)
 
     # ------------------------------------------------------------------ reading

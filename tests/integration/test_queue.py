@@ -27,8 +27,8 @@ def bench(tmp_path, media, db_url):
     return b
 
 
-def _worker(bench, host: str, pid: int = 4242, lease_s: float = 30.0) -> JobQueue:
-    return JobQueue(bench.repo.engine, Actor(host, pid, "tester"), lease_s)
+def _worker(bench, host: str, pid: int = 4242, lease_s: float = 30.0, pid_namespace: str | None = None) -> JobQueue:
+    return JobQueue(bench.repo.engine, Actor(host, pid, "tester"), lease_s, pid_namespace=pid_namespace)
 
 
 def _claim(queue: JobQueue, run_id: int) -> Claim:
@@ -108,20 +108,32 @@ def test_heartbeats_keep_a_slow_job_from_being_taken_over(bench):
 
 
 def test_dead_workers_on_this_machine_are_found_at_once(bench):
-    host = "this-host"
-    dead = _worker(bench, host, pid=999_001)
+    host, ns = "this-host", "4026531836"
+    dead = _worker(bench, host, pid=999_001, pid_namespace=ns)
     run = dead.start_run("shared", "b", None)
     _claim(dead, run.id)
-    restarted = _worker(bench, host, pid=1)  # a restarted container: same hostname, same pid, new nonce
-    old_container = _worker(bench, host, pid=1)
+    # a restarted container: same hostname, same pid namespace id, same pid 1, new nonce
+    old_container = _worker(bench, host, pid=1, pid_namespace=ns)
     _claim(old_container, run.id)
+    restarted = _worker(bench, host, pid=1, pid_namespace=ns)
     alive = {1}.__contains__
     assert restarted.expire_dead_local_leases(alive) == 2  # pid 999001 is gone; pid 1 is now itself
     assert restarted.expire_dead_local_leases(alive) == 0  # ended once, not again at every heartbeat
-    live = _worker(bench, host, pid=2)
+    live = _worker(bench, host, pid=2, pid_namespace=ns)
     assert live.expire_dead_local_leases(lambda pid: True) == 0  # a live pid on this host keeps its leases
     taken = [restarted.claim(run.id, None, max_in_flight=10) for _ in range(2)]
     assert {c.job["id"] for c in taken} == {1, 2} and all(c.attempt["number"] == 2 for c in taken)
+
+
+def test_a_worker_in_another_pid_namespace_is_not_judged_by_pid(bench):
+    """Two containers sharing the host's name (host networking) cannot see each other's pids:
+    each must wait for the other's lease to run out, never declare it dead."""
+    other = _worker(bench, "shared-host", pid=7, pid_namespace="4026532001")
+    run = other.start_run("shared", "b", None)
+    _claim(other, run.id)
+    me = _worker(bench, "shared-host", pid=9, pid_namespace="4026532002")
+    assert me.expire_dead_local_leases(lambda pid: False) == 0  # pid 7 is invisible here, not dead
+    assert bench.sql("select count(*) from jobs where lease_owner = ?", other.worker) == [(1,)]
 
 
 def test_claims_lock_rows_with_skip_locked_on_postgresql_only(bench):
