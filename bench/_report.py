@@ -30,6 +30,14 @@ def run_measured(args: list[str], env: dict[str, str], workdir: Path) -> tuple[f
     return wall, usage.ru_maxrss, out, err
 
 
+def publish(name: str, title: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's figures and, unless told not to, put them in BENCHMARKS.md."""
+    table = "\n".join(lines)
+    print(table)
+    if write:
+        write_section(name, title, table)
+
+
 def write_section(name: str, title: str, table: str) -> None:
     """Replace (or append) the `name` section of BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"

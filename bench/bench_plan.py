@@ -25,7 +25,7 @@ WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
 from batch_runner.media import make_clip  # noqa: E402
-from bench._report import run_measured as _run, write_section  # noqa: E402
+from bench._report import run_measured as _run, publish  # noqa: E402
 
 
 def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
@@ -127,10 +127,7 @@ def main() -> None:
              "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
-    table = "\n".join(lines)
-    print(table)
-    if not opts.no_write:
-        write_section("plan-bench", "Plan and enqueue", table)
+    publish("plan-bench", "Plan and enqueue", lines, write=not opts.no_write)
 
 
 if __name__ == "__main__":

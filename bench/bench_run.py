@@ -18,57 +18,20 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work-run"
 sys.path.insert(0, str(ROOT))
 
-from batch_runner.media import PATTERNS, make_clip  # noqa: E402
-from bench._report import run_measured, write_section  # noqa: E402
+from bench._load import ASPECTS, EXE, EmulatorProcess, write_load_batch  # noqa: E402
+from bench._report import publish, run_measured  # noqa: E402
 
-EXE = Path(sys.executable).parent / "batch-runner"
-ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 GRID_X = list(range(0, 100, 10))
 CONCURRENCY = 32
 
 
-class Emulator:
-    """A fresh `batch-runner emulator serve --instant` process."""
-
-    def __enter__(self) -> "Emulator":
-        self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--instant", "--fps", "8",
-                                      "--concurrency", str(CONCURRENCY)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.url = self.proc.stdout.readline().strip()
-        return self
-
-    def requests(self) -> dict[str, int]:
-        return httpx.get(f"{self.url}/_emulator/health", timeout=30).json()["http_requests"]
-
-    def accepted(self) -> int:
-        rows = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
-        return sum(1 for r in rows if r["request_id"])
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
 def prepare(sources: int) -> Path:
     shutil.rmtree(WORK, ignore_errors=True)
-    (WORK / "media").mkdir(parents=True)
-    for i in range(sources):
-        # distinct content even where the pattern repeats: a different width per source
-        make_clip(WORK / "media" / f"src{i:03d}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
-                  pattern=PATTERNS[i % len(PATTERNS)])
-    manifest = WORK / "bench.yaml"
-    manifest.write_text(
-        "batch: bench\nendpoint: ray-2-flash/reframe\n"
-        f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
-        "sources:\n  - glob: \"media/*.mp4\"\noutput_root: out-runner\n"
-        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
-    return manifest
+    return write_load_batch(WORK, sources, GRID_X, output_root="out-runner")
 
 
 def ffprobe_cpu_per_file(path: Path, runs: int = 30) -> float:
@@ -96,20 +59,20 @@ def main() -> None:
     (WORK / "jobs.json").write_text(json.dumps([{"endpoint": j["endpoint"], "input": j["params"]}
                                                 for j in plan["jobs"]]))
 
-    with Emulator() as emu:
+    with EmulatorProcess("--instant", "--concurrency", str(CONCURRENCY)) as emu:
         plain_wall, plain_rss, out, _ = run_measured(
             [sys.executable, str(ROOT / "bench" / "plain_fal_client.py"), emu.url, str(WORK / "jobs.json"),
              str(WORK / "out-plain"), str(CONCURRENCY)], env, WORK)
-        plain = emu.requests()
-        assert json.loads(out)["done"] == jobs and emu.accepted() == jobs
-    with Emulator() as emu:
+        plain = emu.health()["http_requests"]
+        assert json.loads(out)["done"] == jobs and sum(emu.accepted_per_input().values()) == jobs
+    with EmulatorProcess("--instant", "--concurrency", str(CONCURRENCY)) as emu:
         ours_wall, ours_rss, out, _ = run_measured(
             [str(EXE), "--fal-url", emu.url, "run", str(manifest), "--concurrency", str(CONCURRENCY), "--json"],
             env, WORK)
-        ours = emu.requests()
+        ours = emu.health()["http_requests"]
         summary = json.loads(out)
         assert summary["jobs"] == {"succeeded": jobs}, summary
-        assert emu.accepted() == jobs
+        assert sum(emu.accepted_per_input().values()) == jobs
 
     probe_cpu_s = ffprobe_cpu_per_file(next((WORK / "out-runner" / "bench").glob("*.mp4")))
 
@@ -136,10 +99,7 @@ def main() -> None:
               f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
               f"({per_job(ours):.2f} → {'met' if per_job(ours) <= 4 else 'NOT met'}); peak RSS under 200 MB "
               f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'})."]
-    table = "\n".join(lines)
-    print(table)
-    if not opts.no_write:
-        write_section("run-bench", "Run", table)
+    publish("run-bench", "Run", lines, write=not opts.no_write)
 
 
 if __name__ == "__main__":

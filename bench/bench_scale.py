@@ -14,7 +14,6 @@ Usage: python bench/bench_scale.py [--sources 8] [--speed 30] [--threads 8] [--n
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -25,63 +24,20 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work-scale"
 sys.path.insert(0, str(ROOT))
 
-from batch_runner.media import PATTERNS, make_clip  # noqa: E402
-from bench._report import write_section  # noqa: E402
+from bench._load import ASPECTS, EXE, EmulatorProcess, write_load_batch  # noqa: E402
+from bench._report import publish  # noqa: E402
 
-EXE = Path(sys.executable).parent / "batch-runner"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 GRID_X = list(range(0, 100, 20))
-
-
-class Emulator:
-    """A fresh `batch-runner emulator serve` process."""
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-
-    def __enter__(self) -> "Emulator":
-        self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--speed", str(self.speed),
-                                      "--reuse-renders", "--fps", "8", "--concurrency", "1000"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.url = self.proc.stdout.readline().strip()
-        return self
-
-    def health(self) -> dict:
-        return httpx.get(f"{self.url}/_emulator/health", timeout=30).json()
-
-    def accepted_per_input(self) -> dict[str, int]:
-        rows = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
-        seen: dict[str, int] = {}
-        for r in rows:
-            if r["request_id"]:
-                seen[r["input_sha256"]] = seen.get(r["input_sha256"], 0) + 1
-        return seen
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def prepare(sources: int) -> Path:
     shutil.rmtree(WORK, ignore_errors=True)
-    (WORK / "media").mkdir(parents=True)
-    for i in range(sources):
-        make_clip(WORK / "media" / f"src{i:03d}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
-                  pattern=PATTERNS[i % len(PATTERNS)])
-    manifest = WORK / "bench.yaml"
-    manifest.write_text(
-        "batch: bench\nendpoint: ray-2-flash/reframe\n"
-        f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
-        "sources:\n  - glob: \"media/*.mp4\"\noutput_root: out\n"
-        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
-    return manifest
+    return write_load_batch(WORK, sources, GRID_X)
 
 
 def fresh_database(backend: str, tag: str) -> tuple[str, object]:
@@ -110,7 +66,7 @@ def contender(manifest: Path, backend: str, processes: int, threads: int, speed:
     try:
         for args in (["db", "upgrade"], ["enqueue", str(manifest)]):
             subprocess.run([str(EXE), *args], env=env, check=True, capture_output=True)
-        with Emulator(speed) as emu:
+        with EmulatorProcess("--speed", str(speed), "--reuse-renders", "--concurrency", "1000") as emu:
             env["BATCH_RUNNER_FAL_URL"] = emu.url
             logs = [(WORK / f"{tag}-{i}.log").open("w") for i in range(processes)]
             start = time.perf_counter()
@@ -179,7 +135,7 @@ def main() -> None:
         print(f"{label} × {n}: {r['wall']:.1f} s, {jobs / r['wall']:.1f} jobs/s, worker CPU {r['cpu']:.1f} s, "
               f"peak in flight {r['peak']}", flush=True)
         results.append((label, n, r))
-    latency = {b: claim_ms(manifest, b) for b in ("sqlite", "postgresql")}
+    latency = {b: claim_ms(manifest, b, claims=min(200, jobs)) for b in ("sqlite", "postgresql")}
     base = results[0][2]["wall"]
     processing = 60.0 / opts.speed
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -198,10 +154,7 @@ def main() -> None:
               f"event), alone, in-process: {latency['sqlite']:.1f} ms on SQLite, {latency['postgresql']:.1f} ms on "
               f"PostgreSQL. Claims queue on one row lock, so they are bounded at about "
               f"{1000 / latency['postgresql']:.0f} a second on PostgreSQL across all machines."]
-    table = "\n".join(lines)
-    print(table)
-    if not opts.no_write:
-        write_section("scale-bench", "Scale-out", table)
+    publish("scale-bench", "Scale-out", lines, write=not opts.no_write)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy.exc import DBAPIError
 
 from batch_runner import catalog
 from batch_runner.cli import cli
-from tests.integration.run_helpers import REFRAME_MANIFEST, make_bench
+from tests.integration.run_helpers import make_bench
 
 EXE = Path(sys.executable).parent / "batch-runner"
 POLLS = 3000
@@ -44,6 +43,19 @@ def _submitted(bench) -> int:
         return bench.sql("select count(*) from attempts where request_id is not null")[0][0]
     except DBAPIError:  # the run has not created its tables yet
         return 0
+
+
+def _interrupted_after_submits(bench, args: list[str], env: dict[str, str], submits: int) -> int:
+    """Start `batch-runner ARGS`, press Ctrl-C once `submits` requests are recorded, and return
+    its exit code (the process is killed if it outlives the test)."""
+    proc = subprocess.Popen([str(EXE), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(lambda: _submitted(bench) >= submits, f"{submits} submit(s) recorded")
+        proc.send_signal(signal.SIGINT)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_kill_9_mid_batch_then_restart_submits_every_job_once(tmp_path, media, emulator_factory):
@@ -159,15 +171,7 @@ def test_cancel_queued_locally_and_in_flight_through_the_api(tmp_path, media, em
     bench = make_bench(tmp_path, media, emulator_factory(speed=2, concurrency=1), clips=2)
     env = _env(bench)
     assert _invoke(["enqueue", str(bench.manifest)], env)[0] == 0
-    proc = subprocess.Popen([str(EXE), "run", "--batch", "b", "--concurrency", "1"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_until(lambda: _submitted(bench) >= 1, "a submit recorded")
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _interrupted_after_submits(bench, ["run", "--batch", "b", "--concurrency", "1"], env, 1)
     code, out, _ = _invoke(["cancel", "--batch", "b"], env)
     running = "fal was asked to stop them but may still finish" in out  # it had started at fal
     assert code == 0 and out.splitlines()[0] == f"cancelled 3 queued job(s) and {0 if running else 1} in-flight request(s)"
@@ -233,16 +237,9 @@ def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulat
 
 def test_cancel_on_exit_cancels_in_flight_requests_at_fal(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(speed=2, concurrency=4), clips=1)
-    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest), "--concurrency", "2", "--cancel-on-exit"],
-                            env=_env(bench), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_until(lambda: _submitted(bench) >= 2, "both submits recorded")
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
+    code = _interrupted_after_submits(bench, ["run", str(bench.manifest), "--concurrency", "2", "--cancel-on-exit"],
+                                      _env(bench), 2)
+    assert code == 130
     # Requests still queued at fal end cancelled at once; running ones were asked to stop and are
     # followed to their end by the next run, which records them cancelled and unbilled.
     open_jobs = bench.sql("select count(*) from jobs where state != 'cancelled'")[0][0]

@@ -17,29 +17,19 @@ from pathlib import Path
 
 import httpx
 
-from batch_runner.media import PATTERNS, make_clip
+from bench._load import ASPECTS, write_load_batch
 from tests.integration.run_helpers import Bench
 
 EXE = Path(sys.executable).parent / "batch-runner"
 WORKERS = 4
 SOURCES = 8
-ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 GRID_X = list(range(0, 100, 10))  # 8 sources × 5 aspect ratios × 10 positions = 400 jobs
 JOBS = SOURCES * len(ASPECTS) * len(GRID_X)
 IN_FLIGHT = 16  # the fal account's limit, shared by every worker
 
 
 def _bench(tmp_path: Path, pg_url: str, emulator) -> Bench:
-    (tmp_path / "media").mkdir()
-    for i in range(SOURCES):  # distinct pictures: a different width per source
-        make_clip(tmp_path / "media" / f"src{i}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
-                  pattern=PATTERNS[i % len(PATTERNS)])
-    manifest = tmp_path / "scale.yaml"
-    manifest.write_text(
-        "batch: scale\nendpoint: ray-2-flash/reframe\n"
-        f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
-        "sources:\n  - glob: \"media/*.mp4\"\noutput_root: out\n"
-        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
+    manifest = write_load_batch(tmp_path, SOURCES, GRID_X, batch="scale")
     return Bench(tmp_path, emulator, manifest, pg_url)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,10 @@ class Bench:
     def emulator_log(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.emulator.url}/_emulator/requests", timeout=30).json()["requests"]
 
-    @property
+    @cached_property
     def engine(self) -> Engine:
         """A plain engine for looking at the tables from outside (no pool: nothing stays open)."""
-        if getattr(self, "_engine", None) is None or self._engine.url.render_as_string(False) != self.db_url:
-            self._engine = create_engine(self.db_url, poolclass=NullPool)
-        return self._engine
+        return create_engine(self.db_url, poolclass=NullPool)
 
     def sql(self, query: str, *args: Any) -> list[tuple]:
         """Run SQL with `?` placeholders on either backend; rows come back as plain tuples."""

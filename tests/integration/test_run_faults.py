@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -273,7 +272,6 @@ def test_account_per_day_budget_spans_batches(tmp_path, media, emulator_factory,
     (tmp_path / "b").mkdir()
     a = make_bench(tmp_path / "a", media, db_url=db_url, emulator=emu, clips=1, batch="a")
     b = make_bench(tmp_path / "b", media, db_url=db_url, emulator=emu, clips=1, batch="b")
-    b.db_url = a.db_url
     for bench in (a, b):
         bench.extra_settings = {"max_usd_per_day_micro": 1_000_000}
     assert a.run().counts == {"succeeded": 2}  # $0.60
