@@ -20,7 +20,7 @@ from .config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Secret, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
 from .domain import JobState, format_usd, usd_to_micro
-from .errors import EXIT_CODES, BatchRunnerError, BudgetExceededError, ConfigError, DatabaseError
+from .errors import EXIT_CODES, BatchRunnerError, BudgetExceededError, ConfigError
 from .logs import setup_logging
 from .pricing import PriceTable, load_price_table
 
@@ -62,8 +62,11 @@ class _App:
 
     @property
     def repo(self) -> Repository:
+        """The job database. Only the default location is created by itself: a --db that names no
+        database is an error (exit 6), not a new empty ledger that would pay for everything again."""
         if self._repo is None:
-            self._repo = Repository(db_engine.open_engine(self.settings.db_url, pool_size=self.pool_size))
+            self._repo = Repository(db_engine.open_engine(self.settings.db_url, pool_size=self.pool_size,
+                                                          allow_new=self.settings.db_is_default))
         return self._repo
 
 
@@ -107,13 +110,13 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     FAL_KEY is read from the environment and never printed, logged or stored.
 
     \b
-    Environment: FAL_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
+    Environment: FAL_KEY, FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
       BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
       BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
       BATCH_RUNNER_WARN_AT_USD
     """
     settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
-    setup_logging(verbose, [settings.fal_key.reveal()] if settings.fal_key else [])
+    setup_logging(verbose, [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k])
     ctx.obj = _App(settings, verbose)
 
 
@@ -317,20 +320,28 @@ def db() -> None:
 @db.command("upgrade", epilog=EXIT_CODES_HELP)
 @click.pass_obj
 def db_upgrade(app: _App) -> None:
-    """Create or migrate the database schema to this version's head."""
-    engine = db_engine.open_engine(app.settings.db_url, auto_migrate=True)
-    click.echo(f"{db_engine.safe_url(app.settings.db_url)} is at revision {db_engine.current_revision(engine)}")
+    """Create or migrate the database schema to this version's head.
+
+    The one command that creates a new database (and its folders) at --db on purpose.
+    """
+    url = app.settings.db_url
+    shown = db_engine.safe_url(url)
+    before = db_engine.stored_revision(url, allow_new=True)  # refuses another program's file first
+    engine = db_engine.open_engine(url, auto_migrate=True, allow_new=True)
+    after = db_engine.current_revision(engine)
+    engine.dispose()
+    if before is None:
+        click.echo(f"created the batch-runner schema in {shown}", err=True)
+    elif before != after:
+        click.echo(f"migrated {shown} from revision {before}", err=True)
+    click.echo(f"{shown} is at revision {after}")
 
 
 @db.command("current", epilog=EXIT_CODES_HELP)
 @click.pass_obj
 def db_current(app: _App) -> None:
-    """Show the database's schema revision and the one this version needs."""
-    engine = db_engine.create(app.settings.db_url)
-    try:
-        current = db_engine.current_revision(engine)
-    except Exception as exc:  # noqa: BLE001 - translated at this boundary
-        raise DatabaseError(f"cannot read {db_engine.safe_url(app.settings.db_url)}: {exc}") from exc
+    """Show the database's schema revision and the one this version needs; creates and changes nothing."""
+    current = db_engine.stored_revision(app.settings.db_url)
     click.echo(f"current {current or 'none'}   head {db_engine.head_revision()}")
 
 
@@ -398,7 +409,7 @@ def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[S
 
 def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool,
                    lease_s: float) -> Any:
-    from .worker import PoolSettings
+    from .pool import PoolSettings
 
     return PoolSettings(concurrency=concurrency, max_in_flight=max_in_flight, cancel_on_exit=cancel_on_exit,
                         burst=burst, lease_s=lease_s)
@@ -525,15 +536,31 @@ def show(app: _App, job: str, as_json: bool) -> None:
               help="Which jobs to queue again [default: failed].")
 @click.option("--uncertain", is_flag=True, help="Same as --state uncertain: resubmit on purpose.")
 @click.option("--job", "jobs", multiple=True, metavar="ID", help="Only these jobs (id or key prefix; repeatable).")
+@click.option("--dry-run", is_flag=True, help="List what would be queued and what each may pay again; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def retry(app: _App, batches: tuple[str, ...], states: tuple[str, ...], uncertain: bool, jobs: tuple[str, ...]) -> None:
-    """Queue failed (or cancelled, uncertain, rejected) jobs again; the next run makes new attempts."""
+def retry(app: _App, batches: tuple[str, ...], states: tuple[str, ...], uncertain: bool, jobs: tuple[str, ...],
+          dry_run: bool, as_json: bool) -> None:
+    """Queue failed (or cancelled, uncertain, rejected) jobs again. A paid output that never
+    arrived is downloaded again for free; other jobs get new attempts (a fresh set of automatic
+    attempts each), which fal bills again when they succeed."""
     chosen = [JobState(s) for s in states] or ([] if uncertain else [JobState.FAILED])
     if uncertain:
         chosen.append(JobState.UNCERTAIN)
     selected = runner.select_jobs(app.repo, list(batches) or None, chosen, list(jobs))
-    n = runner.retry_jobs(app.repo, selected, chosen)
-    click.echo(f"{n} job(s) queued again; run `batch-runner run` to process them")
+    plan = runner.retry_plan(app.repo, selected, chosen)
+    n = len(plan) if dry_run else runner.retry_jobs(app.repo, selected, chosen)
+    may_pay = sum(item.may_pay_micro_usd for item in plan)
+    if as_json:
+        _emit_json({"dry_run": dry_run, "queued": n, "may_pay_usd": format_usd(may_pay),
+                    "jobs": [item.as_dict() for item in plan]})
+        return
+    for item in plan:
+        what = "download the paid output again: $0" if item.how == "redeliver" else \
+            f"new attempt: may pay ${format_usd(item.may_pay_micro_usd)}"
+        click.echo(f"{item.job['id']:>6} {item.job['key'][:12]} {item.job['state']:<10} {what}")
+    verb = "would be queued again" if dry_run else "queued again; run `batch-runner run` to process them"
+    click.echo(f"{n} job(s) {verb}; at most ${format_usd(may_pay)} more")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -546,21 +573,52 @@ def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
         raise click.UsageError("name what to cancel with --batch or --job")
     pending = [JobState.QUEUED, JobState.UNCERTAIN, JobState.SUBMITTED, JobState.IN_PROGRESS]
     selected = runner.select_jobs(app.repo, list(batches) or None, pending, list(jobs))
-    client = None
-    if any(j["state"] in (JobState.SUBMITTED.value, JobState.IN_PROGRESS.value) for j in selected) and (
-            app.settings.fal_key or app.settings.fal_url):
-        from .api.client import FalClient
+    from .api.client import FalClient
 
-        client = FalClient(app.settings.hosts, app.settings.fal_key or Secret("local"))
+    settings = app.settings
+    client = admin = None
+    if settings.fal_key or settings.fal_url:
+        client = FalClient(settings.hosts, settings.fal_key or Secret("local"))
+    if settings.admin_key or settings.fal_url:
+        admin = FalClient(settings.hosts, settings.admin_key or Secret("local"))
     try:
-        local, remote, pending = runner.cancel_jobs(app.repo, selected, client)
+        result = runner.cancel_jobs(app.repo, selected, client, admin)
     finally:
-        if client:
-            client.close()
-    click.echo(f"cancelled {local} queued job(s) and {remote} in-flight request(s)")
-    if pending:
-        click.echo(f"{pending} request(s) were already running: fal was asked to stop them but may still finish "
-                   f"and bill them; the next `run` or `work` follows them to their end and records it")
+        for c in (client, admin):
+            if c:
+                c.close()
+    click.echo(f"cancelled {result.queued} queued job(s) and {result.at_fal} request(s) still queued at fal")
+    if result.running:
+        click.echo(f"{result.running} request(s) were already running: fal was asked to stop them but may still "
+                   f"finish and bill them; the next `run` or `work` follows them to their end and records it")
+    for s in (result.uncertain.settled if result.uncertain else []):
+        click.echo(f"uncertain job {s.job_id}: {s.outcome}: {s.detail}")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: all].")
+@click.option("--settle-after", default=15.0, show_default=True, type=click.FloatRange(min=0), metavar="MIN",
+              help="A submit fal's request list does not show after this many minutes was never created.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def resolve(app: _App, batches: tuple[str, ...], settle_after: float, as_json: bool) -> None:
+    """Settle uncertain submits and pending bills by asking fal (needs an ADMIN key: FAL_ADMIN_KEY).
+
+    \b
+    Each uncertain job's request is looked up in fal's request list (endpoint, time, input hash):
+      found (running, or billed)   adopted: the next run follows it, downloads it, records its cost
+      found, failed, not billed    queued again
+      not found after --settle-after   queued again (fal never created it)
+    Bills left pending (a refused run fal may charge) are read from fal's billing events.
+    """
+    report = runner.resolve_jobs(app.settings, app.repo, list(batches) or None, listing_lag_s=settle_after * 60)
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    for s in report.settled:
+        click.echo(f"job {s.job_id:>6}  {s.outcome:<9} {s.detail}" + (f"  [{s.request_id}]" if s.request_id else ""))
+    counts = report.as_dict()["counts"]
+    click.echo("  ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing to settle")
 
 
 # --------------------------------------------------------------------------- report

@@ -13,6 +13,7 @@ ENV_FAL_URL = "BATCH_RUNNER_FAL_URL"
 ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
+ENV_FAL_ADMIN_KEY = "FAL_ADMIN_KEY"  # an ADMIN-scope key for fal's usage, request listing and billing events
 ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
 ENV_MAX_USD_PER_DAY = "BATCH_RUNNER_MAX_USD_PER_DAY"
 ENV_MAX_USD_PER_RUN = "BATCH_RUNNER_MAX_USD_PER_RUN"
@@ -107,9 +108,11 @@ class Settings:
     """Everything configurable, with its source already resolved."""
 
     db_url: str
+    db_is_default: bool = False  # neither --db nor BATCH_RUNNER_DB: the one location created on first use
     prices_path: Path | None = None
     fal_url: str | None = None
     fal_key: Secret | None = None
+    fal_admin_key: Secret | None = None  # for reconcile and resolve; FAL_KEY when it is not set
     probe_concurrency: int = PROBE_CONCURRENCY
     probe_timeout_s: float = PROBE_TIMEOUT_S
     lease_s: float = LEASE_S
@@ -120,14 +123,17 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        db = env.get(ENV_DB) or f"sqlite:///{default_db_path(env)}"
+        named = env.get(ENV_DB)
+        db = named or f"sqlite:///{default_db_path(env)}"
         prices = env.get(ENV_PRICES)
         key = env.get(ENV_FAL_KEY)
         return cls(
             db_url=normalize_db_url(db),
+            db_is_default=not named,
             prices_path=Path(prices) if prices else None,
             fal_url=env.get(ENV_FAL_URL) or None,
             fal_key=Secret(key) if key else None,
+            fal_admin_key=Secret(env[ENV_FAL_ADMIN_KEY]) if env.get(ENV_FAL_ADMIN_KEY) else None,
             probe_concurrency=_setting(env, ENV_PROBE_CONCURRENCY, int, PROBE_CONCURRENCY, "whole number"),
             probe_timeout_s=_setting(env, ENV_PROBE_TIMEOUT_S, float, PROBE_TIMEOUT_S, "number of seconds"),
             lease_s=_setting(env, ENV_LEASE_S, float, LEASE_S, "number of seconds"),
@@ -135,6 +141,12 @@ class Settings:
             warn_at_micro=_setting(env, ENV_WARN_AT_USD, _usd, None, "USD amount like 50.00"),
             max_usd_per_run_micro=_setting(env, ENV_MAX_USD_PER_RUN, _usd, None, "USD amount like 50.00"),
         )
+
+    @property
+    def admin_key(self) -> Secret | None:
+        """The key for fal's admin-only platform APIs: FAL_ADMIN_KEY, else FAL_KEY (an ADMIN key
+        also runs models, docs: model-apis/authentication/key-based)."""
+        return self.fal_admin_key or self.fal_key
 
     @property
     def hosts(self) -> FalHosts:
@@ -149,6 +161,7 @@ class Settings:
             raise ConfigError(f"--fal-url {clean['fal_url']!r} must be an http(s) URL")
         if "db_url" in clean:
             clean["db_url"] = normalize_db_url(str(clean["db_url"]))
+            clean.setdefault("db_is_default", False)  # a URL given on purpose is never created by itself
         return replace(self, **clean)
 
 

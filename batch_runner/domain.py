@@ -145,6 +145,7 @@ class JobSpec:
     media_field: str | None  # the input field the source goes into
     params: dict[str, Any]  # the full model input except media uploaded at run time
     output: str  # absolute output path
+    output_root: str = ""  # the manifest's output_root: every output must stay inside it
     tags: tuple[str, ...] = ()
     origin: str = ""  # file:line of the manifest entry, for error messages
     key: str = ""

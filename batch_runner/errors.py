@@ -6,7 +6,8 @@
     ├── InvalidItemsError           exit 4   plan found invalid sources (see --skip-invalid)
     ├── BudgetExceededError         exit 5   the estimate is over --max-cost / the budget
     ├── DatabaseError               exit 6   unreachable, locked or failing database
-    │   └── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
+    │   ├── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
+    │   └── DatabaseNotFoundError   exit 6   --db leads to no batch-runner database: `db upgrade`
     ├── ProbeError                  exit 7   one source could not be probed
     ├── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
     ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
@@ -95,6 +96,12 @@ class DatabaseBehindError(DatabaseError):
     retryable = False
 
 
+class DatabaseNotFoundError(DatabaseError):
+    """No batch-runner database is at that location: it is missing, empty or another program's."""
+
+    retryable = False
+
+
 class ProbeError(BatchRunnerError):
     """A source could not be probed."""
 
@@ -129,9 +136,10 @@ class RemoteError(BatchRunnerError):
     exit_code = 9
 
     def __init__(self, message: str | None = None, *, hint: str | None = None, status: int | None = None,
-                 error_type: str | None = None, body: object = None) -> None:
+                 error_type: str | None = None, body: object = None, reply: object = None) -> None:
         super().__init__(message, hint=hint)
         self.status, self.error_type, self.body = status, error_type, body
+        self.reply = reply  # the api.answers.Reply of the last call, for the outcome decision
 
 
 class AuthError(RemoteError):

@@ -145,7 +145,7 @@ def load_manifest(path: Path) -> Manifest:
             out = _render(template, full, src, batch, ep, index, output_root, file, template_line)
             jobs.append(JobSpec(
                 batch=batch, endpoint=ep.id, source=src.source, media_field=ep.source_field,
-                params=full, output=str(out), tags=tuple(dict.fromkeys(tags + src.tags)),
+                params=full, output=str(out), output_root=str(output_root), tags=tuple(dict.fromkeys(tags + src.tags)),
                 origin=src.origin,
                 extra_media={k: v for k, v in full.items()
                              if k in ep.media_fields and k != ep.source_field and isinstance(v, str)

@@ -31,6 +31,11 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
+def is_remote(value: str) -> bool:
+    """A media value fal can fetch itself (an http(s) URL or a data URI), not a local path to upload."""
+    return value.startswith(("http://", "https://", "data:"))
+
+
 def require_ffprobe(cmd: str = FFPROBE) -> str:
     """The ffprobe executable's path, or a ToolMissingError that says how to install it."""
     found = shutil.which(cmd)

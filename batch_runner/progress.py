@@ -91,6 +91,12 @@ class ProgressReporter:
                 self._line(f"{name}: {info.get('error')}")
             elif kind == "warning":
                 self._line(f"warning: {info.get('message')}")
+            elif kind == "outage":  # once per outage (the pool's circuit breaker opened)
+                self._line(f"fal unreachable: {info.get('message')}")
+            elif kind == "resumed":
+                self._line(f"fal reachable again: {info.get('message')}; resuming")
+            elif kind == "follow_later" and self.verbose:
+                self._line(f"{name}: followed again later: {info.get('error')}")
             if self._progress is not None:
                 self._progress.update(self._task, completed=self.done + self.failed, status=self._status())
 

@@ -23,10 +23,13 @@ from .api.client import FalClient
 from .config import Secret
 from .db.queue import JobQueue
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd
+from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd
 from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
-    ManifestError, RunInterruptedError
-from .worker import Pool, PoolSettings, Reporter, Worker, pid_namespace, settle_cancel
+    ManifestError, RemoteError, RunInterruptedError
+from .output import CheckSettings, Delivery
+from .pool import CircuitBreaker, Pool, PoolSettings, pid_namespace
+from .resolve import LISTING_LAG_S, ResolveReport, Resolver
+from .worker import PENDING_BILLING_EVENTS, Reporter, Worker, settle_cancel
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
 
@@ -373,8 +376,9 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget, daily, warn_at)
     if settings.max_usd_per_day_micro is not None and pool.account_daily_micro_usd is None:
         pool = dataclasses.replace(pool, account_daily_micro_usd=settings.max_usd_per_day_micro)
-    reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
+    _settle_own(queue, settings, key, batches, pool, reporter, stop)
+    reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     probes_cache: dict[str, ProbeResult | None] = {}
 
     def source_probe(job: dict[str, Any]) -> ProbeResult | None:
@@ -385,9 +389,19 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             probes_cache[fp] = repo.cached_probes([fp]).get(fp)
         return probes_cache[fp]
 
-    worker = Worker(queue, client, prices, pool, reporter, source_probe, stop)
+    def outage(state: str, message: str) -> None:  # said once per outage, on stderr and in the audit trail
+        kind = "fal.unreachable" if state == "open" else "fal.reachable"
+        reporter.event("outage" if state == "open" else "resumed", {}, message=message)
+        try:
+            queue.record_event(kind, message=message)
+        except BatchRunnerError as exc:
+            reporter.event("warning", {}, message=f"could not record {kind}: {exc.message}")
+
+    breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
+    delivery = Delivery(client, prices, CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s), source_probe)
+    worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker)
     try:
-        outcome = Pool(queue, worker, run, batches, pool, stop).run_until_done()
+        outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
     finally:
         client.close()
     report = queue.run_report(run.id, batches)
@@ -420,6 +434,43 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     return summary
 
 
+def _settle_own(queue: JobQueue, settings: Settings, key: Secret, batches: list[str] | None, pool: PoolSettings,
+                reporter: Reporter, stop: threading.Event) -> None:
+    """Before a run: settle its batches' uncertain submits and pending bills by asking fal.
+    Without an admin key they stay as they are, and the run says so once."""
+    if not queue.uncertain_jobs(batches) and not queue.pending_bills(batches, PENDING_BILLING_EVENTS):
+        return
+    admin = FalClient(settings.hosts, settings.fal_admin_key or key, pool=1, policy=pool.retry_policy, stop=stop)
+    try:
+        report = Resolver(queue, admin, listing_lag_s=pool.settle_after_s).run(batches)
+    except RemoteError as exc:
+        reporter.event("warning", {}, message=f"uncertain jobs not settled: {exc}")
+        return
+    finally:
+        admin.close()
+    for s in report.settled:
+        if s.outcome != "left":
+            reporter.event("warning", {"id": s.job_id}, message=f"job {s.job_id} {s.outcome}: {s.detail}")
+
+
+def resolve_jobs(settings: Settings, repo: Repository, batches: list[str] | None, *,
+                 listing_lag_s: float = LISTING_LAG_S, cancel_ids: list[int] | None = None) -> ResolveReport:
+    """`batch-runner resolve`: settle uncertain submits and pending bills with fal's records
+    (or, with `cancel_ids`, cancel those uncertain jobs at fal)."""
+    key = settings.admin_key
+    if key is None and not settings.fal_url:
+        raise ConfigError("settling uncertain jobs reads fal's request listing and billing events, which need an "
+                          "ADMIN key", hint="export FAL_ADMIN_KEY=<an admin key> (or FAL_KEY)")
+    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
+    try:
+        resolver = Resolver(_queue(repo), client, listing_lag_s=listing_lag_s)
+        if cancel_ids is not None:
+            return resolver.cancel(batches, cancel_ids)
+        return resolver.run(batches)
+    finally:
+        client.close()
+
+
 # --------------------------------------------------------------------------- manage jobs
 
 
@@ -438,32 +489,68 @@ def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobSta
     return queue.jobs_in(batches, states)
 
 
+@dataclass(frozen=True)
+class RetryItem:
+    """What `retry` does with one job: fetch its paid output again (free) or resubmit (may bill)."""
+
+    job: dict[str, Any]
+    how: str  # "redeliver" or "resubmit"
+
+    @property
+    def may_pay_micro_usd(self) -> int:
+        return 0 if self.how == "redeliver" else int(self.job["estimate_micro_usd"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job["id"], "key": self.job["key"][:12], "state": self.job["state"], "how": self.how,
+                "output": self.job["output_path"], "may_pay_usd": format_usd(self.may_pay_micro_usd)}
+
+
+def retry_plan(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> list[RetryItem]:
+    """What `retry` would queue, and what each may pay again (nothing for a re-download)."""
+    return [RetryItem(job, how) for job, how in _queue(repo).retry_plan([j["id"] for j in jobs], states)]
+
+
 def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> int:
-    """Queue failed, cancelled or uncertain jobs again; the next run makes a new attempt."""
+    """Queue failed, cancelled or uncertain jobs again: a paid output that never arrived is fetched
+    again (free); any other job gets a new attempt and a fresh set of automatic attempts."""
     queue = _queue(repo)
     return queue.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
 
 
-def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None) -> tuple[int, int, int]:
-    """Cancel queued jobs locally and in-flight ones through fal's API: (queued jobs cancelled,
-    requests cancelled at fal, requests fal could only be asked to stop; the next run follows
-    those to their end and records what they cost)."""
+@dataclass
+class CancelResult:
+    queued: int = 0  # cancelled here: never sent
+    at_fal: int = 0  # cancelled at fal while still queued there: never billed
+    running: int = 0  # fal was asked to stop, may still finish and bill: followed to their end
+    uncertain: ResolveReport | None = None
+
+
+def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None,
+                admin: FalClient | None = None, *, listing_lag_s: float = LISTING_LAG_S) -> CancelResult:
+    """Cancel queued jobs here, in-flight ones through fal's API, and uncertain ones after finding
+    their request at fal. Refuses before changing anything when it lacks the key it needs."""
     queue = _queue(repo)
+    in_flight = [j for j in jobs if JobState(j["state"]) in FOLLOW_STATES]
+    uncertain = [j["id"] for j in jobs if j["state"] == JobState.UNCERTAIN.value]
+    if in_flight and client is None:
+        raise ConfigError(f"{len(in_flight)} job(s) are in flight at fal and need the API to cancel; nothing "
+                          "was cancelled", hint="set FAL_KEY (or --fal-url for an emulator)")
+    if uncertain and admin is None:
+        raise ConfigError(f"{len(uncertain)} uncertain job(s) must be looked up at fal before they can be "
+                          "cancelled; nothing was cancelled", hint="set FAL_ADMIN_KEY (an ADMIN key)")
+    result = CancelResult()
+    if uncertain and admin is not None:
+        result.uncertain = Resolver(queue, admin, listing_lag_s=listing_lag_s).cancel(None, uncertain)
     ids = [j["id"] for j in jobs]
-    local = queue.cancel_queued(ids, "cancel requested")
-    remote = 0
-    claims = queue.lease_for_cancel(ids)
-    if claims and client is None:
-        raise ConfigError(f"{len(claims)} job(s) are in flight at fal and need the API to cancel",
-                          hint="set FAL_KEY (or --fal-url for an emulator)")
-    pending = 0
+    result.queued = queue.cancel_queued(ids, "cancel requested")
+    claims = queue.lease_for_cancel([j["id"] for j in in_flight])
     for claim in claims:
         answer = client.cancel(claim.attempt["cancel_url"]) if client else "?"
         if settle_cancel(queue, claim, answer):
-            remote += 1
+            result.at_fal += 1
         else:
-            pending += 1
-    return local, remote, pending
+            result.running += 1
+    return result
 
 
 def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

@@ -18,8 +18,9 @@ from typing import Any, Iterator
 import httpx
 
 from ..config import FalHosts, Secret
-from ..errors import RemoteError, TransientRemoteError
-from .transport import RetryPolicy, Transport
+from ..errors import AmbiguousSubmitError, RemoteError, TransientRemoteError
+from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception, retry_call
+from .transport import RetryPolicy, Transport, error_for
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=30.0)  # fal sends keep-alives well within this
@@ -35,20 +36,6 @@ class Submitted:
     response_url: str
     cancel_url: str
     queue_position: int | None
-
-
-@dataclass(frozen=True)
-class Result:
-    """The answer of the result call: the output, or the replayed error."""
-
-    status_code: int
-    body: Any
-    request_id: str | None
-    billable_units: Decimal | None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code == 200
 
 
 class FalClient:
@@ -77,90 +64,113 @@ class FalClient:
 
     def submit(self, endpoint_id: str, payload: dict[str, Any]) -> Submitted:
         resp = self.transport.submit(f"{self.hosts.queue}/{endpoint_id}", f"submit to {endpoint_id}", json=payload)
-        data = resp.json()
         try:
-            return Submitted(data["request_id"], data["status_url"], data["response_url"], data["cancel_url"],
-                             data.get("queue_position"))
-        except KeyError as exc:
-            raise RemoteError(f"submit to {endpoint_id}: answer lacks {exc.args[0]}") from exc
+            data = resp.json()
+            return Submitted(str(data["request_id"]), str(data["status_url"]), str(data["response_url"]),
+                             str(data["cancel_url"]), data.get("queue_position"))
+        except (ValueError, KeyError, TypeError) as exc:  # fal answered 2xx: it may well have queued the request
+            raise AmbiguousSubmitError(f"submit to {endpoint_id}: the answer lacks a request id",
+                                       hint="`batch-runner resolve` asks fal what became of it",
+                                       reply=reply_of(resp)) from exc
 
-    def status(self, status_url: str, *, logs: bool = False) -> dict[str, Any]:
-        resp = self.transport.read("GET", status_url, "status", params={"logs": "1" if logs else "0"})
-        return resp.json()
+    def request_urls(self, endpoint_id: str, request_id: str) -> Submitted:
+        """The status, result and cancel URLs of a request found through fal's request listing
+        (its submit answer was lost). fal's docs say to use the URLs from the submit answer; when
+        there is none, fal's own clients build them from owner/alias only (fal-client
+        `AppId.from_endpoint_id` + `_get_request_url`; fal-js queue.ts), and so do we."""
+        parts = endpoint_id.split("/")
+        owner_alias = "/".join(parts[:3] if parts[0] in ("workflows", "comfy") else parts[:2])
+        base = f"{self.hosts.queue}/{owner_alias}/requests/{request_id}"
+        return Submitted(request_id, f"{base}/status", base, f"{base}/cancel", None)
 
-    def stream(self, status_url: str, *, logs: bool = False) -> Iterator[dict[str, Any]]:
-        """Status events from the SSE stream until COMPLETED; raises TransientRemoteError on trouble."""
+    def status(self, status_url: str, *, logs: bool = False) -> Status:
+        resp = self.transport.read("GET", status_url, "status", phase=Phase.STATUS,
+                                   params={"logs": "1" if logs else "0"})
+        return parse_status(_json_or_error(resp, "status"))
+
+    def stream(self, status_url: str, *, logs: bool = False) -> Iterator[Status]:
+        """Status events from the SSE stream until COMPLETED; raises TransientRemoteError on any
+        trouble, and the caller falls back to polling. fal sends a comment line as keep-alive
+        every 15 s (docs: inference-api/queue/status-stream); `accept: text/event-stream` as fal-js
+        sends it (streaming.ts)."""
         try:
             self.transport.count_request()
             with self._http.stream("GET", f"{status_url}/stream", params={"logs": "1" if logs else "0"},
-                                   timeout=STREAM_TIMEOUT) as resp:
+                                   headers={"Accept": "text/event-stream"}, timeout=STREAM_TIMEOUT) as resp:
                 if resp.status_code != 200:
                     raise TransientRemoteError(f"status stream: HTTP {resp.status_code}")
                 for line in resp.iter_lines():
                     if self.stop.is_set():
                         return
                     if line.startswith("data:"):
-                        event = json.loads(line[5:].strip())
+                        event = parse_status(json.loads(line[5:].strip()))
                         yield event
-                        if event.get("status") == "COMPLETED":
+                        if isinstance(event, Completed):
                             return
-        except (httpx.TransportError, json.JSONDecodeError) as exc:
-            raise TransientRemoteError(f"status stream: {type(exc).__name__}: {exc}") from exc
+        except (httpx.TransportError, json.JSONDecodeError, RemoteError) as exc:
+            if isinstance(exc, TransientRemoteError):
+                raise
+            raise TransientRemoteError(f"status stream: {type(exc).__name__}") from exc
         raise TransientRemoteError("status stream ended before the request completed")
 
     def result(self, response_url: str) -> Result:
-        # A completed request's result replays its error (4xx/5xx with x-fal-request-id): that is
-        # an answer, not a failure of the call, so only transport and ingress failures are retried.
-        resp = self.transport.read("GET", response_url, "result",
-                                   ok=lambda r: r.status_code < 500 or "x-fal-request-id" in r.headers)
+        """The request's answer: its output, or the model's error replayed with x-fal-request-id
+        (§5). A failed call (429, 5xx from the gateway, 401…) raises after its retries; it is
+        never taken for the request's answer."""
+        resp = self.transport.read("GET", response_url, "result", phase=Phase.RESULT)
         try:
             body = resp.json()
         except ValueError:
             body = {"detail": resp.text[:300]}
-        units = resp.headers.get("x-fal-billable-units")
-        return Result(resp.status_code, body, resp.headers.get("x-fal-request-id"),
-                      Decimal(units) if units else None)
+        return Result(reply_of(resp), body)
 
     def cancel(self, cancel_url: str) -> str:
-        resp = self.transport.read("PUT", cancel_url, "cancel", ok=lambda r: r.status_code in (200, 202, 400, 404))
+        resp = self.transport.read("PUT", cancel_url, "cancel", phase=Phase.CANCEL)
         try:
             return str(resp.json().get("status"))
-        except ValueError:
+        except (ValueError, AttributeError):
             return f"HTTP {resp.status_code}"
 
     # ------------------------------------------------------------------ files
 
     def download(self, url: str, target: Path) -> tuple[str, int]:
-        """Stream a file to `target` (retried whole on failure); returns its sha256 and size."""
-        for attempt in range(1, self.transport.policy.attempts + 1):
+        """Stream a file to `target` (repeated whole while `retry_call` allows); returns its
+        sha256 and size. A local write failure (a full disk, a folder that cannot be written)
+        raises OSError at once: it is not fal's fault and repeating the download cannot help."""
+        policy = self.transport.policy
+        for attempt in range(1, policy.attempts + 1):
             h, size = hashlib.sha256(), 0
             try:
                 self.transport.count_request()
                 with self._plain.stream("GET", url) as resp:
                     if resp.status_code != 200:
-                        raise TransientRemoteError(f"download {url}: HTTP {resp.status_code}")
-                    expected = resp.headers.get("content-length")
-                    with target.open("wb") as fh:
-                        for chunk in resp.iter_bytes(DOWNLOAD_CHUNK):
-                            fh.write(chunk)
-                            h.update(chunk)
-                            size += len(chunk)
-                    if expected is not None and int(expected) != size:
-                        raise TransientRemoteError(f"download {url}: got {size} of {expected} bytes")
-                return h.hexdigest(), size
-            except (httpx.TransportError, TransientRemoteError) as exc:
-                err = exc if isinstance(exc, TransientRemoteError) else TransientRemoteError(
-                    f"download: {type(exc).__name__}: {exc}")
-                if attempt == self.transport.policy.attempts or self.stop.is_set():
-                    raise err from None
-                self.transport.backoff(attempt, None)
+                        resp.read()
+                        reply = reply_of(resp)
+                        err: RemoteError = error_for(resp, "download", reply)
+                    else:
+                        expected = resp.headers.get("content-length")
+                        with target.open("wb") as fh:
+                            for chunk in resp.iter_bytes(DOWNLOAD_CHUNK):
+                                fh.write(chunk)
+                                h.update(chunk)
+                                size += len(chunk)
+                        if expected is None or int(expected) == size:
+                            return h.hexdigest(), size
+                        reply = reply_of_exception(httpx.RemoteProtocolError("short body"))
+                        err = TransientRemoteError(f"download: got {size} of {expected} bytes", reply=reply)
+            except httpx.TransportError as exc:
+                reply = reply_of_exception(exc)
+                err = TransientRemoteError(f"download: {reply.describe} ({type(exc).__name__})", reply=reply)
+            if not retry_call(Phase.DOWNLOAD, reply) or attempt == policy.attempts or self.stop.is_set():
+                raise err
+            self.transport.backoff(attempt, reply.retry_after_s)
         raise AssertionError("unreachable")
 
     def _token(self) -> tuple[str, str]:
         with self._token_lock:
             if self._cdn_token is None:
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
-                                           params={"storage_type": "fal-cdn-v3"}, json={})
+                                           phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
                 data = resp.json()
                 self._cdn_token = (f"{data['token_type']} {data['token']}", data.get("base_url") or self.hosts.cdn)
             return self._cdn_token
@@ -173,19 +183,20 @@ class FalClient:
         size = path.stat().st_size
         if size <= MULTIPART_THRESHOLD:
             resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
-                                       content=path.read_bytes(), headers=headers)
+                                       phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
             return resp.json()["access_url"]
-        start = self.transport.read("POST", f"{base}/files/upload/multipart", f"upload {path.name}", headers=headers)
+        start = self.transport.read("POST", f"{base}/files/upload/multipart", f"upload {path.name}",
+                                    phase=Phase.UPLOAD, headers=headers)
         access, upload_id = start.json()["access_url"], start.json()["uploadId"]
         parts = []
         with path.open("rb") as fh:
             for number, chunk in enumerate(iter(lambda: fh.read(MULTIPART_CHUNK), b""), start=1):
                 resp = self.transport.read("PUT", f"{access}/multipart/{upload_id}/{number}", f"upload part {number}",
-                                           content=chunk, headers={"Authorization": auth,
+                                           phase=Phase.UPLOAD, content=chunk, headers={"Authorization": auth,
                                                                    "Accept-Encoding": "identity"})
                 parts.append({"partNumber": number, "etag": resp.headers["etag"]})
         self.transport.read("POST", f"{access}/multipart/{upload_id}/complete", f"upload {path.name}",
-                            json={"parts": parts}, headers={"Authorization": auth})
+                            phase=Phase.UPLOAD, json={"parts": parts}, headers={"Authorization": auth})
         return access
 
     # ------------------------------------------------------------------ platform API
@@ -212,3 +223,10 @@ class FalClient:
             if not data.get("has_more") or not data.get("next_cursor"):
                 return rows
             params["cursor"] = data["next_cursor"]
+
+
+def _json_or_error(resp: httpx.Response, what: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise TransientRemoteError(f"{what}: the answer is not JSON", reply=reply_of(resp)) from exc

@@ -1,15 +1,16 @@
-"""All retry policy: exponential backoff with jitter, Retry-After, and what is safe to repeat.
+"""All call-level retry policy: exponential backoff with jitter, Retry-After, and one predicate
+(`answers.retry_call`) that says which calls are safe to repeat.
 
-Reads (status, result, downloads, cancel) are repeated on 408/409/429/5xx and transport errors.
-A submit is repeated only when fal certainly did not accept it: 429, an nginx ingress error
-(502/503/504 without x-fal-request-id), a 504 that names its error type, or a connection that
-never opened. A timeout or reset after the submit went out is ambiguous and is never repeated:
-it raises AmbiguousSubmitError and the job goes to `uncertain`.
+Reads are repeated on 408/409/429/5xx and transport errors. A submit is repeated only when fal
+certainly did not accept it (see `retry_call`). When the retries are used up, the last failure
+is raised as one of our RemoteErrors carrying its `Reply`, and the outcome module decides what
+that means for the job: a failed read is never the job's answer.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,10 +22,13 @@ from ..errors import (
     TransientRemoteError,
 )
 from ..logs import get_logger
+from .answers import Phase, Reply, is_answer, is_ingress_error, reply_of, reply_of_exception, retry_call
 
 log = get_logger("api")
 
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+__all__ = ["RetryPolicy", "Transport", "error_for", "is_ingress_error"]
+
+MESSAGE_CHARS = 200  # a message never quotes more of a remote body than this
 
 
 @dataclass(frozen=True)
@@ -43,26 +47,23 @@ class RetryPolicy:
         return backoff
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    raw = resp.headers.get("retry-after")
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
+_TITLE = re.compile(r"<title>\s*([^<]{1,120})</title>", re.IGNORECASE)
 
 
-def is_ingress_error(resp: httpx.Response) -> bool:
-    """A 502/503/504 from fal's nginx, before any app saw the request (as fal-client defines it)."""
-    return (resp.status_code in (502, 503, 504) and "x-fal-request-id" not in resp.headers
-            and "nginx" in resp.text.lower())
-
-
-def _detail(resp: httpx.Response) -> tuple[str, str | None, Any]:
+def _detail(resp: httpx.Response) -> tuple[str, Any]:
+    """One clean line for a response's error, and its JSON body (None when it has none).
+    An HTML page (an nginx error) becomes its title, never the page."""
     try:
         body = resp.json()
     except ValueError:
-        text = resp.text.strip().splitlines()
-        return (text[0][:200] if text else f"HTTP {resp.status_code}"), resp.headers.get("x-fal-error-type"), None
+        text = resp.text.strip()
+        title = _TITLE.search(text)
+        if title:
+            return f"{title.group(1).strip()} (from fal's gateway)", None
+        if text.startswith("<"):
+            return "an HTML error page", None
+        first = text.splitlines()[0] if text else ""
+        return (first[:MESSAGE_CHARS] or f"HTTP {resp.status_code}"), None
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list) and detail:
         first = detail[0]
@@ -71,17 +72,17 @@ def _detail(resp: httpx.Response) -> tuple[str, str | None, Any]:
         if len(detail) > 1:
             msg += f" (and {len(detail) - 1} more)"
     else:
-        msg = str(detail or body)[:300]
-    error_type = (body.get("error_type") if isinstance(body, dict) else None) or resp.headers.get("x-fal-error-type")
-    return msg, error_type, body
+        msg = str(detail or body)
+    return msg[:MESSAGE_CHARS], body
 
 
-def error_for(resp: httpx.Response, what: str) -> RemoteError:
+def error_for(resp: httpx.Response, what: str, reply: Reply | None = None) -> RemoteError:
     """Translate an error response into our error tree (at the boundary, once)."""
-    msg, error_type, body = _detail(resp)
+    reply = reply or reply_of(resp)
+    msg, body = _detail(resp)
     code = resp.status_code
     text = f"{what}: HTTP {code}: {msg}"
-    kw = {"status": code, "error_type": error_type, "body": body}
+    kw: dict[str, Any] = {"status": code, "error_type": reply.error_type, "body": body, "reply": reply}
     if code == 401:
         return AuthError(text, hint="check FAL_KEY", **kw)
     if code == 403 and "locked" in msg.lower():
@@ -89,12 +90,20 @@ def error_for(resp: httpx.Response, what: str) -> RemoteError:
     if code == 403:
         return AuthError(text, hint="check FAL_KEY and its permissions", **kw)
     if code == 429:
-        return RateLimitedError(text, retry_after_s=_retry_after(resp), **kw)
+        return RateLimitedError(text, retry_after_s=reply.retry_after_s, **kw)
     if code == 422:
         return InputRejectedError(text, hint="fix the manifest", **kw)
-    if code in RETRY_STATUSES:
+    if code in (408, 409) or code >= 500:
         return TransientRemoteError(text, **kw)
     return RemoteError(text, **kw)
+
+
+def _no_answer(what: str, reply: Reply, exc: httpx.TransportError, phase: Phase) -> RemoteError:
+    if phase == Phase.SUBMIT and reply.failure is not None and reply.failure.value != "connect":
+        return AmbiguousSubmitError(
+            f"{what}: {reply.describe} after the request was sent; it may have been accepted",
+            hint="`batch-runner resolve` asks fal what became of it", reply=reply)
+    return TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply)
 
 
 class Transport:
@@ -112,52 +121,38 @@ class Transport:
     def backoff(self, attempt: int, retry_after: float | None) -> None:
         self.stop.wait(self.policy.delay(attempt, retry_after))
 
-    def read(self, method: str, url: str, what: str, *, ok: Callable[[httpx.Response], bool] | None = None,
-             **kw: Any) -> httpx.Response:
-        """A request that is safe to repeat. Returns the first response `ok` accepts (2xx by default)."""
-        accept = ok or (lambda r: r.is_success)
+    def read(self, method: str, url: str, what: str, *, phase: Phase = Phase.PLATFORM, **kw: Any) -> httpx.Response:
+        """A call in `phase`, repeated while `retry_call` allows. Returns the first response
+        that is an answer (2xx; a replayed model error on a result; a cancel's status)."""
+        return self._send(method, url, what, phase, **kw)
+
+    def submit(self, url: str, what: str, **kw: Any) -> httpx.Response:
+        """POST a submit: repeated only when fal certainly did not accept it."""
+        return self._send("POST", url, what, Phase.SUBMIT, **kw)
+
+    def _send(self, method: str, url: str, what: str, phase: Phase, **kw: Any) -> httpx.Response:
         for attempt in range(1, self.policy.attempts + 1):
             try:
                 self.count_request()
                 resp = self.client.request(method, url, **kw)
             except httpx.TransportError as exc:
-                err: RemoteError = TransientRemoteError(f"{what}: {type(exc).__name__}: {exc}")
+                reply = reply_of_exception(exc)
+                err = _no_answer(what, reply, exc, phase)
             else:
-                if accept(resp):
+                reply = reply_of(resp)
+                if is_answer(phase, reply):
                     return resp
-                err = error_for(resp, what)
-                if resp.status_code not in RETRY_STATUSES:
-                    raise err
+                err = error_for(resp, what, reply)
+            if not retry_call(phase, reply):
+                if phase == Phase.SUBMIT and reply.status is not None and reply.status >= 500:
+                    raise AmbiguousSubmitError(f"{err.message}; the request may have been accepted",
+                                               hint="`batch-runner resolve` asks fal what became of it",
+                                               status=err.status, error_type=err.error_type, reply=reply)
+                raise err
             if attempt == self.policy.attempts or self.stop.is_set():
+                if not isinstance(err, TransientRemoteError):  # retryable, and the retries are used up
+                    err = TransientRemoteError(err.message, status=err.status, error_type=err.error_type, reply=reply)
                 raise err
             log.info("%s failed (%s); retry %d/%d", what, err.message, attempt, self.policy.attempts - 1)
-            self.backoff(attempt, getattr(err, "retry_after_s", None))
-        raise AssertionError("unreachable")
-
-    def submit(self, url: str, what: str, **kw: Any) -> httpx.Response:
-        """POST a submit: repeated only when fal certainly did not accept it."""
-        for attempt in range(1, self.policy.attempts + 1):
-            try:
-                self.count_request()
-                resp = self.client.post(url, **kw)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the server
-                err: RemoteError = TransientRemoteError(f"{what}: {type(exc).__name__}: {exc}")
-            except httpx.TransportError as exc:  # sent, and the answer was lost
-                raise AmbiguousSubmitError(
-                    f"{what}: {type(exc).__name__} after the request was sent; it may have been accepted",
-                    hint="not resubmitted automatically; `batch-runner retry --state uncertain` resubmits") from exc
-            else:
-                if resp.is_success:
-                    return resp
-                err = error_for(resp, what)
-                not_accepted = (resp.status_code == 429 or is_ingress_error(resp)
-                                or (resp.status_code == 504 and err.error_type is not None))
-                if not not_accepted:
-                    raise err
-                if not isinstance(err, TransientRemoteError):
-                    err = TransientRemoteError(err.message, status=err.status, error_type=err.error_type)
-            if attempt == self.policy.attempts or self.stop.is_set():
-                raise err
-            log.info("%s not accepted (%s); retry %d/%d", what, err.message, attempt, self.policy.attempts - 1)
-            self.backoff(attempt, getattr(err, "retry_after_s", None))
+            self.backoff(attempt, reply.retry_after_s)
         raise AssertionError("unreachable")

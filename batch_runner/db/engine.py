@@ -1,32 +1,154 @@
-"""Open a database: SQLite (WAL, created and migrated on first use) or PostgreSQL (checked)."""
+"""Open a database: SQLite (WAL; checked to be ours, created only when asked, migrated on use)
+or PostgreSQL (checked)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import weakref
 from contextlib import nullcontext
 from pathlib import Path
 from typing import ContextManager
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from ..errors import DatabaseBehindError, DatabaseError
+from ..errors import DatabaseBehindError, DatabaseError, DatabaseNotFoundError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+#: tables every batch-runner schema has had since revision 0001
+CORE_TABLES = frozenset({"batches", "jobs", "attempts", "events"})
+_CHECK_HINT = "check --db / BATCH_RUNNER_DB"
+_NEW_HINT = f"{_CHECK_HINT}, or create a new database there on purpose with `batch-runner db upgrade`"
+_EMPTY_HINT = f"{_CHECK_HINT}, or make it a new database on purpose with `batch-runner db upgrade`"
 
 
 def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<invalid database URL>"
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        # the text itself is not shown: it may hold a password that could not be located
+        raise DatabaseError("the database URL (--db / BATCH_RUNNER_DB) is not valid",
+                            hint="use sqlite:///PATH, a file path, or postgresql://user@host/db") from exc
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for an in-memory database, a `file:` URI or a server."""
+    parsed = _parse(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or "uri" in parsed.query:
+        return None
+    return Path(database)
+
+
+def inspect_sqlite(path: Path, *, allow_new: bool) -> str | None:
+    """The schema revision of the batch-runner database in the SQLite file at `path` (None: no
+    schema yet), found by reading only, so a file that is not ours is left exactly as it was.
+
+    A missing or empty file is a new database only when `allow_new`: otherwise a mistyped --db
+    would silently start an empty ledger, and the next run would pay for every job again. A
+    file that is not SQLite, or a SQLite database that is not batch-runner's, is always refused.
+    """
+    try:
+        if not path.parent.exists():
+            if allow_new:
+                return None
+            raise DatabaseNotFoundError(f"no database at {path}: the folder {path.parent} does not exist",
+                                        hint=_NEW_HINT)
+        if path.is_dir():
+            raise DatabaseNotFoundError(f"{path} is a folder, not a database file", hint=_CHECK_HINT)
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        if allow_new:
+            return None
+        raise DatabaseNotFoundError(f"no database at {path}: the file does not exist", hint=_NEW_HINT) from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+    if not header:
+        if allow_new:
+            return None
+        raise DatabaseNotFoundError(f"{path} is an empty file, not a batch-runner database", hint=_EMPTY_HINT)
+    if header != SQLITE_MAGIC:
+        raise DatabaseNotFoundError(f"{path} is not a SQLite database; it was left untouched", hint=_CHECK_HINT)
+    tables, revision = _read_schema(path)
+    if revision is None and tables <= {"alembic_version"}:  # alembic_version alone: downgraded to base
+        if allow_new:
+            return None
+        raise DatabaseNotFoundError(f"{path} holds no tables, not a batch-runner database", hint=_EMPTY_HINT)
+    if "alembic_version" not in tables or not CORE_TABLES <= tables:
+        raise DatabaseNotFoundError(f"{path} is a SQLite database but not batch-runner's ({len(tables)} table(s), "
+                                    "not our schema); it was left untouched", hint=_CHECK_HINT)
+    if revision is not None and revision not in _known_revisions():
+        shown = repr(revision) if len(revision) <= 32 else repr(revision[:32]) + "…"  # another program's text
+        raise DatabaseNotFoundError(f"{path} is at schema revision {shown}, which this batch-runner does not know; "
+                                    "it was left untouched",
+                                    hint=f"a newer batch-runner made it: upgrade batch-runner, or {_CHECK_HINT}")
+    return revision
+
+
+def _read_schema(path: Path) -> tuple[frozenset[str], str | None]:
+    """A SQLite file's table names and Alembic revision, read without writing anything.
+
+    `immutable` takes no lock and makes no -wal/-shm files beside a file that may not be ours;
+    that is safe only while no -wal file exists (no writer holds pages the main file lacks),
+    so with one present the file is opened plainly read-only instead.
+    """
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?{mode}", uri=True,
+                               timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            tables = frozenset(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                               if not name.startswith("sqlite_"))
+            revision = None
+            if "alembic_version" in tables:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                revision = str(row[0]) if row and row[0] is not None else None
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:  # locked, or cannot be opened
+        raise DatabaseError(f"cannot read {path}: {_first_line(exc)}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database": damaged, or encrypted
+        raise DatabaseNotFoundError(f"{path} is not a readable SQLite database ({_first_line(exc)}); "
+                                    "it was left untouched", hint=_CHECK_HINT) from exc
+    return tables, revision
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def stored_revision(url: str, *, allow_new: bool = False) -> str | None:
+    """The schema revision of a database (None: no schema yet), read without creating,
+    migrating or changing anything; a missing SQLite file is an error unless `allow_new`."""
+    path = sqlite_file(url)
+    if path is not None:
+        return inspect_sqlite(path, allow_new=allow_new)
+    engine = create(url)
+    try:
+        return current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}",
+                            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)") from exc
+    finally:
+        engine.dispose()
 
 
 def migrations_dir() -> Path:
@@ -66,11 +188,7 @@ def create(url: str, pool_size: int | None = None) -> Engine:
     """An Engine with SQLite tuned for a single writer and many readers; `pool_size` should
     cover the threads that use it at once (the worker pool)."""
     sizing = {"pool_size": pool_size, "max_overflow": 4} if pool_size else {}
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"invalid database URL {url!r}",
-                            hint="use sqlite:///PATH or postgresql://user@host/db") from exc
+    parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             try:
@@ -158,12 +276,19 @@ def _sqlite_copy(src: Path, dst: Path) -> None:
         target.close()
 
 
-def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None) -> Engine:
+def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None,
+                allow_new: bool = True) -> Engine:
     """Connect and make sure the schema is current.
 
-    SQLite databases are migrated automatically (auto_migrate defaults to True for them);
-    a PostgreSQL database that is behind raises DatabaseBehindError with the fix.
+    A SQLite file is checked first, changing nothing: another program's file is refused, and a
+    missing or empty one becomes a new database only when `allow_new` (the CLI allows it for
+    the default location and `db upgrade` alone; see inspect_sqlite). SQLite databases are
+    migrated automatically (auto_migrate defaults to True for them); a PostgreSQL database
+    that is behind raises DatabaseBehindError with the fix.
     """
+    path = sqlite_file(url)
+    if path is not None:
+        inspect_sqlite(path, allow_new=allow_new)
     engine = create(url, pool_size)
     is_sqlite = engine.dialect.name == "sqlite"
     try:

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text,
+    BigInteger, false, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,6 +77,7 @@ class Job(Base):
     media_field: Mapped[str | None] = mapped_column(String(64))
     input_json: Mapped[str] = mapped_column(Text)
     output_path: Mapped[str] = mapped_column(Text)
+    output_root: Mapped[str | None] = mapped_column(Text)  # deliveries must stay inside it
     state: Mapped[str] = mapped_column(String(16), index=True)
     estimate_micro_usd: Mapped[int] = mapped_column(BigInteger)
     billable_units: Mapped[str] = mapped_column(String(32))
@@ -86,6 +87,8 @@ class Job(Base):
     tags_json: Mapped[str] = mapped_column(Text, default="[]")
     origin: Mapped[str | None] = mapped_column(Text)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # attempt_count at the last manual `retry`: each retry grants a fresh set of automatic attempts
+    retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -119,6 +122,14 @@ class Attempt(Base):
     price_source: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(100))
+    # sha256 of the canonical input that was sent: matches the request in fal's request listing
+    # when the submit's answer was lost (an uncertain submit)
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # fal's output file: a failed delivery is downloaded again from here instead of paying again
+    output_url: Mapped[str | None] = mapped_column(Text)
+    # the run that ended this attempt (a run reports every job it finished, whoever started it)
+    settled_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -191,6 +202,7 @@ class Run(Base):
     daily_budget_micro_usd: Mapped[int | None] = mapped_column(BigInteger)  # per rolling 24 h, this batch
     warn_at_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     reserved_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    warned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # warn_at fired
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState, format_usd
+from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, TERMINAL_STATES, Actor, AttemptState, JobState, format_usd
 from ..errors import DatabaseError
 from .engine import safe_url, write_lock
 from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
@@ -51,6 +51,7 @@ class Claim:
     job: dict[str, Any]
     attempt: dict[str, Any]
     warning: str | None = None  # set once, on the claim that crosses the run's warning threshold
+    run_id: int | None = None  # the run this claim works for (it settles the attempt)
 
 
 @dataclass(frozen=True)
@@ -174,17 +175,18 @@ class JobQueue:
         def go(conn: Connection) -> Claim | BudgetStop | None:
             self._serialize(conn)
             now = self._clock(conn)
-            self._sweep_stale_submits(conn, now, batches)
+            self._sweep_stale_submits(conn, now, batches, run_id)
             scope = self._scope(batches)
             free = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < now)
-            follow = conn.execute(select(J).where(J.c.state.in_([s.value for s in FOLLOW_STATES]), free, *scope)
+            due = or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now)
+            follow = conn.execute(select(J).where(J.c.state.in_([s.value for s in FOLLOW_STATES]), free, due, *scope)
                                   .order_by(J.c.id).limit(1).with_for_update(skip_locked=True)).mappings().first()
             if follow is not None:
                 attempt = self._latest_attempt(conn, follow["id"])
                 self._lease(conn, follow["id"], now)
                 self._event(conn, "job.followed", job=dict(follow), attempt_id=attempt["id"],
                             request_id=attempt["request_id"], worker=self.worker)
-                return Claim("follow", dict(follow), attempt)
+                return Claim("follow", dict(follow), attempt, run_id=run_id)
             if follow_only:
                 return None
             in_flight = conn.execute(select(func.count()).select_from(J).where(
@@ -215,9 +217,10 @@ class JobQueue:
                                   run["budget_micro_usd"] or 0, "run")
             warning = None
             warn_at = run["warn_at_micro_usd"]
-            if warn_at is not None and run["reserved_micro_usd"] < warn_at <= run["reserved_micro_usd"] + est:
+            if warn_at is not None and not run["warned"] and warn_at <= run["reserved_micro_usd"] + est:
                 warning = (f"run {run['name']} has committed ${format_usd(run['reserved_micro_usd'] + est)}, "
                            f"past its ${format_usd(warn_at)} warning threshold")
+                conn.execute(update(R).where(R.c.id == run_id).values(warned=True))  # once per run
                 self._event(conn, "run.budget_warning", batch_id=job["batch_id"], run=run["name"],
                             committed_micro_usd=run["reserved_micro_usd"] + est, warn_at_micro_usd=warn_at)
             number = job["attempt_count"] + 1
@@ -230,7 +233,7 @@ class JobQueue:
             self._event(conn, "job.claimed", job=dict(job), attempt_id=attempt_id, from_state=job["state"],
                         to_state=JobState.SUBMITTING.value, attempt=number, reserved_micro_usd=est, worker=self.worker)
             attempt = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
-            return Claim("submit", {**job, "attempt_count": number}, dict(attempt), warning)
+            return Claim("submit", {**job, "attempt_count": number}, dict(attempt), warning, run_id)
         return self._tx("claiming a job", go)
 
     @staticmethod
@@ -276,7 +279,8 @@ class JobQueue:
         if held != 1:
             raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
 
-    def _sweep_stale_submits(self, conn: Connection, now: datetime, batches: Sequence[str] | None) -> None:
+    def _sweep_stale_submits(self, conn: Connection, now: datetime, batches: Sequence[str] | None,
+                             run_id: int | None = None) -> None:
         """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
         what may have been sent as uncertain (never resubmitted automatically)."""
         stale = conn.execute(select(J).where(J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now,
@@ -291,6 +295,7 @@ class JobQueue:
             else:
                 self._end_attempt(conn, attempt, AttemptState.UNCERTAIN,
                                   "the worker stopped while sending the submit", billed=None)
+                conn.execute(update(A).where(A.c.id == attempt["id"]).values(settled_run_id=run_id))
                 self._set_job(conn, dict(job), JobState.UNCERTAIN, "worker stopped while sending the submit",
                               attempt_id=attempt["id"])
 
@@ -312,28 +317,39 @@ class JobQueue:
         job["state"] = state.value
 
     def _end_attempt(self, conn: Connection, attempt: dict[str, Any], state: AttemptState, error: str | None,
-                     *, billed: int | None, **values: Any) -> None:
-        """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it)."""
+                     *, billed: int | None, run_id: int | None = None, keep_billed: bool = False,
+                     **values: Any) -> None:
+        """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it).
+        `run_id`: the run that settles it. `keep_billed`: billed and settled before (a paid output
+        delivered again), so the money is left as it was."""
+        money = {} if keep_billed else {"billed_micro_usd": billed}
+        if run_id is not None and not keep_billed:
+            money["settled_run_id"] = run_id
         conn.execute(update(A).where(A.c.id == attempt["id"]).values(
-            state=state.value, error=error, finished_at=utcnow(), billed_micro_usd=billed, **values))
-        if billed is not None and attempt.get("run_id") is not None and attempt.get("reserved_micro_usd") is not None:
+            state=state.value, error=error, finished_at=utcnow(), **money, **values))
+        if not keep_billed and billed is not None and attempt.get("run_id") is not None \
+                and attempt.get("reserved_micro_usd") is not None and attempt.get("billed_micro_usd") is None:
             conn.execute(update(R).where(R.c.id == attempt["run_id"]).values(
                 reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt["reserved_micro_usd"]))
         attempt["state"] = state.value
+        if not keep_billed:
+            attempt["billed_micro_usd"] = billed
 
-    def sending(self, claim: Claim) -> None:
-        """Write-ahead: committed before the submit goes out. Refused (LeaseLost) when the claim
-        was swept or taken over meanwhile, so a stalled worker never submits a job twice."""
+    def sending(self, claim: Claim, input_sha256: str) -> None:
+        """Write-ahead: committed before the submit goes out, with the hash of what is sent (it
+        finds the request in fal's listing if the answer is lost). Refused (LeaseLost) when the
+        claim was swept or taken over meanwhile, so a stalled worker never submits a job twice."""
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             moved = conn.execute(update(A).where(A.c.id == claim.attempt["id"],
                                                  A.c.state == AttemptState.PREPARING.value)
-                                 .values(state=AttemptState.SENDING.value)).rowcount
+                                 .values(state=AttemptState.SENDING.value, input_sha256=input_sha256,
+                                         sent_at=self._clock(conn))).rowcount
             if moved != 1:
                 raise LeaseLost(f"job {claim.job['id']}: attempt {claim.attempt['number']} was closed by another worker")
             self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt["id"])
         self._tx("recording the submit", go)
-        claim.attempt["state"] = AttemptState.SENDING.value
+        claim.attempt.update(state=AttemptState.SENDING.value, input_sha256=input_sha256)
 
     def submitted(self, claim: Claim, request_id: str, status_url: str, response_url: str, cancel_url: str,
                   payload_sha256: str) -> None:
@@ -363,26 +379,70 @@ class JobQueue:
         claim.attempt.update(state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
                              response_url=response_url, cancel_url=cancel_url)
 
-    def progress(self, claim: Claim, state: JobState, **details: Any) -> None:
-        """in_progress / downloading: the job keeps its lease."""
-        if claim.job["state"] == state.value:
+    def progress(self, claim: Claim, state: JobState, *, output_url: str | None = None) -> None:
+        """in_progress / downloading (with fal's output URL, kept for a later re-download): the
+        job keeps its lease."""
+        if claim.job["state"] == state.value and (output_url is None or claim.attempt.get("output_url") == output_url):
             return
 
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
-            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=state.value))
-            self._set_job(conn, claim.job, state, attempt_id=claim.attempt["id"], keep_lease=True, **details)
+            extra = {"output_url": output_url} if output_url else {}
+            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=state.value, **extra))
+            if claim.job["state"] != state.value:
+                self._set_job(conn, claim.job, state, attempt_id=claim.attempt["id"], keep_lease=True)
         self._tx("recording progress", go)
+        if output_url:
+            claim.attempt["output_url"] = output_url
 
     def requeue(self, claim: Claim, reason: str, *, delay_s: float, sent: bool) -> None:
         """A retryable failure that billed nothing: the job waits `delay_s` and gets a new attempt."""
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.FAILED if sent else AttemptState.UNSENT, reason,
-                              billed=0)
+                              billed=0, run_id=claim.run_id)
             self._set_job(conn, claim.job, JobState.QUEUED, reason, attempt_id=claim.attempt["id"],
                           next_attempt_at=self._clock(conn) + timedelta(seconds=delay_s))
         self._tx("requeueing a job", go)
+
+    def follow_later(self, claim: Claim, reason: str, *, delay_s: float) -> None:
+        """fal's status or result could not be read (an outage, a rate limit): the job keeps its
+        request id and state, lets its lease go and is followed again after `delay_s`."""
+        def go(conn: Connection) -> None:
+            self._hold(conn, claim)
+            conn.execute(update(J).where(J.c.id == claim.job["id"]).values(
+                lease_owner=None, lease_expires_at=None, last_error=reason,
+                next_attempt_at=self._clock(conn) + timedelta(seconds=delay_s)))
+            self._event(conn, "job.follow_later", job=claim.job, attempt_id=claim.attempt["id"], reason=reason,
+                        delay_s=delay_s, worker=self.worker)
+        self._tx("handing a job back", go)
+
+    def abandon(self, claim: Claim, reason: str, *, delay_s: float) -> None:
+        """A worker hit an unexpected error (a bug) on this job: let it go in a safe state. Never
+        sent: back to the queue. Maybe sent: uncertain. In flight: followed again later."""
+        state = claim.attempt.get("state")
+        try:
+            if state == AttemptState.PREPARING.value:
+                self.requeue(claim, reason, delay_s=delay_s, sent=False)
+            elif state == AttemptState.SENDING.value:
+                self.uncertain(claim, reason)
+            else:
+                self.follow_later(claim, reason, delay_s=delay_s)
+        except LeaseLost:
+            pass
+
+    def failed_attempts(self, claim: Claim) -> int:
+        """Attempts of this job that fal ran and that failed, since its last manual retry."""
+        def go(conn: Connection) -> int:
+            return int(conn.execute(select(func.count()).select_from(A).where(
+                A.c.job_id == claim.job["id"], A.c.number > claim.job.get("retry_base", 0),
+                A.c.state.in_([AttemptState.FAILED.value, AttemptState.SENDING.value, AttemptState.SUBMITTED.value,
+                               AttemptState.IN_PROGRESS.value, AttemptState.DOWNLOADING.value]))).scalar_one())
+        return self._read("counting attempts", go)
+
+    def record_event(self, kind: str, **details: Any) -> None:
+        """An audit event about the pool, not a job (fal unreachable, reachable again)."""
+        self._tx("recording an event", lambda conn: self._event(conn, kind, worker=self.worker, **details))
 
     def release(self, claim: Claim, *, unsent: bool = False) -> None:
         """Give the job back (on stop): a live request stays as it is for the next worker; a
@@ -403,21 +463,26 @@ class JobQueue:
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
+            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(settled_run_id=claim.run_id))
             self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt["id"])
         self._tx("marking a job uncertain", go)
 
     def finish(self, claim: Claim, state: JobState, reason: str | None, *, billed_micro_usd: int,
                billable_units: str | None = None, unit_price_micro_usd: int | None = None,
-               price_source: str | None = None, output: dict[str, Any] | None = None) -> None:
-        """A terminal state, with what fal billed (0 when nothing) and the verified output."""
+               price_source: str | None = None, output: dict[str, Any] | None = None,
+               output_url: str | None = None, keep_billed: bool = False) -> None:
+        """A terminal state, with what fal billed (0 when nothing), the verified output and fal's
+        output URL. `keep_billed`: a paid output delivered again; its money stays as recorded."""
         attempt_state = {JobState.SUCCEEDED: AttemptState.SUCCEEDED, JobState.CANCELLED: AttemptState.CANCELLED,
                          }.get(state, AttemptState.FAILED)
+        money = {} if keep_billed else {"billable_units": billable_units, "unit_price_micro_usd": unit_price_micro_usd,
+                                        "price_source": price_source}
 
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, attempt_state, reason, billed=billed_micro_usd,
-                              billable_units=billable_units, unit_price_micro_usd=unit_price_micro_usd,
-                              price_source=price_source)
+                              run_id=claim.run_id, keep_billed=keep_billed,
+                              **({"output_url": output_url} if output_url else {}), **money)
             total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
                                  .where(A.c.job_id == claim.job["id"])).scalar_one()
             if output is not None:
@@ -464,10 +529,13 @@ class JobQueue:
         return self._read("counting jobs", go)
 
     def next_retry_at(self, batches: Sequence[str] | None) -> datetime | None:
-        """When the earliest waiting retry becomes due (ordered, not min(): SQLite's min() is untyped)."""
+        """When the earliest waiting job (a retry, or a request to follow again) becomes due
+        (ordered, not min(): SQLite's min() is untyped)."""
+        waiting = [JobState.QUEUED.value, *(s.value for s in FOLLOW_STATES)]
+
         def go(conn: Connection) -> datetime | None:
             return conn.execute(select(J.c.next_attempt_at).where(
-                J.c.state == JobState.QUEUED.value, J.c.next_attempt_at.is_not(None), *self._scope(batches))
+                J.c.state.in_(waiting), J.c.next_attempt_at.is_not(None), *self._scope(batches))
                 .order_by(J.c.next_attempt_at).limit(1)).scalar()
         return self._read("reading retry times", go)
 
@@ -481,16 +549,18 @@ class JobQueue:
         """What a run did: the jobs its attempts touched, by final state, and what it was billed."""
         def go(conn: Connection) -> dict[str, Any]:
             run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
-            ran = select(A.c.job_id).where(A.c.run_id == run_id)
-            # Jobs this run found half-sent by a dead worker and marked uncertain: the user must hear of them.
-            swept = select(Event.job_id).where(Event.kind == f"job.{JobState.UNCERTAIN.value}",
+            ran = select(A.c.job_id).where(or_(A.c.run_id == run_id, A.c.settled_run_id == run_id))
+            # Jobs this process ended during the run without an attempt of it: half-sent ones a
+            # dead worker left (marked uncertain), paid outputs delivered again, settled submits.
+            ended = [f"job.{s.value}" for s in (*TERMINAL_STATES, JobState.UNCERTAIN)]
+            swept = select(Event.job_id).where(Event.kind.in_(ended),
                                                Event.at >= run["started_at"], Event.host == self.actor.host,
                                                Event.pid == self.actor.pid, Event.job_id.is_not(None))
             touched = ran.union(swept).subquery()
             rows = [dict(r) for r in conn.execute(select(J).where(J.c.id.in_(select(touched.c.job_id)))
                                                   .order_by(J.c.id)).mappings()]
             billed = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
-                                  .where(A.c.run_id == run_id)).scalar_one()
+                                  .where(A.c.settled_run_id == run_id)).scalar_one()
             attempts = conn.execute(select(func.count()).select_from(A).where(A.c.run_id == run_id)).scalar_one()
             scope = conn.execute(select(J.c.state, func.count()).where(*self._scope(batches))
                                  .group_by(J.c.state)).all()
@@ -539,23 +609,46 @@ class JobQueue:
             return attempts, events
         return self._read("reading a job's history", go)
 
-    def requeue_jobs(self, job_ids: Sequence[int], from_states: Iterable[JobState], reason: str) -> int:
-        """Put jobs back in the queue on purpose (`retry`): history is kept, a new attempt follows."""
+    def retry_plan(self, job_ids: Sequence[int], from_states: Iterable[JobState]) -> list[tuple[dict[str, Any], str]]:
+        """What `retry` would do with each job: "redeliver" (fal's paid output is fetched again,
+        free) or "resubmit" (a new attempt, which fal bills again if it succeeds)."""
         allowed = [s.value for s in from_states]
 
+        def go(conn: Connection) -> list[tuple[dict[str, Any], str]]:
+            out = []
+            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(allowed))
+                                    .order_by(J.c.id)).mappings():
+                last = self._latest_attempt(conn, job["id"]) if job["attempt_count"] else None
+                again = last is not None and last["output_url"] and last["billed_micro_usd"] is not None \
+                    and last["state"] == AttemptState.FAILED.value and job["state"] == JobState.FAILED.value
+                out.append((dict(job), "redeliver" if again else "resubmit"))
+            return out
+        return self._read("planning a retry", go)
+
+    def requeue_jobs(self, job_ids: Sequence[int], from_states: Iterable[JobState], reason: str) -> int:
+        """Put jobs back on purpose (`retry`): history is kept. A paid output that was never
+        delivered is fetched again (free); any other job gets a new attempt, with a fresh set of
+        automatic attempts."""
+        plan = self.retry_plan(job_ids, from_states)
+
         def go(conn: Connection) -> int:
-            n = 0
-            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(allowed))).mappings():
-                self._set_job(conn, dict(job), JobState.QUEUED, reason, next_attempt_at=None)
-                n += 1
-            return n
+            for job, how in plan:
+                if how == "redeliver":
+                    last = self._latest_attempt(conn, job["id"])
+                    conn.execute(update(A).where(A.c.id == last["id"]).values(state=AttemptState.DOWNLOADING.value))
+                    self._set_job(conn, job, JobState.DOWNLOADING, f"{reason}: fetching the paid output again",
+                                  attempt_id=last["id"], next_attempt_at=None)
+                else:
+                    self._set_job(conn, job, JobState.QUEUED, reason, next_attempt_at=None,
+                                  retry_base=job["attempt_count"])
+            return len(plan)
         return self._tx("requeueing jobs", go)
 
     def cancel_queued(self, job_ids: Sequence[int], reason: str) -> int:
         def go(conn: Connection) -> int:
             n = 0
-            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(
-                    [JobState.QUEUED.value, JobState.UNCERTAIN.value]))).mappings():
+            for job in conn.execute(select(J).where(J.c.id.in_(list(job_ids)),
+                                                    J.c.state == JobState.QUEUED.value)).mappings():
                 self._set_job(conn, dict(job), JobState.CANCELLED, reason)
                 n += 1
             return n
@@ -595,3 +688,103 @@ class JobQueue:
             return out
         return self._tx("taking jobs to cancel", go)
 
+
+    # ------------------------------------------------------------------ settling with fal's records
+
+    def uncertain_jobs(self, batches: Sequence[str] | None,
+                       job_ids: Sequence[int] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Uncertain jobs with their uncertain attempt (the one to settle)."""
+        def go(conn: Connection) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+            cond = [J.c.id.in_(list(job_ids))] if job_ids is not None else []
+            rows = conn.execute(select(J).where(J.c.state == JobState.UNCERTAIN.value, *cond, *self._scope(batches))
+                                .order_by(J.c.id)).mappings().all()
+            return [(dict(r), self._latest_attempt(conn, r["id"])) for r in rows]
+        return self._read("listing uncertain jobs", go)
+
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        """Which of these fal request ids an attempt already holds (so none is adopted twice)."""
+        ids = list(request_ids)
+
+        def go(conn: Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(ids), 500):
+                found.update(conn.execute(select(A.c.request_id).where(A.c.request_id.in_(ids[i:i + 500]))).scalars())
+            return found
+        return self._read("reading request ids", go) if ids else set()
+
+    def _still_uncertain(self, conn: Connection, job: dict[str, Any], attempt: dict[str, Any]) -> bool:
+        """Fence a settlement: the job is still uncertain on that attempt (no one settled it meanwhile)."""
+        state = conn.execute(select(J.c.state).where(J.c.id == job["id"]).with_for_update()).scalar()
+        latest = self._latest_attempt(conn, job["id"])
+        return state == JobState.UNCERTAIN.value and latest["id"] == attempt["id"]
+
+    def adopt(self, job: dict[str, Any], attempt: dict[str, Any], request_id: str, status_url: str,
+              response_url: str, cancel_url: str, how: str) -> bool:
+        """fal has the request an uncertain submit sent: record its id and follow it like any
+        submitted job (its result, output and cost are collected by the next worker)."""
+        def go(conn: Connection) -> bool:
+            self._serialize(conn)
+            if not self._still_uncertain(conn, job, attempt):
+                return False
+            conn.execute(update(A).where(A.c.id == attempt["id"]).values(
+                state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
+                response_url=response_url, cancel_url=cancel_url, submitted_at=attempt.get("sent_at") or utcnow(),
+                error=None, finished_at=None))
+            self._set_job(conn, job, JobState.SUBMITTED, f"adopted request {request_id} ({how})",
+                          attempt_id=attempt["id"], next_attempt_at=None)
+            self._event(conn, "attempt.adopted", job=job, attempt_id=attempt["id"], request_id=request_id, how=how)
+            return True
+        return bool(self._tx("adopting a request", go))
+
+    def settle_unsent(self, job: dict[str, Any], attempt: dict[str, Any], reason: str, *,
+                      request_id: str | None = None, billed_micro_usd: int = 0,
+                      price_source: str | None = None) -> bool:
+        """fal has no billable request for an uncertain submit (not found, or found failed and
+        unbilled): close the attempt with what fal billed and queue the job for a new attempt."""
+        def go(conn: Connection) -> bool:
+            self._serialize(conn)
+            if not self._still_uncertain(conn, job, attempt):
+                return False
+            extra = {"request_id": request_id} if request_id else {}
+            self._end_attempt(conn, attempt, AttemptState.FAILED, reason, billed=billed_micro_usd,
+                              price_source=price_source, **extra)
+            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+                                 .where(A.c.job_id == job["id"])).scalar_one()
+            self._set_job(conn, job, JobState.QUEUED, reason, attempt_id=attempt["id"], next_attempt_at=None,
+                          billed_micro_usd=total, retry_base=job["attempt_count"])
+            return True
+        return bool(self._tx("settling an uncertain submit", go))
+
+    def cancel_uncertain(self, job: dict[str, Any], attempt: dict[str, Any], reason: str,
+                         request_id: str | None = None) -> bool:
+        """An uncertain job that fal never ran (cancelled while queued, or never created): cancelled, $0."""
+        def go(conn: Connection) -> bool:
+            self._serialize(conn)
+            if not self._still_uncertain(conn, job, attempt):
+                return False
+            extra = {"request_id": request_id} if request_id else {}
+            self._end_attempt(conn, attempt, AttemptState.CANCELLED, reason, billed=0, **extra)
+            self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt["id"])
+            return True
+        return bool(self._tx("cancelling an uncertain job", go))
+
+    def pending_bills(self, batches: Sequence[str] | None, price_source: str) -> list[dict[str, Any]]:
+        """Attempts whose bill waits on fal's billing events (a refused run fal may have billed)."""
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(
+                select(A, J.c.endpoint).select_from(A.join(J, J.c.id == A.c.job_id))
+                .where(A.c.price_source == price_source, A.c.request_id.is_not(None), *self._scope(batches))
+                .order_by(A.c.id)).mappings()]
+        return self._read("reading pending bills", go)
+
+    def settle_bill(self, attempt: dict[str, Any], billed_micro_usd: int, units: str | None, source: str) -> None:
+        """Record what fal's billing events say an attempt cost (it was recorded as $0, pending)."""
+        def go(conn: Connection) -> None:
+            conn.execute(update(A).where(A.c.id == attempt["id"], A.c.price_source == attempt["price_source"])
+                         .values(billed_micro_usd=billed_micro_usd, billable_units=units, price_source=source))
+            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+                                 .where(A.c.job_id == attempt["job_id"])).scalar_one()
+            conn.execute(update(J).where(J.c.id == attempt["job_id"]).values(billed_micro_usd=total))
+            self._event(conn, "attempt.bill_settled", job={"id": attempt["job_id"], "batch_id": attempt["batch_id"]},
+                        attempt_id=attempt["id"], billed_micro_usd=billed_micro_usd, source=source)
+        self._tx("settling a bill", go)

@@ -191,7 +191,7 @@ def _job_row(j: JobSpec, batch_id: int, now: Any) -> dict[str, Any]:
         "key": j.key, "batch_id": batch_id, "endpoint": j.endpoint, "source": j.source,
         "source_fingerprint": j.fingerprint or None, "media_field": j.media_field,
         "input_json": json.dumps(j.params, sort_keys=True, separators=(",", ":")),
-        "output_path": j.output, "state": JobState.QUEUED.value,
+        "output_path": j.output, "output_root": j.output_root or None, "state": JobState.QUEUED.value,
         "estimate_micro_usd": est.micro_usd, "billable_units": str(est.billable_units),
         "unit": est.unit, "price_table": est.price_table, "price_verified": est.verified,
         "tags_json": json.dumps(list(j.tags)), "origin": j.origin, "attempt_count": 0,

@@ -132,7 +132,9 @@ def test_run_summary_json_and_the_management_commands(tmp_path, media, emulator_
     assert code == 0 and "#1 failed" in out and "job.claimed" in out and "queued → submitting" in out
 
     code, out, _ = _invoke(["retry", "--batch", "b"], env)
-    assert (code, out.strip()) == (0, "1 job(s) queued again; run `batch-runner run` to process them")
+    lines = out.strip().splitlines()
+    assert code == 0 and "failed     new attempt: may pay $0.30" in lines[0]
+    assert lines[-1] == "1 job(s) queued again; run `batch-runner run` to process them; at most $0.30 more"
     code, out, _ = _invoke(["run", "--batch", "b", "--json"], env)
     assert code == 0 and json.loads(out)["jobs"] == {"succeeded": 1}
     code, out, _ = _invoke(["show", str(failed["job"]), "--json"], env)
@@ -174,7 +176,8 @@ def test_cancel_queued_locally_and_in_flight_through_the_api(tmp_path, media, em
     _interrupted_after_submits(bench, ["run", "--batch", "b", "--concurrency", "1"], env, 1)
     code, out, _ = _invoke(["cancel", "--batch", "b"], env)
     running = "fal was asked to stop them but may still finish" in out  # it had started at fal
-    assert code == 0 and out.splitlines()[0] == f"cancelled 3 queued job(s) and {0 if running else 1} in-flight request(s)"
+    assert code == 0 and out.splitlines()[0] == (
+        f"cancelled 3 queued job(s) and {0 if running else 1} request(s) still queued at fal")
     if running:  # it may still finish and bill: the next run follows it to its end
         assert bench.sql("select count(*) from jobs where state = 'cancelled'")[0][0] == 3
         assert _invoke(["run", "--batch", "b"], env)[0] == 0

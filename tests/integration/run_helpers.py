@@ -20,7 +20,7 @@ from batch_runner.db import engine as db_engine
 from batch_runner.db.repo import Repository
 from batch_runner.media import make_clip
 from batch_runner.pricing import load_price_table
-from batch_runner.worker import PoolSettings
+from batch_runner.pool import PoolSettings
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, max_retry_after_s=0.05)
 
@@ -58,7 +58,8 @@ class Bench:
         return Repository(db_engine.open_engine(self.db_url))
 
     def pool(self, **kw: Any) -> PoolSettings:
-        base = dict(concurrency=2, retry_delay_s=0.05, poll_min_s=0.05, poll_max_s=0.2, idle_s=0.05,
+        base = dict(concurrency=2, retry_delay_s=0.05, follow_later_s=0.05, outage_pause_s=0.05, poll_min_s=0.05,
+                    poll_max_s=0.2, idle_s=0.05,
                     retry_policy=FAST, lease_s=30.0)
         base.update(kw)
         return PoolSettings(**base)
@@ -105,8 +106,8 @@ PATTERNS = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "pal100bars", "smp
 def make_bench(tmp_path: Path, media: dict[str, Path], emulator: Any, *, clips: int = 2, clip: str = "c5",
                manifest_text: str = REFRAME_MANIFEST, batch: str = "b", db_url: str | None = None) -> Bench:
     """Distinct clips (different pictures, same length), so every job's input differs. The job
-    table is a SQLite file unless `db_url` names another database (migrated here, as
-    `batch-runner db upgrade` would)."""
+    table is a SQLite file unless `db_url` names another database; either is created and migrated
+    here, as `batch-runner db upgrade` would (the CLI never creates an explicit --db by itself)."""
     (tmp_path / "media").mkdir(exist_ok=True)
     for i in range(clips):
         make_clip(tmp_path / "media" / f"clip{i}.mp4", duration=DURATIONS[clip], size="64x36", rate=50,
@@ -114,6 +115,5 @@ def make_bench(tmp_path: Path, media: dict[str, Path], emulator: Any, *, clips: 
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_text.format(batch=batch))
     url = db_url or f"sqlite:///{tmp_path / 'jobs.db'}"
-    if not url.startswith("sqlite"):
-        db_engine.open_engine(url, auto_migrate=True).dispose()
+    db_engine.open_engine(url, auto_migrate=True).dispose()
     return Bench(tmp_path, emulator, manifest, url)

@@ -45,7 +45,7 @@ def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim
     ca = _claim(a, run.id)
     assert ca.job["id"] == 1
     if submitted:
-        a.sending(ca)
+        a.sending(ca, "0" * 64)
         a.submitted(ca, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
     time.sleep(SHORT + 0.1)
     cb = _claim(b, run.id)
@@ -56,7 +56,7 @@ def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
     a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=False)
     assert (cb.kind, cb.job["id"], cb.attempt["number"]) == ("submit", 1, 2)  # never sent: safely claimed anew
     with pytest.raises(LeaseLost):
-        a.sending(ca)
+        a.sending(ca, "0" * 64)
     assert bench.sql("select number, state from attempts where job_id = 1 order by number") == [
         (1, "unsent"), (2, "preparing")]
     assert bench.sql("select reserved_micro_usd from runs") == [(PRICE,)]  # A's reservation was given back
@@ -83,7 +83,7 @@ def test_a_late_answer_after_the_sweep_is_kept_on_the_attempt(bench):
     a, b = _worker(bench, "a", lease_s=SHORT), _worker(bench, "b")
     run = a.start_run("shared", "b", None)
     ca = _claim(a, run.id)
-    a.sending(ca)  # ... and fal is slow to answer
+    a.sending(ca, "0" * 64)  # ... and fal is slow to answer
     time.sleep(SHORT + 0.1)
     b.claim(run.id, None, max_in_flight=10)  # B's sweep: job 1 may have been sent, so it is uncertain
     assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
@@ -97,7 +97,7 @@ def test_heartbeats_keep_a_slow_job_from_being_taken_over(bench):
     a, b = _worker(bench, "a", lease_s=0.6), _worker(bench, "b")
     run = a.start_run("shared", "b", None)
     ca = _claim(a, run.id)
-    a.sending(ca)
+    a.sending(ca, "0" * 64)
     a.submitted(ca, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
     for _ in range(4):  # 1.2 s in all: twice the lease
         time.sleep(0.3)
@@ -193,7 +193,7 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
                 else:
                     mine = []
             for q, c in mine[:1]:
-                q.sending(c)
+                q.sending(c, "0" * 64)
                 q.submitted(c, f"req-{c.job['id']}", "s", "r", "c", "0" * 64)
                 q.finish(c, JobState.SUCCEEDED, None, billed_micro_usd=PRICE)
 

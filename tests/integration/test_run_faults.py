@@ -44,7 +44,7 @@ def test_rate_limits_gateway_errors_and_timeouts_are_retried_transparently(tmp_p
     assert len(refused) >= 1 and len(_accepted(bench)) == 4  # refused submits never created requests
 
 
-def test_dropped_submit_goes_uncertain_and_is_never_resubmitted(tmp_path, media, emulator_factory, db_url):
+def test_dropped_submit_goes_uncertain_and_the_next_run_adopts_it_from_fals_list(tmp_path, media, emulator_factory, db_url):
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(faults="drop_after_submit=1/1"))
     summary = bench.run()
     assert summary.counts == {"succeeded": 3, "uncertain": 1}
@@ -53,8 +53,9 @@ def test_dropped_submit_goes_uncertain_and_is_never_resubmitted(tmp_path, media,
     assert uncertain["state"] == "uncertain" and "may have been accepted" in uncertain["error"]
     log = _accepted(bench)
     assert len(log) == 4  # the dropped request exists at fal (and will bill): it was not sent again
-    again = bench.run(manifest=False, batches=["b"])
-    assert again.counts == {} and len(_accepted(bench)) == 4  # a plain re-run leaves it alone
+    again = bench.run(manifest=False, batches=["b"])  # asks fal's request list first: found, adopted
+    assert again.counts == {"succeeded": 1} and len(_accepted(bench)) == 4  # followed, never sent again
+    assert again.billed_micro_usd == 300_000
 
 
 def test_retry_uncertain_resubmits_on_purpose_and_keeps_history(tmp_path, media, emulator_factory, db_url):

@@ -13,10 +13,12 @@ LAYERS = {
     "errors": 0, "domain": 1,
     "catalog": 2, "config": 2, "logs": 2, "yamlload": 2,
     "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
-    "worker": 4, "emulator": 4,
-    "runner": 5, "reports": 5, "reconcile": 5,
-    "report_html": 6,
-    "cli": 7, "__main__": 8,
+    "outcome": 4, "output": 4, "emulator": 4,
+    "worker": 5,
+    "pool": 6, "resolve": 6,
+    "runner": 7, "reports": 7, "reconcile": 7,
+    "report_html": 8,
+    "cli": 9, "__main__": 10,
 }
 # The emulator is a separate app: besides its own package it may use only these.
 EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}

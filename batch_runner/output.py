@@ -1,0 +1,186 @@
+"""Delivery of one output: only inside the output root, downloaded to a `.part` file beside the
+target, verified, priced when fal sent no billable units, described by a sidecar, then renamed
+into place atomically. Every way it can go wrong comes back as a value, never as an exception.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+from . import catalog, probe
+from .api.answers import Reply
+from .api.client import FalClient
+from .domain import ProbeResult, format_usd
+from .errors import ProbeError, RemoteError
+from .pricing import PriceTable
+
+
+@dataclass(frozen=True)
+class Delivered:
+    path: Path
+    sha256: str
+    size_bytes: int
+    measured: ProbeResult
+
+    def output_row(self) -> dict[str, Any]:
+        d = self.measured.duration
+        return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes,
+                "width": self.measured.width, "height": self.measured.height,
+                "duration_us": int(d * 1_000_000) if d is not None else None}
+
+
+@dataclass(frozen=True)
+class NotDelivered:
+    """`arrived`: the file came but failed its check (kept aside). Otherwise it never arrived
+    whole (fal's file, the network, our disk or the output root): it stays at fal to fetch again."""
+
+    reason: str
+    arrived: bool = False
+    reply: Reply | None = None  # the failed download's last reply, when fal's side failed
+    kept_at: Path | None = None
+
+
+class OutsideRootError(Exception):
+    """The output would land outside the output root (a symlink, or a changed folder)."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real = Path(os.path.realpath(path))
+    return real == root or real.is_relative_to(root)
+
+
+def prepare_folder(target: Path, output_root: Path) -> None:
+    """Create the target's folder, only inside the real output root: every existing part of the
+    path is resolved (symlinks included) before anything is created, and again after."""
+    root = Path(os.path.realpath(output_root))
+    if not _inside(target.parent, root):  # realpath resolves what exists, symlinks included
+        raise OutsideRootError(f"{target.parent} resolves outside the output root {output_root}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in (target.parent, target, target.with_name(target.name + ".json")):
+        if (path.exists() or path.is_symlink()) and not _inside(path, root):
+            raise OutsideRootError(f"{path} resolves outside the output root {output_root}")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    duration_tolerance_s: Decimal = Decimal("0.25")
+    probe_timeout_s: float = 30.0
+
+
+class Delivery:
+    """Takes fal's output URL to a verified file at the job's output path."""
+
+    def __init__(self, client: FalClient, prices: PriceTable, check: CheckSettings,
+                 source_probe: Callable[[dict[str, Any]], ProbeResult | None]) -> None:
+        self.client, self.prices, self.check, self.source_probe = client, prices, check, source_probe
+
+    def fetch(self, job: dict[str, Any], attempt_number: int, url: str) -> tuple[Delivered | NotDelivered, Path | None]:
+        """Download and verify into a `.part` file. Returns the result and the `.part` path to
+        publish (None when nothing is left on disk)."""
+        target = Path(job["output_path"])
+        root = Path(job["output_root"]) if job.get("output_root") else target.parent
+        # per attempt and process: a worker that took this job over never writes into a dead one's file
+        tmp = target.with_name(f".{target.name}.{attempt_number}.{os.getpid()}.part")
+        try:
+            prepare_folder(target, root)
+            sha, size = self.client.download(url, tmp)
+        except OutsideRootError as exc:
+            return NotDelivered(f"not written: {exc}"), None
+        except RemoteError as exc:
+            tmp.unlink(missing_ok=True)
+            return NotDelivered(f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply)
+                                else None), None
+        except OSError as exc:  # a full disk, a read-only folder, a file where the folder should be
+            _unlink_quietly(tmp)
+            return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}"), None
+        problem, measured = self._verify(job, tmp)
+        if problem:
+            aside = target.with_name(f"{target.stem}.rejected{target.suffix}")
+            try:
+                tmp.replace(aside)
+            except OSError:
+                _unlink_quietly(tmp)
+                aside = None  # type: ignore[assignment]
+            return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside), None
+        return Delivered(target, sha, size, measured), tmp
+
+    def publish(self, delivered: Delivered, tmp: Path, sidecar: dict[str, Any]) -> NotDelivered | None:
+        """Sidecar first, then the atomic rename: the output appears whole or not at all."""
+        target = delivered.path
+        side = target.with_name(target.name + ".json")
+        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")
+        try:
+            side_tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+            side_tmp.replace(side)
+            tmp.replace(target)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            _unlink_quietly(side_tmp)
+            return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}")
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # left by a worker that died
+            _unlink_quietly(stale)
+        return None
+
+    def price_delivered(self, job: dict[str, Any], measured: ProbeResult) -> tuple[int, str]:
+        """The price table applied to a verified delivery, by the endpoint's billing unit: per
+        started source second on the source's probed length (as fal bills it), per second on
+        the output's measured length, per video on its parameters alone."""
+        ep = catalog.endpoint(job["endpoint"])
+        src = self.source_probe(job)
+        if ep.billing == catalog.PER_STARTED_SOURCE_SECOND and src is not None:
+            duration = src.duration
+        elif ep.billing == catalog.PER_VIDEO:
+            duration = None
+        else:
+            duration = measured.duration
+        est = self.prices.estimate(ep, json.loads(job["input_json"]), duration)
+        return est.micro_usd, f"{est.price_table} on the verified output"
+
+    def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, ProbeResult]:
+        """ffprobe the download and compare it with what the request promised."""
+        try:
+            got = probe.probe(str(path), "video", f"file:{path}", timeout_s=self.check.probe_timeout_s)
+        except ProbeError as exc:
+            dummy = ProbeResult(str(path), "", "video", None, 0, 0, None, "", 0, False, None)
+            return f"unreadable video: {exc.message}", dummy
+        ep = catalog.endpoint(job["endpoint"])
+        src = self.source_probe(job)
+        try:
+            want = catalog.expected_output(ep, json.loads(job["input_json"]), src.display_size if src else None,
+                                           src.duration if src else None)
+        except ValueError as exc:
+            return f"cannot check the output: {exc}", got
+        width, height = got.display_size
+        if (width, height) != (want.width, want.height):
+            return f"expected {want.width}x{want.height}, got {width}x{height}", got
+        if got.duration is None or abs(got.duration - want.duration) > self.check.duration_tolerance_s:
+            return f"expected {want.duration} s, got {got.duration} s", got
+        return None, got
+
+
+def sidecar(job: dict[str, Any], attempt: dict[str, Any], delivered: Delivered, billed_micro_usd: int,
+            units: str | None, price_source: str) -> dict[str, Any]:
+    """The provenance written beside every output."""
+    m = delivered.measured
+    return {
+        "endpoint": job["endpoint"], "input": json.loads(job["input_json"]), "request_id": attempt["request_id"],
+        "attempt": attempt["number"], "job_key": job["key"], "source": job["source"],
+        "source_fingerprint": job["source_fingerprint"], "output": str(delivered.path), "sha256": delivered.sha256,
+        "size_bytes": delivered.size_bytes, "width": m.width, "height": m.height,
+        "duration_s": str(m.duration) if m.duration is not None else None,
+        "estimated_cost_usd": format_usd(job["estimate_micro_usd"]), "billed_cost_usd": format_usd(billed_micro_usd),
+        "billable_units": units, "price_table": job["price_table"], "billed_price_source": price_source,
+    }
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -1,0 +1,278 @@
+"""The worker pool: N threads claiming and processing jobs, a heartbeat for their leases, idle
+backoff, and a circuit breaker that pauses the whole pool while fal or the network is down.
+
+The database decides who does what (claims with leases, one claim at a time through the dispatch
+lock), so any number of processes on any number of machines can run pools against one database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Callable
+
+from .api.transport import RetryPolicy
+from .db.queue import BudgetStop, Claim, JobQueue, RunInfo
+from .domain import JobState
+from .errors import AccountLockedError, AuthError, BatchRunnerError
+from .logs import get_logger
+from .worker import Worker
+
+log = get_logger("pool")
+
+UNEXPECTED_ERRORS_MAX = 5  # unexpected errors (bugs) in one process before the run stops itself
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    concurrency: int = 2  # threads, and the in-flight cap unless max_in_flight says otherwise
+    max_in_flight: int | None = None
+    lease_s: float = 60.0
+    max_attempts: int = 3  # automatic attempts per job for retryable failures (each `retry` grants more)
+    retry_delay_s: float = 20.0  # first wait before a new attempt; doubles each time
+    follow_later_s: float = 30.0  # a job whose status or result could not be read waits this long
+    poll_min_s: float = 1.0  # adaptive polling when the status stream is unavailable
+    poll_max_s: float = 15.0
+    idle_s: float = 0.5  # how often an idle worker looks for work at first...
+    idle_max_s: float = 5.0  # ...doubling while it finds none (many idle workers, one dispatch lock)
+    duration_tolerance_s: Decimal = Decimal("0.25")
+    probe_timeout_s: float = 30.0
+    cancel_on_exit: bool = False
+    account_daily_micro_usd: int | None = None  # BATCH_RUNNER_MAX_USD_PER_DAY: every batch, rolling 24 h
+    burst: bool = True  # exit when nothing is left (run); False keeps waiting (work)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    outage_after: int = 2  # calls in a row failing for everyone before the pool pauses
+    outage_pause_s: float = 5.0  # the first pause; doubles while fal stays unreachable...
+    outage_pause_max_s: float = 300.0  # ...up to this
+    settle_after_s: float = 900.0  # an uncertain submit fal's list does not show after this was never created
+
+    @property
+    def in_flight_cap(self) -> int:
+        return self.max_in_flight or self.concurrency
+
+
+class CircuitBreaker:
+    """Closed: work flows. After `threshold` outage failures in a row (any thread), open: no
+    thread takes new work; after a pause one probe goes through (half-open). Its success closes
+    the breaker; its failure reopens it with the pause doubled, up to the cap."""
+
+    def __init__(self, threshold: int, pause_s: float, pause_max_s: float,
+                 on_change: Callable[[str, str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.pause_s, self.pause_max_s = max(1, threshold), pause_s, pause_max_s
+        self.on_change, self.clock = on_change, clock
+        self.state = "closed"
+        self._failures = 0
+        self._pause = pause_s
+        self._reopen_at = 0.0
+        self._prober: int | None = None
+        self._opened_at = 0.0
+        self._cond = threading.Condition()
+
+    def failure(self, reason: str) -> None:
+        with self._cond:
+            self._failures += 1
+            if self.state == "half_open":
+                self._pause = min(self._pause * 2, self.pause_max_s)
+                self._open()
+            elif self.state == "closed" and self._failures >= self.threshold:
+                self._pause, self._opened_at = self.pause_s, self.clock()
+                self._open()
+                self.on_change("open", f"{reason[:200]}; new work pauses, retried in {self._pause:g} s")
+
+    def _open(self) -> None:
+        self.state, self._prober = "open", None
+        self._reopen_at = self.clock() + self._pause
+        self._cond.notify_all()
+
+    def success(self) -> None:
+        with self._cond:
+            self._failures = 0
+            if self.state != "closed":
+                self.state, self._prober = "closed", None
+                self._cond.notify_all()
+                self.on_change("closed", f"fal answers again after {self.clock() - self._opened_at:.0f} s")
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait until this thread may take work: the breaker is closed, or this thread is the
+        one probe. False when stopping."""
+        me = threading.get_ident()
+        with self._cond:
+            while not stop.is_set():
+                if self.state == "closed" or (self.state == "half_open" and self._prober == me):
+                    return True
+                if self.state == "open" and self.clock() >= self._reopen_at:
+                    self.state, self._prober = "half_open", me
+                    return True
+                wait = self._reopen_at - self.clock() if self.state == "open" else 0.5
+                self._cond.wait(min(max(wait, 0.01), 0.5))
+        return False
+
+    def done(self) -> None:
+        """The probe ended without telling success or failure (no job, or no call to fal): let
+        another thread probe now."""
+        with self._cond:
+            if self.state == "half_open" and self._prober == threading.get_ident():
+                self.state, self._prober, self._reopen_at = "open", None, self.clock()
+                self._cond.notify_all()
+
+
+@dataclass
+class PoolOutcome:
+    budget_stop: BudgetStop | None = None
+    fatal: BatchRunnerError | None = None
+    interrupted: bool = False
+    unexpected: list[str] = field(default_factory=list)  # bugs caught in worker threads
+
+
+class Pool:
+    """N threads claiming and processing jobs, plus a heartbeat thread for the leases."""
+
+    def __init__(self, queue: JobQueue, worker: Worker, run: RunInfo, batches: list[str] | None,
+                 settings: PoolSettings, stop: threading.Event, breaker: CircuitBreaker | None = None) -> None:
+        self.queue, self.worker, self.run, self.batches = queue, worker, run, batches
+        self.settings, self.stop = settings, stop
+        self.breaker = breaker
+        self.outcome = PoolOutcome()
+        self._draining = threading.Event()  # budget stop: follow what is in flight, submit nothing new
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._finished = 0  # jobs this process has taken as far as it could
+
+    def run_until_done(self) -> PoolOutcome:
+        self.queue.expire_dead_local_leases(pid_alive)
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        threads = [threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+                   for i in range(self.settings.concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+        self._done.set()
+        beat.join(timeout=5)
+        self.outcome.interrupted = self.stop.is_set() and self.outcome.fatal is None
+        return self.outcome
+
+    def _heartbeat(self) -> None:
+        """Renew this worker's leases, and end those of dead workers on this machine (workers on
+        other machines are taken over when their leases run out)."""
+        while not self._done.wait(self.settings.lease_s / 3):
+            try:
+                self.queue.heartbeat()
+                self.queue.expire_dead_local_leases(pid_alive)
+            except BatchRunnerError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _loop(self) -> None:
+        idle = 0  # claims in a row that found nothing
+        while not self.stop.is_set() and self.outcome.fatal is None:
+            if self.breaker is not None and not self.breaker.acquire(self.stop):
+                return
+            try:
+                claim = self.queue.claim(self.run.id, self.batches, self.settings.in_flight_cap,
+                                         follow_only=self._draining.is_set(),
+                                         account_daily_micro_usd=self.settings.account_daily_micro_usd)
+            except BatchRunnerError as exc:
+                self._fail(exc)
+                return
+            if isinstance(claim, BudgetStop):
+                with self._lock:
+                    self.outcome.budget_stop = self.outcome.budget_stop or claim
+                self._draining.set()
+                continue
+            if claim is None:
+                if self.breaker is not None:
+                    self.breaker.done()
+                if not self._wait_for_work(idle):
+                    return
+                idle += 1
+                continue
+            idle = 0
+            if claim.warning:
+                self.worker.reporter.event("warning", claim.job, message=claim.warning)
+            if not self._process(claim):
+                return
+
+    def _process(self, claim: Claim) -> bool:
+        """Process one claim; False when this thread must stop."""
+        try:
+            self.worker.process(claim)
+        except (AccountLockedError, AuthError) as exc:
+            self._fail(exc)
+            return False
+        except BatchRunnerError as exc:  # the database failed in the middle: the job stays resumable
+            self._fail(exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug: the job is let go, the run says so and goes on
+            log.exception("job %s: unexpected error", claim.job.get("id"))
+            reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
+            self.worker.reporter.event("error", claim.job, error=reason)
+            try:
+                self.queue.abandon(claim, reason, delay_s=self.settings.follow_later_s)
+            except BatchRunnerError as db_exc:
+                self._fail(db_exc)
+                return False
+            with self._lock:
+                self.outcome.unexpected.append(f"job {claim.job.get('id')}: {reason}")
+                if len(self.outcome.unexpected) >= UNEXPECTED_ERRORS_MAX:
+                    self._fail(BatchRunnerError(f"{len(self.outcome.unexpected)} unexpected errors; stopped "
+                                                "(the jobs are kept as they were)",
+                                                hint="see the log above, and report it as a bug"))
+                    return False
+        finally:
+            if self.breaker is not None:
+                self.breaker.done()
+        self._finished += 1  # wakes idle threads: a slot is free, or the batch may be done
+        return True
+
+    def _fail(self, exc: BatchRunnerError) -> None:
+        if self.outcome.fatal is None:
+            self.outcome.fatal = exc
+        self.stop.set()
+
+    def _wait_for_work(self, idle: int) -> bool:
+        """False when this thread should exit (burst mode and nothing left for it). Otherwise wait:
+        longer the longer nothing was found, so idle workers do not hammer the dispatch lock."""
+        remaining = self.queue.remaining(self.batches)
+        active = sum(n for s, n in remaining.items() if s != JobState.QUEUED.value)
+        queued = remaining.get(JobState.QUEUED.value, 0)
+        if self.settings.burst and active == 0 and (queued == 0 or self._draining.is_set()):
+            return False
+        wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
+        due = self.queue.next_retry_at(self.batches)
+        if due is not None:
+            until_due = (due - datetime.now(timezone.utc)).total_seconds()
+            wait = max(self.settings.idle_s, min(until_due, wait if active else 30.0))
+        seen, deadline = self._finished, time.monotonic() + wait
+        while not self.stop.wait(min(self.settings.idle_s, max(0.0, deadline - time.monotonic()))):
+            if self._finished != seen or time.monotonic() >= deadline:
+                break
+        return True
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (Linux), e.g. 4026531836; None where there is none to read."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    digits = "".join(ch for ch in link if ch.isdigit())
+    return digits or None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["CircuitBreaker", "Pool", "PoolOutcome", "PoolSettings", "pid_alive", "pid_namespace"]

@@ -1,0 +1,207 @@
+"""Use case: settle what only fal knows. An uncertain submit (its answer was lost) is looked up in
+fal's request listing by endpoint, time window and the hash of its input; a bill left pending
+(a refused run fal may have charged) is looked up in fal's per-request billing events.
+
+Both platform APIs need an ADMIN key (FAL_ADMIN_KEY, else FAL_KEY). Without one, nothing changes
+and the caller is told which key is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Sequence
+
+from .api.answers import input_sha256
+from .api.client import FalClient
+from .api.platform import BillingEvent, FalRequestRecord, billing_events, list_requests
+from .db.queue import JobQueue
+from .domain import format_usd
+from .errors import AuthError, RemoteError
+from .worker import PENDING_BILLING_EVENTS
+
+#: How long after a submit its request may take to show in fal's listing. fal documents no such
+#: delay; until this has passed, "not found" is not proof, and the job stays uncertain.
+LISTING_LAG_S = 15 * 60.0
+SLACK = timedelta(minutes=2)  # clocks: ours wrote sent_at, fal's wrote sent_at
+BILLING_EVENTS_SOURCE = "fal billing events"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    job_id: int
+    outcome: str  # adopted, requeued, cancelled, left, billed
+    detail: str
+    request_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job_id, "outcome": self.outcome, "detail": self.detail, "request_id": self.request_id}
+
+
+@dataclass
+class ResolveReport:
+    settled: list[Settlement] = field(default_factory=list)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for s in self.settled if s.outcome == outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        outcomes = ("adopted", "requeued", "cancelled", "left", "billed")
+        return {"counts": {o: self.count(o) for o in outcomes}, "jobs": [s.as_dict() for s in self.settled]}
+
+
+def admin_key_error(exc: RemoteError) -> AuthError:
+    return AuthError(f"fal refused its request listing and billing events ({exc.message})",
+                     hint="they need an ADMIN key: create one in fal's dashboard and set FAL_ADMIN_KEY; "
+                          "the uncertain jobs are left as they were")
+
+
+def _sent(attempt: dict[str, Any]) -> datetime:
+    return attempt.get("sent_at") or attempt["created_at"]
+
+
+class Resolver:
+    """Looks uncertain submits and pending bills up in fal's records, and records what it finds."""
+
+    def __init__(self, queue: JobQueue, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S,
+                 now: datetime | None = None) -> None:
+        self.queue, self.client, self.lag = queue, client, timedelta(seconds=listing_lag_s)
+        self.now = now or datetime.now(timezone.utc)
+
+    def run(self, batches: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> ResolveReport:
+        report = ResolveReport()
+        try:
+            uncertain = self.queue.uncertain_jobs(batches, job_ids)
+            found = self._lookup(uncertain)
+            events = self._events([a for _, a in uncertain], found)
+            for job, attempt in uncertain:
+                report.settled.append(self._settle(job, attempt, found.get(attempt["id"]), events))
+            if job_ids is None:
+                report.settled.extend(self._settle_bills(batches))
+        except AuthError as exc:
+            raise admin_key_error(exc) from exc
+        return report
+
+    # ------------------------------------------------------------------ look-ups
+
+    def _lookup(self, uncertain: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[int, FalRequestRecord]:
+        """Match each uncertain attempt with the request fal lists for it, if any: by request id
+        when one is known, else by endpoint, time window and input hash (each request once)."""
+        by_endpoint: dict[str, list[dict[str, Any]]] = {}
+        for job, attempt in uncertain:
+            by_endpoint.setdefault(job["endpoint"], []).append(attempt)
+        matches: dict[int, FalRequestRecord] = {}
+        for endpoint, attempts in by_endpoint.items():
+            start = min(_sent(a) for a in attempts) - SLACK
+            end = max(self.now, max(_sent(a) for a in attempts) + SLACK)
+            records = list_requests(self.client.transport, self.client.hosts.api, endpoint, start, end)
+            known = self.queue.known_request_ids(r.request_id for r in records)
+            taken: set[str] = set()
+            for attempt in sorted(attempts, key=_sent):
+                hit = self._match(attempt, records, known | taken)
+                if hit is not None:
+                    matches[attempt["id"]] = hit
+                    taken.add(hit.request_id)
+        return matches
+
+    @staticmethod
+    def _match(attempt: dict[str, Any], records: list[FalRequestRecord], taken: set[str]) -> FalRequestRecord | None:
+        if attempt.get("request_id"):
+            return next((r for r in records if r.request_id == attempt["request_id"]), None)
+        digest = attempt.get("input_sha256")
+        if not digest:
+            return None
+        sent = _sent(attempt)
+        candidates = [r for r in records if r.request_id not in taken and r.json_input is not None
+                      and input_sha256(r.json_input) == digest
+                      and (r.sent_at is None or r.sent_at >= sent - SLACK)]
+        return min(candidates, key=lambda r: r.sent_at or sent) if candidates else None
+
+    def _events(self, attempts: list[dict[str, Any]], found: dict[int, FalRequestRecord]) -> dict[str, BillingEvent]:
+        """fal's billing events for the requests found that have ended."""
+        ended = [r for r in found.values() if r.ended_at is not None]
+        if not ended:
+            return {}
+        start = min(_sent(a) for a in attempts) - SLACK
+        endpoints = sorted({r.endpoint_id for r in ended})
+        got = billing_events(self.client.transport, self.client.hosts.api, start, self.now + SLACK, endpoints)
+        return {e.request_id: e for e in got}
+
+    # ------------------------------------------------------------------ settling
+
+    def _settle(self, job: dict[str, Any], attempt: dict[str, Any], record: FalRequestRecord | None,
+                events: dict[str, BillingEvent]) -> Settlement:
+        jid = job["id"]
+        if record is None:
+            if self.now - _sent(attempt) < self.lag:
+                return Settlement(jid, "left", f"not in fal's request list yet; settled after "
+                                  f"{self.lag.total_seconds() / 60:g} min from the submit")
+            if self.queue.settle_unsent(job, attempt, "fal has no request for this submit: queued again"):
+                return Settlement(jid, "requeued", "fal never created the request")
+            return Settlement(jid, "left", "changed meanwhile")
+        rid = record.request_id
+        event = events.get(rid)
+        if record.ended_at is None or record.status_code == 200 or event is not None:
+            urls = self.client.request_urls(job["endpoint"], rid)
+            how = "running at fal" if record.ended_at is None else f"ended with HTTP {record.status_code}"
+            if self.queue.adopt(job, attempt, rid, urls.status_url, urls.response_url, urls.cancel_url, how):
+                return Settlement(jid, "adopted", f"fal has it ({how}); the next run follows it and records "
+                                  "its cost", rid)
+            return Settlement(jid, "left", "changed meanwhile", rid)
+        reason = f"fal ran request {rid} and it failed (HTTP {record.status_code}) without billing: queued again"
+        if self.queue.settle_unsent(job, attempt, reason, request_id=rid, price_source=BILLING_EVENTS_SOURCE):
+            return Settlement(jid, "requeued", reason, rid)
+        return Settlement(jid, "left", "changed meanwhile", rid)
+
+    def _settle_bills(self, batches: Sequence[str] | None) -> list[Settlement]:
+        """Bills left at $0 pending fal's word (refused runs that fal may charge for)."""
+        pending = self.queue.pending_bills(batches, PENDING_BILLING_EVENTS)
+        if not pending:
+            return []
+        start = min(a["created_at"] for a in pending) - SLACK
+        got = {e.request_id: e for e in billing_events(self.client.transport, self.client.hosts.api, start,
+                                                      self.now + SLACK, sorted({a["endpoint"] for a in pending}))}
+        out = []
+        for attempt in pending:
+            event = got.get(attempt["request_id"])
+            billed = event.cost_micro_usd if event else 0
+            units = f"{event.output_units:f}" if event and event.output_units is not None else None
+            self.queue.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)
+            out.append(Settlement(attempt["job_id"], "billed", f"fal billed ${format_usd(billed)}",
+                                  attempt["request_id"]))
+        return out
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, batches: Sequence[str] | None, job_ids: Sequence[int]) -> ResolveReport:
+        """Cancel uncertain jobs at fal: find each one's request first. Still queued at fal: fal
+        cancels it ($0). Running or ended: adopted and followed to its real end (it may bill).
+        Never created: cancelled here. Not findable yet: left as it is, and said so."""
+        report = ResolveReport()
+        try:
+            uncertain = self.queue.uncertain_jobs(batches, job_ids)
+            found = self._lookup(uncertain)
+            for job, attempt in uncertain:
+                report.settled.append(self._cancel_one(job, attempt, found.get(attempt["id"])))
+        except AuthError as exc:
+            raise admin_key_error(exc) from exc
+        return report
+
+    def _cancel_one(self, job: dict[str, Any], attempt: dict[str, Any], record: FalRequestRecord | None) -> Settlement:
+        jid = job["id"]
+        if record is None:
+            if self.now - _sent(attempt) < self.lag:
+                return Settlement(jid, "left", "not cancelled: fal's request list does not show it yet, so it "
+                                  "may still run; try again later")
+            if self.queue.cancel_uncertain(job, attempt, "cancelled: fal never created the request"):
+                return Settlement(jid, "cancelled", "fal never created the request")
+            return Settlement(jid, "left", "changed meanwhile")
+        urls = self.client.request_urls(job["endpoint"], record.request_id)
+        answer = self.client.cancel(urls.cancel_url) if record.ended_at is None else "ALREADY_COMPLETED"
+        if answer == "OK":
+            self.queue.cancel_uncertain(job, attempt, f"cancelled at fal while queued ({answer})", record.request_id)
+            return Settlement(jid, "cancelled", "cancelled at fal before it ran: nothing billed", record.request_id)
+        self.queue.adopt(job, attempt, record.request_id, urls.status_url, urls.response_url, urls.cancel_url,
+                         f"cancel answered {answer}")
+        return Settlement(jid, "adopted", f"fal answered {answer}: it may finish and bill, so it is followed to "
+                          "its end", record.request_id)
