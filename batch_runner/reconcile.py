@@ -15,8 +15,11 @@ from typing import Any
 
 from .api.client import FalClient
 from .db.ledger import ledger
+from .db.queue import JobQueue
 from .db.repo import Repository
-from .domain import AttemptState, format_usd, usd_to_micro
+from .errors import RemoteError
+from .resolve import Resolver
+from .domain import Actor, AttemptState, format_usd, usd_to_micro
 from .pricing import PriceTable
 
 TOLERANCE_MICRO_USD = 10_000  # one cent: fal reports floats
@@ -34,6 +37,13 @@ class Difference:
     def delta_micro_usd(self) -> int:
         return self.theirs_micro_usd - self.ours_micro_usd
 
+    def label(self, confirmed: dict[int, str]) -> None:
+        """Mark each explanation confirmed (fal's records name the request it billed for that
+        submit) or only possible (an uncertain submit on that endpoint and day)."""
+        for u in self.explained_by:
+            rid = confirmed.get(u["id"])
+            u["confidence"], u["request_id"] = ("confirmed", rid) if rid else ("possible", None)
+
     @property
     def explained(self) -> bool:
         return self.delta_micro_usd > 0 and abs(
@@ -44,7 +54,8 @@ class Difference:
         return {"endpoint": self.endpoint, "day": self.day, "kind": kind, "ours_usd": format_usd(self.ours_micro_usd),
                 "fal_usd": format_usd(self.theirs_micro_usd), "difference_usd": format_usd(self.delta_micro_usd),
                 "explained_by_uncertain_submits": [
-                    {"job": u["job_id"], "attempt": u["number"], "reserved_usd": format_usd(u["reserved_micro_usd"])}
+                    {"job": u["job_id"], "attempt": u["number"], "reserved_usd": format_usd(u["reserved_micro_usd"]),
+                     "confidence": u.get("confidence", "possible"), "request_id": u.get("request_id")}
                     for u in self.explained_by]}
 
 
@@ -105,7 +116,27 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
             matched.append((key[0], key[1], a))
         else:
             differences.append(Difference(key[0], key[1], a, b, uncertain.get(key, [])))
+    _confirm(repo, client, [d for d in differences if d.delta_micro_usd > 0 and d.explained_by])
     return Reconciliation(since, until, matched, differences, sorted(drift.values(), key=lambda d: d["endpoint"]))
+
+
+def _confirm(repo: Repository, client: FalClient, differences: list[Difference]) -> None:
+    """Look each uncertain submit up in fal's request list and billing events (admin key): the
+    ones fal billed by request id are confirmed; without those records every one stays possible."""
+    confirmed: dict[int, str] = {}
+    wanted = {u["id"] for d in differences for u in d.explained_by}
+    if wanted:
+        queue = JobQueue(repo.engine, Actor.current(), 60)
+        pairs = [(j, a) for j, a in queue.uncertain_jobs(None) if a["id"] in wanted]
+        try:
+            resolver = Resolver(queue, client)
+            found = resolver.lookup(pairs)
+            billed = {e.request_id for e in resolver.billed_events(pairs, found)}
+        except RemoteError:
+            found, billed = {}, set()
+        confirmed = {aid: r.request_id for aid, r in found.items() if r.request_id in billed}
+    for d in differences:
+        d.label(confirmed)
 
 
 def render(rec: Reconciliation) -> str:
@@ -117,8 +148,13 @@ def render(rec: Reconciliation) -> str:
         lines.append(f"  DIFFERENT   {d.day}  {d.endpoint:<48} ours ${x['ours_usd']}  fal ${x['fal_usd']}  "
                      f"({x['kind']}: ${x['difference_usd']})")
         for u in x["explained_by_uncertain_submits"]:
-            lines.append(f"              explained by the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
-                         f"${u['reserved_usd']}): fal accepted and billed it")
+            if u["confidence"] == "confirmed":
+                lines.append(f"              confirmed: fal billed request {u['request_id']} for the uncertain submit "
+                             f"of job {u['job']} (attempt {u['attempt']}, ${u['reserved_usd']}): "
+                             "`batch-runner resolve` records it")
+            else:
+                lines.append(f"              possibly the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
+                             f"${u['reserved_usd']}); fal's records could not confirm it")
     for p in rec.drift:
         lines.append(f"  PRICE DRIFT {p['endpoint']}: fal charges ${p['fal_unit_price_usd']} per {p['unit']}, "
                      f"{p['price_table']} says ${p['price_table_unit_price_usd']}")

@@ -72,7 +72,7 @@ class Resolver:
         report = ResolveReport()
         try:
             uncertain = self.queue.uncertain_jobs(batches, job_ids)
-            found = self._lookup(uncertain)
+            found = self.lookup(uncertain)
             events = self._events([a for _, a in uncertain], found)
             for job, attempt in uncertain:
                 report.settled.append(self._settle(job, attempt, found.get(attempt["id"]), events))
@@ -84,7 +84,7 @@ class Resolver:
 
     # ------------------------------------------------------------------ look-ups
 
-    def _lookup(self, uncertain: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[int, FalRequestRecord]:
+    def lookup(self, uncertain: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[int, FalRequestRecord]:
         """Match each uncertain attempt with the request fal lists for it, if any: by request id
         when one is known, else by endpoint, time window and input hash (each request once)."""
         by_endpoint: dict[str, list[dict[str, Any]]] = {}
@@ -116,6 +116,11 @@ class Resolver:
                       and input_sha256(r.json_input) == digest
                       and (r.sent_at is None or r.sent_at >= sent - SLACK)]
         return min(candidates, key=lambda r: r.sent_at or sent) if candidates else None
+
+    def billed_events(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                      found: dict[int, FalRequestRecord]) -> list[BillingEvent]:
+        """fal's billing events for the requests found for these uncertain submits."""
+        return list(self._events([a for _, a in pairs], found).values())
 
     def _events(self, attempts: list[dict[str, Any]], found: dict[int, FalRequestRecord]) -> dict[str, BillingEvent]:
         """fal's billing events for the requests found that have ended."""
@@ -180,7 +185,7 @@ class Resolver:
         report = ResolveReport()
         try:
             uncertain = self.queue.uncertain_jobs(batches, job_ids)
-            found = self._lookup(uncertain)
+            found = self.lookup(uncertain)
             for job, attempt in uncertain:
                 report.settled.append(self._cancel_one(job, attempt, found.get(attempt["id"])))
         except AuthError as exc:

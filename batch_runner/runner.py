@@ -27,7 +27,7 @@ from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format
 from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
     ManifestError, RemoteError, RunInterruptedError
 from .output import CheckSettings, Delivery
-from .pool import CircuitBreaker, Pool, PoolSettings, pid_namespace
+from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
 from .resolve import LISTING_LAG_S, ResolveReport, Resolver
 from .worker import PENDING_BILLING_EVENTS, Reporter, Worker, settle_cancel
 from .manifest import Manifest, load_manifest
@@ -377,6 +377,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     if settings.max_usd_per_day_micro is not None and pool.account_daily_micro_usd is None:
         pool = dataclasses.replace(pool, account_daily_micro_usd=settings.max_usd_per_day_micro)
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
+    queue.expire_dead_local_leases(pid_alive)  # a killed predecessor on this machine: settle its work now
+    queue.sweep(batches, run.id)
     _settle_own(queue, settings, key, batches, pool, reporter, stop)
     reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     probes_cache: dict[str, ProbeResult | None] = {}

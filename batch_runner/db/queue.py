@@ -279,6 +279,14 @@ class JobQueue:
         if held != 1:
             raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
 
+    def sweep(self, batches: Sequence[str] | None, run_id: int | None) -> None:
+        """Settle now what dead workers left half-sent (see `_sweep_stale_submits`), so a run can
+        ask fal about them before it starts."""
+        def go(conn: Connection) -> None:
+            self._serialize(conn)
+            self._sweep_stale_submits(conn, self._clock(conn), batches, run_id)
+        self._tx("sweeping stale submits", go)
+
     def _sweep_stale_submits(self, conn: Connection, now: datetime, batches: Sequence[str] | None,
                              run_id: int | None = None) -> None:
         """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark

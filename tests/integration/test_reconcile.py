@@ -49,10 +49,31 @@ def test_reconcile_finds_the_paid_duplicate_behind_a_dropped_submit(tmp_path, me
     assert sorted(fal_costs) == ["0.3", "0.3"]
     [explained] = diff["explained_by_uncertain_submits"]
     uncertain_job = bench.sql("select id from jobs where state = 'uncertain'")[0][0]
-    assert explained == {"job": uncertain_job, "attempt": 1, "reserved_usd": "0.30"}
+    accepted = {r["request_id"] for r in bench.emulator_log() if r["request_id"]}
+    recorded = {rid for (rid,) in bench.sql("select request_id from attempts where request_id is not null")}
+    [unrecorded] = accepted - recorded
+    assert explained == {"job": uncertain_job, "attempt": 1, "reserved_usd": "0.30", "confidence": "confirmed",
+                         "request_id": unrecorded}  # matched by request id in fal's own records
     table = CliRunner().invoke(cli, ["reconcile"], env=_env(bench))
-    assert table.exit_code == 10 and f"explained by the uncertain submit of job {uncertain_job}" in table.stdout
-    assert "difference(s)" in table.stderr
+    assert table.exit_code == 10
+    assert f"confirmed: fal billed request {unrecorded} for the uncertain submit of job {uncertain_job}" in table.stdout
+
+
+def test_reconcile_labels_an_unconfirmed_explanation_possible(tmp_path, media, emulator_factory):
+    """Reproduction 5: an uncertain submit that fal's records do not show is a guess, and said so."""
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    bench.run()
+    first = bench.sql("select min(id) from jobs")[0][0]
+    # job 1 looks like an uncertain submit whose input fal never saw; its real spend is unrecorded
+    bench.sql("update attempts set state = 'uncertain', request_id = null, billed_micro_usd = null, "
+              "input_sha256 = ? where job_id = ?", "f" * 64, first)
+    bench.sql("update jobs set state = 'uncertain' where id = ?", first)
+    result = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench))
+    [diff] = json.loads(result.stdout)["differences"]
+    [explained] = diff["explained_by_uncertain_submits"]
+    assert result.exit_code == 10 and explained["confidence"] == "possible" and explained["request_id"] is None
+    table = CliRunner().invoke(cli, ["reconcile"], env=_env(bench))
+    assert f"possibly the uncertain submit of job {first}" in table.stdout and "confirmed" not in table.stdout
 
 
 def test_reconcile_reports_unit_price_drift(tmp_path, media, emulator_factory):
