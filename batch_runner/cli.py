@@ -94,8 +94,9 @@ def _emit_json(data: Any) -> None:
 
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "db_url", envvar=ENV_DB, show_envvar=True, metavar="URL",
-              help="Job database: sqlite:///PATH, a file path, or postgresql://user@host/db "
-                   "[default: ~/.local/share/batch-runner/batch-runner.db].")
+              help="Job database: sqlite:///PATH, a file path, or postgresql://user@host/db. Only the default "
+                   "location is created by itself; `db upgrade` creates one elsewhere "
+                   "[default: $XDG_DATA_HOME/batch-runner/batch-runner.db, else ~/.local/share/…].")
 @click.option("--prices", "prices_path", envvar=ENV_PRICES, show_envvar=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Your own price file, laid over the defaults.")
 @click.option("--fal-url", envvar=ENV_FAL_URL, show_envvar=True, metavar="URL",

@@ -53,6 +53,7 @@ def main() -> None:
     jobs = opts.sources * len(ASPECTS) * len(GRID_X)
     env = {**os.environ, "FAL_KEY": "bench-key", "BATCH_RUNNER_DB": f"sqlite:///{WORK / 'bench.db'}"}
     env.pop("BATCH_RUNNER_FAL_URL", None)
+    subprocess.run([str(EXE), "db", "upgrade"], env=env, check=True, capture_output=True)  # never created by itself
 
     plan = json.loads(subprocess.run([str(EXE), "plan", str(manifest), "--json"], env=env, capture_output=True,
                                      text=True, check=True).stdout)

@@ -34,10 +34,12 @@ def project(tmp_path: Path, media) -> Path:
 
 @pytest.fixture
 def br(tmp_path: Path, monkeypatch):
-    """Run the CLI in-process against a SQLite file; returns (exit code, stdout, stderr)."""
+    """Run the CLI in-process against a SQLite file made by `db upgrade`, as a user would (an
+    explicit --db is never created by itself); returns (exit code, stdout, stderr)."""
     db = tmp_path / "state" / "jobs.db"
     monkeypatch.setenv("BATCH_RUNNER_DB", str(db))
     monkeypatch.setenv("FAL_KEY", FAKE_KEY)
+    assert CliRunner().invoke(cli, ["db", "upgrade"], catch_exceptions=False).exit_code == 0
 
     def run(*args: str, env: dict | None = None):
         result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
@@ -273,11 +275,12 @@ def test_every_exit_code_is_documented():
 
 def test_console_script_runs_as_a_subprocess(project, tmp_path):
     exe = Path(sys.executable).parent / "batch-runner"
-    env = {"PATH": f"{exe.parent}:/usr/bin:/bin", "BATCH_RUNNER_DB": str(tmp_path / "s.db"), "HOME": str(tmp_path)}
+    env = {"PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no --db: the default location
     proc = subprocess.run([str(exe), "plan", str(project / "jobs/ray32-restyle.yaml"), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total_estimated_cost_usd"] == "5.40"
+    assert (tmp_path / ".local/share/batch-runner/batch-runner.db").is_file()  # created by itself, folders too
     proc = subprocess.run([str(exe), "plan", str(project / "jobs/missing.yaml")], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 3 and proc.stdout == ""
@@ -293,6 +296,7 @@ def test_ctrl_c_exits_130(project, tmp_path):
     manifest = write(project / "jobs/hang.yaml", "batch: h\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
                      f"  aspect_ratio: '1:1'\nsources:\n  - url: http://127.0.0.1:{hang.getsockname()[1]}/v.mp4\n")
     exe = Path(sys.executable).parent / "batch-runner"
+    assert CliRunner().invoke(cli, ["--db", str(tmp_path / "h.db"), "db", "upgrade"]).exit_code == 0
     proc = subprocess.Popen([str(exe), "--db", str(tmp_path / "h.db"), "plan", str(manifest)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
