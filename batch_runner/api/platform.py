@@ -1,10 +1,9 @@
-"""fal's Platform API request history and billing events as typed records, every page followed.
+"""fal's Platform API request history and billing events as typed records, every page followed."""
 
-Works against https://api.fal.ai/v1 (or an emulator's `/v1`). Sources: fal's OpenAPI for
-`GET /models/requests/by-endpoint` (https://fal.ai/docs/platform-apis/v1/models/requests/by-endpoint)
-and `GET /models/billing-events` (https://fal.ai/docs/platform-apis/v1/models/billing-events),
-as shown on those pages (mirrored in tryAGI/Fal `src/libs/Fal/openapi.json`, commit badf521).
-"""
+# Works against https://api.fal.ai/v1 (or an emulator's `/v1`). Sources: fal's OpenAPI for
+# `GET /models/requests/by-endpoint` (https://fal.ai/docs/platform-apis/v1/models/requests/by-endpoint)
+# and `GET /models/billing-events` (https://fal.ai/docs/platform-apis/v1/models/billing-events),
+# as shown on those pages (mirrored in tryAGI/Fal `src/libs/Fal/openapi.json`, commit badf521).
 
 from __future__ import annotations
 

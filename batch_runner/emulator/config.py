@@ -39,6 +39,12 @@ class EmulatorConfig:
     send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units
     processing_s: dict[str, float] = field(default_factory=lambda: dict(PROCESSING_S))
     queue_delay_s: float = QUEUE_DELAY_S
+    # Holds (real seconds, not scaled), for crash tests that kill a client inside a window; the
+    # counts limit them to the first N occurrences (None: all). POST /_emulator/holds re-arms them.
+    hold_submit_s: float = 0.0  # after a submit is accepted (it will run and bill), before its answer
+    hold_submit_count: int | None = None
+    hold_download_s: float = 0.0  # after a download's headers and first half, before the rest
+    hold_download_count: int | None = None
 
     def scaled(self, fal_seconds: float) -> float:
         """Real seconds for a span of fal time under the speed factor (0 when instant)."""

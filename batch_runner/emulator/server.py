@@ -9,8 +9,9 @@ from typing import Any
 
 import uvicorn
 
-from .app import DropConnection, create_app
+from .app import create_app
 from .config import EmulatorConfig
+from .web import DropConnection
 
 START_TIMEOUT_S = 20.0
 

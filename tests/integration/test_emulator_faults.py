@@ -7,6 +7,7 @@ import hashlib
 import httpx
 import pytest
 
+from batch_runner.api.transport import is_ingress_error
 from batch_runner.emulator.faults import FAULTS, FaultPlan
 from tests.conftest import EMU_KEY
 from tests.integration.emu_helpers import requests_log, submit, upload, wait_done
@@ -162,11 +163,12 @@ def test_fault_decisions_are_reproducible_from_the_seed():
 def test_fault_limits_and_spec_errors():
     plan = FaultPlan("fail=1/2", seed=1)
     assert [plan.fires("fail", i) for i in range(4)] == [True, True, False, False]
-    for bad in ("nope=1", "fail=2", "fail=x", "fail=1/-1"):
+    for bad in ("nope=1", "fail=2", "fail=x", "fail=1/-1", "outage=5", "outage=x+1", "outage=-1+2", "outage=1+0"):
         with pytest.raises(ValueError):
             FaultPlan(bad)
     assert set(FAULTS) == {"rate_limit", "bad_gateway", "gateway_timeout", "drop_after_submit", "fail", "refuse",
-                           "slow_download", "truncate_download", "lock", "expire", "stream_unavailable"}
+                           "slow_download", "truncate_download", "lock", "expire", "stream_unavailable", "outage",
+                           "outage_all"}
 
 
 def test_unavailable_stream_is_an_nginx_503(faulty):
@@ -185,3 +187,82 @@ def test_same_seed_gives_the_same_faults_over_http(emulator_factory):
 
     first, again = run(3), run(3)
     assert first == again and set(first) == {200, 429}
+
+
+# ---------------------------------------------------------------------- output downloads and outages
+
+
+def _stored_file(api: httpx.Client, data: bytes = b"x" * 4096) -> str:
+    """A file stored through initiate-then-PUT: a path no call fault touches, so the first faultable
+    call of the test is the download itself."""
+    init = api.post("/storage/upload/initiate", json={"file_name": "clip.bin", "content_type": "video/mp4"}).json()
+    assert httpx.put(init["upload_url"], content=data).status_code == 200
+    return init["file_url"]
+
+
+def test_rate_limit_and_bad_gateway_also_fire_on_downloads(faulty):
+    api = faulty("rate_limit=1/1,bad_gateway=1/2")
+    url = _stored_file(api)
+    answers = [httpx.get(url) for _ in range(4)]
+    assert [a.status_code for a in answers] == [429, 502, 503, 200]
+    assert answers[0].headers["Retry-After"] == "1"
+    assert all("nginx" in a.text and "x-fal-request-id" not in a.headers for a in answers[1:3])
+    assert answers[3].content == b"x" * 4096
+
+
+def test_download_faults_are_the_same_for_the_same_seed(emulator_factory):
+    def run(seed: int) -> list[int]:
+        server = emulator_factory(faults="rate_limit=0.5", seed=seed)
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}) as api:
+            url = _stored_file(api)
+            return [httpx.get(url).status_code for _ in range(16)]
+
+    first, again = run(5), run(5)
+    assert first == again and set(first) == {200, 429}
+
+
+def _reads(api: httpx.Client, body: dict, file_url: str) -> list[httpx.Response]:
+    """One call of every read route: status, status stream, result, cancel, file download."""
+    return [api.get(body["status_url"]), api.get(body["status_url"] + "/stream"), api.get(body["response_url"]),
+            api.put(body["cancel_url"]), httpx.get(file_url)]
+
+
+def _is_outage(resp: httpx.Response) -> bool:
+    return is_ingress_error(resp) and resp.headers["content-type"].startswith("text/html")
+
+
+def test_an_outage_started_by_the_control_route_fails_every_read_until_ended(faulty):
+    api = faulty("", speed=1)  # requests stay queued: no state changes during the test
+    body, url = submit(api, T2V, {"prompt": "o"}), _stored_file(api)
+    assert api.post("/_emulator/outage", json={"seconds": 600}).json()["active"] is True
+    reads = _reads(api, body, url)
+    assert all(_is_outage(r) for r in reads) and {r.status_code for r in reads} == {502, 503}
+    assert httpx.get(body["status_url"]).status_code in (502, 503)  # nginx answers before any key check
+    assert api.post(f"/{T2V}", json={"prompt": "still accepted"}).status_code == 200  # submits are not covered
+    ended = api.delete("/_emulator/outage").json()
+    assert (ended["active"], ended["answered"]) == (False, 6)
+    assert api.get(body["status_url"]).status_code == 202 and httpx.get(url).status_code == 200
+    api.post("/_emulator/outage", json={"seconds": 600, "submits": True})
+    assert _is_outage(api.post(f"/{T2V}", json={"prompt": "refused by nginx"}))
+    api.delete("/_emulator/outage")
+    log = requests_log(api)
+    assert len(log["requests"]) == 2 and log["faults_fired"] == {"outage": 7}
+    for bad in ({"seconds": 0}, {"seconds": "5"}, {"seconds": 5, "submits": "yes"}):
+        assert api.post("/_emulator/outage", json=bad).status_code == 422
+
+
+def test_an_outage_in_the_fault_spec_covers_its_window_of_fal_time(faulty):
+    api = faulty("outage=0+6000", speed=10)  # 600 real seconds from the start
+    body = submit(api, T2V, {"prompt": "spec"})
+    assert all(_is_outage(r) for r in _reads(api, body, _stored_file(api)))
+    later = faulty("outage=6000+10", speed=10)  # starts after 600 real seconds
+    body = submit(later, T2V, {"prompt": "later"})
+    assert later.get(body["status_url"]).status_code in (200, 202)
+    [window] = later.get("/_emulator/outage").json()["windows"]
+    assert window["starts_in_s"] > 500 and window["submits"] is False
+
+
+def test_outage_all_also_refuses_submits_without_creating_requests(faulty):
+    api = faulty("outage_all=0+6000", speed=10)
+    assert _is_outage(api.post(f"/{T2V}", json={"prompt": "nothing"}))
+    assert requests_log(api)["requests"] == []

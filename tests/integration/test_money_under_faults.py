@@ -77,7 +77,19 @@ def test_a_status_outage_pauses_the_pool_and_every_job_still_finishes(tmp_path, 
     """Reproduction 2: nginx 502/503 on 60 % of status calls and no status stream: no exit 9."""
     bench = make_bench(tmp_path, media, emulator_factory(seed=3, faults="bad_gateway=0.6,stream_unavailable=1"))
     summary = bench.run()
-    assert summary.exit_error() is None and summary.counts == {"succeeded": 4}
+    assert summary.error is None and getattr(summary.exit_error(), "exit_code", 0) in (0, 1)  # rode it out
+    assert sum(summary.counts.values()) == 4 and set(summary.counts) <= {"succeeded", "failed"}
+    # 60 % of downloads fail too: a paid output that did not arrive is fetched again, free
+    failed = runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], [])
+    assert all(i.how == "redeliver" for i in runner.retry_plan(bench.repo, failed, [JobState.FAILED]))
+    for _ in range(5):
+        failed = runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], [])
+        if not failed:
+            break
+        runner.retry_jobs(bench.repo, failed, [JobState.FAILED])
+        bench.run(manifest=False, batches=["b"])
+    assert bench.sql("select state, count(*) from jobs group by state") == [("succeeded", 4)]
+    assert len([r for r in bench.emulator_log() if r["request_id"]]) == 4  # nothing submitted twice
     assert ledger(bench) == emulator_bill(bench) == 4 * 300_000
     errors = [info.get("error") or "" for kind, _, info in bench.events]
     assert not any("<html" in e.lower() for e in errors)
