@@ -64,15 +64,9 @@ def decide(phase: Phase, reply: Reply, *, exhausted: bool = False, completed: Co
         if not exhausted:
             return Decision(Action.RETRY_CALL, f"{phase.value} {reply.describe}: repeated")
         return _exhausted(phase, reply)
-    code = reply.status
-    if code in (401, 403) and phase != Phase.DOWNLOAD:
-        locked = reply.error_type == "locked" or code == 403 and _says_locked(result)
-        return Decision(Action.ACCOUNT, "fal locked the account" if locked else f"fal refused the key ({reply.describe})")
+    if reply.status in (401, 403) and phase != Phase.DOWNLOAD:  # the caller raises the error itself
+        return Decision(Action.ACCOUNT, f"fal refused the key or locked the account ({reply.describe})")
     return _refused(phase, reply, completed)
-
-
-def _says_locked(result: Result | None) -> bool:
-    return bool(result and result.detail and "locked" in result.detail.lower())
 
 
 def _exhausted(phase: Phase, reply: Reply) -> Decision:

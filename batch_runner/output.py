@@ -23,7 +23,10 @@ from .pricing import PriceTable
 
 @dataclass(frozen=True)
 class Delivered:
+    """A verified download, still in its `.part` file until `Delivery.publish` renames it."""
+
     path: Path
+    part: Path
     sha256: str
     size_bytes: int
     measured: ProbeResult
@@ -80,9 +83,9 @@ class Delivery:
                  source_probe: Callable[[dict[str, Any]], ProbeResult | None]) -> None:
         self.client, self.prices, self.check, self.source_probe = client, prices, check, source_probe
 
-    def fetch(self, job: dict[str, Any], attempt_number: int, url: str) -> tuple[Delivered | NotDelivered, Path | None]:
-        """Download and verify into a `.part` file. Returns the result and the `.part` path to
-        publish (None when nothing is left on disk)."""
+    def fetch(self, job: dict[str, Any], attempt_number: int, url: str) -> Delivered | NotDelivered:
+        """Download and verify into a `.part` file beside the target (nothing is left on disk
+        when it was not delivered)."""
         target = Path(job["output_path"])
         root = Path(job["output_root"]) if job.get("output_root") else target.parent
         # per attempt and process: a worker that took this job over never writes into a dead one's file
@@ -91,14 +94,14 @@ class Delivery:
             prepare_folder(target, root)
             sha, size = self.client.download(url, tmp)
         except OutsideRootError as exc:
-            return NotDelivered(f"not written: {exc}"), None
+            return NotDelivered(f"not written: {exc}")
         except RemoteError as exc:
             tmp.unlink(missing_ok=True)
             return NotDelivered(f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply)
-                                else None), None
+                                else None)
         except OSError as exc:  # a full disk, a read-only folder, a file where the folder should be
             _unlink_quietly(tmp)
-            return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}"), None
+            return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}")
         problem, measured = self._verify(job, tmp)
         if problem:
             aside = target.with_name(f"{target.stem}.rejected{target.suffix}")
@@ -107,12 +110,12 @@ class Delivery:
             except OSError:
                 _unlink_quietly(tmp)
                 aside = None  # type: ignore[assignment]
-            return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside), None
-        return Delivered(target, sha, size, measured), tmp
+            return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside)
+        return Delivered(target, tmp, sha, size, measured)
 
-    def publish(self, delivered: Delivered, tmp: Path, sidecar: dict[str, Any]) -> NotDelivered | None:
+    def publish(self, delivered: Delivered, sidecar: dict[str, Any]) -> NotDelivered | None:
         """Sidecar first, then the atomic rename: the output appears whole or not at all."""
-        target = delivered.path
+        target, tmp = delivered.path, delivered.part
         side = target.with_name(target.name + ".json")
         side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")
         try:

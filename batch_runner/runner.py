@@ -29,7 +29,7 @@ from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidI
 from .output import CheckSettings, Delivery
 from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
 from .resolve import LISTING_LAG_S, ResolveReport, Resolver
-from .worker import PENDING_BILLING_EVENTS, Reporter, Worker, settle_cancel
+from .worker import Reporter, Worker, settle_cancel
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
 
@@ -440,8 +440,6 @@ def _settle_own(queue: JobQueue, settings: Settings, key: Secret, batches: list[
                 reporter: Reporter, stop: threading.Event) -> None:
     """Before a run: settle its batches' uncertain submits and pending bills by asking fal.
     Without an admin key they stay as they are, and the run says so once."""
-    if not queue.uncertain_jobs(batches) and not queue.pending_bills(batches, PENDING_BILLING_EVENTS):
-        return
     admin = FalClient(settings.hosts, settings.fal_admin_key or key, pool=1, policy=pool.retry_policy, stop=stop)
     try:
         report = Resolver(queue, admin, listing_lag_s=pool.settle_after_s).run(batches)

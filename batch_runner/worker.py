@@ -96,19 +96,18 @@ class Worker:
 
     def _record(self, claim: Claim, decision: Decision, billing: Billing | None = None, *,
                 output_url: str | None = None) -> None:
-        """Turn one decision into one recorded transition (and tell the breaker and reporter)."""
+        """Turn one decision into one recorded transition, and tell the reporter."""
         job, action, reason = claim.job, decision.action, decision.reason
-        if self.breaker is not None:
-            self.breaker.failure(reason) if decision.outage else self.breaker.success()
         bill = billing or Billing(0)
         if action == Action.NEW_ATTEMPT:
             decision = with_attempts(decision, self.queue.failed_attempts(claim), self.settings.max_attempts)
             action, reason = decision.action, decision.reason
         if action in (Action.NEW_ATTEMPT, Action.REQUEUE_UNSENT):
             sent = action == Action.NEW_ATTEMPT
-            delay = self.settings.retry_delay_s * 2 ** max(0, claim.attempt["number"] - job.get("retry_base", 0) - 1)
-            self.queue.requeue(claim, reason, delay_s=delay if sent else self.settings.follow_later_s, sent=sent)
-            self.reporter.event("retry", job, error=reason, delay_s=delay if sent else self.settings.follow_later_s)
+            tries = claim.attempt["number"] - job.get("retry_base", 0)
+            delay = self.settings.retry_delay_s * 2 ** max(0, tries - 1) if sent else self.settings.follow_later_s
+            self.queue.requeue(claim, reason, delay_s=delay, sent=sent)
+            self.reporter.event("retry", job, error=reason, delay_s=delay)
         elif action == Action.FOLLOW_LATER:
             self.queue.follow_later(claim, reason, delay_s=self.settings.follow_later_s)
             self.reporter.event("follow_later", job, error=reason)
@@ -132,6 +131,12 @@ class Worker:
             self.queue.release(claim, unsent=True)
         raise exc if isinstance(exc, (AuthError, AccountLockedError)) else AuthError(exc.message, hint="check FAL_KEY")
 
+    def _fal_answered(self, outage: Decision | None = None) -> None:
+        """Tell the circuit breaker how fal answered: only fal's answers (or their absence) count,
+        never a job's own trouble (a changed source, a full disk)."""
+        if self.breaker is not None:
+            self.breaker.failure(outage.reason) if outage is not None and outage.outage else self.breaker.success()
+
     def _failed_call(self, claim: Claim, phase: Phase, exc: RemoteError, *, sent: bool,
                      completed: Completed | None = None) -> Decision:
         """A call that raised after its retries: decide, and stop here on an account problem."""
@@ -139,6 +144,7 @@ class Worker:
         decision = decide(phase, reply, exhausted=True, completed=completed)
         if decision.action == Action.ACCOUNT:
             self._account(claim, exc, sent=sent)
+        self._fal_answered(decision)
         return Decision(decision.action, f"{decision.reason}: {exc.message}"[:500], decision.bill, decision.outage)
 
     # ------------------------------------------------------------------ submit
@@ -171,8 +177,7 @@ class Worker:
             self._record(claim, self._failed_call(claim, Phase.SUBMIT, exc, sent=False))
             return False
         self.queue.submitted(claim, sub.request_id, sub.status_url, sub.response_url, sub.cancel_url, digest)
-        if self.breaker is not None:
-            self.breaker.success()
+        self._fal_answered()
         self.reporter.event("submitted", job, request_id=sub.request_id, position=sub.queue_position)
         return True
 
@@ -244,6 +249,7 @@ class Worker:
                 return
             self._record(claim, decision, self._bill(job, decision.bill, None))
             return
+        self._fal_answered()
         decision = decide_result(completed, result)
         if decision.action == Action.CONTINUE and result.video_url:
             self._deliver(claim, result.video_url, result.billable_units)
@@ -254,8 +260,12 @@ class Worker:
         """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks."""
         url = claim.attempt["status_url"]
         verbose = log.isEnabledFor(20)
+        answered = False
         try:
             for event in self.client.stream(url, logs=verbose):
+                if not answered:  # fal answers: a half-open breaker may close before this job ends
+                    self._fal_answered()
+                    answered = True
                 self._on_status(claim, event)
                 if isinstance(event, Completed):
                     return event
@@ -266,6 +276,9 @@ class Worker:
         interval, last = self.settings.poll_min_s, None
         while not self.stop.is_set():
             event = self.client.status(url, logs=verbose)
+            if not answered:
+                self._fal_answered()
+                answered = True
             self._on_status(claim, event)
             if isinstance(event, Completed):
                 return event
@@ -333,22 +346,22 @@ class Worker:
                  bill: Bill = Bill.UNITS) -> None:
         job, attempt = claim.job, claim.attempt
         self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
-        got, tmp = self.delivery.fetch(job, attempt["number"], url)
+        got = self.delivery.fetch(job, attempt["number"], url)
         kept = Billing(attempt.get("billed_micro_usd") or 0, attempt.get("billable_units"),
                        attempt.get("unit_price_micro_usd"), attempt.get("price_source"))
         if isinstance(got, NotDelivered):
-            money = kept if keep else self._bill(job, Bill.ESTIMATE if bill == Bill.ESTIMATE else Bill.UNITS, units)
             decision = self._undelivered(got, keep)
-            self._record(claim, decision, money, output_url=url)
+            if got.arrived or got.reply is not None:  # fal's CDN answered, or kept failing
+                self._fal_answered(decision)
+            self._record(claim, decision, kept if keep else self._bill(job, bill, units), output_url=url)
             return
+        self._fal_answered()
         money = kept if keep else self._bill(job, bill, units, got)
-        failed = self.delivery.publish(got, tmp, sidecar(job, attempt, got, money.micro_usd, money.units,
-                                                         money.source or ""))
+        failed = self.delivery.publish(got, sidecar(job, attempt, got, money.micro_usd, money.units,
+                                                    money.source or ""))
         if failed is not None:
             self._record(claim, self._undelivered(failed, keep), money, output_url=url)
             return
-        if self.breaker is not None:
-            self.breaker.success()
         self.queue.finish(claim, JobState.SUCCEEDED, None, billed_micro_usd=money.micro_usd, billable_units=money.units,
                           unit_price_micro_usd=money.unit_price_micro_usd, price_source=money.source,
                           output=got.output_row(), output_url=url, keep_billed=keep)

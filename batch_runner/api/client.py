@@ -19,7 +19,7 @@ import httpx
 
 from ..config import FalHosts, Secret
 from ..errors import AmbiguousSubmitError, RemoteError, TransientRemoteError
-from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception, retry_call
+from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception
 from .transport import RetryPolicy, Transport, error_for
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -137,34 +137,28 @@ class FalClient:
         """Stream a file to `target` (repeated whole while `retry_call` allows); returns its
         sha256 and size. A local write failure (a full disk, a folder that cannot be written)
         raises OSError at once: it is not fal's fault and repeating the download cannot help."""
-        policy = self.transport.policy
-        for attempt in range(1, policy.attempts + 1):
+        def once() -> tuple[str, int]:
             h, size = hashlib.sha256(), 0
+            self.transport.count_request()
             try:
-                self.transport.count_request()
                 with self._plain.stream("GET", url) as resp:
                     if resp.status_code != 200:
                         resp.read()
-                        reply = reply_of(resp)
-                        err: RemoteError = error_for(resp, "download", reply)
-                    else:
-                        expected = resp.headers.get("content-length")
-                        with target.open("wb") as fh:
-                            for chunk in resp.iter_bytes(DOWNLOAD_CHUNK):
-                                fh.write(chunk)
-                                h.update(chunk)
-                                size += len(chunk)
-                        if expected is None or int(expected) == size:
-                            return h.hexdigest(), size
-                        reply = reply_of_exception(httpx.RemoteProtocolError("short body"))
-                        err = TransientRemoteError(f"download: got {size} of {expected} bytes", reply=reply)
+                        raise error_for(resp, "download")
+                    expected = resp.headers.get("content-length")
+                    with target.open("wb") as fh:
+                        for chunk in resp.iter_bytes(DOWNLOAD_CHUNK):
+                            fh.write(chunk)
+                            h.update(chunk)
+                            size += len(chunk)
             except httpx.TransportError as exc:
                 reply = reply_of_exception(exc)
-                err = TransientRemoteError(f"download: {reply.describe} ({type(exc).__name__})", reply=reply)
-            if not retry_call(Phase.DOWNLOAD, reply) or attempt == policy.attempts or self.stop.is_set():
-                raise err
-            self.transport.backoff(attempt, reply.retry_after_s)
-        raise AssertionError("unreachable")
+                raise TransientRemoteError(f"download: {reply.describe} ({type(exc).__name__})", reply=reply) from None
+            if expected is not None and int(expected) != size:
+                raise TransientRemoteError(f"download: got {size} of {expected} bytes",
+                                           reply=reply_of_exception(httpx.RemoteProtocolError("short body")))
+            return h.hexdigest(), size
+        return self.transport.repeat(Phase.DOWNLOAD, "download", once)
 
     def _token(self) -> tuple[str, str]:
         with self._token_lock:

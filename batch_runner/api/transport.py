@@ -13,7 +13,7 @@ import random
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import httpx
 
@@ -29,6 +29,7 @@ log = get_logger("api")
 __all__ = ["RetryPolicy", "Transport", "error_for", "is_ingress_error"]
 
 MESSAGE_CHARS = 200  # a message never quotes more of a remote body than this
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,18 +132,26 @@ class Transport:
         return self._send("POST", url, what, Phase.SUBMIT, **kw)
 
     def _send(self, method: str, url: str, what: str, phase: Phase, **kw: Any) -> httpx.Response:
-        for attempt in range(1, self.policy.attempts + 1):
+        def once() -> httpx.Response:
+            self.count_request()
             try:
-                self.count_request()
                 resp = self.client.request(method, url, **kw)
             except httpx.TransportError as exc:
-                reply = reply_of_exception(exc)
-                err = _no_answer(what, reply, exc, phase)
-            else:
-                reply = reply_of(resp)
-                if is_answer(phase, reply):
-                    return resp
-                err = error_for(resp, what, reply)
+                raise _no_answer(what, reply_of_exception(exc), exc, phase) from None
+            reply = reply_of(resp)
+            if is_answer(phase, reply):
+                return resp
+            raise error_for(resp, what, reply)
+        return self.repeat(phase, what, once)
+
+    def repeat(self, phase: Phase, what: str, once: Callable[[], T]) -> T:
+        """The one retry loop: run `once` (one call, raising a RemoteError that carries its Reply)
+        again while `retry_call` allows and the policy's attempts last."""
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return once()
+            except RemoteError as exc:
+                err, reply = exc, exc.reply if isinstance(exc.reply, Reply) else Reply()
             if not retry_call(phase, reply):
                 if phase == Phase.SUBMIT and reply.status is not None and reply.status >= 500:
                     raise AmbiguousSubmitError(f"{err.message}; the request may have been accepted",

@@ -14,7 +14,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -491,8 +491,7 @@ class JobQueue:
             self._end_attempt(conn, claim.attempt, attempt_state, reason, billed=billed_micro_usd,
                               run_id=claim.run_id, keep_billed=keep_billed,
                               **({"output_url": output_url} if output_url else {}), **money)
-            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
-                                 .where(A.c.job_id == claim.job["id"])).scalar_one()
+            total = self._job_billed(conn, claim.job["id"])
             if output is not None:
                 conn.execute(insert(Output).values(job_id=claim.job["id"], attempt_id=claim.attempt["id"],
                                                    created_at=utcnow(), **output))
@@ -720,20 +719,29 @@ class JobQueue:
             return found
         return self._read("reading request ids", go) if ids else set()
 
-    def _still_uncertain(self, conn: Connection, job: dict[str, Any], attempt: dict[str, Any]) -> bool:
-        """Fence a settlement: the job is still uncertain on that attempt (no one settled it meanwhile)."""
-        state = conn.execute(select(J.c.state).where(J.c.id == job["id"]).with_for_update()).scalar()
-        latest = self._latest_attempt(conn, job["id"])
-        return state == JobState.UNCERTAIN.value and latest["id"] == attempt["id"]
+    def _settle_uncertain(self, action: str, job: dict[str, Any], attempt: dict[str, Any],
+                          change: Callable[[Connection], None]) -> bool:
+        """Apply `change` to an uncertain job in one transaction, fenced: only if the job is still
+        uncertain on that attempt (no other resolve, retry or cancel settled it meanwhile)."""
+        def go(conn: Connection) -> bool:
+            self._serialize(conn)
+            state = conn.execute(select(J.c.state).where(J.c.id == job["id"]).with_for_update()).scalar()
+            if state != JobState.UNCERTAIN.value or self._latest_attempt(conn, job["id"])["id"] != attempt["id"]:
+                return False
+            change(conn)
+            return True
+        return bool(self._tx(action, go))
+
+    def _job_billed(self, conn: Connection, job_id: int) -> int:
+        """A job's billed total: the sum over its attempts."""
+        return int(conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+                                .where(A.c.job_id == job_id)).scalar_one())
 
     def adopt(self, job: dict[str, Any], attempt: dict[str, Any], request_id: str, status_url: str,
               response_url: str, cancel_url: str, how: str) -> bool:
         """fal has the request an uncertain submit sent: record its id and follow it like any
         submitted job (its result, output and cost are collected by the next worker)."""
-        def go(conn: Connection) -> bool:
-            self._serialize(conn)
-            if not self._still_uncertain(conn, job, attempt):
-                return False
+        def change(conn: Connection) -> None:
             conn.execute(update(A).where(A.c.id == attempt["id"]).values(
                 state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
                 response_url=response_url, cancel_url=cancel_url, submitted_at=attempt.get("sent_at") or utcnow(),
@@ -741,40 +749,29 @@ class JobQueue:
             self._set_job(conn, job, JobState.SUBMITTED, f"adopted request {request_id} ({how})",
                           attempt_id=attempt["id"], next_attempt_at=None)
             self._event(conn, "attempt.adopted", job=job, attempt_id=attempt["id"], request_id=request_id, how=how)
-            return True
-        return bool(self._tx("adopting a request", go))
+        return self._settle_uncertain("adopting a request", job, attempt, change)
 
     def settle_unsent(self, job: dict[str, Any], attempt: dict[str, Any], reason: str, *,
                       request_id: str | None = None, billed_micro_usd: int = 0,
                       price_source: str | None = None) -> bool:
         """fal has no billable request for an uncertain submit (not found, or found failed and
         unbilled): close the attempt with what fal billed and queue the job for a new attempt."""
-        def go(conn: Connection) -> bool:
-            self._serialize(conn)
-            if not self._still_uncertain(conn, job, attempt):
-                return False
+        def change(conn: Connection) -> None:
             extra = {"request_id": request_id} if request_id else {}
             self._end_attempt(conn, attempt, AttemptState.FAILED, reason, billed=billed_micro_usd,
                               price_source=price_source, **extra)
-            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
-                                 .where(A.c.job_id == job["id"])).scalar_one()
             self._set_job(conn, job, JobState.QUEUED, reason, attempt_id=attempt["id"], next_attempt_at=None,
-                          billed_micro_usd=total, retry_base=job["attempt_count"])
-            return True
-        return bool(self._tx("settling an uncertain submit", go))
+                          billed_micro_usd=self._job_billed(conn, job["id"]), retry_base=job["attempt_count"])
+        return self._settle_uncertain("settling an uncertain submit", job, attempt, change)
 
     def cancel_uncertain(self, job: dict[str, Any], attempt: dict[str, Any], reason: str,
                          request_id: str | None = None) -> bool:
         """An uncertain job that fal never ran (cancelled while queued, or never created): cancelled, $0."""
-        def go(conn: Connection) -> bool:
-            self._serialize(conn)
-            if not self._still_uncertain(conn, job, attempt):
-                return False
+        def change(conn: Connection) -> None:
             extra = {"request_id": request_id} if request_id else {}
             self._end_attempt(conn, attempt, AttemptState.CANCELLED, reason, billed=0, **extra)
             self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt["id"])
-            return True
-        return bool(self._tx("cancelling an uncertain job", go))
+        return self._settle_uncertain("cancelling an uncertain job", job, attempt, change)
 
     def pending_bills(self, batches: Sequence[str] | None, price_source: str) -> list[dict[str, Any]]:
         """Attempts whose bill waits on fal's billing events (a refused run fal may have billed)."""
@@ -790,9 +787,8 @@ class JobQueue:
         def go(conn: Connection) -> None:
             conn.execute(update(A).where(A.c.id == attempt["id"], A.c.price_source == attempt["price_source"])
                          .values(billed_micro_usd=billed_micro_usd, billable_units=units, price_source=source))
-            total = conn.execute(select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
-                                 .where(A.c.job_id == attempt["job_id"])).scalar_one()
-            conn.execute(update(J).where(J.c.id == attempt["job_id"]).values(billed_micro_usd=total))
+            conn.execute(update(J).where(J.c.id == attempt["job_id"]).values(
+                billed_micro_usd=self._job_billed(conn, attempt["job_id"])))
             self._event(conn, "attempt.bill_settled", job={"id": attempt["job_id"], "batch_id": attempt["batch_id"]},
                         attempt_id=attempt["id"], billed_micro_usd=billed_micro_usd, source=source)
         self._tx("settling a bill", go)
