@@ -452,6 +452,8 @@ def _print_summary(summary: "runner.RunSummary") -> None:
         click.echo(f"  {f['state'].upper():<10} job {f['job']} {f['source'] or ''} → {f['output']}: {f['error']}")
     if summary.not_run and summary.stopped_by:
         click.echo(f"  {summary.not_run} job(s) still queued")
+    for u in summary.unexpected:
+        click.echo(f"  BUG        {u} (the job was let go safely; please report this)")
 
 
 _RUN_OPTIONS = [
@@ -727,8 +729,19 @@ def emulator() -> None:
 @click.option("--fps", default=24, show_default=True, type=click.IntRange(1, 60), help="Frame rate of outputs.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep uploads and outputs here [default: a temporary folder].")
+@click.option("--hold-submit", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Hold each accepted submit this long before answering (a crash-window test aid).")
+@click.option("--hold-submit-count", type=click.IntRange(min=1), metavar="N", help="Hold only the first N submits.")
+@click.option("--hold-download", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Pause each output download halfway this long (a crash-window test aid).")
+@click.option("--hold-download-count", type=click.IntRange(min=1), metavar="N",
+              help="Hold only the first N downloads.")
+@click.option("--no-billable-units", is_flag=True,
+              help="Leave out x-fal-billable-units on results (fal does not document it for API users).")
 def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant: bool, reuse_renders: bool,
-                   faults: str, seed: int, fps: int, data_dir: Path | None) -> None:
+                   faults: str, seed: int, fps: int, data_dir: Path | None, hold_submit: float,
+                   hold_submit_count: int | None, hold_download: float, hold_download_count: int | None,
+                   no_billable_units: bool) -> None:
     """Serve the fal emulator until Ctrl-C; prints its URL (use it as --fal-url)."""
     from .emulator.config import EmulatorConfig
     from .emulator.faults import FaultPlan
@@ -739,7 +752,10 @@ def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant
     except ValueError as exc:
         raise ConfigError(f"--faults: {exc}") from None
     config = EmulatorConfig(host=host, port=port, concurrency=concurrency, speed=speed, instant=instant,
-                            reuse_renders=reuse_renders, faults=faults, seed=seed, fps=fps, data_dir=data_dir)
+                            reuse_renders=reuse_renders, faults=faults, seed=seed, fps=fps, data_dir=data_dir,
+                            hold_submit_s=hold_submit, hold_submit_count=hold_submit_count,
+                            hold_download_s=hold_download, hold_download_count=hold_download_count,
+                            send_billable_units=not no_billable_units)
 
     def ready(url: str) -> None:
         click.echo(url)

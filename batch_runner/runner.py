@@ -313,6 +313,7 @@ class RunSummary:
     budget_stop_limit_micro_usd: int | None = None
     not_run: int = 0
     error: BatchRunnerError | None = None
+    unexpected: list[str] = field(default_factory=list)  # bugs a worker thread hit; each job was let go safely
 
     def exit_error(self) -> BatchRunnerError | None:
         """The error the command exits with (None: exit 0)."""
@@ -344,6 +345,7 @@ class RunSummary:
             "stopped_by": self.stopped_by, "budget_stop_scope": self.budget_stop_scope,
             "not_run": self.not_run, "elapsed_s": round(self.elapsed_s, 3),
             "failed": self.failed, "batch_states": self.batch_states,
+            "unexpected_errors": self.unexpected,
             "exit_code": err.exit_code if err else 0,
         }
 
@@ -429,7 +431,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
         budget_left_micro_usd=(outcome.budget_stop.left_micro_usd if outcome.budget_stop else None),
         budget_stop_scope=(outcome.budget_stop.scope if outcome.budget_stop else None),
         budget_stop_limit_micro_usd=(outcome.budget_stop.budget_micro_usd if outcome.budget_stop else None),
-        not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error)
+        not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error,
+        unexpected=list(outcome.unexpected))
     status = ("interrupted" if outcome.interrupted else "failed" if error is not None
               else "budget_stop" if outcome.budget_stop is not None else "finished")  # the why is in the summary
     queue.finish_run(run.id, status, summary.to_json())

@@ -294,6 +294,12 @@ def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | 
     try:
         current = current_revision(engine)
         head = head_revision()
+        if current is not None and current not in _known_revisions():  # PostgreSQL (SQLite is inspected above)
+            shown = repr(current) if len(current) <= 32 else repr(current[:32]) + "…"
+            raise DatabaseBehindError(
+                f"database {safe_url(url)} is at schema revision {shown}, which this batch-runner does not know",
+                hint="a newer batch-runner migrated it: upgrade batch-runner on this machine too "
+                     "(never `db upgrade` with the older one)")
         if current != head:
             if auto_migrate if auto_migrate is not None else is_sqlite:
                 upgrade(engine)

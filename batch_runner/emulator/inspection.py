@@ -40,7 +40,7 @@ async def health(emu: Emulator, request: HttpRequest) -> Response:
                         "speed": emu.config.speed, "instant": emu.config.instant, "renders": emu.queue.renders_made,
                         "http_requests": dict(emu.http_requests), "peak_open_requests": emu.queue.peak_open,
                         "started_at": iso(request.app.state.started_at), "holds": emu.holds.view(),
-                        "outage": emu.outage.view()})
+                        "outage": emu.outage.view(), "billable_units": emu.config.send_billable_units})
 
 
 @handler(auth=False)

@@ -69,3 +69,19 @@ def test_budget_settings_come_from_the_environment():
     assert (s.max_usd_per_day_micro, s.warn_at_micro) == (75_500_000, 50_000_000)
     with pytest.raises(ConfigError, match="BATCH_RUNNER_MAX_USD_PER_DAY"):
         Settings.from_env({"HOME": "/tmp", "BATCH_RUNNER_MAX_USD_PER_DAY": "lots"})
+
+
+def test_serve_takes_the_crash_window_holds_and_the_billable_units_switch(tmp_path):
+    exe = Path(sys.executable).parent / "batch-runner"
+    proc = subprocess.Popen([str(exe), "emulator", "serve", "--port", "0", "--hold-submit", "2.5",
+                             "--hold-submit-count", "1", "--hold-download", "4", "--no-billable-units"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        holds = httpx.get(f"{url}/_emulator/holds", timeout=10).json()
+        assert holds["submit"]["seconds"] == 2.5 and holds["submit"]["remaining"] == 1
+        assert holds["download"]["seconds"] == 4 and holds["download"]["remaining"] is None
+        assert httpx.get(f"{url}/_emulator/health", timeout=10).json()["billable_units"] is False
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)

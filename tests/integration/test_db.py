@@ -52,6 +52,22 @@ def test_postgres_behind_asks_for_db_upgrade(pg_url):
     db_engine.open_engine(pg_url)  # now current: no error
 
 
+def test_postgres_ahead_asks_for_a_newer_batch_runner_and_changes_nothing(pg_url):
+    engine = db_engine.open_engine(pg_url, auto_migrate=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    engine.dispose()
+    for auto in (False, True):  # not even `db upgrade` touches it
+        with pytest.raises(DatabaseBehindError) as err:
+            db_engine.open_engine(pg_url, auto_migrate=auto)
+        assert "does not know" in err.value.message and "upgrade batch-runner" in (err.value.hint or "")
+        assert "db upgrade`" not in err.value.message
+    plain = create_engine(pg_url)
+    with plain.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == "9999_from_the_future"
+    plain.dispose()
+
+
 def test_dead_database_is_a_clear_error_without_the_password():
     with pytest.raises(DatabaseError) as err:
         db_engine.open_engine("postgresql+psycopg://postgres:s3cret@127.0.0.1:1/none")
