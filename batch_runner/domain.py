@@ -155,6 +155,12 @@ class JobSpec:
     extra_media: dict[str, str] = field(default_factory=dict)  # other local media inputs
 
 
+#: How a recorded bill that is not yet fal's own figure is marked in `attempts.price_source`;
+#: `resolve` (and each run, for its batches) replaces it with fal's per-request billing events.
+PENDING_BILLING_EVENTS = "pending: fal's billing events"  # recorded as $0 until fal says
+PROVISIONAL = "provisional: "  # prefix: our price table's figure until fal's billing events confirm it
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who did something, for the audit trail: host, process id and user."""

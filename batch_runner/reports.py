@@ -6,6 +6,9 @@ Figures (money in micro-USD inside, decimal strings outside):
   retry spend     billed on attempt #2 and later
   waste           billed on attempts that delivered nothing (failed check, expired result, billed errors)
   at risk         reserved on attempts still open (sent, in flight, downloading, uncertain)
+  unconfirmed     billed figures that are ours, not yet fal's (provisional: our price table, when
+                  fal's answer carried no billable units); `resolve` settles them with fal's
+                  billing events
   delivered s     the measured length of verified outputs; cost per delivered second includes waste
 """
 
@@ -22,7 +25,7 @@ from typing import Any
 
 from .db.ledger import ledger
 from .db.repo import Repository
-from .domain import AttemptState, format_usd
+from .domain import PROVISIONAL, AttemptState, format_usd
 
 GROUPINGS = ("endpoint", "resolution", "tag", "day", "batch")
 FORMATS = ("table", "csv", "json", "html")
@@ -41,6 +44,7 @@ class Line:
     retry_spend: int = 0
     waste: int = 0
     at_risk: int = 0
+    unconfirmed: int = 0
     delivered_us: int = 0
 
     @property
@@ -55,7 +59,7 @@ class Line:
         return {"jobs": self.jobs, "outcomes": dict(sorted(self.outcomes.items())),
                 "estimated_usd": format_usd(self.estimated), "billed_usd": format_usd(self.billed),
                 "retry_spend_usd": format_usd(self.retry_spend), "waste_usd": format_usd(self.waste),
-                "at_risk_usd": format_usd(self.at_risk),
+                "at_risk_usd": format_usd(self.at_risk), "unconfirmed_usd": format_usd(self.unconfirmed),
                 "delivered_seconds": f"{Decimal(self.delivered_us) / 1_000_000:f}",
                 "cost_per_delivered_second_usd": f"{per:f}" if per is not None else None}
 
@@ -113,6 +117,8 @@ def build(repo: Repository, *, batches: list[str] | None, since: datetime | None
                     line.waste += billed
                 if a["state"] in OPEN_ATTEMPTS:
                     line.at_risk += a["reserved_micro_usd"] or 0
+                if (a["price_source"] or "").startswith(PROVISIONAL):
+                    line.unconfirmed += billed
                 if a["state"] == AttemptState.SUCCEEDED.value and a["duration_us"]:
                     line.delivered_us += a["duration_us"]
     by_day: dict[str, int] = defaultdict(int)
@@ -129,7 +135,7 @@ def build(repo: Repository, *, batches: list[str] | None, since: datetime | None
 
 
 COLUMNS = ("jobs", "estimated_usd", "billed_usd", "retry_spend_usd", "waste_usd", "at_risk_usd",
-           "delivered_seconds", "cost_per_delivered_second_usd")
+           "unconfirmed_usd", "delivered_seconds", "cost_per_delivered_second_usd")
 
 
 def render(report: Report, fmt: str) -> str:
@@ -153,6 +159,10 @@ def render(report: Report, fmt: str) -> str:
         lines.append(f"{key[:44]:<44} {d['jobs']:>6} {d['estimated_usd']:>10} {d['billed_usd']:>10} "
                      f"{d['retry_spend_usd']:>9} {d['waste_usd']:>9} {d['at_risk_usd']:>9} "
                      f"{Decimal(d['delivered_seconds']):>9.1f} {per:>8}  {outcomes}")
+    if report.total.unconfirmed:
+        lines.append(f"billed includes ${format_usd(report.total.unconfirmed)} priced from our price table because "
+                     "fal's answers carried no billable units; `batch-runner resolve` (admin key) replaces it with "
+                     "fal's billing events")
     for b in report.runs:
         if b["budget_usd"]:
             lines.append(f"budget: run {b['run']} committed ${b['committed_usd']} of ${b['budget_usd']} "

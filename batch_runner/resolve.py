@@ -16,9 +16,8 @@ from .api.answers import input_sha256
 from .api.client import FalClient
 from .api.platform import BillingEvent, FalRequestRecord, billing_events, list_requests
 from .db.queue import JobQueue
-from .domain import format_usd
+from .domain import PENDING_BILLING_EVENTS, format_usd
 from .errors import AuthError, RemoteError
-from .worker import PENDING_BILLING_EVENTS
 
 #: How long after a submit its request may take to show in fal's listing. fal documents no such
 #: delay; until this has passed, "not found" is not proof, and the job stays uncertain.
@@ -159,8 +158,13 @@ class Resolver:
         return Settlement(jid, "left", "changed meanwhile", rid)
 
     def _settle_bills(self, batches: Sequence[str] | None) -> list[Settlement]:
-        """Bills left at $0 pending fal's word (refused runs that fal may charge for)."""
-        pending = self.queue.pending_bills(batches, PENDING_BILLING_EVENTS)
+        """Bills that are not yet fal's figure, settled with fal's per-request billing events:
+        $0 pending fal's word (a refused run fal may have charged for), and provisional ones (our
+        price table on the verified output, when fal's answer carried no billable units). An
+        event found replaces the figure. None found: a pending bill becomes $0 once fal's window
+        has passed (fal charged nothing); a provisional one stays as it is, marked, since a
+        missing event is not proof that fal charged nothing for output it delivered."""
+        pending = self.queue.pending_bills(batches)
         if not pending:
             return []
         start = min(a["created_at"] for a in pending) - SLACK
@@ -169,6 +173,13 @@ class Resolver:
         out = []
         for attempt in pending:
             event = got.get(attempt["request_id"])
+            provisional = attempt["price_source"] != PENDING_BILLING_EVENTS
+            if event is None and (provisional or self.now - (attempt["finished_at"] or attempt["created_at"])
+                                  < self.lag):
+                out.append(Settlement(attempt["job_id"], "left", "fal's billing events do not show it yet; "
+                                      f"${format_usd(attempt['billed_micro_usd'] or 0)} stays recorded as "
+                                      f"{attempt['price_source']}", attempt["request_id"]))
+                continue
             billed = event.cost_micro_usd if event else 0
             units = f"{event.output_units:f}" if event and event.output_units is not None else None
             self.queue.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)

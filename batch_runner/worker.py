@@ -18,7 +18,7 @@ from . import catalog, probe
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
 from .db.queue import Claim, JobQueue, LeaseLost
-from .domain import JobState, usd_to_micro
+from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, usd_to_micro
 from .errors import AccountLockedError, AuthError, ProbeError, RemoteError
 from .logs import get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
@@ -29,7 +29,6 @@ log = get_logger("worker")
 
 UPLOAD_TTL_S = 6 * 24 * 3600.0  # fal keeps uploads at least 7 days; re-upload a day early
 PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × its unit price
-PENDING_BILLING_EVENTS = "pending: fal's billing events"  # `resolve` settles it with an admin key
 
 
 class WorkerSettings(Protocol):
@@ -324,10 +323,13 @@ class Worker:
             price = self._unit_price(job["endpoint"])
             if price is not None:
                 return Billing(int((units * price).to_integral_value()), units_s, price, PRICING_API)
-        if bill == Bill.UNITS and delivered is not None:  # no units from fal: price what was delivered
+        # Not fal's figure (x-fal-billable-units is not documented for API users, fal's pricing
+        # API did not answer): our price table's, marked provisional until fal's billing events
+        # (admin key) confirm or correct it (resolve.Resolver._settle_bills).
+        if bill == Bill.UNITS and delivered is not None:  # price what was delivered
             micro, source = self.delivery.price_delivered(job, delivered.measured)
-            return Billing(micro, units_s, source=source)
-        return Billing(job["estimate_micro_usd"], units_s, source=f"{job['price_table']} (estimate)")
+            return Billing(micro, units_s, source=PROVISIONAL + source)
+        return Billing(job["estimate_micro_usd"], units_s, source=f"{PROVISIONAL}{job['price_table']} (estimate)")
 
     def _unit_price(self, endpoint_id: str) -> int | None:
         with self._lock:

@@ -29,7 +29,7 @@ def ledger(engine: Engine, batches: Sequence[str] | None, since: datetime | None
             attempts = [dict(r) for r in conn.execute(
                 select(A.c.id, A.c.job_id, A.c.number, A.c.state, A.c.created_at, A.c.finished_at,
                        A.c.reserved_micro_usd, A.c.billed_micro_usd, A.c.billable_units, A.c.unit_price_micro_usd,
-                       A.c.request_id, J.c.endpoint, O.c.duration_us)
+                       A.c.request_id, A.c.price_source, J.c.endpoint, O.c.duration_us)
                 .select_from(A.join(J, J.c.id == A.c.job_id).join(B, B.c.id == J.c.batch_id)
                              .outerjoin(O, O.c.attempt_id == A.c.id))
                 .where(*scope, *window).order_by(A.c.id)).mappings()]

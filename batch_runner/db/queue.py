@@ -21,7 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, TERMINAL_STATES, Actor, AttemptState, JobState, format_usd
+from ..domain import (FOLLOW_STATES, IN_FLIGHT_STATES, PENDING_BILLING_EVENTS, PROVISIONAL, TERMINAL_STATES, Actor,
+                      AttemptState, JobState, format_usd)
 from ..errors import DatabaseError
 from .engine import safe_url, write_lock
 from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
@@ -773,12 +774,14 @@ class JobQueue:
             self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt["id"])
         return self._settle_uncertain("cancelling an uncertain job", job, attempt, change)
 
-    def pending_bills(self, batches: Sequence[str] | None, price_source: str) -> list[dict[str, Any]]:
-        """Attempts whose bill waits on fal's billing events (a refused run fal may have billed)."""
+    def pending_bills(self, batches: Sequence[str] | None) -> list[dict[str, Any]]:
+        """Attempts whose bill waits on fal's billing events: recorded as $0 pending fal's word (a
+        refused run fal may have billed), or provisional (our price table's figure)."""
         def go(conn: Connection) -> list[dict[str, Any]]:
             return [dict(r) for r in conn.execute(
                 select(A, J.c.endpoint).select_from(A.join(J, J.c.id == A.c.job_id))
-                .where(A.c.price_source == price_source, A.c.request_id.is_not(None), *self._scope(batches))
+                .where(or_(A.c.price_source == PENDING_BILLING_EVENTS, A.c.price_source.startswith(PROVISIONAL)),
+                       A.c.request_id.is_not(None), *self._scope(batches))
                 .order_by(A.c.id)).mappings()]
         return self._read("reading pending bills", go)
 

@@ -305,7 +305,7 @@ def test_without_billable_units_the_verified_output_is_priced(tmp_path, media, e
     assert summary.counts == {"succeeded": 2}
     assert Decimal(summary.billed_micro_usd) / 1_000_000 == at_fal == Decimal("0.72")
     assert bench.sql("select distinct price_source from attempts") == [
-        ("fal-published@2026-11-21 on the verified output",)]
+        ("provisional: fal-published@2026-11-21 on the verified output",)]
 
 
 def test_a_run_budget_can_come_from_settings(tmp_path, media, emulator_factory, db_url):

@@ -5,6 +5,7 @@ threshold speaks once per run, and a bug in a worker thread lets its job go safe
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import threading
 from decimal import Decimal
@@ -172,7 +173,8 @@ def _run(bench, reporter: Any, **pool: Any) -> runner.RunSummary:
 
 @pytest.mark.parametrize("kind", ["submitted", "succeeded", "queued"])
 def test_a_worker_thread_bug_lets_its_job_go_safely_and_the_run_says_so(tmp_path, media, emulator_factory, kind):
-    bench = make_bench(tmp_path, media, emulator_factory(speed=200), clips=1)
+    # fal runs one at a time: the second job is surely seen queued at fal
+    bench = make_bench(tmp_path, media, emulator_factory(speed=200, concurrency=1), clips=1)
     display = BuggyDisplay({kind}, times=1)
     summary = _run(bench, display)
     assert summary.counts == {"succeeded": 2}, summary.to_json()
@@ -194,3 +196,69 @@ def test_five_worker_thread_bugs_stop_the_run_and_the_next_run_finishes_without_
     assert again.exit_error() is None and not again.unexpected
     assert bench.sql("select count(*) from jobs where state = 'succeeded'") == [(6,)]
     assert fal_requests(bench) == 6 and ledger(bench) == emulator_bill(bench) == 6 * 300_000
+
+
+# --------------------------------------------------------------------------- no billable units
+
+
+FAL_CHARGES_MORE = """name: fal-actual
+version: "2026-11-21"
+currency: USD
+endpoints:
+  luma/agent/ray/v3.2/reframe:
+    unit: second
+    prices: {540p: "0.07", 720p: "0.14", 1080p: "0.42"}
+    verified: true
+    source: "what this pretend fal account is charged"
+"""
+
+
+def test_without_billable_units_the_ledger_comes_from_fals_billing_events(tmp_path, media, emulator_factory):
+    """fal does not document x-fal-billable-units for API users. Without it, the run records our
+    price table's figure marked provisional, and fal's billing events (admin key) replace it;
+    here fal charges $0.07/s where our table says $0.06/s, so only fal's figure balances."""
+    (tmp_path / "fal-prices.yaml").write_text(FAL_CHARGES_MORE)
+    emu = emulator_factory(send_billable_units=False, prices_path=tmp_path / "fal-prices.yaml",
+                           admin_keys=frozenset({"the-admin-key"}))
+    bench = make_bench(tmp_path, media, emu, clips=1)
+    first = bench.run()
+    assert first.counts == {"succeeded": 2} and first.billed_micro_usd == 2 * 300_000  # 5 s × $0.06
+    assert emulator_bill(bench) == 2 * 350_000
+    assert bench.sql("select distinct price_source from attempts") == [
+        ("provisional: fal-published@2026-11-21 on the verified output",)]
+
+    # No admin key: resolve says which key it needs and the provisional figures stay, marked.
+    assert _cli(bench, "resolve", "--batch", "b").exit_code == 9
+    assert ledger(bench) == 2 * 300_000
+
+    done = _cli(bench, "resolve", "--batch", "b", "--json", FAL_ADMIN_KEY="the-admin-key")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["counts"]["billed"] == 2
+    assert ledger(bench) == emulator_bill(bench) == 2 * 350_000
+    assert bench.sql("select distinct price_source from attempts") == [("fal billing events",)]
+    assert bench.sql("select sum(billed_micro_usd) from jobs") == [(2 * 350_000,)]
+    again = _cli(bench, "resolve", "--batch", "b", FAL_ADMIN_KEY="the-admin-key")  # nothing left to settle
+    assert again.exit_code == 0 and ledger(bench) == 2 * 350_000
+
+
+def test_a_run_settles_its_batches_provisional_bills_before_it_starts(tmp_path, media, emulator_factory):
+    (tmp_path / "fal-prices.yaml").write_text(FAL_CHARGES_MORE)
+    emu = emulator_factory(send_billable_units=False, prices_path=tmp_path / "fal-prices.yaml")
+    bench = make_bench(tmp_path, media, emu, clips=1)
+    bench.run()
+    assert ledger(bench) == 2 * 300_000
+    bench.run(manifest=False, batches=["b"])  # the next night: its own batch's bills first
+    assert ledger(bench) == emulator_bill(bench) == 2 * 350_000
+
+
+def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, media, emulator_factory):
+    from batch_runner import reports
+    bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1)
+    bench.run()
+    report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
+    assert report.total.unconfirmed == report.total.billed == 2 * 300_000
+    assert "$0.60 priced from our price table" in reports.render(report, "table")
+    assert json.loads(reports.render(report, "json"))["total"]["unconfirmed_usd"] == "0.60"
+    runner.resolve_jobs(bench.settings, bench.repo, ["b"])
+    report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
+    assert report.total.unconfirmed == 0 and "price table because" not in reports.render(report, "table")
