@@ -111,7 +111,7 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     FAL_KEY is read from the environment and never printed, logged or stored.
 
     \b
-    Environment: FAL_KEY, FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
+    Environment: FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET), FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
       BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
       BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
       BATCH_RUNNER_WARN_AT_USD
@@ -404,7 +404,7 @@ def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[S
         return
     if settings.fal_key is None and not settings.fal_url:
         raise ConfigError("FAL_KEY is not set, so nothing can be sent to fal",
-                          hint="export FAL_KEY=…, or try it free with --emulator")
+                          hint="export FAL_KEY=… (or FAL_KEY_ID and FAL_KEY_SECRET), or try it free with --emulator")
     yield settings, settings.fal_key or Secret("local")
 
 

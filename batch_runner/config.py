@@ -13,6 +13,7 @@ ENV_FAL_URL = "BATCH_RUNNER_FAL_URL"
 ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
 ENV_FAL_KEY = "FAL_KEY"
+ENV_FAL_KEY_ID, ENV_FAL_KEY_SECRET = "FAL_KEY_ID", "FAL_KEY_SECRET"  # fal-client auth.py: `Key id:secret`
 ENV_FAL_ADMIN_KEY = "FAL_ADMIN_KEY"  # an ADMIN-scope key for fal's usage, request listing and billing events
 ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
 ENV_MAX_USD_PER_DAY = "BATCH_RUNNER_MAX_USD_PER_DAY"
@@ -103,6 +104,22 @@ def _usd(raw: str) -> int:
     return usd_to_micro(raw)
 
 
+def fal_key_from_env(env: Mapping[str, str]) -> Secret | None:
+    """The key as fal's own Python client finds it (fal-client `auth.py`,
+    `_resolve_env_or_colab_auth`): FAL_KEY, else FAL_KEY_ID and FAL_KEY_SECRET together, sent as
+    `Key <id>:<secret>`. One of the pair alone is an error, never silently ignored."""
+    if env.get(ENV_FAL_KEY):
+        return Secret(env[ENV_FAL_KEY])
+    key_id, secret = env.get(ENV_FAL_KEY_ID), env.get(ENV_FAL_KEY_SECRET)
+    if key_id and secret:
+        return Secret(f"{key_id}:{secret}")
+    if key_id or secret:
+        have, missing = (ENV_FAL_KEY_ID, ENV_FAL_KEY_SECRET) if key_id else (ENV_FAL_KEY_SECRET, ENV_FAL_KEY_ID)
+        from .errors import ConfigError
+        raise ConfigError(f"{have} is set but {missing} is not", hint="set both, or set FAL_KEY instead")
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with its source already resolved."""
@@ -126,13 +143,12 @@ class Settings:
         named = env.get(ENV_DB)
         db = named or f"sqlite:///{default_db_path(env)}"
         prices = env.get(ENV_PRICES)
-        key = env.get(ENV_FAL_KEY)
         return cls(
             db_url=normalize_db_url(db),
             db_is_default=not named,
             prices_path=Path(prices) if prices else None,
             fal_url=env.get(ENV_FAL_URL) or None,
-            fal_key=Secret(key) if key else None,
+            fal_key=fal_key_from_env(env),
             fal_admin_key=Secret(env[ENV_FAL_ADMIN_KEY]) if env.get(ENV_FAL_ADMIN_KEY) else None,
             probe_concurrency=_setting(env, ENV_PROBE_CONCURRENCY, int, PROBE_CONCURRENCY, "whole number"),
             probe_timeout_s=_setting(env, ENV_PROBE_TIMEOUT_S, float, PROBE_TIMEOUT_S, "number of seconds"),

@@ -262,3 +262,14 @@ def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, m
     runner.resolve_jobs(bench.settings, bench.repo, ["b"])
     report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
     assert report.total.unconfirmed == 0 and "price table because" not in reports.render(report, "table")
+
+
+def test_a_key_id_and_secret_pair_is_sent_as_fal_client_sends_it(tmp_path, media, emulator_factory):
+    emu = emulator_factory(keys=frozenset({"the-id:the-secret"}))
+    bench = make_bench(tmp_path, media, emu, clips=1)
+    done = _cli(bench, "run", str(bench.manifest), "--json", FAL_KEY=None, FAL_KEY_ID="the-id",
+                FAL_KEY_SECRET="the-secret")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["jobs"] == {"succeeded": 2} and "the-secret" not in done.output
+    half = _cli(bench, "run", str(bench.manifest), FAL_KEY=None, FAL_KEY_ID="the-id")
+    assert half.exit_code == 3 and "FAL_KEY_ID is set but FAL_KEY_SECRET is not" in half.output

@@ -32,3 +32,17 @@ def test_other_overrides_keep_the_default_location():
 
 def test_settings_made_by_hand_name_their_database():
     assert not Settings(db_url="sqlite:////tmp/x.db").db_is_default
+
+
+def test_the_key_is_found_as_fal_client_finds_it():
+    from batch_runner.config import fal_key_from_env
+    from batch_runner.errors import ConfigError
+    import pytest
+
+    assert fal_key_from_env({"FAL_KEY": "k", "FAL_KEY_ID": "i", "FAL_KEY_SECRET": "s"}).reveal() == "k"
+    assert fal_key_from_env({"FAL_KEY_ID": "i", "FAL_KEY_SECRET": "s"}).reveal() == "i:s"
+    assert fal_key_from_env({}) is None
+    for half in ({"FAL_KEY_ID": "i"}, {"FAL_KEY_SECRET": "super-secret"}):
+        with pytest.raises(ConfigError) as err:
+            fal_key_from_env(half)
+        assert "is set but" in err.value.message and "super-secret" not in err.value.message
