@@ -409,16 +409,16 @@ def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[S
 
 
 def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool,
-                   lease_s: float) -> Any:
+                   lease_s: float, strict_verify: bool) -> Any:
     from .pool import PoolSettings
 
     return PoolSettings(concurrency=concurrency, max_in_flight=max_in_flight, cancel_on_exit=cancel_on_exit,
-                        burst=burst, lease_s=lease_s)
+                        burst=burst, lease_s=lease_s, strict_verify=strict_verify)
 
 
 def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int,
                  max_in_flight: int | None, max_cost: int | None, emulator: bool, cancel_on_exit: bool,
-                 as_json: bool, skip_invalid: bool, run_name: str | None, burst: bool) -> None:
+                 as_json: bool, skip_invalid: bool, run_name: str | None, burst: bool, strict_verify: bool) -> None:
     from contextlib import contextmanager
 
     from .progress import ProgressReporter
@@ -430,7 +430,7 @@ def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], con
         summary = runner.run_jobs(settings, app.prices, app.repo, key, manifest=manifest,
                                   batches=list(batches) or None,
                                   pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst,
-                                                      settings.lease_s),
+                                                      settings.lease_s, strict_verify),
                                   max_cost_micro_usd=max_cost, run_name=run_name, reporter=reporter,
                                   stop=interrupts.stop, skip_invalid=skip_invalid)
     if as_json:
@@ -468,6 +468,9 @@ _RUN_OPTIONS = [
     click.option("--emulator", is_flag=True, help="Start the embedded fal emulator and use it: nothing real is called."),
     click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel in-flight requests at fal."),
     click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout."),
+    click.option("--strict-verify", is_flag=True,
+                 help="Fail a job whose output differs from the output convention (size, exact length), not "
+                      "only one that breaks what fal promises (a video of the requested aspect ratio)."),
 ]
 
 
@@ -483,10 +486,11 @@ def _run_options(func: Any) -> Any:
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
 @click.pass_obj
 def run(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None,
-        max_cost: int | None, emulator: bool, cancel_on_exit: bool, as_json: bool, skip_invalid: bool) -> None:
+        max_cost: int | None, emulator: bool, cancel_on_exit: bool, as_json: bool, strict_verify: bool,
+        skip_invalid: bool) -> None:
     """Enqueue MANIFEST (if given) and process every pending job to a verified output, then exit."""
     _run_command(app, manifest, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit,
-                 as_json, skip_invalid, None, burst=True)
+                 as_json, skip_invalid, None, burst=True, strict_verify=strict_verify)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -498,10 +502,11 @@ def run(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency:
                    "[default: keep waiting for new jobs].")
 @click.pass_obj
 def work(app: _App, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None, max_cost: int | None,
-         emulator: bool, cancel_on_exit: bool, as_json: bool, run_name: str | None, until_done: bool) -> None:
+         emulator: bool, cancel_on_exit: bool, as_json: bool, strict_verify: bool, run_name: str | None,
+         until_done: bool) -> None:
     """Process jobs as they are enqueued (one process per machine; all share the database)."""
     _run_command(app, None, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit, as_json,
-                 False, run_name, burst=until_done)
+                 False, run_name, burst=until_done, strict_verify=strict_verify)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

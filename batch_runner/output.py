@@ -30,6 +30,7 @@ class Delivered:
     sha256: str
     size_bytes: int
     measured: ProbeResult
+    warnings: tuple[str, ...] = ()  # what differs from our convention but not from what fal promises
 
     def output_row(self) -> dict[str, Any]:
         d = self.measured.duration
@@ -72,8 +73,16 @@ def prepare_folder(target: Path, output_root: Path) -> None:
 
 @dataclass(frozen=True)
 class CheckSettings:
+    """How a download is checked. fal promises a video (fal-js `I2VOutput {video: File}`, the
+    seeds' output schemas), of the aspect ratio a request asks for; no fal source states output
+    pixel sizes or exact durations (Ray 2 reframe and modify have no resolution input at all).
+    So only those promises fail a job fal billed; a size or length other than the emulator's
+    convention (catalog.expected_output) is a warning on a delivered job, unless `strict`."""
+
     duration_tolerance_s: Decimal = Decimal("0.25")
     probe_timeout_s: float = 30.0
+    strict: bool = False  # --strict-verify: every difference from the convention fails the job
+    aspect_tolerance: Decimal = Decimal("0.02")  # relative difference of width/height from the request's
 
 
 class Delivery:
@@ -102,7 +111,7 @@ class Delivery:
         except OSError as exc:  # a full disk, a read-only folder, a file where the folder should be
             _unlink_quietly(tmp)
             return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}")
-        problem, measured = self._verify(job, tmp)
+        problem, warnings, measured = self._verify(job, tmp)
         if problem:
             aside = target.with_name(f"{target.stem}.rejected{target.suffix}")
             try:
@@ -111,7 +120,7 @@ class Delivery:
                 _unlink_quietly(tmp)
                 aside = None  # type: ignore[assignment]
             return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside)
-        return Delivered(target, tmp, sha, size, measured)
+        return Delivered(target, tmp, sha, size, measured, warnings)
 
     def publish(self, delivered: Delivered, sidecar: dict[str, Any]) -> NotDelivered | None:
         """Sidecar first, then the atomic rename: the output appears whole or not at all."""
@@ -145,26 +154,42 @@ class Delivery:
         est = self.prices.estimate(ep, json.loads(job["input_json"]), duration)
         return est.micro_usd, f"{est.price_table} on the verified output"
 
-    def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, ProbeResult]:
-        """ffprobe the download and compare it with what the request promised."""
+    def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
+        """ffprobe the download: (what breaks fal's promise, what differs from our convention, figures)."""
         try:
             got = probe.probe(str(path), "video", f"file:{path}", timeout_s=self.check.probe_timeout_s)
         except ProbeError as exc:
             dummy = ProbeResult(str(path), "", "video", None, 0, 0, None, "", 0, False, None)
-            return f"unreadable video: {exc.message}", dummy
+            return f"unreadable video: {exc.message}", (), dummy
+        width, height = got.display_size
+        if not width or not height or not got.duration or got.duration <= 0:
+            return f"not a playable video ({width}x{height}, {got.duration} s)", (), got
         ep = catalog.endpoint(job["endpoint"])
+        params = ep.with_defaults(json.loads(job["input_json"]))
         src = self.source_probe(job)
+        broken: list[str] = []
+        if "aspect_ratio" in params and ep.output_aspect == "param":
+            aw, ah = catalog.parse_aspect(str(params["aspect_ratio"]))
+            off = abs(Decimal(width) / height / (Decimal(aw) / ah) - 1)
+            if off > self.check.aspect_tolerance:
+                broken.append(f"asked for {params['aspect_ratio']}, got {width}x{height}")
         try:
-            want = catalog.expected_output(ep, json.loads(job["input_json"]), src.display_size if src else None,
+            want = catalog.expected_output(ep, params, src.display_size if src else None,
                                            src.duration if src else None)
         except ValueError as exc:
-            return f"cannot check the output: {exc}", got
-        width, height = got.display_size
+            return (broken[0] if broken else None), (f"not compared with the output convention: {exc}",), got
+        if not want.duration / 2 <= got.duration <= want.duration * 2 + 1:
+            broken.append(f"expected about {want.duration} s, got {got.duration} s")
+        differs = []
         if (width, height) != (want.width, want.height):
-            return f"expected {want.width}x{want.height}, got {width}x{height}", got
-        if got.duration is None or abs(got.duration - want.duration) > self.check.duration_tolerance_s:
-            return f"expected {want.duration} s, got {got.duration} s", got
-        return None, got
+            differs.append(f"{width}x{height}, where the output convention expects {want.width}x{want.height}")
+        if abs(got.duration - want.duration) > self.check.duration_tolerance_s:
+            differs.append(f"{got.duration} s, where the output convention expects {want.duration} s")
+        if broken:
+            return broken[0], tuple(differs), got
+        if differs and self.check.strict:
+            return f"{differs[0]} (--strict-verify)", tuple(differs[1:]), got
+        return None, tuple(differs), got
 
 
 def sidecar(job: dict[str, Any], attempt: dict[str, Any], delivered: Delivered, billed_micro_usd: int,
@@ -179,6 +204,7 @@ def sidecar(job: dict[str, Any], attempt: dict[str, Any], delivered: Delivered, 
         "duration_s": str(m.duration) if m.duration is not None else None,
         "estimated_cost_usd": format_usd(job["estimate_micro_usd"]), "billed_cost_usd": format_usd(billed_micro_usd),
         "billable_units": units, "price_table": job["price_table"], "billed_price_source": price_source,
+        "check_warnings": list(delivered.warnings),
     }
 
 

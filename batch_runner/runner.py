@@ -402,7 +402,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             reporter.event("warning", {}, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
-    delivery = Delivery(client, prices, CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s), source_probe)
+    delivery = Delivery(client, prices, CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s,
+                                                         strict=pool.strict_verify), source_probe)
     worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker)
     try:
         outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()

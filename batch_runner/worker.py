@@ -367,6 +367,9 @@ class Worker:
         self.queue.finish(claim, JobState.SUCCEEDED, None, billed_micro_usd=money.micro_usd, billable_units=money.units,
                           unit_price_micro_usd=money.unit_price_micro_usd, price_source=money.source,
                           output=got.output_row(), output_url=url, keep_billed=keep)
+        for warning in got.warnings:  # delivered and billed; it differs only from our convention
+            self.queue.record_event("output.check_warning", job=job, attempt_id=claim.attempt["id"], warning=warning)
+            self.reporter.event("warning", job, message=f"job {job['id']} delivered, but {warning}")
         self.reporter.event("succeeded", job, billed_micro_usd=0 if keep else money.micro_usd)
 
     @staticmethod

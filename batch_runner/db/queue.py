@@ -450,7 +450,8 @@ class JobQueue:
         return self._read("counting attempts", go)
 
     def record_event(self, kind: str, **details: Any) -> None:
-        """An audit event about the pool, not a job (fal unreachable, reachable again)."""
+        """An audit event that changes no state: about the pool (fal unreachable, reachable again), or a
+        note on a job (`job=`, e.g. an output check warning)."""
         self._tx("recording an event", lambda conn: self._event(conn, kind, worker=self.worker, **details))
 
     def release(self, claim: Claim, *, unsent: bool = False) -> None:

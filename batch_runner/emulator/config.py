@@ -30,6 +30,9 @@ class EmulatorConfig:
     seed: int = 0
     data_dir: Path | None = None  # uploads and outputs; a temporary folder when None
     fps: int = 24  # frame rate of rendered outputs
+    # Pixels added to every output's (width, height): fal documents no output sizes, so a client
+    # must not depend on the emulator's convention (tests of tolerant output checks use it).
+    output_skew_px: tuple[int, int] = (0, 0)
     result_ttl_s: float = RESULT_TTL_S
     keys: frozenset[str] | None = None  # accepted API keys; None accepts any key
     admin_keys: frozenset[str] | None = None  # keys allowed on the usage API; None: any key

@@ -263,6 +263,8 @@ class Queue:
                                {"detail": "Runner disconnected", "error_type": "runner_disconnected"})
             return
         spec = catalog.expected_output(ep, full, info.size if info else None, duration)
+        dw, dh = self.config.output_skew_px
+        spec = catalog.OutputSpec(spec.width + dw, spec.height + dh, spec.duration)
         path = await self._render(ep, full, inputs, spec)
         f = self.store.reserve(f"{req.id[:8]}_output.mp4", "video/mp4")
         os.link(path, f.path)

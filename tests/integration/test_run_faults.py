@@ -122,13 +122,24 @@ def test_expired_result_is_failed_and_counted_as_billed(tmp_path, media, emulato
     assert summary.billed_micro_usd == 2 * 300_000
 
 
-def test_output_that_fails_verification_is_kept_aside_and_billed(tmp_path, media, emulator_factory, db_url):
-    # At 1 frame per second a 0.5 s source comes back 1 s long: the check must catch it.
+def test_an_output_longer_than_the_convention_is_delivered_with_a_warning_or_failed_when_strict(
+        tmp_path, media, emulator_factory, db_url):
+    # At 1 frame per second a 0.5 s source comes back 1 s long. fal promises no exact length: by
+    # default the billed output is delivered with a warning; --strict-verify fails it, kept aside.
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(fps=1), clips=1, clip="c0_5")
     summary = bench.run()
+    assert summary.counts == {"succeeded": 2} and summary.billed_micro_usd == 2 * 60_000
+    warned = [i["message"] for k, _, i in bench.events if k == "warning"]
+    assert len(warned) == 2 and all("where the output convention expects 0.5" in w for w in warned)
+    assert bench.sql("select count(*) from events where kind = 'output.check_warning'") == [(2,)]
+
+    (tmp_path / "strict").mkdir()
+    strict = make_bench(tmp_path / "strict", media, db_url=None, emulator=emulator_factory(fps=1), clips=1,
+                        clip="c0_5")
+    summary = strict.run(strict_verify=True)
     assert summary.counts == {"failed": 2}
-    assert all("output check failed: expected 0.5 s" in f["error"] for f in summary.failed)
-    aside = sorted(p.name for p in (tmp_path / "out" / "b").iterdir())
+    assert all("output check failed: 1" in f["error"] and "(--strict-verify)" in f["error"] for f in summary.failed)
+    aside = sorted(p.name for p in (tmp_path / "strict" / "out" / "b").iterdir())
     assert aside == ["clip0_1x1.rejected.mp4", "clip0_9x16.rejected.mp4"]
     assert summary.billed_micro_usd == 2 * 60_000
 

@@ -273,3 +273,27 @@ def test_a_key_id_and_secret_pair_is_sent_as_fal_client_sends_it(tmp_path, media
     assert json.loads(done.stdout)["jobs"] == {"succeeded": 2} and "the-secret" not in done.output
     half = _cli(bench, "run", str(bench.manifest), FAL_KEY=None, FAL_KEY_ID="the-id")
     assert half.exit_code == 3 and "FAL_KEY_ID is set but FAL_KEY_SECRET is not" in half.output
+
+
+# --------------------------------------------------------------------------- what fal promises
+
+
+def test_an_output_2px_off_the_convention_is_delivered_with_a_warning_and_retry_leaves_it(
+        tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(output_skew_px=(2, 0)), clips=1)
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2} and summary.exit_error() is None
+    assert fal_requests(bench) == 2 and ledger(bench) == emulator_bill(bench) == 2 * 300_000
+    sidecars = sorted((tmp_path / "out" / "b").glob("*.mp4.json"))
+    notes = [json.loads(p.read_text())["check_warnings"] for p in sidecars]
+    assert notes == [["542x540, where the output convention expects 540x540"],
+                     ["542x960, where the output convention expects 540x960"]]
+    assert runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], []) == []  # nothing for retry to pay again
+
+
+def test_an_output_of_the_wrong_aspect_ratio_breaks_fals_promise_and_fails_billed(tmp_path, media, emulator_factory):
+    bench = make_bench(tmp_path, media, emulator_factory(output_skew_px=(200, 0)), clips=1)
+    summary = bench.run()
+    assert summary.counts == {"failed": 2}
+    assert all("output check failed: asked for" in f["error"] for f in summary.failed)
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
