@@ -1,0 +1,117 @@
+"""Uploads to fal's storage as fal does them, over real HTTP: CDN tokens that expire, fal-js's
+multipart flow, and object lifetimes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+from batch_runner.api.client import FalClient
+from batch_runner.config import FalHosts, Secret
+from tests.conftest import EMU_KEY
+from tests.integration.emu_helpers import submit, wait_done
+
+MIB = 1024 * 1024
+FLASH_REFRAME = "fal-ai/luma-dream-machine/ray-2-flash/reframe"
+
+
+def _state(server):
+    """The emulator's own state, for what no fal route shows (tokens issued, how a file was joined)."""
+    return server.app.state.emu
+
+
+def _fal(server) -> FalClient:
+    return FalClient(FalHosts.for_url(server.url), Secret(EMU_KEY))
+
+
+def _file_id(url: str) -> str:
+    return httpx.URL(url).path.split("/")[2]
+
+
+def _small(tmp_path: Path, name: str = "clip.mp4", size: int = 4096) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+# ---------------------------------------------------------------------- CDN tokens
+
+
+def test_the_cdn_refuses_an_expired_token_with_401(emulator_factory, tmp_path):
+    server = emulator_factory(token_ttl_s=0.5)
+    key = {"Authorization": f"Key {EMU_KEY}"}
+    token = httpx.post(f"{server.url}/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={},
+                       headers=key).json()
+    expires = datetime.fromisoformat(token["expires_at"])
+    assert timedelta(0) < expires - datetime.now(timezone.utc) <= timedelta(seconds=0.5)
+    bearer = {"Authorization": f"Bearer {token['token']}", "X-Fal-File-Name": "a.bin"}
+    assert httpx.post(f"{server.url}/files/upload", content=b"x", headers=bearer).status_code == 200
+    time.sleep(0.6)
+    late = httpx.post(f"{server.url}/files/upload", content=b"x", headers=bearer)
+    assert late.status_code == 401 and "expired" in late.json()["detail"]
+    assert httpx.post(f"{server.url}/files/upload/multipart", headers=bearer).status_code == 401
+
+
+# ---------------------------------------------------------------------- fal-js multipart
+
+
+def test_initiate_multipart_is_served_as_fal_js_drives_it(api, emu):
+    data = os.urandom(250_000)
+    init = api.post("/storage/upload/initiate-multipart", params={"storage_type": "fal-cdn-v3"},
+                    json={"content_type": "video/mp4", "file_name": "big.mp4"})
+    assert init.status_code == 200, init.text
+    upload_url, file_url = httpx.URL(init.json()["upload_url"]), init.json()["file_url"]
+    assert upload_url.query  # the signed URL's query, which fal-js puts after /{n} and /complete
+    parts = []
+    for n, chunk in enumerate((data[:100_000], data[100_000:200_000], data[200_000:]), start=1):
+        resp = httpx.put(upload_url.copy_with(path=f"{upload_url.path}/{n}"), content=chunk)  # no key, as fal-js
+        assert resp.status_code == 200 and resp.json()["partNumber"] == n
+        parts.append(resp.json())
+    assert httpx.get(file_url).status_code == 404  # nothing before completion
+    unsigned = httpx.put(str(upload_url.copy_with(path=f"{upload_url.path}/4", query=None)), content=b"x")
+    assert unsigned.status_code == 403
+    complete = upload_url.copy_with(path=f"{upload_url.path}/complete")
+    wrong = [dict(p, etag='"0000"') if p["partNumber"] == 2 else p for p in parts]
+    assert httpx.post(complete, json={"parts": wrong}).status_code == 400
+    assert httpx.post(complete, json={"parts": parts}).status_code == 200
+    assert httpx.get(file_url).content == data
+    assert _state(emu).store.get(_file_id(file_url)).parts == 3
+
+
+# ---------------------------------------------------------------------- object lifecycle
+
+
+def test_fal_clients_lifecycle_headers_are_honoured(emulator_factory):
+    server = emulator_factory(upload_ttl_s=1)
+    key = {"Authorization": f"Key {EMU_KEY}"}
+    # fal-client's initiate sends -Preference; fal-js's initiate sends X-Fal-Object-Lifecycle
+    pref = {"X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 3600}), **key}
+    init = httpx.post(f"{server.url}/storage/upload/initiate", json={"file_name": "a.txt"}, headers=pref).json()
+    assert httpx.put(init["upload_url"], content=b"hello").status_code == 200
+    never = {"X-Fal-Object-Lifecycle": json.dumps({"initial_acl": {"default": "allow"},
+                                                   "expiration_duration_seconds": 0}), **key}
+    forever = httpx.post(f"{server.url}/files/upload", content=b"x", headers=never).json()["access_url"]
+    bad = httpx.post(f"{server.url}/files/upload", content=b"x", headers={"X-Fal-Object-Lifecycle": "7d", **key})
+    assert bad.status_code == 422
+    time.sleep(1.2)
+    assert httpx.get(init["file_url"]).content == b"hello" and httpx.get(forever).status_code == 200
+
+
+def test_a_request_naming_an_expired_upload_fails_with_file_download_error(emulator_factory, media):
+    server = emulator_factory(upload_ttl_s=0.5)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=60) as api:
+        url = api.post("/files/upload", content=media["c5"].read_bytes(),
+                       headers={"Content-Type": "video/mp4", "X-Fal-File-Name": "c5.mp4"}).json()["access_url"]
+        time.sleep(0.6)
+        assert httpx.get(url).status_code == 404
+        body = submit(api, FLASH_REFRAME, {"video_url": url, "aspect_ratio": "9:16"})
+        done = wait_done(api, body["status_url"])
+        assert done["error_type"] == "file_download_error"
+        result = api.get(body["response_url"])
+        assert result.status_code == 422 and result.json()["detail"][0]["type"] == "file_download_error"
+        assert result.json()["detail"][0]["loc"] == ["body", "video_url"]
