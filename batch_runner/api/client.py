@@ -11,6 +11,7 @@ import json
 import mimetypes
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,15 +19,61 @@ from typing import Any, Iterator
 import httpx
 
 from ..config import FalHosts, Secret
-from ..errors import AmbiguousSubmitError, RemoteError, TransientRemoteError
+from ..errors import AmbiguousSubmitError, AuthError, RemoteError, TransientRemoteError
+from ..logs import get_logger
 from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception
 from .transport import RetryPolicy, Transport, error_for
+
+log = get_logger("api")
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=30.0)  # fal sends keep-alives well within this
 MULTIPART_THRESHOLD = 100 * 1024 * 1024
 MULTIPART_CHUNK = 10 * 1024 * 1024
 DOWNLOAD_CHUNK = 1 << 20
+# fal's toolkit refreshes its CDN token an hour before `expires_at`
+# (fal:projects/fal/src/fal/toolkit/file/providers/fal.py `FalV2TokenManager.get_token(valid_for=1h)`);
+# fal-client only once `now >= expires_at` (fal:…/fal_client/client.py `CDNToken.is_expired`). We
+# take the hour, bounded by half the token's lifetime so a short-lived token is not refreshed on
+# every upload.
+TOKEN_MARGIN_S = 3600.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CdnToken:
+    """fal's answer to `POST {rest}/storage/auth/token?storage_type=fal-cdn-v3`
+    (fal:…/fal_client/client.py `CDNTokenManager._refresh_token`: token, token_type, base_url, expires_at)."""
+
+    header: str  # the Authorization value: "<token_type> <token>"
+    base_url: str
+    refresh_at: datetime | None  # None: fal gave no expiry; only a 401/403 makes us fetch another
+
+    @classmethod
+    def from_answer(cls, data: dict[str, Any], fallback_base: str, now: datetime) -> "CdnToken":
+        expires = _parse_time(data.get("expires_at"))
+        refresh = None
+        if expires is not None:
+            lifetime_s = max(0.0, (expires - now).total_seconds())
+            refresh = expires - timedelta(seconds=min(TOKEN_MARGIN_S, lifetime_s / 2))
+        return cls(f"{data['token_type']} {data['token']}", data.get("base_url") or fallback_base, refresh)
+
+    def due(self, now: datetime) -> bool:
+        return self.refresh_at is not None and now >= self.refresh_at
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """fal sends ISO-8601 with an offset (fal-client parses it with `datetime.fromisoformat`)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -53,7 +100,7 @@ class FalClient:
                                    headers={"User-Agent": "batch-runner/0.1"})
         self.stop = stop or threading.Event()
         self.transport = Transport(self._http, policy or RetryPolicy(), self.stop)
-        self._cdn_token: tuple[str, str] | None = None
+        self._cdn_token: CdnToken | None = None
         self._token_lock = threading.Lock()
 
     def close(self) -> None:
@@ -160,19 +207,31 @@ class FalClient:
             return h.hexdigest(), size
         return self.transport.repeat(Phase.DOWNLOAD, "download", once)
 
-    def _token(self) -> tuple[str, str]:
+    def _token(self, stale: CdnToken | None = None) -> CdnToken:
+        """The CDN upload token, fetched again when it is due for refresh or when `stale` (a token
+        fal just refused) is still the one we hold; another thread may have replaced it already."""
         with self._token_lock:
-            if self._cdn_token is None:
+            held = self._cdn_token
+            if held is None or held is stale or held.due(_utcnow()):
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
                                            phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
-                data = resp.json()
-                self._cdn_token = (f"{data['token_type']} {data['token']}", data.get("base_url") or self.hosts.cdn)
+                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), self.hosts.cdn, _utcnow())
             return self._cdn_token
 
     def upload(self, path: Path) -> str:
         """Upload a local file to fal's storage; returns its URL (multipart above 100 MiB)."""
-        auth, base = self._token()
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        token = self._token()
+        try:
+            return self._upload_once(path, ctype, token)
+        except AuthError as exc:
+            # The token expired early (clock skew) or was revoked: fetch another, once. Our key is
+            # not in question here (the token endpoint took it), so this is not a pool-stopping AuthError.
+            log.info("upload %s: the CDN refused its token (%s); fetching a new token", path.name, exc.message)
+            return self._upload_once(path, ctype, self._token(stale=token))
+
+    def _upload_once(self, path: Path, ctype: str, token: CdnToken) -> str:
+        auth, base = token.header, token.base_url
         headers = {"Authorization": auth, "Content-Type": ctype, "X-Fal-File-Name": path.name}
         size = path.stat().st_size
         if size <= MULTIPART_THRESHOLD:

@@ -1,5 +1,5 @@
-"""Uploads to fal's storage as fal does them, over real HTTP: CDN tokens that expire, fal-js's
-multipart flow, and object lifetimes."""
+"""Uploads to fal's storage as fal does them, runner and emulator over real HTTP: CDN tokens that
+expire, fal-js's multipart flow, and object lifetimes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from batch_runner.api import client as client_module
 from batch_runner.api.client import FalClient
 from batch_runner.config import FalHosts, Secret
 from tests.conftest import EMU_KEY
@@ -55,6 +56,36 @@ def test_the_cdn_refuses_an_expired_token_with_401(emulator_factory, tmp_path):
     late = httpx.post(f"{server.url}/files/upload", content=b"x", headers=bearer)
     assert late.status_code == 401 and "expired" in late.json()["detail"]
     assert httpx.post(f"{server.url}/files/upload/multipart", headers=bearer).status_code == 401
+
+
+def test_an_upload_after_the_token_expired_gets_a_new_token_and_succeeds(emulator_factory, tmp_path):
+    server = emulator_factory(token_ttl_s=1)
+    fal = _fal(server)
+    try:
+        first = fal.upload(_small(tmp_path, "a.mp4"))
+        time.sleep(1.1)
+        second = fal.upload(_small(tmp_path, "b.mp4"))
+    finally:
+        fal.close()
+    assert httpx.get(first).status_code == 200 and httpx.get(second).status_code == 200
+    assert len(_state(server).cdn_tokens) == 2  # the token endpoint was called again
+
+
+def test_a_token_the_cdn_refuses_before_its_time_is_replaced_once(emulator_factory, tmp_path, monkeypatch):
+    # Our clock runs an hour behind fal's, so by our clock the token is fresh when fal says it
+    # has expired: fal's 401 must bring a new token, not stop the run with an AuthError.
+    real = client_module._utcnow
+    monkeypatch.setattr(client_module, "_utcnow", lambda: real() - timedelta(hours=1))
+    server = emulator_factory(token_ttl_s=1)
+    fal = _fal(server)
+    try:
+        fal.upload(_small(tmp_path, "a.mp4"))
+        time.sleep(1.1)
+        url = fal.upload(_small(tmp_path, "b.mp4"))
+    finally:
+        fal.close()
+    assert httpx.get(url).content == (tmp_path / "b.mp4").read_bytes()
+    assert len(_state(server).cdn_tokens) == 2
 
 
 # ---------------------------------------------------------------------- fal-js multipart
