@@ -3,6 +3,7 @@ expire, fal-js's multipart flow, and object lifetimes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -112,6 +113,25 @@ def test_initiate_multipart_is_served_as_fal_js_drives_it(api, emu):
     assert httpx.post(complete, json={"parts": parts}).status_code == 200
     assert httpx.get(file_url).content == data
     assert _state(emu).store.get(_file_id(file_url)).parts == 3
+
+
+def test_a_95_mib_source_goes_up_in_parts_and_arrives_byte_identical(emulator_factory, tmp_path):
+    server = emulator_factory()
+    source = tmp_path / "big.mp4"  # the upload path never reads it as video: random bytes will do
+    with source.open("wb") as fh:
+        for _ in range(95):
+            fh.write(os.urandom(MIB))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    fal = _fal(server)
+    try:
+        url = fal.upload(source)
+    finally:
+        fal.close()
+    stored = _state(server).store.get(_file_id(url))
+    assert stored is not None and stored.parts == 10  # 9 parts of 10 MiB and one of 5 MiB
+    assert hashlib.sha256(stored.path.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(httpx.get(url, timeout=60).content).hexdigest() == digest
+    assert not _state(server).cdn_tokens  # parts go to the signed URL: no CDN token needed
 
 
 # ---------------------------------------------------------------------- object lifecycle
