@@ -83,6 +83,21 @@ def _parse_time(value: Any) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
+def lifecycle_headers(lifetime_s: int | None) -> dict[str, str]:
+    """fal's object-lifecycle headers for an upload that must live `lifetime_s` seconds. fal-client
+    sends the same JSON under both names on every upload call ("CDN uploads expect
+    X-Fal-Object-Lifecycle, while storage-backed upload initiation uses
+    X-Fal-Object-Lifecycle-Preference": fal:…/fal_client/client.py `_object_lifecycle_headers`);
+    the body is `{"expiration_duration_seconds": N}` (`_normalize_upload_lifecycle`; fal-js
+    storage.ts `UploadLifecycleConfig`)."""
+    if lifetime_s is None:
+        return {}
+    if lifetime_s <= 0:
+        raise ValueError("an upload lifetime must be a positive number of seconds")  # 0 would mean "never"
+    body = json.dumps({"expiration_duration_seconds": int(lifetime_s)})
+    return {"X-Fal-Object-Lifecycle": body, "X-Fal-Object-Lifecycle-Preference": body}
+
+
 @dataclass(frozen=True)
 class Submitted:
     request_id: str
@@ -225,32 +240,34 @@ class FalClient:
                 self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), self.hosts.cdn, _utcnow())
             return self._cdn_token
 
-    def upload(self, path: Path) -> str:
-        """Upload a local file to fal's storage; returns its URL. Above 90 MiB it goes up in
-        parts (see MULTIPART_THRESHOLD)."""
+    def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
+        """Upload a local file to fal's storage; returns its URL. `lifetime_s` asks fal to keep it
+        that long (fal's object-lifecycle headers); without it the account's retention applies.
+        Above 90 MiB it goes up in parts (see MULTIPART_THRESHOLD)."""
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        lifecycle = lifecycle_headers(lifetime_s)
         if path.stat().st_size > MULTIPART_THRESHOLD:
-            return self._upload_parts(path, ctype)
+            return self._upload_parts(path, ctype, lifecycle)
         token = self._token()
         try:
-            return self._upload_whole(path, ctype, token)
+            return self._upload_whole(path, ctype, lifecycle, token)
         except AuthError as exc:
             # The token expired early (clock skew) or was revoked: fetch another, once. Our key is
             # not in question here (the token endpoint took it), so this is not a pool-stopping AuthError.
             log.info("upload %s: the CDN refused its token (%s); fetching a new token", path.name, exc.message)
-            return self._upload_whole(path, ctype, self._token(stale=token))
+            return self._upload_whole(path, ctype, lifecycle, self._token(stale=token))
 
-    def _upload_whole(self, path: Path, ctype: str, token: CdnToken) -> str:
+    def _upload_whole(self, path: Path, ctype: str, lifecycle: dict[str, str], token: CdnToken) -> str:
         """One POST to the fixed CDN host (fal:…/fal_client/client.py `_upload_v3`: `CDN_URL + "/files/upload"`)."""
-        headers = {"Authorization": token.header, "Content-Type": ctype, "X-Fal-File-Name": path.name}
+        headers = {"Authorization": token.header, "Content-Type": ctype, "X-Fal-File-Name": path.name, **lifecycle}
         resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
                                    phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
         return str(_json_or_error(resp, f"upload {path.name}")["access_url"])
 
-    def _upload_parts(self, path: Path, ctype: str) -> str:
+    def _upload_parts(self, path: Path, ctype: str, lifecycle: dict[str, str]) -> str:
         """fal-js's multipart flow (fal-js:libs/client/src/storage.ts `multipartUpload`):
         `POST {rest}/storage/upload/initiate-multipart?storage_type=fal-cdn-v3` with the API key,
-        JSON `{content_type, file_name}` → `{upload_url, file_url}`; each
+        JSON `{content_type, file_name}` and the lifecycle header → `{upload_url, file_url}`; each
         10 MiB part `PUT {upload_url origin+path}/{n}{upload_url query}` → JSON `{partNumber, etag}`,
         one after another; then `POST {origin+path}/complete{query}` with JSON
         `{"parts": [{partNumber, etag}]}`. The file's URL is `file_url`. fal-js sends no key to the
@@ -258,7 +275,7 @@ class FalClient:
         what = f"upload {path.name}"
         start = self.transport.read("POST", f"{self.hosts.rest}/storage/upload/initiate-multipart", what,
                                     phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
-                                    json={"content_type": ctype, "file_name": path.name})
+                                    json={"content_type": ctype, "file_name": path.name}, headers=lifecycle)
         answer = _json_or_error(start, what)
         upload_url, file_url = httpx.URL(str(answer["upload_url"])), str(answer["file_url"])
         parts = []

@@ -1,5 +1,5 @@
 """Uploads to fal's storage as fal does them, runner and emulator over real HTTP: CDN tokens that
-expire, fal-js's multipart flow, and object lifetimes."""
+expire, fal-js's multipart flow above 90 MiB, and the object lifecycle the runner asks for."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from batch_runner import worker
 from batch_runner.api import client as client_module
 from batch_runner.api.client import FalClient
 from batch_runner.config import FalHosts, Secret
 from tests.conftest import EMU_KEY
 from tests.integration.emu_helpers import submit, wait_done
+from tests.integration.run_helpers import make_bench
 
 MIB = 1024 * 1024
 FLASH_REFRAME = "fal-ai/luma-dream-machine/ray-2-flash/reframe"
@@ -124,17 +126,32 @@ def test_a_95_mib_source_goes_up_in_parts_and_arrives_byte_identical(emulator_fa
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     fal = _fal(server)
     try:
-        url = fal.upload(source)
+        url = fal.upload(source, lifetime_s=3600)
     finally:
         fal.close()
     stored = _state(server).store.get(_file_id(url))
     assert stored is not None and stored.parts == 10  # 9 parts of 10 MiB and one of 5 MiB
     assert hashlib.sha256(stored.path.read_bytes()).hexdigest() == digest
     assert hashlib.sha256(httpx.get(url, timeout=60).content).hexdigest() == digest
+    assert stored.expires_at is not None and stored.expires_at - time.time() > 3500  # the lifetime asked for
     assert not _state(server).cdn_tokens  # parts go to the signed URL: no CDN token needed
 
 
 # ---------------------------------------------------------------------- object lifecycle
+
+
+def test_an_upload_lives_as_long_as_it_asked_and_others_the_default(emulator_factory, tmp_path):
+    server = emulator_factory(upload_ttl_s=1)
+    fal = _fal(server)
+    try:
+        kept = fal.upload(_small(tmp_path, "kept.mp4"), lifetime_s=3)
+        default = fal.upload(_small(tmp_path, "default.mp4"))
+    finally:
+        fal.close()
+    time.sleep(1.5)
+    assert httpx.get(kept).status_code == 200 and httpx.get(default).status_code == 404
+    time.sleep(1.7)
+    assert httpx.get(kept).status_code == 404
 
 
 def test_fal_clients_lifecycle_headers_are_honoured(emulator_factory):
@@ -166,3 +183,21 @@ def test_a_request_naming_an_expired_upload_fails_with_file_download_error(emula
         result = api.get(body["response_url"])
         assert result.status_code == 422 and result.json()["detail"][0]["type"] == "file_download_error"
         assert result.json()["detail"][0]["loc"] == ["body", "video_url"]
+
+
+def test_the_runner_reuses_an_upload_only_while_fal_keeps_it(tmp_path, media, emulator_factory):
+    # An account whose retention is a minute: only the lifetime the runner asks for keeps its files.
+    server = emulator_factory(upload_ttl_s=60)
+    bench = make_bench(tmp_path, media, server)
+    assert bench.run().counts == {"succeeded": 4}
+    rows = bench.sql("select url, expires_at from uploads")
+    assert len(rows) == 2
+    for url, reuse_until in rows:
+        reuse_until = reuse_until if isinstance(reuse_until, datetime) else datetime.fromisoformat(str(reuse_until))
+        reuse_until = reuse_until if reuse_until.tzinfo else reuse_until.replace(tzinfo=timezone.utc)
+        stored = _state(server).store.get(_file_id(url))
+        fal_until = datetime.fromtimestamp(stored.expires_at, timezone.utc)
+        assert reuse_until <= fal_until  # never reused after fal deletes it
+        assert fal_until - datetime.now(timezone.utc) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
+    assert worker.UPLOAD_TTL_S < worker.UPLOAD_LIFETIME_S
+

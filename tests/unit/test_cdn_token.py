@@ -1,12 +1,13 @@
-"""The CDN token's refresh time, as pure logic."""
+"""The CDN token's refresh time and the object-lifecycle headers, as pure logic."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from batch_runner.api.client import CdnToken
+from batch_runner.api.client import CdnToken, lifecycle_headers
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
@@ -38,3 +39,15 @@ def test_an_expiry_in_z_or_without_offset_is_utc():
 def test_a_token_without_a_readable_expiry_is_kept_until_fal_refuses_it(expires_at):
     assert not _token(expires_at).due(NOW + timedelta(days=365))
 
+
+def test_lifecycle_goes_under_both_header_names_fal_client_uses():
+    headers = lifecycle_headers(604800)
+    assert set(headers) == {"X-Fal-Object-Lifecycle", "X-Fal-Object-Lifecycle-Preference"}
+    assert all(json.loads(v) == {"expiration_duration_seconds": 604800} for v in headers.values())
+    assert lifecycle_headers(None) == {}
+
+
+@pytest.mark.parametrize("lifetime", [0, -5])
+def test_a_lifetime_must_be_positive(lifetime):
+    with pytest.raises(ValueError):
+        lifecycle_headers(lifetime)
