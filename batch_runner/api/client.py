@@ -53,20 +53,20 @@ def _utcnow() -> datetime:
 @dataclass(frozen=True)
 class CdnToken:
     """fal's answer to `POST {rest}/storage/auth/token?storage_type=fal-cdn-v3`
-    (fal:…/fal_client/client.py `CDNTokenManager._refresh_token`: token, token_type, base_url, expires_at)."""
+    (fal:…/fal_client/client.py `CDNTokenManager._refresh_token`: token, token_type, base_url, expires_at).
+    `base_url` serves only fal-client's CDN multipart, which we do not use (see MULTIPART_THRESHOLD)."""
 
     header: str  # the Authorization value: "<token_type> <token>"
-    base_url: str
     refresh_at: datetime | None  # None: fal gave no expiry; only a 401/403 makes us fetch another
 
     @classmethod
-    def from_answer(cls, data: dict[str, Any], fallback_base: str, now: datetime) -> "CdnToken":
+    def from_answer(cls, data: dict[str, Any], now: datetime) -> "CdnToken":
         expires = _parse_time(data.get("expires_at"))
         refresh = None
         if expires is not None:
             lifetime_s = max(0.0, (expires - now).total_seconds())
             refresh = expires - timedelta(seconds=min(TOKEN_MARGIN_S, lifetime_s / 2))
-        return cls(f"{data['token_type']} {data['token']}", data.get("base_url") or fallback_base, refresh)
+        return cls(f"{data['token_type']} {data['token']}", refresh)
 
     def due(self, now: datetime) -> bool:
         return self.refresh_at is not None and now >= self.refresh_at
@@ -237,7 +237,7 @@ class FalClient:
             if held is None or held is stale or held.due(_utcnow()):
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
                                            phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
-                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), self.hosts.cdn, _utcnow())
+                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
             return self._cdn_token
 
     def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
