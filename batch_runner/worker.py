@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,14 @@ from .pricing import PriceTable
 
 log = get_logger("worker")
 
-UPLOAD_TTL_S = 6 * 24 * 3600.0  # fal keeps uploads at least 7 days; re-upload a day early
+# Every upload asks fal to keep the file this long (X-Fal-Object-Lifecycle, api/client.py); without
+# it the account's retention applies, which is configurable
+# (https://docs.fal.ai/documentation/model-apis/media-expiration).
+UPLOAD_LIFETIME_S = 7 * 24 * 3600
+# An uploaded URL is reused for a day less than that, counted from before its upload began (fal
+# cannot start the file's clock earlier): the day covers a job that waits in fal's queue before
+# its runner fetches the source.
+UPLOAD_TTL_S = UPLOAD_LIFETIME_S - 24 * 3600.0
 PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × its unit price
 
 
@@ -76,7 +84,7 @@ class Worker:
         self.breaker = breaker
         self._unit_prices: dict[str, tuple[Decimal, str]] = {}
         self._upload_locks: dict[str, threading.Lock] = {}
-        self._uploaded: dict[str, str] = {}  # content sha256 → URL, for this process
+        self._uploaded: dict[str, tuple[str, float]] = {}  # content sha256 → URL and its reuse deadline (monotonic)
         self._digests: dict[str, str] = {}  # file fingerprint → content sha256
         self._lock = threading.Lock()
 
@@ -204,20 +212,23 @@ class Worker:
         with self._lock:
             known = self._uploaded.get(digest)
             lock = self._upload_locks.setdefault(digest, threading.Lock())
-        if known is not None:
-            return known
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
         with lock:  # two threads with the same source upload it once
             with self._lock:
                 known = self._uploaded.get(digest)
-            if known is not None:
-                return known
+            if known is not None and time.monotonic() < known[1]:
+                return known[0]
             base = self.client.hosts.cdn
-            url = self.queue.cached_upload(digest, base)
-            if url is None:
-                url = self.client.upload(path)
-                self.queue.store_upload(digest, base, url, path.stat().st_size, UPLOAD_TTL_S)
+            url = self.queue.cached_upload(digest, base)  # within the reuse window it was stored with
+            if url is not None:
+                return url
+            started = time.monotonic()
+            url = self.client.upload(path, lifetime_s=UPLOAD_LIFETIME_S)
+            left_s = UPLOAD_TTL_S - (time.monotonic() - started)
+            self.queue.store_upload(digest, base, url, path.stat().st_size, left_s)
             with self._lock:
-                self._uploaded[digest] = url
+                self._uploaded[digest] = (url, started + UPLOAD_TTL_S)
             return url
 
     # ------------------------------------------------------------------ follow

@@ -11,6 +11,7 @@ import json
 import mimetypes
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,15 +19,83 @@ from typing import Any, Iterator
 import httpx
 
 from ..config import FalHosts, Secret
-from ..errors import AmbiguousSubmitError, RemoteError, TransientRemoteError
+from ..errors import AmbiguousSubmitError, AuthError, RemoteError, TransientRemoteError
+from ..logs import get_logger
 from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception
 from .transport import RetryPolicy, Transport, error_for
 
+log = get_logger("api")
+
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=30.0)  # fal sends keep-alives well within this
-MULTIPART_THRESHOLD = 100 * 1024 * 1024
+# Files above 90 MiB go up in 10 MiB parts through fal-js's initiate-multipart flow
+# (fal-js:libs/client/src/storage.ts `upload`: `file.size > 90 * 1024 * 1024`; `multipartUpload`:
+# `chunkSize = 10 * 1024 * 1024`). fal-client's own multipart starts only above 100 MiB
+# (fal:projects/fal_client/src/fal_client/client.py MULTIPART_THRESHOLD) and sends a 90-100 MiB file
+# in one part; of the two clients only fal-js splits a file of that size, so its flow is the one
+# a fal client is known to use there. Its parts are authorised by the signed upload URL, not by
+# the CDN token, so a long upload cannot outlive its token halfway through.
+MULTIPART_THRESHOLD = 90 * 1024 * 1024
 MULTIPART_CHUNK = 10 * 1024 * 1024
 DOWNLOAD_CHUNK = 1 << 20
+# fal's toolkit refreshes its CDN token an hour before `expires_at`
+# (fal:projects/fal/src/fal/toolkit/file/providers/fal.py `FalV2TokenManager.get_token(valid_for=1h)`);
+# fal-client only once `now >= expires_at` (fal:…/fal_client/client.py `CDNToken.is_expired`). We
+# take the hour, bounded by half the token's lifetime so a short-lived token is not refreshed on
+# every upload.
+TOKEN_MARGIN_S = 3600.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CdnToken:
+    """fal's answer to `POST {rest}/storage/auth/token?storage_type=fal-cdn-v3`
+    (fal:…/fal_client/client.py `CDNTokenManager._refresh_token`: token, token_type, base_url, expires_at).
+    `base_url` serves only fal-client's CDN multipart, which we do not use (see MULTIPART_THRESHOLD)."""
+
+    header: str  # the Authorization value: "<token_type> <token>"
+    refresh_at: datetime | None  # None: fal gave no expiry; only a 401/403 makes us fetch another
+
+    @classmethod
+    def from_answer(cls, data: dict[str, Any], now: datetime) -> "CdnToken":
+        expires = _parse_time(data.get("expires_at"))
+        refresh = None
+        if expires is not None:
+            lifetime_s = max(0.0, (expires - now).total_seconds())
+            refresh = expires - timedelta(seconds=min(TOKEN_MARGIN_S, lifetime_s / 2))
+        return cls(f"{data['token_type']} {data['token']}", refresh)
+
+    def due(self, now: datetime) -> bool:
+        return self.refresh_at is not None and now >= self.refresh_at
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """fal sends ISO-8601 with an offset (fal-client parses it with `datetime.fromisoformat`)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def lifecycle_headers(lifetime_s: int | None) -> dict[str, str]:
+    """fal's object-lifecycle headers for an upload that must live `lifetime_s` seconds. fal-client
+    sends the same JSON under both names on every upload call ("CDN uploads expect
+    X-Fal-Object-Lifecycle, while storage-backed upload initiation uses
+    X-Fal-Object-Lifecycle-Preference": fal:…/fal_client/client.py `_object_lifecycle_headers`);
+    the body is `{"expiration_duration_seconds": N}` (`_normalize_upload_lifecycle`; fal-js
+    storage.ts `UploadLifecycleConfig`)."""
+    if lifetime_s is None:
+        return {}
+    if lifetime_s <= 0:
+        raise ValueError("an upload lifetime must be a positive number of seconds")  # 0 would mean "never"
+    body = json.dumps({"expiration_duration_seconds": int(lifetime_s)})
+    return {"X-Fal-Object-Lifecycle": body, "X-Fal-Object-Lifecycle-Preference": body}
 
 
 @dataclass(frozen=True)
@@ -53,7 +122,7 @@ class FalClient:
                                    headers={"User-Agent": "batch-runner/0.1"})
         self.stop = stop or threading.Event()
         self.transport = Transport(self._http, policy or RetryPolicy(), self.stop)
-        self._cdn_token: tuple[str, str] | None = None
+        self._cdn_token: CdnToken | None = None
         self._token_lock = threading.Lock()
 
     def close(self) -> None:
@@ -160,38 +229,78 @@ class FalClient:
             return h.hexdigest(), size
         return self.transport.repeat(Phase.DOWNLOAD, "download", once)
 
-    def _token(self) -> tuple[str, str]:
+    def _token(self, stale: CdnToken | None = None) -> CdnToken:
+        """The CDN upload token, fetched again when it is due for refresh or when `stale` (a token
+        fal just refused) is still the one we hold; another thread may have replaced it already."""
         with self._token_lock:
-            if self._cdn_token is None:
+            held = self._cdn_token
+            if held is None or held is stale or held.due(_utcnow()):
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
                                            phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
-                data = resp.json()
-                self._cdn_token = (f"{data['token_type']} {data['token']}", data.get("base_url") or self.hosts.cdn)
+                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
             return self._cdn_token
 
-    def upload(self, path: Path) -> str:
-        """Upload a local file to fal's storage; returns its URL (multipart above 100 MiB)."""
-        auth, base = self._token()
+    def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
+        """Upload a local file to fal's storage; returns its URL. `lifetime_s` asks fal to keep it
+        that long (fal's object-lifecycle headers); without it the account's retention applies.
+        Above 90 MiB it goes up in parts (see MULTIPART_THRESHOLD)."""
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        headers = {"Authorization": auth, "Content-Type": ctype, "X-Fal-File-Name": path.name}
-        size = path.stat().st_size
-        if size <= MULTIPART_THRESHOLD:
-            resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
-                                       phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
-            return resp.json()["access_url"]
-        start = self.transport.read("POST", f"{base}/files/upload/multipart", f"upload {path.name}",
-                                    phase=Phase.UPLOAD, headers=headers)
-        access, upload_id = start.json()["access_url"], start.json()["uploadId"]
+        lifecycle = lifecycle_headers(lifetime_s)
+        if path.stat().st_size > MULTIPART_THRESHOLD:
+            return self._upload_parts(path, ctype, lifecycle)
+        token = self._token()
+        try:
+            return self._upload_whole(path, ctype, lifecycle, token)
+        except AuthError as exc:
+            # The token expired early (clock skew) or was revoked: fetch another, once. Our key is
+            # not in question here (the token endpoint took it), so this is not a pool-stopping AuthError.
+            log.info("upload %s: the CDN refused its token (%s); fetching a new token", path.name, exc.message)
+            return self._upload_whole(path, ctype, lifecycle, self._token(stale=token))
+
+    def _upload_whole(self, path: Path, ctype: str, lifecycle: dict[str, str], token: CdnToken) -> str:
+        """One POST to the fixed CDN host (fal:…/fal_client/client.py `_upload_v3`: `CDN_URL + "/files/upload"`)."""
+        headers = {"Authorization": token.header, "Content-Type": ctype, "X-Fal-File-Name": path.name, **lifecycle}
+        resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
+                                   phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
+        return str(_json_or_error(resp, f"upload {path.name}")["access_url"])
+
+    def _upload_parts(self, path: Path, ctype: str, lifecycle: dict[str, str]) -> str:
+        """fal-js's multipart flow (fal-js:libs/client/src/storage.ts `multipartUpload`):
+        `POST {rest}/storage/upload/initiate-multipart?storage_type=fal-cdn-v3` with the API key,
+        JSON `{content_type, file_name}` and the lifecycle header → `{upload_url, file_url}`; each
+        10 MiB part `PUT {upload_url origin+path}/{n}{upload_url query}` → JSON `{partNumber, etag}`,
+        one after another; then `POST {origin+path}/complete{query}` with JSON
+        `{"parts": [{partNumber, etag}]}`. The file's URL is `file_url`. fal-js sends no key to the
+        upload URL (plain `fetch`), and neither do we."""
+        what = f"upload {path.name}"
+        start = self.transport.read("POST", f"{self.hosts.rest}/storage/upload/initiate-multipart", what,
+                                    phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
+                                    json={"content_type": ctype, "file_name": path.name}, headers=lifecycle)
+        answer = _json_or_error(start, what)
+        upload_url, file_url = httpx.URL(str(answer["upload_url"])), str(answer["file_url"])
         parts = []
         with path.open("rb") as fh:
             for number, chunk in enumerate(iter(lambda: fh.read(MULTIPART_CHUNK), b""), start=1):
-                resp = self.transport.read("PUT", f"{access}/multipart/{upload_id}/{number}", f"upload part {number}",
-                                           phase=Phase.UPLOAD, content=chunk, headers={"Authorization": auth,
-                                                                   "Accept-Encoding": "identity"})
-                parts.append({"partNumber": number, "etag": resp.headers["etag"]})
-        self.transport.read("POST", f"{access}/multipart/{upload_id}/complete", f"upload {path.name}",
-                            phase=Phase.UPLOAD, json={"parts": parts}, headers={"Authorization": auth})
-        return access
+                resp = self._unkeyed("PUT", upload_url.copy_with(path=f"{upload_url.path}/{number}"),
+                                     f"upload part {number} of {path.name}", content=chunk)
+                part = _json_or_error(resp, f"upload part {number} of {path.name}")
+                parts.append({"partNumber": int(part["partNumber"]), "etag": str(part["etag"])})
+        self._unkeyed("POST", upload_url.copy_with(path=f"{upload_url.path}/complete"), what, json={"parts": parts})
+        return file_url
+
+    def _unkeyed(self, method: str, url: httpx.URL, what: str, **kw: Any) -> httpx.Response:
+        """A storage call to a signed URL, without our key, repeated as any upload call is."""
+        def once() -> httpx.Response:
+            self.transport.count_request()
+            try:
+                resp = self._plain.request(method, url, **kw)
+            except httpx.TransportError as exc:
+                reply = reply_of_exception(exc)
+                raise TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply) from None
+            if not resp.is_success:
+                raise error_for(resp, what)
+            return resp
+        return self.transport.repeat(Phase.UPLOAD, what, once)
 
     # ------------------------------------------------------------------ platform API
 

@@ -224,6 +224,8 @@ def create_app(config: EmulatorConfig) -> Starlette:
         Route("/storage/auth/token", cdn.storage_token, methods=["POST"]),
         Route("/storage/upload/initiate", cdn.storage_initiate, methods=["POST"]),
         Route("/storage/upload/target/{token}", cdn.storage_put, methods=["PUT"]),
+        Route("/storage/upload/initiate-multipart", cdn.storage_initiate_multipart, methods=["POST"]),
+        Route("/storage/upload/multipart/{upload_id}/{part}", cdn.storage_multipart_part, methods=["PUT", "POST"]),
         Route("/files/upload", cdn.cdn_upload, methods=["POST"]),
         Route("/files/upload/multipart", cdn.cdn_multipart_start, methods=["POST"]),
         Route("/files/{fid}/{name}", cdn.cdn_file, methods=["GET", "HEAD"]),

@@ -14,6 +14,13 @@ WEBHOOK_ATTEMPTS = 10
 WEBHOOK_RETRY_S = 12 * 60.0  # 10 attempts over about 2 hours
 KEEPALIVE_S = 5.0  # SSE keep-alive: fal-js gives up after 15 s of silence
 RETRY_AFTER_S = 1
+# fal-client keeps a CDN token until its `expires_at` (fal:projects/fal_client/src/fal_client/client.py
+# CDNToken.is_expired); fal does not publish the lifetime. The emulator issued 1-h tokens before.
+TOKEN_TTL_S = 3600.0
+# fal docs: CDN media lives "at least 7 days" unless the account's storage settings say otherwise
+# (https://docs.fal.ai/documentation/model-apis/media-expiration); an upload may ask for its own
+# lifetime with X-Fal-Object-Lifecycle(-Preference) (see cdn.py).
+UPLOAD_TTL_S = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class EmulatorConfig:
     user_id: str = "emulator-user"
     keepalive_s: float = KEEPALIVE_S
     send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units
+    token_ttl_s: float = TOKEN_TTL_S  # CDN upload tokens expire this long after issue (401 afterwards)
+    upload_ttl_s: float | None = UPLOAD_TTL_S  # an upload's lifetime when it asks for none; None: never
     processing_s: dict[str, float] = field(default_factory=lambda: dict(PROCESSING_S))
     queue_delay_s: float = QUEUE_DELAY_S
     # Holds (real seconds, not scaled), for crash tests that kill a client inside a window; the

@@ -1,7 +1,7 @@
 """The emulator's file storage: uploads (single part, multipart, initiate-then-PUT) and outputs.
 
-Every file is served back at `{base}/files/{id}/{name}`; an input URL that points here is read
-from disk instead of over HTTP.
+Every file is served back at `{base}/files/{id}/{name}` until its lifetime ends; an input URL
+that points here is read from disk instead of over HTTP.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -25,12 +26,20 @@ class StoredFile:
     path: Path
     size: int = 0
     complete: bool = True
+    lifetime_s: float | None = None  # counted from completion; None: kept for good (outputs)
+    expires_at: float | None = None  # epoch seconds, set on completion
+    parts: int = 0  # how many parts a multipart upload was joined from
+
+    def gone(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass
 class Multipart:
     file: StoredFile
     parts: dict[int, Path] = field(default_factory=dict)
+    etags: dict[int, str] = field(default_factory=dict)
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # fal-js flow: the URL's credential
 
 
 class FileStore:
@@ -44,33 +53,40 @@ class FileStore:
         self._pending: dict[str, StoredFile] = {}  # initiate-then-PUT uploads by token
         self._lock = threading.Lock()
 
-    def _new(self, name: str | None, content_type: str | None, *, complete: bool) -> StoredFile:
+    def _new(self, name: str | None, content_type: str | None, *, complete: bool,
+             lifetime_s: float | None = None) -> StoredFile:
         fid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         clean = _SAFE_NAME.sub("_", name or "upload.bin").strip("._") or "upload.bin"
         folder = self.root / fid
         folder.mkdir()
-        f = StoredFile(fid, clean, content_type or "application/octet-stream", folder / clean, complete=complete)
+        f = StoredFile(fid, clean, content_type or "application/octet-stream", folder / clean, complete=complete,
+                       lifetime_s=lifetime_s)
         with self._lock:
             self._files[fid] = f
         return f
 
-    def put(self, data: bytes, name: str | None, content_type: str | None) -> StoredFile:
-        f = self._new(name, content_type, complete=True)
+    def put(self, data: bytes, name: str | None, content_type: str | None,
+            lifetime_s: float | None = None) -> StoredFile:
+        f = self._new(name, content_type, complete=False, lifetime_s=lifetime_s)
         f.path.write_bytes(data)
-        f.size = len(data)
+        self.finish(f)
         return f
 
-    def reserve(self, name: str | None, content_type: str | None) -> StoredFile:
+    def reserve(self, name: str | None, content_type: str | None, lifetime_s: float | None = None) -> StoredFile:
         """A file whose bytes arrive later (rendered outputs, initiate-then-PUT uploads)."""
-        return self._new(name, content_type, complete=False)
+        return self._new(name, content_type, complete=False, lifetime_s=lifetime_s)
 
     def finish(self, f: StoredFile) -> None:
         f.size = f.path.stat().st_size
+        if f.lifetime_s is not None:
+            f.expires_at = time.time() + f.lifetime_s
         f.complete = True
 
     def get(self, fid: str) -> StoredFile | None:
+        """A file by id; None once its lifetime has ended (fal's CDN answers 404 then)."""
         with self._lock:
-            return self._files.get(fid)
+            f = self._files.get(fid)
+        return None if f is None or f.gone(time.time()) else f
 
     def url(self, base: str, f: StoredFile) -> str:
         return f"{base}/files/{f.id}/{f.name}"
@@ -86,9 +102,10 @@ class FileStore:
 
     # ----------------------------------------------------------------- initiate-then-PUT
 
-    def initiate(self, name: str | None, content_type: str | None) -> tuple[str, StoredFile]:
+    def initiate(self, name: str | None, content_type: str | None,
+                 lifetime_s: float | None = None) -> tuple[str, StoredFile]:
         token = secrets.token_urlsafe(16)
-        f = self.reserve(name, content_type)
+        f = self.reserve(name, content_type, lifetime_s)
         with self._lock:
             self._pending[token] = f
         return token, f
@@ -103,31 +120,46 @@ class FileStore:
 
     # ----------------------------------------------------------------- multipart
 
-    def start_multipart(self, name: str | None, content_type: str | None) -> tuple[str, StoredFile]:
+    def start_multipart(self, name: str | None, content_type: str | None,
+                        lifetime_s: float | None = None) -> tuple[str, StoredFile]:
         upload_id = secrets.token_urlsafe(12)
-        f = self.reserve(name, content_type)
+        f = self.reserve(name, content_type, lifetime_s)
         with self._lock:
             self._multipart[upload_id] = Multipart(f)
         return upload_id, f
 
-    def put_part(self, fid: str, upload_id: str, number: int, data: bytes) -> str | None:
+    def multipart(self, upload_id: str) -> Multipart | None:
         with self._lock:
-            mp = self._multipart.get(upload_id)
-        if mp is None or mp.file.id != fid or number < 1:
+            return self._multipart.get(upload_id)
+
+    def put_part(self, upload_id: str, number: int, data: bytes, *, fid: str | None = None) -> str | None:
+        """Store part `number` (1-based); its ETag, or None for an unknown upload."""
+        mp = self.multipart(upload_id)
+        if mp is None or (fid is not None and mp.file.id != fid) or number < 1:
             return None
         part = mp.file.path.parent / f".part{number:05d}"
         part.write_bytes(data)
-        mp.parts[number] = part
-        return '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - an ETag, as S3 computes it
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - an ETag, as S3 computes it
+        mp.parts[number], mp.etags[number] = part, etag
+        return etag
 
-    def complete_multipart(self, fid: str, upload_id: str, parts: list[dict]) -> StoredFile | None:
-        with self._lock:
-            mp = self._multipart.get(upload_id)
-        if mp is None or mp.file.id != fid:
+    def complete_multipart(self, upload_id: str, parts: list[dict], *, fid: str | None = None) -> StoredFile | None:
+        """Join the listed parts in order. None when the upload is unknown, a part is missing, or
+        an etag is not the one that part was given: fal documents no check, but the S3 multipart
+        API whose words fal uses (uploadId, partNumber, ETag) refuses that with InvalidPart
+        (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html)."""
+        mp = self.multipart(upload_id)
+        if mp is None or (fid is not None and mp.file.id != fid):
             return None
         # fal-client uploads parts in parallel and lists them in completion order: sort them.
-        numbers = sorted(int(p["partNumber"]) for p in parts)
+        try:
+            listed = {int(p["partNumber"]): str(p.get("etag") or "").strip('"') for p in parts}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        numbers = sorted(listed)
         if not numbers or numbers != list(range(1, len(numbers) + 1)) or any(n not in mp.parts for n in numbers):
+            return None
+        if any(listed[n] != mp.etags[n].strip('"') for n in numbers):
             return None
         with mp.file.path.open("wb") as out:
             for n in numbers:
@@ -135,5 +167,6 @@ class FileStore:
                 mp.parts[n].unlink()
         with self._lock:
             self._multipart.pop(upload_id, None)
+        mp.file.parts = len(numbers)
         self.finish(mp.file)
         return mp.file
