@@ -145,7 +145,7 @@ def endpoints(app: _App, as_json: bool) -> None:
             cond = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["when"].items())
             click.echo(f"    × {m['multiplier']} when {cond}" + ("" if m["verified"] else " *"))
         if not ep["verified"]:
-            click.echo(f"    * {ep['source']}")
+            click.echo(f"    * {ep['evidence'] or 'unverified'}: {ep['source']}")
 
 
 # --------------------------------------------------------------------------- plan / enqueue

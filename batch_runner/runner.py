@@ -279,7 +279,7 @@ def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:
         out.append({
             "id": ep.id, "alias": ep.alias, "model": ep.model, "family": ep.family,
             "billing": ep.billing, "unit": entry.unit, "price_table": entry.table,
-            "verified": entry.verified, "source": entry.source, "prices": rows,
+            "verified": entry.verified, "evidence": entry.evidence, "source": entry.source, "prices": rows,
             "modifiers": [{"when": m.when, "multiplier": str(m.multiplier), "verified": m.verified}
                           for m in entry.modifiers],
             "media_inputs": ep.media_fields,
