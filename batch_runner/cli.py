@@ -678,26 +678,36 @@ def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time [default: 24 h ago].")
-@click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time [default: now].")
+@click.option("--since", callback=_when, metavar="WHEN",
+              help="From this UTC date or time, widened to its midnight [default: 24 h ago].")
+@click.option("--until", callback=_when, metavar="WHEN",
+              help="Up to this UTC date or time, widened to the next midnight [default: now].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
-    """Compare our ledger with fal's usage API per endpoint and day (exit 10 when they differ)."""
+    """Compare our ledger with fal's usage API per endpoint and whole UTC day (exit 10 when they differ).
+
+    Needs an ADMIN key (FAL_ADMIN_KEY, else FAL_KEY). The window is widened to whole UTC days on
+    both sides. Price drift is judged by fal's own numbers: its pricing API against the last
+    `prices sync`, and against the price it billed; a unit batch-runner cannot map is only a note.
+    """
     from . import reconcile as rec_module
     from .api.client import FalClient
     from .errors import AuthError, ReconcileMismatchError
+    from .fal_prices import load_synced
 
     settings = app.settings
-    if settings.fal_key is None and not settings.fal_url:
-        raise ConfigError("FAL_KEY is not set, so fal's usage cannot be read", hint="export FAL_KEY=<an admin key>")
-    client = FalClient(settings.hosts, settings.fal_key or Secret("local"))
+    if settings.admin_key is None and not settings.fal_url:
+        raise ConfigError("no admin key is set, so fal's usage API cannot be read",
+                          hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)")
+    synced = load_synced(settings.fal_prices_path)
+    client = FalClient(settings.hosts, settings.admin_key or Secret("local"))
     try:
-        result = rec_module.reconcile(app.repo, client, app.prices, since, until)
+        result = rec_module.reconcile(app.repo, client, app.prices, since, until, synced)
     except AuthError as exc:
         raise AuthError(f"fal refused the usage API call ({exc.message})",
-                        hint="the usage API needs an admin key: create one in fal's dashboard and set FAL_KEY "
-                             "to it for reconcile") from exc
+                        hint="the usage API needs an admin key: create one in fal's dashboard and set "
+                             "FAL_ADMIN_KEY to it (or FAL_KEY)") from exc
     finally:
         client.close()
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else rec_module.render(result).rstrip("\n"))
