@@ -101,7 +101,10 @@ def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
 
 def _bucket_day(bucket: str) -> str:
     """The UTC day of a usage bucket ("Time bucket timestamp in user's timezone with offset")."""
-    at = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
+    try:
+        at = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
+    except ValueError:
+        raise RemoteError(f"usage: fal's answer has a bucket that is not an ISO 8601 time: {bucket[:60]!r}") from None
     return _day(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
 
 

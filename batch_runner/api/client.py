@@ -208,6 +208,9 @@ class FalClient:
                         prices[str(p["endpoint_id"])] = (Decimal(str(p["unit_price"])), str(p["unit"]))
                     except (KeyError, TypeError, InvalidOperation) as exc:
                         raise RemoteError(f"pricing: fal's answer has a malformed price: {str(p)[:200]}") from exc
+                    if str(p.get("currency") or "USD").upper() != "USD":  # every sum here is USD
+                        raise RemoteError(f"pricing: fal prices {p['endpoint_id']} in {p['currency']}, "
+                                          "and batch-runner accounts in USD only")
         return prices
 
     def usage(self, start: str, end: str, endpoint_ids: list[str], *, timeframe: str = "day",
