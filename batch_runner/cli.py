@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import click
 
 from . import runner
-from .config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Secret, Settings
+from .config import ENV_DB, ENV_FAL_PRICES, ENV_FAL_URL, ENV_PRICES, Secret, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
 from .domain import JobState, format_usd, usd_to_micro
@@ -111,7 +111,8 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
     FAL_KEY is read from the environment and never printed, logged or stored.
 
     \b
-    Environment: FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET), FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES, BATCH_RUNNER_FAL_URL,
+    Environment: FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET), FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES,
+      BATCH_RUNNER_FAL_PRICES, BATCH_RUNNER_FAL_URL,
       BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
       BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
       BATCH_RUNNER_WARN_AT_USD
@@ -145,7 +146,7 @@ def endpoints(app: _App, as_json: bool) -> None:
             cond = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["when"].items())
             click.echo(f"    × {m['multiplier']} when {cond}" + ("" if m["verified"] else " *"))
         if not ep["verified"]:
-            click.echo(f"    * {ep['source']}")
+            click.echo(f"    * {ep['evidence'] or 'unverified'}: {ep['source']}")
 
 
 # --------------------------------------------------------------------------- plan / enqueue
@@ -221,7 +222,8 @@ def _print_diff(result: runner.Plan, diff: "runner.PlanDiff") -> None:
 def _print_plan(result: runner.Plan) -> None:
     m = result.manifest
     root = m.output_root
-    click.echo(f"batch {m.batch}   endpoint {m.endpoint.id}   price table {result.price_table}")
+    click.echo(f"batch {m.batch}   endpoint {m.endpoint.id}   price table {result.price_table}"
+               + (f"   fal prices {result.fal_prices} (the higher is reserved)" if result.fal_prices else ""))
     header = f"{'key':<10} {'source':<28} {'parameters':<30} {'dur s':>7} {'units':>6} {'cost $':>9}  output"
     click.echo(header)
     click.echo("-" * len(header))
@@ -249,7 +251,8 @@ def _print_plan(result: runner.Plan) -> None:
     if m.budget_micro_usd is not None:
         click.echo(f"  budget per run ${format_usd(m.budget_micro_usd)}")
     if any(j.estimate and not j.estimate.verified for j in result.jobs):
-        click.echo("  * price not verified against fal's published prices; see `batch-runner endpoints`")
+        click.echo("  * unverified price: no fal page we hold states it; see `batch-runner endpoints`, "
+                   "and `batch-runner prices sync` for fal's own")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -682,32 +685,91 @@ def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time [default: 24 h ago].")
-@click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time [default: now].")
+@click.option("--since", callback=_when, metavar="WHEN",
+              help="From this UTC date or time, widened to its midnight [default: 24 h ago].")
+@click.option("--until", callback=_when, metavar="WHEN",
+              help="Up to this UTC date or time, widened to the next midnight [default: now].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
-    """Compare our ledger with fal's usage API per endpoint and day (exit 10 when they differ)."""
+    """Compare our ledger with fal's usage API per endpoint and whole UTC day (exit 10 when they differ).
+
+    Needs an ADMIN key (FAL_ADMIN_KEY, else FAL_KEY). The window is widened to whole UTC days on
+    both sides. Price drift is judged by fal's own numbers: its pricing API against the last
+    `prices sync`, and against the price it billed; a unit batch-runner cannot map is only a note.
+    """
     from . import reconcile as rec_module
     from .api.client import FalClient
     from .errors import AuthError, ReconcileMismatchError
+    from .fal_prices import load_synced
 
     settings = app.settings
-    if settings.fal_key is None and not settings.fal_url:
-        raise ConfigError("FAL_KEY is not set, so fal's usage cannot be read", hint="export FAL_KEY=<an admin key>")
-    client = FalClient(settings.hosts, settings.fal_key or Secret("local"))
+    if settings.admin_key is None and not settings.fal_url:
+        raise ConfigError("no admin key is set, so fal's usage API cannot be read",
+                          hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)")
+    synced = load_synced(settings.fal_prices_path)
+    client = FalClient(settings.hosts, settings.admin_key or Secret("local"))
     try:
-        result = rec_module.reconcile(app.repo, client, app.prices, since, until)
+        result = rec_module.reconcile(app.repo, client, app.prices, since, until, synced)
     except AuthError as exc:
         raise AuthError(f"fal refused the usage API call ({exc.message})",
-                        hint="the usage API needs an admin key: create one in fal's dashboard and set FAL_KEY "
-                             "to it for reconcile") from exc
+                        hint="the usage API needs an admin key: create one in fal's dashboard and set "
+                             "FAL_ADMIN_KEY to it (or FAL_KEY)") from exc
     finally:
         client.close()
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else rec_module.render(result).rstrip("\n"))
     if not result.clean:
         raise ReconcileMismatchError(f"{len(result.differences)} difference(s) and {len(result.drift)} price "
                                      "drift(s) between our ledger and fal's usage", hint="see the lines above")
+
+
+# --------------------------------------------------------------------------- prices
+
+
+@cli.group(cls=_Group)
+def prices() -> None:
+    """fal's own prices: sync them from fal's pricing API for plans and budgets."""
+
+
+@prices.command("sync", epilog=EXIT_CODES_HELP)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV_FAL_PRICES,
+              show_envvar=True, help="Write the prices here [default: fal-prices.json beside the default database].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def prices_sync(app: _App, output: Path | None, as_json: bool) -> None:
+    """Read fal's pricing API for every catalog endpoint into a dated local price file.
+
+    `plan` and the budgets then use the higher of the price table and these prices; `reconcile`
+    reports when fal's prices move away from them. Nothing is written when the call fails.
+    """
+    from .api.client import FalClient
+    from .price_sync import sync_prices
+
+    settings = app.settings
+    path = output or settings.fal_prices_path
+    assert path is not None
+    key = settings.fal_key or settings.fal_admin_key
+    if key is None and not settings.fal_url:
+        raise ConfigError("FAL_KEY is not set, so fal's pricing API cannot be read", hint="export FAL_KEY=…")
+    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
+    try:
+        report = sync_prices(client, app.prices, path)
+    finally:
+        client.close()
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    click.echo(f"wrote {len(report.synced.prices)} fal price(s) to {path} ({report.synced.label})")
+    for old, new in report.changed:
+        click.echo(f"  changed   {new.endpoint}: ${old.unit_price} per {old.unit} → ${new.unit_price} per {new.unit}")
+    for endpoint in report.missing:
+        click.echo(f"  missing   {endpoint}: fal's pricing API gave no price; the price table stands")
+    for p in report.unknown_units:
+        click.echo(f"  unknown unit  {p.endpoint}: fal prices it per {p.unit!r}, which batch-runner cannot map; "
+                   "the price table stands")
+    for p, unit in report.other_units:
+        click.echo(f"  other unit    {p.endpoint}: fal prices it per {p.unit}, the price table per {unit}; "
+                   "the price table stands")
 
 
 # --------------------------------------------------------------------------- emulator

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 ENV_DB = "BATCH_RUNNER_DB"
 ENV_PRICES = "BATCH_RUNNER_PRICES"
+ENV_FAL_PRICES = "BATCH_RUNNER_FAL_PRICES"  # the file `prices sync` writes and `plan` reads
+FAL_PRICES_FILE = "fal-prices.json"
 ENV_FAL_URL = "BATCH_RUNNER_FAL_URL"
 ENV_PROBE_CONCURRENCY = "BATCH_RUNNER_PROBE_CONCURRENCY"
 ENV_PROBE_TIMEOUT_S = "BATCH_RUNNER_PROBE_TIMEOUT_S"
@@ -127,6 +129,7 @@ class Settings:
     db_url: str
     db_is_default: bool = False  # neither --db nor BATCH_RUNNER_DB: the one location created on first use
     prices_path: Path | None = None
+    fal_prices_path: Path | None = None  # fal's prices from the last `prices sync`; None: not used
     fal_url: str | None = None
     fal_key: Secret | None = None
     fal_admin_key: Secret | None = None  # for reconcile and resolve; FAL_KEY when it is not set
@@ -147,6 +150,8 @@ class Settings:
             db_url=normalize_db_url(db),
             db_is_default=not named,
             prices_path=Path(prices) if prices else None,
+            fal_prices_path=Path(env[ENV_FAL_PRICES]) if env.get(ENV_FAL_PRICES)
+            else default_db_path(env).parent / FAL_PRICES_FILE,
             fal_url=env.get(ENV_FAL_URL) or None,
             fal_key=fal_key_from_env(env),
             fal_admin_key=Secret(env[ENV_FAL_ADMIN_KEY]) if env.get(ENV_FAL_ADMIN_KEY) else None,

@@ -18,6 +18,17 @@ from .yamlload import LineDict, load_yaml
 
 DEFAULT_PRICES_PATH = Path(__file__).parent / "data" / "prices.yaml"
 _UNITS = ("second", "video")
+# How a price is known, strongest first. Only a price stated on a fal page we hold (the seeds in
+# shared/seeds/, cited by line) is verified; everything else plans with a marker.
+EVIDENCE = {
+    "fal-page": "stated on a fal page we hold",
+    "multipliers-only": "a fal page we hold states the resolution/duration multipliers, not the base price",
+    "reported": "quoted from a fal page we do not hold",
+    "third-party": "a third party's figure only",
+    "conflict": "sources disagree",
+    "inferred": "not published anywhere we know; inferred",
+}
+VERIFIED_EVIDENCE = "fal-page"
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class PriceEntry:
     verified: bool
     source: str
     table: str  # name@version of the table this entry came from
+    evidence: str | None = None  # one of EVIDENCE; None in a user's file that does not say
 
     def unit_price_micro(self, resolution: str | None) -> int:
         if "*" in self.prices_micro:
@@ -144,7 +156,7 @@ def _parse(path: Path, *, require_all: bool) -> PriceTable:
 def _parse_entry(ep: catalog.Endpoint, raw: Any, where: str, label: str) -> PriceEntry:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {ep.id}: expected a mapping with unit and prices")
-    unknown = set(raw) - {"unit", "prices", "duration_multipliers", "modifiers", "verified", "source"}
+    unknown = set(raw) - {"unit", "prices", "duration_multipliers", "modifiers", "verified", "source", "evidence"}
     if unknown:
         raise ConfigError(f"{where}: {ep.id}: unknown key {sorted(unknown)[0]!r}")
     unit = raw.get("unit")
@@ -168,5 +180,12 @@ def _parse_entry(ep: catalog.Endpoint, raw: Any, where: str, label: str) -> Pric
     except (ValueError, TypeError, KeyError, InvalidOperation) as exc:
         raise ConfigError(f"{where}: {ep.id}: bad price: {exc}",
                           hint='write prices as quoted decimal strings, e.g. "0.06"') from exc
-    return PriceEntry(ep.id, unit, prices_micro, mults, modifiers, bool(raw.get("verified", True)),
-                      str(raw.get("source", "")), label)
+    evidence = raw.get("evidence")
+    if evidence is not None and evidence not in EVIDENCE:
+        raise ConfigError(f"{where}: {ep.id}: evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
+    verified = bool(raw.get("verified", evidence in (None, VERIFIED_EVIDENCE)))
+    if verified and evidence not in (None, VERIFIED_EVIDENCE):
+        raise ConfigError(f"{where}: {ep.id}: verified: true needs evidence: {VERIFIED_EVIDENCE}, not {evidence!r}",
+                          hint="a price is verified only when a fal page states it")
+    return PriceEntry(ep.id, unit, prices_micro, mults, modifiers, verified, str(raw.get("source", "")), label,
+                      evidence)

@@ -2,7 +2,8 @@
 
 Finds spend fal billed that we have no record of (a duplicate submission shows up here, and is
 matched with our uncertain submits when their reservations explain it), spend we recorded that
-fal did not bill, and unit prices that drifted from our price table.
+fal did not bill, and unit prices that drifted: fal's pricing API against the last `prices sync`,
+and the price each usage row was billed at against the pricing API's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from . import catalog
 from .api.client import FalClient
 from .db.ledger import ledger
 from .db.queue import JobQueue
@@ -20,9 +22,12 @@ from .db.repo import Repository
 from .errors import RemoteError
 from .resolve import Resolver
 from .domain import Actor, AttemptState, format_usd, usd_to_micro
+from .fal_prices import SyncedPrices, our_unit
 from .pricing import PriceTable
 
 TOLERANCE_MICRO_USD = 10_000  # one cent: fal reports floats
+NANO = Decimal("0.000000001")
+DAY = timedelta(days=1)
 
 
 @dataclass
@@ -61,54 +66,85 @@ class Difference:
 
 @dataclass
 class Reconciliation:
-    since: datetime
+    since: datetime  # whole UTC days: the window compared on both sides
     until: datetime
     matched: list[tuple[str, str, int]]  # endpoint, day, amount
     differences: list[Difference]
     drift: list[dict[str, Any]]
+    notes: list[dict[str, Any]] = field(default_factory=list)  # unknown units and the like: not drift
+    requested: tuple[datetime, datetime] | None = None  # the window asked for, before widening to days
 
     @property
     def clean(self) -> bool:
         return not self.differences and not self.drift
 
     def as_dict(self) -> dict[str, Any]:
+        asked = self.requested or (self.since, self.until)
         return {"since": self.since.isoformat(), "until": self.until.isoformat(),
+                "requested_since": asked[0].isoformat(), "requested_until": asked[1].isoformat(),
                 "matched": [{"endpoint": e, "day": d, "usd": format_usd(m)} for e, d, m in self.matched],
                 "differences": [d.as_dict() for d in self.differences], "price_drift": self.drift,
-                "clean": self.clean}
+                "notes": self.notes, "clean": self.clean}
 
 
 def _day(when: datetime) -> str:
     return when.astimezone(timezone.utc).date().isoformat()
 
 
+def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """[since, until) widened to whole UTC days: midnight before `since`, the midnight at or after `until`."""
+    start = since.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = until.astimezone(timezone.utc)
+    midnight = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, (midnight if midnight == end else midnight + DAY)
+
+
+def _bucket_day(bucket: str) -> str:
+    """The UTC day of a usage bucket ("Time bucket timestamp in user's timezone with offset")."""
+    try:
+        at = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
+    except ValueError:
+        raise RemoteError(f"usage: fal's answer has a bucket that is not an ISO 8601 time: {bucket[:60]!r}") from None
+    return _day(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
+
+
+def _micro(value: Any) -> int:
+    """fal's money is a JSON number: through str() into Decimal, to the micro-dollar."""
+    return usd_to_micro(str(Decimal(str(value)).quantize(Decimal("0.000001"))))
+
+
 def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: datetime | None,
-              until: datetime | None) -> Reconciliation:
-    until = until or datetime.now(timezone.utc)
-    since = since or until - timedelta(days=1)
-    _, attempts, _ = ledger(repo.engine, None, since - timedelta(days=1), until)
+              until: datetime | None, synced: SyncedPrices | None = None) -> Reconciliation:
+    asked_until = until or datetime.now(timezone.utc)
+    asked_since = since or asked_until - DAY
+    # Both sides are compared over whole UTC days. fal's usage API "Defaults to true" for
+    # bound_to_timeframe: "dates are aligned to the start of the timeframe period (e.g., start of
+    # day) and end is made exclusive (e.g., start of next day)"
+    # (https://docs.fal.ai/platform-apis/v1/models/usage), so a window starting at 13:00 comes back
+    # with the whole day's spend. Asking for bound_to_timeframe=false alone would be exact only if
+    # fal honours it and buckets the partial day as we do; widening to whole days and sending
+    # midnight-aligned start/end with bound_to_timeframe=false and timezone=UTC gives the same
+    # answer under every reading: exact, aligned (a no-op at midnight), or an end moved to the
+    # next midnight, whose extra day is dropped below by its bucket.
+    start, end = whole_days(asked_since, asked_until)
+    days = {_day(start + DAY * i) for i in range((end - start) // DAY)}
+    _, attempts, _ = ledger(repo.engine, None, start - DAY, end)
     ours: dict[tuple[str, str], int] = defaultdict(int)
     uncertain: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for a in attempts:
         if a["state"] == AttemptState.UNCERTAIN.value:
             uncertain[(a["endpoint"], _day(a["created_at"]))].append(a)
         when = a["finished_at"] or a["created_at"]
-        if a["billed_micro_usd"] and since <= when < until:
+        if a["billed_micro_usd"] and start <= when < end:
             ours[(a["endpoint"], _day(when))] += a["billed_micro_usd"]
+    ids = [e.id for e in catalog.ENDPOINTS]
     theirs: dict[tuple[str, str], int] = defaultdict(int)
-    drift = {}
-    for row in client.usage(since.isoformat(), until.isoformat()):
-        key = (row["endpoint_id"], row["bucket"][:10])
-        theirs[key] += usd_to_micro(str(Decimal(str(row["cost"])).quantize(Decimal("0.000001"))))
-        entry = prices.entries.get(row["endpoint_id"])
-        if entry is not None:
-            ours_price = entry.unit_price_micro(None)
-            fal_price = usd_to_micro(str(Decimal(str(row["unit_price"])).quantize(Decimal("0.000001"))))
-            if fal_price != ours_price:
-                drift[row["endpoint_id"]] = {"endpoint": row["endpoint_id"], "unit": row.get("unit"),
-                                             "fal_unit_price_usd": format_usd(fal_price),
-                                             "price_table_unit_price_usd": format_usd(ours_price),
-                                             "price_table": entry.table}
+    rows = client.usage(_iso(start), _iso(end), ids, timeframe="day", bound_to_timeframe=False, tz="UTC")
+    for row in rows:
+        day = _bucket_day(str(row["bucket"]))
+        if day in days:
+            theirs[(row["endpoint_id"], day)] += _micro(row["cost"])
+    drift, notes = _prices(client, prices, synced, [r for r in rows if _bucket_day(str(r["bucket"])) in days])
     matched, differences = [], []
     for key in sorted(set(ours) | set(theirs)):
         a, b = ours.get(key, 0), theirs.get(key, 0)
@@ -117,7 +153,74 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
         else:
             differences.append(Difference(key[0], key[1], a, b, uncertain.get(key, [])))
     _confirm(repo, client, [d for d in differences if d.delta_micro_usd > 0 and d.explained_by])
-    return Reconciliation(since, until, matched, differences, sorted(drift.values(), key=lambda d: d["endpoint"]))
+    return Reconciliation(start, end, matched, differences, drift, notes, (asked_since, asked_until))
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _same(a: Decimal, b: Decimal) -> bool:
+    """Equal to the nano-dollar: fal's prices arrive as JSON numbers (0.06 may be 0.06000000000000001)."""
+    return a.quantize(NANO) == b.quantize(NANO)
+
+
+def _price_text(price: Decimal) -> str:
+    micro = price * 1_000_000
+    return format_usd(int(micro)) if micro == micro.to_integral_value() else f"{price.normalize():f}"
+
+
+def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
+            rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Price drift, judged by fal's own numbers only: its pricing API now against the last
+    `prices sync` (fal changed its price), and the unit price each usage row was billed at against
+    the pricing API's, which the ledger bills by (x-fal-billable-units × that price). The price
+    table is not compared: fal gives one unit price per endpoint, and what it means for each
+    resolution and duration is not documented. A unit name we cannot map is a note, never drift."""
+    drift: dict[tuple[str, str], dict[str, Any]] = {}
+    notes: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def unknown(endpoint: str, unit: Any, where: str) -> None:
+        notes[(endpoint, where)] = {"endpoint": endpoint, "kind": "unknown unit", "unit": unit, "where": where,
+                                    "detail": f"fal's {where} names the unit {unit!r}, which batch-runner cannot "
+                                              "map to a second or a video; its price is not compared"}
+    try:
+        now = client.unit_prices([e.id for e in catalog.ENDPOINTS])
+    except RemoteError as exc:
+        notes[("*", "pricing API")] = {"endpoint": None, "kind": "prices not checked", "unit": None,
+                                       "where": "pricing API", "detail": f"fal's pricing API failed: {exc.message}"}
+        now = {}
+    for endpoint, (price, unit) in sorted(now.items()):
+        if our_unit(unit) is None:
+            unknown(endpoint, unit, "pricing API")
+            continue
+        entry = table.entries.get(endpoint)
+        if entry is not None and our_unit(unit) != entry.unit:
+            notes[(endpoint, "table")] = {"endpoint": endpoint, "kind": "unit differs from the price table",
+                                          "unit": unit, "where": "pricing API",
+                                          "detail": f"fal prices it per {unit}, the price table per {entry.unit}; "
+                                                    "plans and budgets use the table for it"}
+        was = synced.prices.get(endpoint) if synced else None
+        if was is not None and synced is not None and (not _same(was.unit_price, price) or was.unit != unit):
+            drift[(endpoint, "sync")] = {
+                "endpoint": endpoint, "kind": "fal changed its price since the last sync", "unit": unit,
+                "fal_unit_price_usd": _price_text(price), "compared_with": f"{synced.label} (prices sync)",
+                "compared_with_unit": was.unit, "compared_with_usd": _price_text(was.unit_price)}
+    for row in rows:
+        endpoint, unit = str(row["endpoint_id"]), row.get("unit")
+        if our_unit(unit) is None:
+            unknown(endpoint, unit, "usage API")
+            continue
+        billed = Decimal(str(row["unit_price"]))
+        quoted = now.get(endpoint)
+        if quoted is None or our_unit(quoted[1]) is None:
+            continue
+        if quoted[1] != unit or not _same(quoted[0], billed):
+            drift[(endpoint, f"billed {billed} {unit}")] = {
+                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote", "unit": unit,
+                "fal_unit_price_usd": _price_text(billed), "compared_with": "fal's pricing API (what we bill by)",
+                "compared_with_unit": quoted[1], "compared_with_usd": _price_text(quoted[0])}
+    return ([drift[k] for k in sorted(drift)], [notes[k] for k in sorted(notes)])
 
 
 def _confirm(repo: Repository, client: FalClient, differences: list[Difference]) -> None:
@@ -140,7 +243,7 @@ def _confirm(repo: Repository, client: FalClient, differences: list[Difference])
 
 
 def render(rec: Reconciliation) -> str:
-    lines = [f"reconcile {rec.since:%Y-%m-%d %H:%M} → {rec.until:%Y-%m-%d %H:%M} UTC"]
+    lines = [f"reconcile {rec.since:%Y-%m-%d %H:%M} → {rec.until:%Y-%m-%d %H:%M} UTC (whole days, on both sides)"]
     for endpoint, day, amount in rec.matched:
         lines.append(f"  ok          {day}  {endpoint:<48} ${format_usd(amount)}")
     for d in rec.differences:
@@ -156,8 +259,10 @@ def render(rec: Reconciliation) -> str:
                 lines.append(f"              possibly the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
                              f"${u['reserved_usd']}); fal's records could not confirm it")
     for p in rec.drift:
-        lines.append(f"  PRICE DRIFT {p['endpoint']}: fal charges ${p['fal_unit_price_usd']} per {p['unit']}, "
-                     f"{p['price_table']} says ${p['price_table_unit_price_usd']}")
+        lines.append(f"  PRICE DRIFT {p['endpoint']}: {p['kind']}: ${p['fal_unit_price_usd']} per {p['unit']}, "
+                     f"{p['compared_with']} says ${p['compared_with_usd']} per {p['compared_with_unit']}")
+    for n in rec.notes:
+        lines.append(f"  {n['kind'].upper()}{' ' + n['endpoint'] if n['endpoint'] else ''}: {n['detail']}")
     if rec.clean:
         lines.append("  our ledger and fal's usage agree")
     return "\n".join(lines) + "\n"

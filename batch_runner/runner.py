@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from . import catalog, probe
+from . import catalog, fal_prices, probe
 from .config import Settings
 from .api.client import FalClient
 from .config import Secret
@@ -52,6 +52,7 @@ class Plan:
     probes_run: int = 0
     probes_cached: int = 0
     warnings: list[str] = field(default_factory=list)
+    fal_prices: str | None = None  # the synced fal prices jobs reserve against too (the higher wins)
 
     @property
     def total_micro_usd(self) -> int:
@@ -71,6 +72,7 @@ class Plan:
         return {
             "batch": self.manifest.batch,
             "price_table": self.price_table,
+            "fal_prices": self.fal_prices,
             "jobs": [_job_json(j) for j in self.jobs],
             "invalid": [{"source": i.source, "reason": i.reason, "origin": i.origin} for i in self.invalid],
             "total_estimated_cost_usd": format_usd(self.total_micro_usd),
@@ -143,7 +145,8 @@ def _job_json(j: JobSpec) -> dict[str, Any]:
         "output": j.output,
         "duration_s": float(j.probe.duration) if j.probe and j.probe.duration is not None else None,
         "billable_units": str(est.billable_units), "unit": est.unit,
-        "estimated_cost_usd": est.usd, "price_verified": est.verified, "tags": list(j.tags),
+        "estimated_cost_usd": est.usd, "priced_by": est.price_table, "price_verified": est.verified,
+        "tags": list(j.tags),
     }
 
 
@@ -160,6 +163,7 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
     """Expand, probe (through the cache) and price a manifest. Writes no jobs, calls no API."""
     manifest = load_manifest(manifest_path)
     ep = manifest.endpoint
+    synced = fal_prices.load_synced(settings.fal_prices_path)  # fal's prices from the last `prices sync`
     sources = sorted({j.source for j in manifest.jobs if j.source and ep.source_kind})
     extras = sorted({p for j in manifest.jobs for p in j.extra_media.values()})
 
@@ -210,7 +214,7 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
             continue
         job.probe = pr
         job.fingerprint = fingerprints.get(job.source, "") if job.source else ""
-        job.estimate = prices.estimate(ep, job.params, duration)
+        job.estimate = fal_prices.reserve(prices.estimate(ep, job.params, duration), prices.entry(ep.id), synced)
         job.key = job_key(job, fingerprints)
         if job.key in seen_keys:
             raise ManifestError(f"the same job appears twice ({seen_keys[job.key].origin} and {job.origin})",
@@ -218,7 +222,7 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
         seen_keys[job.key] = job
         jobs.append(job)
     return Plan(manifest, prices.label, jobs, list(invalid.values()), probes_run=len(misses),
-                probes_cached=hits, warnings=list(manifest.warnings))
+                probes_cached=hits, warnings=list(manifest.warnings), fal_prices=synced.label if synced else None)
 
 
 def _strip(reason: str, source: str | None) -> str:
@@ -279,7 +283,7 @@ def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:
         out.append({
             "id": ep.id, "alias": ep.alias, "model": ep.model, "family": ep.family,
             "billing": ep.billing, "unit": entry.unit, "price_table": entry.table,
-            "verified": entry.verified, "source": entry.source, "prices": rows,
+            "verified": entry.verified, "evidence": entry.evidence, "source": entry.source, "prices": rows,
             "modifiers": [{"when": m.when, "multiplier": str(m.multiplier), "verified": m.verified}
                           for m in entry.modifiers],
             "media_inputs": ep.media_fields,

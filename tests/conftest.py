@@ -24,6 +24,17 @@ def skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def _no_synced_prices(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fal-prices") / "none.json"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_fal_prices(monkeypatch: pytest.MonkeyPatch, _no_synced_prices: Path) -> None:
+    """No test reads a developer's own `prices sync` file (~/.local/share/batch-runner/fal-prices.json)."""
+    monkeypatch.setenv("BATCH_RUNNER_FAL_PRICES", str(_no_synced_prices))
+
+
+@pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny clips of exact durations (50 fps, so every duration is a whole number of frames)."""
     if not shutil.which("ffmpeg") or not shutil.which("ffprobe"):

@@ -12,7 +12,7 @@ import mimetypes
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -96,6 +96,9 @@ def lifecycle_headers(lifetime_s: int | None) -> dict[str, str]:
         raise ValueError("an upload lifetime must be a positive number of seconds")  # 0 would mean "never"
     body = json.dumps({"expiration_duration_seconds": int(lifetime_s)})
     return {"X-Fal-Object-Lifecycle": body, "X-Fal-Object-Lifecycle-Preference": body}
+
+
+ENDPOINT_IDS_MAX = 50  # the platform API's endpoint_id filters take 1-50 ids
 
 
 @dataclass(frozen=True)
@@ -305,27 +308,59 @@ class FalClient:
     # ------------------------------------------------------------------ platform API
 
     def unit_prices(self, endpoint_ids: list[str]) -> dict[str, tuple[Decimal, str]]:
-        """Unit price and unit per endpoint from the pricing API (account discounts included)."""
-        resp = self.transport.read("GET", f"{self.hosts.api}/models/pricing", "pricing",
-                                   params={"endpoint_id": ",".join(endpoint_ids)})
-        return {p["endpoint_id"]: (Decimal(str(p["unit_price"])), str(p["unit"])) for p in resp.json()["prices"]}
+        """Unit price and unit per endpoint from the pricing API (account discounts included),
+        at most 50 ids a call: "Accepts 1-50 endpoint IDs" (https://docs.fal.ai/platform-apis/v1/models/pricing).
+        fal sends the price as a JSON number: read through str() into Decimal, never kept as a float."""
+        prices: dict[str, tuple[Decimal, str]] = {}
+        for chunk in _chunks(endpoint_ids, ENDPOINT_IDS_MAX):
+            for page in self._pages("/models/pricing", "pricing", {"endpoint_id": ",".join(chunk)}):
+                for p in page.get("prices") or ():
+                    try:
+                        prices[str(p["endpoint_id"])] = (Decimal(str(p["unit_price"])), str(p["unit"]))
+                    except (KeyError, TypeError, InvalidOperation) as exc:
+                        raise RemoteError(f"pricing: fal's answer has a malformed price: {str(p)[:200]}") from exc
+                    if str(p.get("currency") or "USD").upper() != "USD":  # every sum here is USD
+                        raise RemoteError(f"pricing: fal prices {p['endpoint_id']} in {p['currency']}, "
+                                          "and batch-runner accounts in USD only")
+        return prices
 
-    def usage(self, start: str, end: str, endpoint_ids: list[str] | None = None,
-              timeframe: str = "day") -> list[dict[str, Any]]:
-        """fal's billed usage in [start, end), one row per bucket and endpoint (all pages).
-        On the real fal this needs an admin key."""
-        params: dict[str, Any] = {"start": start, "end": end, "timeframe": timeframe}
-        if endpoint_ids:
-            params["endpoint_id"] = ",".join(endpoint_ids)
+    def usage(self, start: str, end: str, endpoint_ids: list[str], *, timeframe: str = "day",
+              bound_to_timeframe: bool = False, tz: str = "UTC") -> list[dict[str, Any]]:
+        """fal's billed usage, one row per bucket and endpoint (all pages; admin key).
+
+        As https://docs.fal.ai/platform-apis/v1/models/usage documents it: endpoint_id "Must
+        provide at least 1 endpoint ID (1-50 models)", so the ids go 50 a call; expand: "At least
+        one of 'time_series' or 'summary' is required"; bound_to_timeframe "Defaults to true"
+        (start moved to the start of its day, end to the start of the next), so we say whether
+        we want the exact window; timezone "controls how dates are bucketed", so we name UTC.
+        """
+        if not endpoint_ids:
+            raise ValueError("the usage API needs at least one endpoint id")
         rows: list[dict[str, Any]] = []
+        for chunk in _chunks(endpoint_ids, ENDPOINT_IDS_MAX):
+            params = {"start": start, "end": end, "timeframe": timeframe, "timezone": tz,
+                      "bound_to_timeframe": "true" if bound_to_timeframe else "false",
+                      "expand": "time_series", "endpoint_id": ",".join(chunk)}
+            for page in self._pages("/models/usage", "usage", params):
+                for bucket in page.get("time_series") or ():
+                    for r in bucket.get("results") or ():
+                        rows.append({"bucket": bucket["bucket"], **r})
+        return rows
+
+    def _pages(self, path: str, what: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page of a platform API listing: next_cursor until has_more is false."""
+        params = dict(params)
         while True:
-            data = self.transport.read("GET", f"{self.hosts.api}/models/usage", "usage", params=params).json()
-            for bucket in data.get("time_series") or ():
-                for r in bucket.get("results") or ():
-                    rows.append({"bucket": bucket["bucket"], **r})
+            data = _json_or_error(self.transport.read("GET", f"{self.hosts.api}{path}", what, params=params), what)
+            yield data
             if not data.get("has_more") or not data.get("next_cursor"):
-                return rows
+                return
             params["cursor"] = data["next_cursor"]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _json_or_error(resp: httpx.Response, what: str) -> Any:

@@ -66,6 +66,11 @@ def _detail(resp: httpx.Response) -> tuple[str, Any]:
         first = text.splitlines()[0] if text else ""
         return (first[:MESSAGE_CHARS] or f"HTTP {resp.status_code}"), None
     detail = body.get("detail") if isinstance(body, dict) else None
+    platform = body.get("error") if isinstance(body, dict) else None
+    if detail is None and isinstance(platform, dict) and platform.get("message"):
+        # the platform APIs' "Standard error response format": {"error": {"type", "message"}}
+        # (https://docs.fal.ai/platform-apis/v1/models/usage, responses 400-429)
+        return f"{platform.get('type') or 'error'}: {platform['message']}"[:MESSAGE_CHARS], body
     if isinstance(detail, list) and detail:
         first = detail[0]
         loc = ".".join(str(x) for x in first.get("loc", [])[1:]) if isinstance(first, dict) else ""

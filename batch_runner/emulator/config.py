@@ -42,8 +42,12 @@ class EmulatorConfig:
     output_skew_px: tuple[int, int] = (0, 0)
     result_ttl_s: float = RESULT_TTL_S
     keys: frozenset[str] | None = None  # accepted API keys; None accepts any key
-    admin_keys: frozenset[str] | None = None  # keys allowed on the usage API; None: any key
+    admin_keys: frozenset[str] | None = None  # keys allowed on admin routes (usage, billing events); None: any
     prices_path: Path | None = None  # a price file laid over the default table
+    # The unit the pricing and usage APIs name per endpoint, where it is not the table's: fal does
+    # not document its unit names ("e.g., 'image', 'video', or a GPU/compute unit for some models",
+    # https://docs.fal.ai/platform-apis/v1/models/usage), so tests can make it say others.
+    price_units: dict[str, str] = field(default_factory=dict)
     user_id: str = "emulator-user"
     keepalive_s: float = KEEPALIVE_S
     send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units

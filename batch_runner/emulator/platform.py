@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Sequence, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request as HttpRequest
@@ -248,7 +249,7 @@ def _billing_event(b: Billed) -> dict[str, Any]:
 def _price_row(emu: Emulator, ep_id: str) -> dict[str, Any]:
     entry = emu.prices.entry(ep_id)
     return {"endpoint_id": ep_id, "unit_price": float(Decimal(entry.unit_price_micro(None)) / 1_000_000),
-            "unit": entry.unit, "currency": "USD"}
+            "unit": emu.config.price_units.get(ep_id, entry.unit), "currency": "USD"}
 
 
 @handler()
@@ -290,48 +291,124 @@ async def models_estimate(emu: Emulator, request: HttpRequest) -> Response:
     return json_answer({"estimate_type": kind, "total_cost": float(round(total, 6)), "currency": "USD"})
 
 
-@handler()
-async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
-    if not emu.is_admin(request):
-        return json_answer({"detail": "This endpoint requires an admin API key"}, 403)
-    q = request.query_params
-    now = datetime.now(timezone.utc)
+# Usage (https://docs.fal.ai/platform-apis/v1/models/usage, and its OpenAPI in
+# https://fal.ai/docs/platform-apis/v1/models/usage.md). Strict where fal's two renderings differ:
+# docs.fal.ai says endpoint_id "Must provide at least 1 endpoint ID (1-50 models)" and expand
+# "At least one of 'time_series' or 'summary' is required"; the .md OpenAPI marks endpoint_id
+# optional and gives expand a default of time_series. A client that always sends both works
+# against either, so the emulator refuses what the stricter page refuses.
+TIMEFRAMES = ("minute", "hour", "day", "week", "month")
+USAGE_EXPANDS = ("time_series", "summary", "auth_method")
+
+
+def _timeframe(q: QueryParams, start: datetime, end: datetime) -> str:
+    """The bucket size: given, or "auto-detected from date range if not specified. Auto-detection
+    uses: minute (<2h), hour (<2d), day (<64d), week (<183d), month (>=183d)"."""
+    given = q.get("timeframe")
+    if given is not None:
+        if given not in TIMEFRAMES:
+            raise BadQuery(f"timeframe must be one of {', '.join(TIMEFRAMES)}, got {given!r}")
+        return given
+    span = end - start
+    for limit, name in ((timedelta(hours=2), "minute"), (timedelta(days=2), "hour"), (timedelta(days=64), "day"),
+                        (timedelta(days=183), "week")):
+        if span < limit:
+            return name
+    return "month"
+
+
+def _zone(q: QueryParams) -> tzinfo:
+    """timezone (default UTC): "controls how dates are bucketed"; bucket stamps carry its offset."""
+    name = q.get("timezone", "UTC")
     try:
-        start = datetime.fromisoformat(q["start"]) if "start" in q else now - DAY
-        end = datetime.fromisoformat(q["end"]) if "end" in q else now
-    except ValueError:
-        return json_answer({"detail": "start and end must be ISO 8601"}, 422)
-    start, end = (d if d.tzinfo else d.replace(tzinfo=timezone.utc) for d in (start, end))
-    timeframe = q.get("timeframe", "day")
-    if timeframe not in ("minute", "hour", "day", "week", "month"):
-        return json_answer({"detail": "timeframe must be minute, hour, day, week or month"}, 422)
-    wanted = set(_ids(q, "endpoint_id"))
+        return timezone.utc if name.upper() == "UTC" else ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadQuery(f"timezone: unknown time zone {name!r}") from None
+
+
+def _bounded(q: QueryParams) -> bool:
+    """bound_to_timeframe: 'true' (the default) or 'false'."""
+    text = q.get("bound_to_timeframe", "true")
+    if text not in ("true", "false"):
+        raise BadQuery(f"bound_to_timeframe must be 'true' or 'false', got {text!r}")
+    return text == "true"
+
+
+@platform_route(admin=True)  # "Admin API key must be prefixed with \"Key \"" (OpenAPI security adminApiKey)
+async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
+    """GET /v1/models/usage: billed usage per bucket and endpoint (time_series) and/or per endpoint
+    over the whole window (summary).
+
+    bound_to_timeframe "Defaults to true. When true, dates are aligned to the start of the
+    timeframe period (e.g., start of day) and end is made exclusive (e.g., start of next day).
+    When false, uses exact dates provided." The emulator reads "made exclusive" the inclusive way:
+    end moves to the start of the period after the one that holds it.
+    """
+    q = request.query_params
+    ids = _ids(q, "endpoint_id")
+    if not 1 <= len(ids) <= MAX_IDS:
+        raise BadQuery("endpoint_id is required: must provide at least 1 endpoint ID (1-50 models)")
+    expand = _ids(q, "expand")
+    unknown = [e for e in expand if e not in USAGE_EXPANDS]
+    if unknown:
+        raise BadQuery(f"expand: unknown value {unknown[0]!r}; use time_series, summary or auth_method")
+    if not {"time_series", "summary"} & set(expand):
+        raise BadQuery("expand: at least one of 'time_series' or 'summary' is required")
+    zone, bounded = _zone(q), _bounded(q)
+    now = datetime.now(timezone.utc)
+    start, end = _when(q, "start", now - DAY), _when(q, "end", now)
+    if start > end:
+        raise BadQuery("start must not be after end")
+    timeframe = _timeframe(q, start, end)
+    if bounded:
+        start = _floor(start.astimezone(zone), timeframe)
+        end = _next(_floor(end.astimezone(zone), timeframe), timeframe)
+    labels = "auth_method" in expand
     assert emu.queue is not None
     buckets: dict[str, dict[tuple[str, int], list[Any]]] = {}
+    totals: dict[tuple[str, int], list[Any]] = {}
     for b in emu.queue.ledger:
         at = datetime.fromtimestamp(b.at, timezone.utc)
-        if not start <= at < end or (wanted and b.endpoint not in wanted):
+        if not start <= at < end or b.endpoint not in ids:
             continue
-        row = buckets.setdefault(_bucket(at, timeframe), {}).setdefault(
-            (b.endpoint, b.unit_price_micro_usd), [b.unit, Decimal(0), 0])
-        row[1] += b.units
-        row[2] += b.cost_micro_usd
-    series = [{"bucket": k, "results": [
-        {"endpoint_id": ep_id, "unit": unit, "quantity": float(qty), "unit_price": float(Decimal(price) / 1_000_000),
-         "cost": float(Decimal(cost) / 1_000_000), "currency": "USD", "auth_method": "Key"}
-        for (ep_id, price), (unit, qty, cost) in sorted(rows.items())]} for k, rows in sorted(buckets.items())]
-    return json_answer({"time_series": series, "next_cursor": None, "has_more": False})
+        for rows in (buckets.setdefault(_floor(at.astimezone(zone), timeframe).isoformat(), {}), totals):
+            row = rows.setdefault((b.endpoint, b.unit_price_micro_usd), [b.unit, Decimal(0), 0])
+            row[1] += b.units
+            row[2] += b.cost_micro_usd
+    body: dict[str, Any] = {}
+    if "time_series" in expand:
+        body["time_series"] = [{"bucket": k, "results": _usage_rows(emu, rows, labels)}
+                               for k, rows in sorted(buckets.items())]
+    if "summary" in expand:
+        body["summary"] = _usage_rows(emu, totals, labels)
+    return json_answer({**body, "next_cursor": None, "has_more": False})
 
 
-def _bucket(at: datetime, timeframe: str) -> str:
+def _usage_rows(emu: Emulator, rows: dict[tuple[str, int], list[Any]], labels: bool) -> list[dict[str, Any]]:
+    """Line items; auth_method "Only populated when 'auth_method' is included in expand"."""
+    return [{"endpoint_id": ep_id, "unit": emu.config.price_units.get(ep_id, unit), "quantity": float(qty),
+             "unit_price": float(Decimal(price) / 1_000_000), "cost": float(Decimal(cost) / 1_000_000),
+             "currency": "USD", **({"auth_method": "Key 1"} if labels else {})}
+            for (ep_id, price), (unit, qty, cost) in sorted(rows.items())]
+
+
+def _floor(at: datetime, timeframe: str) -> datetime:
+    """The start of the period that holds `at`, in `at`'s own time zone (weeks start on Monday)."""
     if timeframe == "minute":
-        at = at.replace(second=0, microsecond=0)
-    elif timeframe == "hour":
-        at = at.replace(minute=0, second=0, microsecond=0)
-    elif timeframe == "week":
-        at = (at - timedelta(days=at.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-    elif timeframe == "month":
-        at = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    else:
-        at = at.replace(hour=0, minute=0, second=0, microsecond=0)
-    return at.isoformat()
+        return at.replace(second=0, microsecond=0)
+    if timeframe == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if timeframe == "week":
+        return day - timedelta(days=day.weekday())
+    if timeframe == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _next(at: datetime, timeframe: str) -> datetime:
+    """The start of the period after the one that starts at `at`."""
+    if timeframe == "month":
+        return at.replace(year=at.year + at.month // 12, month=at.month % 12 + 1)
+    step = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": DAY, "week": timedelta(days=7)}
+    return (at + step[timeframe]).replace(tzinfo=at.tzinfo)

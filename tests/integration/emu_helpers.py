@@ -45,3 +45,14 @@ def wait_state(api: httpx.Client, status_url: str, state: str) -> dict:
 
 def requests_log(api: httpx.Client) -> dict:
     return api.get("/_emulator/requests").json()
+
+
+def usage(api: httpx.Client, **params) -> dict:
+    """GET /v1/models/usage as fal documents it: every catalog endpoint id and expand=time_series
+    unless given (fal requires both)."""
+    from batch_runner import catalog
+
+    query = {"endpoint_id": ",".join(e.id for e in catalog.ENDPOINTS), "expand": "time_series", **params}
+    resp = api.get("/v1/models/usage", params=query)
+    assert resp.status_code == 200, resp.text
+    return resp.json()

@@ -10,7 +10,7 @@ import pytest
 from batch_runner.api.transport import is_ingress_error
 from batch_runner.emulator.faults import FAULTS, FaultPlan
 from tests.conftest import EMU_KEY
-from tests.integration.emu_helpers import requests_log, submit, upload, wait_done
+from tests.integration.emu_helpers import requests_log, submit, upload, usage, wait_done
 
 T2V = "luma/agent/ray/v3.2/text-to-video"
 FLASH = "fal-ai/luma-dream-machine/ray-2-flash/reframe"
@@ -79,8 +79,8 @@ def test_dropped_connection_after_submit_leaves_a_paid_duplicate(faulty, media):
         if all(r["state"] == "COMPLETED" for r in rows):
             break
     assert [r["cost_usd"] for r in rows] == ["0.3", "0.3"]  # billed twice: 5 s × $0.06
-    usage = api.get("/v1/models/usage").json()["time_series"][0]["results"][0]
-    assert (usage["quantity"], usage["cost"]) == (10.0, 0.6)
+    billed = usage(api)["time_series"][0]["results"][0]
+    assert (billed["quantity"], billed["cost"]) == (10.0, 0.6)
 
 
 def test_failed_run_completes_with_a_retryable_error_and_is_not_billed(faulty):
@@ -91,7 +91,7 @@ def test_failed_run_completes_with_a_retryable_error_and_is_not_billed(faulty):
     result = api.get(body["response_url"])
     assert result.status_code == 503 and result.headers["X-Fal-Error-Type"] == "runner_disconnected"
     assert "x-fal-billable-units" not in result.headers
-    assert api.get("/v1/models/usage").json()["time_series"] == []
+    assert usage(api)["time_series"] == []
 
 
 def test_refused_content_is_a_422_content_policy_error(faulty):

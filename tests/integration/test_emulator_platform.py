@@ -237,3 +237,82 @@ def test_billing_event_cost_from_nano_usd_else_from_units_price_and_discount():
                        ({**base, "output_units": "many", "cost_total": 1}, "output_units")]:
         with pytest.raises(RemoteError, match=field):
             BillingEvent.from_item(bad, "item 0")
+
+
+# ---------------------------------------------------------------------- usage, as fal documents it
+
+USAGE = "/v1/models/usage"
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"expand": "time_series"}, "endpoint_id"),
+    ({"endpoint_id": ",".join(f"x/{i}" for i in range(51)), "expand": "time_series"}, "endpoint_id"),
+    ({"endpoint_id": T2V}, "expand"),
+    ({"endpoint_id": T2V, "expand": "auth_method"}, "expand"),
+    ({"endpoint_id": T2V, "expand": "everything"}, "expand"),
+    ({"endpoint_id": T2V, "expand": "time_series", "bound_to_timeframe": "yes"}, "bound_to_timeframe"),
+    ({"endpoint_id": T2V, "expand": "time_series", "timeframe": "year"}, "timeframe"),
+    ({"endpoint_id": T2V, "expand": "time_series", "timezone": "Mars/Olympus"}, "timezone"),
+    ({"endpoint_id": T2V, "expand": "time_series", "start": "soon"}, "start"),
+])
+def test_usage_refuses_what_fal_refuses_with_its_platform_error(api, params, needle):
+    resp = api.get(USAGE, params=params)
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["type"] == "validation_error" and needle in error["message"]
+
+
+def test_usage_needs_a_key_and_an_admin_key_when_admin_keys_are_set(client_for):
+    user = client_for(key="user", admin_keys=frozenset({"admin"}))
+    query = {"endpoint_id": T2V, "expand": "time_series"}
+    assert httpx.get(f"{user.base_url}{USAGE}", params=query).json()["error"]["type"] == "authorization_error"
+    denied = user.get(USAGE, params=query)
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "authorization_error"
+    with httpx.Client(base_url=user.base_url, headers={"Authorization": "Key admin"}) as admin:
+        assert admin.get(USAGE, params=query).status_code == 200
+
+
+def test_usage_aligns_a_window_to_whole_days_unless_bound_to_timeframe_is_false(api, media):
+    """bound_to_timeframe defaults to true: a window that starts after today's spend still returns
+    it, aligned to the start of the day; false returns exactly the window asked for."""
+    _done_reframe(api, media)
+    [event] = api.get(BILLING).json()["billing_events"]
+    spent_at = datetime.fromisoformat(event["timestamp"])
+    start = spent_at + timedelta(seconds=1)
+    window = {"endpoint_id": FLASH, "expand": "time_series", "start": start.isoformat(),
+              "end": (start + timedelta(hours=1)).isoformat(), "timeframe": "day"}
+    aligned = api.get(USAGE, params=window).json()["time_series"]
+    if start.date() == spent_at.date():  # not across midnight: the day's bucket holds the spend
+        [bucket] = aligned
+        midnight = spent_at.replace(hour=0, minute=0, second=0, microsecond=0)
+        assert datetime.fromisoformat(bucket["bucket"]) == midnight
+        assert [(r["endpoint_id"], r["cost"], r["quantity"]) for r in bucket["results"]] == [(FLASH, 0.3, 5.0)]
+    exact = api.get(USAGE, params={**window, "bound_to_timeframe": "false"}).json()
+    assert exact == {"time_series": [], "next_cursor": None, "has_more": False}
+
+
+def test_usage_summary_totals_the_window_per_endpoint(api, media):
+    _done_reframe(api, media)
+    _done_reframe(api, media)
+    body = api.get(USAGE, params={"endpoint_id": [FLASH, T2V], "expand": "summary"}).json()
+    assert "time_series" not in body
+    assert [(r["endpoint_id"], r["quantity"], r["cost"], r["unit"]) for r in body["summary"]] == [
+        (FLASH, 10.0, 0.6, "second")]
+
+
+def test_usage_client_asks_for_at_most_50_endpoint_ids_a_call(emu, api, media):
+    from batch_runner.api.client import FalClient
+    from batch_runner.config import FalHosts, Secret
+
+    _done_reframe(api, media)
+    client = FalClient(FalHosts.for_url(emu.url), Secret(EMU_KEY), policy=RetryPolicy(attempts=2, base_s=0.01))
+    try:
+        ids = [f"x/unknown-{i}" for i in range(100)] + [FLASH]  # 101 ids: three calls of ≤ 50
+        start, end = _span()
+        rows = client.usage(utc_iso(start), utc_iso(end), ids)
+        assert [(r["endpoint_id"], r["cost"]) for r in rows] == [(FLASH, 0.3)]
+        assert client.transport.requests_sent == 3
+        with pytest.raises(ValueError):
+            client.usage(utc_iso(start), utc_iso(end), [])
+    finally:
+        client.close()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import EMU_KEY
-from tests.integration.emu_helpers import requests_log, submit, upload, wait_done, wait_state
+from tests.integration.emu_helpers import requests_log, submit, upload, usage, wait_done, wait_state
 
 T2V = "luma/agent/ray/v3.2/text-to-video"
 REFRAME = "luma/agent/ray/v3.2/reframe"
@@ -127,7 +127,7 @@ def test_cancel_answers(emulator_factory):
         assert api.get(queued["response_url"]).status_code == 400
         log = {r["request_id"]: r for r in requests_log(api)["requests"]}
         assert log[queued["request_id"]]["state"] == "CANCELLED" and log[queued["request_id"]]["cost_usd"] is None
-        assert api.get("/v1/models/usage").json()["time_series"] == []  # nothing billed
+        assert usage(api)["time_series"] == []  # nothing billed
 
 
 def test_concurrency_limit_holds_and_positions_count_down(emulator_factory):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from batch_runner import catalog
 from tests.conftest import EMU_KEY
-from tests.integration.emu_helpers import submit, upload, wait_done
+from tests.integration.emu_helpers import submit, upload, usage, wait_done
 
 T2V = "luma/agent/ray/v3.2/text-to-video"
 
@@ -114,24 +114,25 @@ def test_usage_api_sums_the_ledger_by_bucket_and_endpoint(api, media):
         wait_done(api, body["status_url"])
     body = submit(api, T2V, {"prompt": "q"})
     wait_done(api, body["status_url"])
-    usage = api.get("/v1/models/usage", params={"timeframe": "hour"}).json()
-    [bucket] = usage["time_series"]
+    [bucket] = usage(api, timeframe="hour")["time_series"]
     rows = {r["endpoint_id"]: r for r in bucket["results"]}
     reframe = rows["luma/agent/ray/v3.2/reframe"]
     assert (reframe["unit"], reframe["quantity"], reframe["unit_price"]) == ("second", 5 + 30, 0.06)
     assert Decimal(str(reframe["cost"])) == Decimal("0.30") + Decimal("1.80")
     assert rows[T2V]["cost"] == 0.5
-    only = api.get("/v1/models/usage", params={"endpoint_id": T2V}).json()["time_series"][0]["results"]
+    only = usage(api, endpoint_id=T2V)["time_series"][0]["results"]
     assert [r["endpoint_id"] for r in only] == [T2V]
-    future = api.get("/v1/models/usage", params={"start": "2099-01-01T00:00:00Z"}).json()
+    future = usage(api, start="2099-01-01T00:00:00Z", end="2099-01-02T00:00:00Z")
     assert future["time_series"] == []
 
 
 def test_usage_api_can_require_an_admin_key(emulator_factory):
     server = emulator_factory(admin_keys=frozenset({"admin"}))
-    plain = httpx.get(f"{server.url}/v1/models/usage", headers={"Authorization": "Key user"})
-    admin = httpx.get(f"{server.url}/v1/models/usage", headers={"Authorization": "Key admin"})
-    assert plain.status_code == 403 and "admin" in plain.json()["detail"]
+    query = {"endpoint_id": T2V, "expand": "time_series"}
+    plain = httpx.get(f"{server.url}/v1/models/usage", params=query, headers={"Authorization": "Key user"})
+    admin = httpx.get(f"{server.url}/v1/models/usage", params=query, headers={"Authorization": "Key admin"})
+    assert plain.status_code == 403 and plain.json() == {"error": {"type": "authorization_error",
+                                                                   "message": "Access denied"}}
     assert admin.status_code == 200
 
 

@@ -13,10 +13,10 @@ LAYERS = {
     "errors": 0, "domain": 1,
     "catalog": 2, "config": 2, "logs": 2, "yamlload": 2,
     "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
-    "outcome": 4, "output": 4, "emulator": 4,
+    "outcome": 4, "output": 4, "emulator": 4, "fal_prices": 4,
     "worker": 5,
     "pool": 6, "resolve": 6,
-    "runner": 7, "reports": 7, "reconcile": 7,
+    "runner": 7, "reports": 7, "reconcile": 7, "price_sync": 7,
     "report_html": 8,
     "cli": 9, "__main__": 10,
 }

@@ -65,7 +65,32 @@ def test_unverified_prices_are_marked():
     assert not price("ray-3.2/image-to-video", {"prompt": "p", "image_url": "i"}).verified
     hdr = price("ray-3.2/text-to-video", {"prompt": "p", "hdr": True, "resolution": "720p"})
     assert not hdr.verified and hdr.usd == "2.00"
-    assert price("ray-3.2/text-to-video", {"prompt": "p"}).verified
+    assert price("ray-3.2/reframe", {"prompt": "p", "video_url": "v", "aspect_ratio": "1:1"}, "5").verified
+
+
+def test_only_prices_a_fal_page_we_hold_states_are_verified():
+    """Audit §9: seed 002 (Ray 2 Flash reframe) and seed 004 (Ray 3.2 reframe) state prices; seed 000
+    states only Ray 2's multipliers, and Ray 2 Flash modify is inferred."""
+    verified = {e.endpoint for e in TABLE.entries.values() if e.verified}
+    assert verified == {"fal-ai/luma-dream-machine/ray-2-flash/reframe", "luma/agent/ray/v3.2/reframe"}
+    evidence = {e.endpoint: e.evidence for e in TABLE.entries.values()}
+    assert evidence["fal-ai/luma-dream-machine/ray-2"] == "multipliers-only"
+    assert evidence["fal-ai/luma-dream-machine/ray-2-flash/modify"] == "inferred"
+    assert evidence["luma/agent/ray/v3.2/image-to-video"] == "conflict"
+    assert not price("ray-2/text-to-video", {"prompt": "p"}).verified
+    v2v = TABLE.entry("luma/agent/ray/v3.2/video-to-video")
+    assert not any(m.verified for m in v2v.modifiers)
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ('{unit: second, prices: {"*": "1"}, evidence: hearsay}', "evidence must be one of"),
+    ('{unit: second, prices: {"*": "1"}, evidence: inferred, verified: true}', "needs evidence: fal-page"),
+])
+def test_evidence_is_checked(tmp_path: Path, entry, needle):
+    f = tmp_path / "p.yaml"
+    f.write_text(f'name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {entry}\n')
+    with pytest.raises(ConfigError, match=needle):
+        load_price_table(f)
 
 
 def test_estimates_name_the_table():
