@@ -56,7 +56,7 @@ def test_cancel_through_the_client(client, emulator_factory, monkeypatch):
     assert isinstance(c.status(T2V, second.request_id), fal_client.Queued)
     c.cancel(T2V, second.request_id)
     done = c.status(T2V, second.request_id)
-    assert isinstance(done, fal_client.Completed) and done.error_type == "request_cancelled"
+    assert isinstance(done, fal_client.Completed) and done.error_type == "client_cancelled"
     c.cancel(T2V, first.request_id)
 
 
