@@ -188,11 +188,17 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
     queue, logs, keepalive = emu.queue, _logs_wanted(request), emu.config.keepalive_s
 
     async def events() -> AsyncIterator[bytes]:
+        sent = 0  # log entries already sent on this stream
         while True:
             # Take the change event *before* reading the status: a change while this event is
             # being sent then sets `waiter`, instead of being missed until the next keep-alive.
             waiter = req.changed
             body = queue.status_body(req, logs)
+            if isinstance(body.get("logs"), list):
+                # Each streamed event carries only the entries new since the last one: fal-js
+                # accumulates them itself "to match previous polling behavior" (queue.ts
+                # subscribeToStatus, streaming mode), where a poll returns every entry.
+                body["logs"], sent = body["logs"][sent:], len(body["logs"])
             yield f"data: {json.dumps(body)}\n\n".encode()
             if body["status"] == COMPLETED:
                 return
