@@ -35,8 +35,9 @@ LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.
 
 
 def _find_request(emu: Emulator, prefix: str, rid: str) -> Request | None:
-    """The request, if `prefix` is its owner/alias. Only that form is served: "The status, result,
-    and cancel URLs use only the owner and the app" (fal docs, model-apis/inference/queue), and
+    """The request, if `prefix` is its owner/alias. Only that form is served: the path takes the
+    owner and "The model app name … Do not add the endpoint path" (https://fal.ai/docs/inference-api/queue/cancel,
+    the same parameters in https://fal.ai/docs/api-reference/inference-api/openapi/queue.json), and
     fal's clients build them so (fal-client `SyncRequestHandle.from_request_id`; fal-js queue.ts
     `${owner}/${alias}`). The full endpoint path there is a 404, as it is not documented."""
     assert emu.queue is not None
