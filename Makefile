@@ -6,8 +6,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BR     := $(VENV)/bin/batch-runner
 DEMO   ?= .demo
+# fal's JavaScript client, pinned in tests/js/package-lock.json: an outside check of the emulator.
+# npm ci writes node_modules/.package-lock.json, so this reinstalls only when the pins change.
+JS_CLIENT := tests/js/node_modules/.package-lock.json
 
-.PHONY: setup ffmpeg browser demo test bench clean
+.PHONY: setup ffmpeg browser node demo test bench clean
 
 setup: ffmpeg $(VENV)/.installed
 
@@ -16,6 +19,13 @@ ffmpeg:
 
 browser:
 	@sh scripts/ensure-tool.sh chromium chromium optional "the HTML report's browser test"
+
+node:
+	@sh scripts/ensure-tool.sh node,npm npm required "fal's JavaScript client checks the emulator"
+
+$(JS_CLIENT): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	@touch $@
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	@sh scripts/demo.sh "$(BR)" "$(DEMO)"
 
-test: setup browser
+test: setup browser node $(JS_CLIENT)
 	$(PY) -m pytest
 
 bench: setup
@@ -35,4 +45,4 @@ bench: setup
 	$(PY) bench/bench_scale.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) jobs/media out .pytest_cache bench/.work bench/.work-run bench/.work-scale
+	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache bench/.work bench/.work-run bench/.work-scale

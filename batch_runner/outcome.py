@@ -120,6 +120,12 @@ def decide_result(completed: Completed, result: Result) -> Decision:
     reason = f"{error_type or 'error'}: {message}"
     if error_type in CANCELLED_ERROR_TYPES or reply.status == 499:
         return Decision(Action.CANCELLED, reason, Bill.UNITS if billed else Bill.NOTHING)
+    if reply.user_timeout and not billed:
+        # 504 + X-Fal-Request-Timeout-Type: user: the start deadline passed before any runner began,
+        # so it never ran (https://docs.fal.ai/documentation/model-apis/common-parameters). Final for
+        # this attempt: another would wait against the same deadline; `retry` may send it again.
+        return Decision(Action.FAILED, f"{reason} (its start deadline, X-Fal-Request-Timeout, passed before "
+                        "it started: never run, not billed)", Bill.NOTHING)
     if billed:
         rejected = error_type in REJECTION_ERROR_TYPES or (reply.status == 422 and error_type != "content_policy_violation")
         return Decision(Action.REJECTED if rejected else Action.FAILED, reason, Bill.UNITS)

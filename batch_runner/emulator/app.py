@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -24,6 +25,8 @@ from .config import EmulatorConfig
 from .queue import COMPLETED, Queue, Request, canonical_hash
 from .web import BadBody, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
 
+KEEPALIVE_COMMENT = b": keep-alive\n\n"  # an SSE comment (https://fal.ai/docs/inference-api/queue/status-stream)
+
 # fal's balance lock (reference §7, issues fal-ai/fal#1112, #1147)
 LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
 
@@ -32,12 +35,16 @@ LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.
 
 
 def _find_request(emu: Emulator, prefix: str, rid: str) -> Request | None:
+    """The request, if `prefix` is its owner/alias. Only that form is served: the path takes the
+    owner and "The model app name … Do not add the endpoint path" (https://fal.ai/docs/inference-api/queue/cancel,
+    the same parameters in https://fal.ai/docs/api-reference/inference-api/openapi/queue.json), and
+    fal's clients build them so (fal-client `SyncRequestHandle.from_request_id`; fal-js queue.ts
+    `${owner}/${alias}`). The full endpoint path there is a 404, as it is not documented."""
     assert emu.queue is not None
     req = emu.queue.requests.get(rid)
     if req is None:
         return None
-    owner_alias = "/".join(req.endpoint.id.split("/")[:2])
-    return req if prefix in (owner_alias, req.endpoint.id) else None
+    return req if prefix == "/".join(req.endpoint.id.split("/")[:2]) else None
 
 
 async def queue_route(request: HttpRequest) -> Response:
@@ -100,12 +107,12 @@ async def _submit(emu: Emulator, path: str, request: HttpRequest) -> Response:
     assert emu.queue is not None
     input_hash = canonical_hash(ep.id, payload)
     n = emu.queue.submission_number(input_hash)
-    refusal = _refusal(emu, ep, payload, input_hash, n)
+    refusal = _refusal(emu, ep, payload, input_hash, n, request)
     if refusal is not None:
         emu.queue.record_refused(ep.id, input_hash, refusal.status_code, bytes(refusal.body).decode()[:300])
         return refusal
     webhook = request.query_params.get("fal_webhook")
-    req = emu.queue.submit(ep, payload, input_hash, n, webhook, emu.base_url(request))
+    req = emu.queue.submit(ep, payload, input_hash, n, webhook, emu.base_url(request), _start_timeout(request))
     # Accepted: the request exists and will run and bill. A submit hold stalls the answer here,
     # the window in which a client that dies has created a request it never heard about.
     seconds = emu.holds.submit.take()
@@ -121,9 +128,36 @@ async def _submit(emu: Emulator, path: str, request: HttpRequest) -> Response:
     return json_answer(body, 200, {"x-fal-request-id": req.id})
 
 
-def _refusal(emu: Emulator, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int) -> Response | None:
-    """Why this submit is not accepted, if it is not: an injected fault or invalid input."""
+def _start_timeout(request: HttpRequest) -> float | None:
+    """X-Fal-Request-Timeout in seconds (checked by `_refusal`), or None when not sent."""
+    raw = request.headers.get("x-fal-request-timeout")
+    return float(raw) if raw is not None else None
+
+
+def _bad_start_timeout(request: HttpRequest) -> str | None:
+    """Why the X-Fal-Request-Timeout header is malformed, if it is. fal: "Minimum > 0.1 seconds"
+    (https://docs.fal.ai/documentation/model-apis/common-parameters); a malformed request is
+    `bad_request`, 400, "e.g., invalid timeout header" (https://fal.ai/docs/documentation/model-apis/request-errors)."""
+    raw = request.headers.get("x-fal-request-timeout")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return f"Invalid X-Fal-Request-Timeout header: {raw[:40]!r} is not a number"
+    if not math.isfinite(seconds) or seconds <= 0.1:
+        return f"Invalid X-Fal-Request-Timeout header: {raw[:40]!r} must be greater than 0.1 seconds"
+    return None
+
+
+def _refusal(emu: Emulator, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int,
+             request: HttpRequest) -> Response | None:
+    """Why this submit is not accepted, if it is not: an injected fault, a bad header or invalid input."""
     refusal = emu.call_fault("submit", input_hash, n)
+    bad_timeout = _bad_start_timeout(request)
+    if refusal is None and bad_timeout is not None:
+        refusal = json_answer({"detail": bad_timeout, "error_type": "bad_request"}, 400,
+                              {"X-Fal-Error-Type": "bad_request"})
     if refusal is None and emu.faults.fires("lock", input_hash, n):
         refusal = json_answer({"detail": LOCKED}, 403)
     if refusal is None and emu.faults.fires("gateway_timeout", input_hash, n):
@@ -155,18 +189,26 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
     queue, logs, keepalive = emu.queue, _logs_wanted(request), emu.config.keepalive_s
 
     async def events() -> AsyncIterator[bytes]:
+        sent = 0  # log entries already sent on this stream
         while True:
             # Take the change event *before* reading the status: a change while this event is
             # being sent then sets `waiter`, instead of being missed until the next keep-alive.
             waiter = req.changed
             body = queue.status_body(req, logs)
+            if isinstance(body.get("logs"), list):
+                # Each streamed event carries only the entries new since the last one: fal-js
+                # accumulates them itself "to match previous polling behavior" (queue.ts
+                # subscribeToStatus, streaming mode), where a poll returns every entry.
+                body["logs"], sent = body["logs"][sent:], len(body["logs"])
             yield f"data: {json.dumps(body)}\n\n".encode()
             if body["status"] == COMPLETED:
                 return
-            try:  # one event per change, and the status again as a keep-alive
-                await asyncio.wait_for(waiter.wait(), keepalive)
-            except asyncio.TimeoutError:
-                pass
+            while True:  # one event per change; a comment line while nothing changes (config.KEEPALIVE_S)
+                try:
+                    await asyncio.wait_for(waiter.wait(), keepalive)
+                    break
+                except asyncio.TimeoutError:
+                    yield KEEPALIVE_COMMENT
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "x-fal-request-id": req.id})
@@ -182,8 +224,12 @@ def _result(req: Request | None, send_units: bool = True) -> Response:
     headers = {"x-fal-request-id": req.id}
     if req.billable_units is not None and send_units:
         headers["x-fal-billable-units"] = f"{req.billable_units:f}"
-    if req.error_type and req.result_status >= 500:
-        headers["X-Fal-Error-Type"] = req.error_type
+    if isinstance(req.result_body, dict) and isinstance(req.result_body.get("error_type"), str):
+        # a request error (not a model's 422): "The X-Fal-Error-Type response header contains the
+        # same value as error_type" (https://fal.ai/docs/documentation/model-apis/request-errors)
+        headers["X-Fal-Error-Type"] = req.result_body["error_type"]
+    if req.timed_out:  # the start deadline passed (https://docs.fal.ai/documentation/model-apis/common-parameters)
+        headers["X-Fal-Request-Timeout-Type"] = "user"
     return json_answer(req.result_body, req.result_status, headers)
 
 

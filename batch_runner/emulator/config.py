@@ -12,7 +12,10 @@ PROCESSING_S = {"reframe": 60.0, "text-to-video": 45.0, "image-to-video": 45.0,
 RESULT_TTL_S = 3600.0  # fal keeps a result 1 h after completion
 WEBHOOK_ATTEMPTS = 10
 WEBHOOK_RETRY_S = 12 * 60.0  # 10 attempts over about 2 hours
-KEEPALIVE_S = 5.0  # SSE keep-alive: fal-js gives up after 15 s of silence
+# SSE keep-alive: a comment line (": …") every 15 s while nothing changes, as fal sends on the
+# status stream (https://fal.ai/docs/inference-api/queue/status-stream); SSE parsers skip comments
+# (fal-js streaming.ts uses eventsource-parser; our FalClient.stream reads only `data:` lines).
+KEEPALIVE_S = 15.0
 RETRY_AFTER_S = 1
 # fal-client keeps a CDN token until its `expires_at` (fal:projects/fal_client/src/fal_client/client.py
 # CDNToken.is_expired); fal does not publish the lifetime. The emulator issued 1-h tokens before.
@@ -49,7 +52,7 @@ class EmulatorConfig:
     # https://docs.fal.ai/platform-apis/v1/models/usage), so tests can make it say others.
     price_units: dict[str, str] = field(default_factory=dict)
     user_id: str = "emulator-user"
-    keepalive_s: float = KEEPALIVE_S
+    keepalive_s: float = KEEPALIVE_S  # seconds between keep-alive comments on a quiet status stream
     send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units
     token_ttl_s: float = TOKEN_TTL_S  # CDN upload tokens expire this long after issue (401 afterwards)
     upload_ttl_s: float | None = UPLOAD_TTL_S  # an upload's lifetime when it asks for none; None: never

@@ -68,6 +68,8 @@ class Request:
     billable_units: Decimal | None = None
     cost_micro_usd: int | None = None
     cancelled: bool = False
+    start_timeout_s: float | None = None  # X-Fal-Request-Timeout: the deadline to start, from receipt
+    timed_out: bool = False  # the start deadline passed before it ran: 504, X-Fal-Request-Timeout-Type: user
     expires_at: float | None = None
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -150,13 +152,17 @@ class Queue:
                               "billable_units": None, "cost_usd": None, "error": error})
 
     def submit(self, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int,
-               webhook_url: str | None, base_url: str) -> Request:
+               webhook_url: str | None, base_url: str, start_timeout_s: float | None = None) -> Request:
         rid = str(uuid.UUID(bytes=hashlib.sha256(f"{self.config.seed}|{input_hash}|{n}".encode()).digest()[:16],
                             version=4))
         now = time.time()
         req = Request(rid, ep, payload, input_hash, now, now + self.config.scaled(self.config.queue_delay_s),
                       webhook_url, base_url)
         req.log("Request received and queued")
+        req.start_timeout_s = start_timeout_s
+        if start_timeout_s is not None:
+            # The deadline is in real seconds, not scaled by `speed`: it is the client's clock.
+            asyncio.get_running_loop().call_later(start_timeout_s, self._start_deadline, req)
         self.requests[rid] = req
         self.received.append({"request_id": rid, "endpoint": ep.id, "input_sha256": input_hash,
                               "received_at": iso(now), "http_status": 200})
@@ -183,6 +189,25 @@ class Queue:
         if req.task and not req.task.done():
             req.task.cancel()
         return 202, "CANCELLATION_REQUESTED"
+
+    def _start_deadline(self, req: Request) -> None:
+        """X-Fal-Request-Timeout passed while the request still waited: it never runs and is not
+        billed; fal "returns 504 Gateway Timeout with X-Fal-Request-Timeout-Type: user"
+        (https://docs.fal.ai/documentation/model-apis/common-parameters). Once a runner has started
+        it, "the timeout stops" (same page), so a started request is left alone."""
+        if req.state != IN_QUEUE:
+            return
+        self._waiting.remove(req)
+        req.timed_out = True
+        # The body is the request-error shape (detail string + error_type,
+        # https://fal.ai/docs/documentation/model-apis/request-errors). Which error_type fal puts on a
+        # user start timeout is not documented; request_timeout (504) is that page's own example.
+        # What marks it as the user's deadline is the X-Fal-Request-Timeout-Type header (app.py).
+        self._finish_error(req, 504, "Request timed out", "request_timeout",
+                           {"detail": "Request timed out", "error_type": "request_timeout"})
+        for other in self._waiting:  # every request behind it moved up one place
+            other.touch()
+        self._wake.set()
 
     # ------------------------------------------------------------------ scheduling
 
@@ -377,11 +402,15 @@ class Queue:
         self._complete(req, status, body)
 
     def _finish_cancelled(self, req: Request) -> None:
+        # fal's request-errors page: `client_cancelled`, "The request was cancelled by the client",
+        # typical status 499, body {"detail": <string>, "error_type": …} and the same value in
+        # X-Fal-Error-Type (https://fal.ai/docs/documentation/model-apis/request-errors).
         self.open_requests -= 1
         req.cancelled = True
-        req.error, req.error_type = "Request was cancelled", "request_cancelled"
+        req.error, req.error_type = "Request was cancelled", "client_cancelled"
         req.state, req.completed_at = COMPLETED, time.time()
-        req.result_status, req.result_body = 400, {"detail": "Request was cancelled"}
+        req.result_status = 499
+        req.result_body = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
         req.expires_at = req.completed_at + self.config.result_ttl_s
         req.log("Request cancelled", "WARN")
 

@@ -81,10 +81,14 @@ def test_status_codes_and_shapes_through_the_lifecycle(emulator_factory):
         api.put(second["cancel_url"])
 
 
-def test_status_accepts_both_url_forms_and_rejects_others(api):
+def test_status_result_and_cancel_serve_only_the_owner_alias_form(api):
+    """fal documents only owner/alias for status, result and cancel (docs: model-apis/inference/queue)."""
     rid = submit(api, T2V, {"prompt": "x"})["request_id"]
     assert api.get(f"/luma/agent/requests/{rid}/status").status_code in (200, 202)
-    assert api.get(f"/{T2V}/requests/{rid}/status").status_code in (200, 202)
+    assert api.get(f"/{T2V}/requests/{rid}/status").status_code == 404
+    assert api.get(f"/{T2V}/requests/{rid}/status/stream").status_code == 404
+    assert api.get(f"/{T2V}/requests/{rid}").status_code == 404
+    assert api.put(f"/{T2V}/requests/{rid}/cancel").json() == {"status": "NOT_FOUND"}
     assert api.get(f"/fal-ai/luma-dream-machine/requests/{rid}/status").status_code == 404
     assert api.get("/luma/agent/requests/unknown/status").status_code == 404
 
@@ -100,8 +104,6 @@ def test_result_carries_request_id_and_billable_units(api, media):
     assert resp.headers["x-fal-billable-units"] == "10"
     video = resp.json()["video"]
     assert video["content_type"] == "video/mp4" and video["file_size"] > 0 and video["url"].startswith(api.base_url.scheme)
-    full = api.get(f"/{REFRAME}/requests/{body['request_id']}")
-    assert full.json() == resp.json()
 
 
 def test_result_of_unknown_request_is_404(api):
@@ -119,12 +121,16 @@ def test_cancel_answers(emulator_factory):
         requested = api.put(running["cancel_url"])
         assert (requested.status_code, requested.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
         done = wait_done(api, running["status_url"])
-        assert done["error_type"] == "request_cancelled"
+        # fal's documented type for a cancelled request (https://fal.ai/docs/documentation/model-apis/request-errors)
+        assert done["error_type"] == "client_cancelled" and done["error"]
+        result = api.get(running["response_url"])
+        assert result.status_code == 499 and result.headers["x-fal-error-type"] == "client_cancelled"
+        assert result.json()["error_type"] == "client_cancelled"
         again = api.put(queued["cancel_url"])
         assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
         missing = api.put("/luma/agent/requests/nope/cancel")
         assert (missing.status_code, missing.json()) == (404, {"status": "NOT_FOUND"})
-        assert api.get(queued["response_url"]).status_code == 400
+        assert api.get(queued["response_url"]).status_code == 499
         log = {r["request_id"]: r for r in requests_log(api)["requests"]}
         assert log[queued["request_id"]]["state"] == "CANCELLED" and log[queued["request_id"]]["cost_usd"] is None
         assert usage(api)["time_series"] == []  # nothing billed
@@ -164,20 +170,59 @@ def test_status_stream_sends_each_change_and_ends_when_complete(api):
     assert all("logs" in e for e in events if e["status"] != "IN_QUEUE")
 
 
-def test_status_stream_sends_keep_alives_while_nothing_changes(emulator_factory):
-    server = emulator_factory(speed=10, keepalive_s=0.1)
+def test_status_stream_keep_alives_are_comment_lines_not_repeated_events(emulator_factory):
+    """fal keeps a quiet status stream open with comment lines (": …"), not repeated statuses
+    (https://fal.ai/docs/inference-api/queue/status-stream)."""
+    server = emulator_factory(speed=10, keepalive_s=0.05)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=30) as api:
         body = submit(api, T2V, {"prompt": "slow"})
-        events = []
+        events, comments = [], 0
         with api.stream("GET", body["status_url"] + "/stream", params={"logs": 1}) as resp:
             for line in resp.iter_lines():
-                if line.startswith("data: "):
+                if line.startswith(":"):
+                    comments += 1
+                elif line.startswith("data: "):
                     events.append(line)
-                if len(events) > 40:
-                    break
-        repeats = sum(1 for a, b in zip(events, events[1:]) if a == b)
-        assert repeats >= 1
-        api.put(body["cancel_url"])
+        assert comments >= 3
+        assert not any(a == b for a, b in zip(events, events[1:]))  # a status is sent once per change
+        assert json.loads(events[-1][6:])["status"] == "COMPLETED"
+
+
+def test_a_request_not_started_by_its_start_timeout_ends_504_user_unbilled(emulator_factory):
+    """X-Fal-Request-Timeout (https://docs.fal.ai/documentation/model-apis/common-parameters)."""
+    server = emulator_factory(speed=1, concurrency=1)  # the first starts after 2 s, the deadline is 0.5 s
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=30) as api:
+        running = submit(api, T2V, {"prompt": "runs long"})
+        waiting = api.post(f"/{T2V}", json={"prompt": "waits"}, headers={"X-Fal-Request-Timeout": "0.5"}).json()
+        behind = submit(api, T2V, {"prompt": "behind it"})
+        before = api.get(behind["status_url"]).json()["queue_position"]
+        done = wait_done(api, waiting["status_url"])
+        assert done["error_type"] == "request_timeout" and done["error"]
+        result = api.get(waiting["response_url"])
+        assert result.status_code == 504 and result.headers["x-fal-request-timeout-type"] == "user"
+        assert result.headers["x-fal-request-id"] == waiting["request_id"]
+        assert "x-fal-billable-units" not in result.headers
+        assert api.get(behind["status_url"]).json()["queue_position"] == before - 1  # it moved up
+        log = {r["request_id"]: r for r in requests_log(api)["requests"]}
+        assert log[waiting["request_id"]]["cost_usd"] is None
+        for body in (running, behind):
+            api.put(body["cancel_url"])
+
+
+def test_a_request_that_started_in_time_runs_past_its_start_timeout(emulator_factory):
+    """Once a runner starts it, "the timeout stops" (docs: model-apis/common-parameters)."""
+    server = emulator_factory(speed=20)  # starts after 0.1 s, runs about 2 s
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=30) as api:
+        body = api.post(f"/{T2V}", json={"prompt": "starts"}, headers={"X-Fal-Request-Timeout": "0.5"}).json()
+        done = wait_done(api, body["status_url"])
+        assert "error" not in done and api.get(body["response_url"]).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["soon", "0.1", "-3"])
+def test_a_malformed_start_timeout_is_refused_400_bad_request(api, value):
+    resp = api.post(f"/{T2V}", json={"prompt": "x"}, headers={"X-Fal-Request-Timeout": value})
+    assert resp.status_code == 400 and resp.json()["error_type"] == "bad_request"
+    assert requests_log(api)["requests"][0]["state"] == "REFUSED"
 
 
 def test_inspection_lists_every_submission(api):

@@ -112,6 +112,16 @@ def test_a_typed_start_timeout_without_a_request_id_is_not_billed_and_may_be_sen
     assert decide(Phase.SUBMIT, Reply(status=504, user_timeout=True, request_id="r")).action == A.UNCERTAIN
 
 
+def test_a_queued_request_whose_start_timeout_passed_fails_unbilled_without_a_new_attempt():
+    """fal's 504 + X-Fal-Request-Timeout-Type: user on the result (docs: model-apis/common-parameters)."""
+    completed = Completed((), "Request timed out", "request_timeout")
+    reply = Reply(status=504, request_id="r", error_type="request_timeout", user_timeout=True)
+    d = decide(Phase.RESULT, reply, completed=completed, result=Result(reply, {"detail": "Request timed out"}))
+    assert (d.action, d.bill) == (A.FAILED, Bill.NOTHING) and "X-Fal-Request-Timeout" in d.reason
+    infra = Reply(status=504, request_id="r", error_type="request_timeout")  # fal's own timeout: a new attempt
+    assert decide_result(completed, Result(infra, {})).action == A.NEW_ATTEMPT
+
+
 def test_an_expired_result_of_a_success_records_the_estimate():
     d = decide(Phase.RESULT, Reply(status=404), completed=Completed((), None, None))
     assert (d.action, d.bill) == (A.FAILED, Bill.ESTIMATE)
