@@ -49,7 +49,6 @@ def test_upload_single_part(node, emu, media):
     assert out["requests"][0] == "POST /storage/upload/initiate?storage_type=fal-cdn-v3"
 
 
-@pytest.mark.xfail(strict=False, reason="initiate-multipart lands from branch storage")
 def test_upload_multipart_above_90_mib(node, emu):
     out = run_js(node, "upload_multipart", emu)
     assert out["got"] == {"status": 200, **out["sent"]}
