@@ -64,7 +64,8 @@ def decide(phase: Phase, reply: Reply, *, exhausted: bool = False, completed: Co
         if not exhausted:
             return Decision(Action.RETRY_CALL, f"{phase.value} {reply.describe}: repeated")
         return _exhausted(phase, reply)
-    if reply.status in (401, 403) and phase != Phase.DOWNLOAD:  # the caller raises the error itself
+    # the caller raises the error itself; output files and signed upload URLs carry no key of ours
+    if reply.status in (401, 403) and phase != Phase.DOWNLOAD and not reply.keyless:
         return Decision(Action.ACCOUNT, f"fal refused the key or locked the account ({reply.describe})")
     return _refused(phase, reply, completed)
 

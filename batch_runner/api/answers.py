@@ -55,6 +55,7 @@ class Reply:
     user_timeout: bool = False  # X-Fal-Request-Timeout-Type: user: the start deadline passed, never run (§7)
     retry_after_s: float | None = None
     billable_units: Decimal | None = None  # x-fal-billable-units, when fal sends it (§5; see the README)
+    keyless: bool = False  # the call carried no key of ours (a signed upload URL): a 401/403 is not about the key
 
     @property
     def describe(self) -> str:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import mimetypes
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -21,7 +21,7 @@ import httpx
 from ..config import FalHosts, Secret
 from ..errors import AmbiguousSubmitError, AuthError, RemoteError, TransientRemoteError
 from ..logs import get_logger
-from .answers import Completed, Phase, Result, Status, parse_status, reply_of, reply_of_exception
+from .answers import Completed, Phase, Reply, Result, Status, parse_status, reply_of, reply_of_exception
 from .transport import RetryPolicy, Transport, error_for
 
 log = get_logger("api")
@@ -275,6 +275,16 @@ class FalClient:
         one after another; then `POST {origin+path}/complete{query}` with JSON
         `{"parts": [{partNumber, etag}]}`. The file's URL is `file_url`. fal-js sends no key to the
         upload URL (plain `fetch`), and neither do we."""
+        try:
+            return self._upload_parts_once(path, ctype, lifecycle)
+        except RemoteError as exc:
+            if not (isinstance(exc.reply, Reply) and exc.reply.keyless and exc.reply.status in (401, 403)):
+                raise
+            # the signed upload URL was refused (it expired during a slow upload): start over once
+            log.info("upload %s: the signed upload URL was refused (%s); starting over", path.name, exc.message)
+            return self._upload_parts_once(path, ctype, lifecycle)
+
+    def _upload_parts_once(self, path: Path, ctype: str, lifecycle: dict[str, str]) -> str:
         what = f"upload {path.name}"
         start = self.transport.read("POST", f"{self.hosts.rest}/storage/upload/initiate-multipart", what,
                                     phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
@@ -301,7 +311,12 @@ class FalClient:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if not resp.is_success:
-                raise error_for(resp, what)
+                exc = error_for(resp, what)
+                if isinstance(exc, AuthError):  # our key was not sent: the signed URL was refused, not the key
+                    raise RemoteError(f"{what}: the signed upload URL was refused (HTTP {resp.status_code})",
+                                      hint="it may have expired; the upload is started again",
+                                      reply=replace(reply_of(resp), keyless=True)) from None
+                raise exc
             return resp
         return self.transport.repeat(Phase.UPLOAD, what, once)
 

@@ -128,6 +128,9 @@ async def storage_multipart_part(emu: Emulator, request: HttpRequest) -> Respons
         return json_answer({"detail": "unknown upload"}, 404)
     if request.query_params.get("signature") != mp.secret:
         return json_answer({"detail": "invalid signature"}, 403)
+    ttl = emu.config.signed_url_ttl_s
+    if ttl is not None and time.monotonic() - mp.started > ttl:
+        return json_answer({"detail": "the signed upload URL has expired"}, 403)
     if request.method == "PUT" and part.isdigit():
         etag = emu.store.put_part(upload_id, int(part), await request.body())
         if etag is None:

@@ -55,6 +55,9 @@ class EmulatorConfig:
     keepalive_s: float = KEEPALIVE_S  # seconds between keep-alive comments on a quiet status stream
     send_billable_units: bool = True  # some fal endpoints may omit x-fal-billable-units
     token_ttl_s: float = TOKEN_TTL_S  # CDN upload tokens expire this long after issue (401 afterwards)
+    # Signed multipart upload URLs stop working this long after initiate-multipart (None: never).
+    # fal documents no lifetime; signed URLs do expire, so a slow upload may see a 403 midway.
+    signed_url_ttl_s: float | None = None
     upload_ttl_s: float | None = UPLOAD_TTL_S  # an upload's lifetime when it asks for none; None: never
     processing_s: dict[str, float] = field(default_factory=lambda: dict(PROCESSING_S))
     queue_delay_s: float = QUEUE_DELAY_S

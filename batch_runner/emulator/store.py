@@ -40,6 +40,7 @@ class Multipart:
     parts: dict[int, Path] = field(default_factory=dict)
     etags: dict[int, str] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # fal-js flow: the URL's credential
+    started: float = field(default_factory=time.monotonic)  # a signed URL expires some time after it is issued
 
 
 class FileStore:

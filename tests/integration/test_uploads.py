@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pytest
 
 from batch_runner import worker
 from batch_runner.api import client as client_module
@@ -201,3 +202,26 @@ def test_the_runner_reuses_an_upload_only_while_fal_keeps_it(tmp_path, media, em
         assert fal_until - datetime.now(timezone.utc) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
     assert worker.UPLOAD_TTL_S < worker.UPLOAD_LIFETIME_S
 
+
+
+def test_a_refused_signed_upload_url_starts_over_once_then_fails_the_upload_not_the_key(emulator_factory, tmp_path):
+    """A signed URL carries no key of ours: its 403 (expired during a slow upload) restarts the
+    multipart upload once, then fails that upload. It is never an AuthError, which would stop
+    every worker with exit 9."""
+    from batch_runner.api.answers import Phase
+    from batch_runner.errors import AuthError, RemoteError
+    from batch_runner.outcome import Action, decide
+
+    server = emulator_factory(signed_url_ttl_s=0.0)
+    source = tmp_path / "big.mp4"
+    with source.open("wb") as fh:
+        fh.truncate(91 * MIB)  # sparse: the size is what matters
+    fal = _fal(server)
+    try:
+        with pytest.raises(RemoteError) as info:
+            fal.upload(source)
+    finally:
+        fal.close()
+    assert not isinstance(info.value, AuthError) and "signed upload URL was refused" in info.value.message
+    assert decide(Phase.UPLOAD, info.value.reply, exhausted=True).action == Action.FAILED
+    assert len(_state(server).store._multipart) == 2  # initiated twice: the first URL, then a fresh one

@@ -166,3 +166,9 @@ def test_outages_are_signalled_to_the_breaker_but_rate_limits_are_not():
     assert decide(Phase.STATUS, Reply(status=502), exhausted=True).outage
     assert decide(Phase.STATUS, Reply(failure=Failure.CONNECT), exhausted=True).outage
     assert not decide(Phase.STATUS, Reply(status=429), exhausted=True).outage
+
+
+def test_a_refused_signed_url_is_about_that_url_never_the_key():
+    for status in (401, 403):
+        assert decide(Phase.UPLOAD, Reply(status=status)).action == A.ACCOUNT  # our key, on a keyed call
+        assert decide(Phase.UPLOAD, Reply(status=status, keyless=True)).action == A.FAILED
