@@ -119,8 +119,10 @@ def decide_result(completed: Completed, result: Result) -> Decision:
             return Decision(Action.FAILED, "the result has no video URL", Bill.UNITS if units is not None else Bill.ESTIMATE)
         return Decision(Action.CONTINUE, "completed", Bill.UNITS)
     reason = f"{error_type or 'error'}: {message}"
+    unknown = Bill.NOTHING if units is not None else Bill.ASK  # units 0: fal said it billed nothing
     if error_type in CANCELLED_ERROR_TYPES or reply.status == 499:
-        return Decision(Action.CANCELLED, reason, Bill.UNITS if billed else Bill.NOTHING)
+        # cancelled while running, it may have used GPU time: without fal's units, ask its billing events
+        return Decision(Action.CANCELLED, reason, Bill.UNITS if billed else unknown)
     if reply.user_timeout and not billed:
         # 504 + X-Fal-Request-Timeout-Type: user: the start deadline passed before any runner began,
         # so it never ran (https://docs.fal.ai/documentation/model-apis/common-parameters). Final for
@@ -132,7 +134,6 @@ def decide_result(completed: Completed, result: Result) -> Decision:
         return Decision(Action.REJECTED if rejected else Action.FAILED, reason, Bill.UNITS)
     if (reply.status or 0) >= 500 or error_type in RETRYABLE_ERROR_TYPES:
         return Decision(Action.NEW_ATTEMPT, reason)  # "5xx never charged" (§11): a new attempt is free
-    unknown = Bill.NOTHING if units is not None else Bill.ASK  # units 0: fal said it billed nothing
     if error_type in REJECTION_ERROR_TYPES or (reply.status == 422 and error_type != "content_policy_violation"):
         return Decision(Action.REJECTED, reason, unknown)
     return Decision(Action.FAILED, reason, unknown)

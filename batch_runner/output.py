@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import catalog, probe
 from .api.answers import Reply
 from .api.client import FalClient
-from .domain import ProbeResult, format_usd
+from .domain import Estimate, ProbeResult, format_usd
 from .errors import ProbeError, RemoteError
 from .pricing import PriceTable
 
@@ -139,7 +139,7 @@ class Delivery:
             _unlink_quietly(stale)
         return None
 
-    def price_delivered(self, job: dict[str, Any], measured: ProbeResult) -> tuple[int, str]:
+    def price_delivered(self, job: dict[str, Any], measured: ProbeResult) -> Estimate:
         """The price table applied to a verified delivery, by the endpoint's billing unit: per
         started source second on the source's probed length (as fal bills it), per second on
         the output's measured length, per video on its parameters alone."""
@@ -151,8 +151,7 @@ class Delivery:
             duration = None
         else:
             duration = measured.duration
-        est = self.prices.estimate(ep, json.loads(job["input_json"]), duration)
-        return est.micro_usd, f"{est.price_table} on the verified output"
+        return self.prices.estimate(ep, json.loads(job["input_json"]), duration)
 
     def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
         """ffprobe the download: (what breaks fal's promise, what differs from our convention, figures)."""

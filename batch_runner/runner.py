@@ -408,7 +408,8 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
     delivery = Delivery(client, prices, CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s,
                                                          strict=pool.strict_verify), source_probe)
-    worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker)
+    worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker,
+                    synced=fal_prices.load_synced(settings.fal_prices_path))
     try:
         outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
     finally:

@@ -21,6 +21,7 @@ from .api.client import FalClient
 from .db.queue import Claim, JobQueue, LeaseLost
 from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, usd_to_micro
 from .errors import AccountLockedError, AuthError, ProbeError, RemoteError
+from .fal_prices import SyncedPrices, reserve
 from .logs import get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
 from .output import Delivered, Delivery, NotDelivered, sidecar
@@ -78,10 +79,11 @@ class Worker:
 
     def __init__(self, queue: JobQueue, client: FalClient, prices: PriceTable, settings: WorkerSettings,
                  reporter: Reporter, delivery: Delivery, stop: threading.Event,
-                 breaker: OutageSignal | None = None) -> None:
+                 breaker: OutageSignal | None = None, synced: SyncedPrices | None = None) -> None:
         self.queue, self.client, self.prices, self.settings = queue, client, prices, settings
         self.reporter, self.delivery, self.stop = reporter, delivery, stop
         self.breaker = breaker
+        self.synced = synced  # fal's prices from the last `prices sync`: our figure is the higher, as planned
         self._unit_prices: dict[str, tuple[Decimal, str]] = {}
         self._upload_locks: dict[str, threading.Lock] = {}
         self._uploaded: dict[str, tuple[str, float]] = {}  # content sha256 → URL and its reuse deadline (monotonic)
@@ -337,9 +339,10 @@ class Worker:
         # Not fal's figure (x-fal-billable-units is not documented for API users, fal's pricing
         # API did not answer): our price table's, marked provisional until fal's billing events
         # (admin key) confirm or correct it (resolve.Resolver._settle_bills).
-        if bill == Bill.UNITS and delivered is not None:  # price what was delivered
-            micro, source = self.delivery.price_delivered(job, delivered.measured)
-            return Billing(micro, units_s, source=PROVISIONAL + source)
+        if bill == Bill.UNITS and delivered is not None:  # price what was delivered, as the plan reserved
+            table = self.delivery.price_delivered(job, delivered.measured)
+            est = reserve(table, self.prices.entry(job["endpoint"]), self.synced)
+            return Billing(est.micro_usd, units_s, source=f"{PROVISIONAL}{est.price_table} on the verified output")
         return Billing(job["estimate_micro_usd"], units_s, source=f"{PROVISIONAL}{job['price_table']} (estimate)")
 
     def _unit_price(self, endpoint_id: str) -> int | None:

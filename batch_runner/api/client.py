@@ -258,7 +258,12 @@ class FalClient:
             # The token expired early (clock skew) or was revoked: fetch another, once. Our key is
             # not in question here (the token endpoint took it), so this is not a pool-stopping AuthError.
             log.info("upload %s: the CDN refused its token (%s); fetching a new token", path.name, exc.message)
+        try:
             return self._upload_whole(path, ctype, lifecycle, self._token(stale=token))
+        except AuthError as exc:  # a fresh token refused too: this file's upload fails, not every worker
+            reply = exc.reply if isinstance(exc.reply, Reply) else Reply(status=exc.status)
+            raise RemoteError(f"upload {path.name}: fal's storage refused a fresh upload token ({exc.message})",
+                              reply=replace(reply, keyless=True)) from None
 
     def _upload_whole(self, path: Path, ctype: str, lifecycle: dict[str, str], token: CdnToken) -> str:
         """One POST to the fixed CDN host (fal:…/fal_client/client.py `_upload_v3`: `CDN_URL + "/files/upload"`)."""
@@ -290,18 +295,18 @@ class FalClient:
                                     phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
                                     json={"content_type": ctype, "file_name": path.name}, headers=lifecycle)
         answer = _json_or_error(start, what)
-        upload_url, file_url = httpx.URL(str(answer["upload_url"])), str(answer["file_url"])
+        upload_url, file_url = str(answer["upload_url"]), str(answer["file_url"])
         parts = []
         with path.open("rb") as fh:
             for number, chunk in enumerate(iter(lambda: fh.read(MULTIPART_CHUNK), b""), start=1):
-                resp = self._unkeyed("PUT", upload_url.copy_with(path=f"{upload_url.path}/{number}"),
+                resp = self._unkeyed("PUT", _beside(upload_url, str(number)),
                                      f"upload part {number} of {path.name}", content=chunk)
                 part = _json_or_error(resp, f"upload part {number} of {path.name}")
                 parts.append({"partNumber": int(part["partNumber"]), "etag": str(part["etag"])})
-        self._unkeyed("POST", upload_url.copy_with(path=f"{upload_url.path}/complete"), what, json={"parts": parts})
+        self._unkeyed("POST", _beside(upload_url, "complete"), what, json={"parts": parts})
         return file_url
 
-    def _unkeyed(self, method: str, url: httpx.URL, what: str, **kw: Any) -> httpx.Response:
+    def _unkeyed(self, method: str, url: str, what: str, **kw: Any) -> httpx.Response:
         """A storage call to a signed URL, without our key, repeated as any upload call is."""
         def once() -> httpx.Response:
             self.transport.count_request()
@@ -376,6 +381,13 @@ class FalClient:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def _beside(signed_url: str, name: str) -> str:
+    """`{origin}{pathname}/{name}{search}` as fal-js joins them (storage.ts `multipartUpload`), on
+    the URL's text: its path stays encoded exactly as fal signed it (`%2F` stays `%2F`)."""
+    base, sep, query = signed_url.partition("?")
+    return f"{base}/{name}{sep}{query}"
 
 
 def _json_or_error(resp: httpx.Response, what: str) -> Any:

@@ -98,3 +98,20 @@ def test_a_synced_higher_price_raises_the_plan_and_the_reservation(tmp_path, med
     assert json.loads(run.stdout)["not_run"] == 1
     assert bench.sql("select estimate_micro_usd from jobs") == [(400_000,), (400_000,)]
     assert bench.sql("select reserved_micro_usd from attempts") == [(400_000,)]
+
+
+def test_without_billable_units_a_delivery_is_priced_at_the_synced_price_when_it_is_higher(
+        tmp_path, media, emulator_factory):
+    """The provisional bill (no x-fal-billable-units) must not fall below what the plan reserved:
+    a budget that counted $0.40 per job must not see $0.30 come back and admit more work."""
+    higher = tmp_path / "higher.yaml"
+    higher.write_text(HIGHER)
+    emu = emulator_factory(prices_path=higher, send_billable_units=False)
+    bench = make_bench(tmp_path, media, emu, clips=1)
+    synced = tmp_path / "fal-prices.json"
+    assert _invoke("prices", "sync", env=_env(bench, synced)).exit_code == 0
+    run = _invoke("run", str(bench.manifest), "--json", env=_env(bench, synced))
+    assert run.exit_code == 0, run.output
+    rows = bench.sql("select billed_micro_usd, price_source from attempts")
+    assert len(rows) == 2 and all(b == 400_000 for b, _ in rows)  # fal's $0.08/s, not the table's $0.06/s
+    assert all(s.startswith("provisional: fal-pricing-api@") and s.endswith("on the verified output") for _, s in rows)

@@ -92,6 +92,25 @@ def test_a_token_the_cdn_refuses_before_its_time_is_replaced_once(emulator_facto
     assert len(_state(server).cdn_tokens) == 2
 
 
+def test_a_fresh_token_refused_too_fails_that_upload_never_the_key(emulator_factory, tmp_path):
+    """The token endpoint took our key; the CDN refusing two tokens in a row is this upload's
+    fault, not an AuthError that would stop every worker with exit 9."""
+    from batch_runner.api.answers import Phase
+    from batch_runner.errors import AuthError, RemoteError
+    from batch_runner.outcome import Action, decide
+
+    server = emulator_factory(token_ttl_s=0)  # every token is expired on arrival
+    fal = _fal(server)
+    try:
+        with pytest.raises(RemoteError) as info:
+            fal.upload(_small(tmp_path, "a.mp4"))
+    finally:
+        fal.close()
+    assert not isinstance(info.value, AuthError) and "refused a fresh upload token" in info.value.message
+    assert decide(Phase.UPLOAD, info.value.reply, exhausted=True).action == Action.FAILED
+    assert len(_state(server).cdn_tokens) == 2
+
+
 # ---------------------------------------------------------------------- fal-js multipart
 
 

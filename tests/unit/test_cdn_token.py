@@ -51,3 +51,11 @@ def test_lifecycle_goes_under_both_header_names_fal_client_uses():
 def test_a_lifetime_must_be_positive(lifetime):
     with pytest.raises(ValueError):
         lifecycle_headers(lifetime)
+
+
+def test_multipart_part_urls_keep_the_signed_urls_encoding_as_fal_js_joins_them():
+    from batch_runner.api.client import _beside
+
+    # fal-js storage.ts: `${url.origin}${url.pathname}/${partNumber}${url.search}`
+    assert _beside("https://u.fal.media/m/ab%2Fcd?sig=1%2B2&x=y", "3") == "https://u.fal.media/m/ab%2Fcd/3?sig=1%2B2&x=y"
+    assert _beside("https://u.fal.media/m/id", "complete") == "https://u.fal.media/m/id/complete"

@@ -129,8 +129,9 @@ def test_an_expired_result_of_a_success_records_the_estimate():
 
 @pytest.mark.parametrize("error_type,status,units,action,bill", [
     ("runner_disconnected", 503, None, A.NEW_ATTEMPT, Bill.NOTHING),
-    ("client_cancelled", 499, None, A.CANCELLED, Bill.NOTHING),
-    ("request_cancelled", 400, None, A.CANCELLED, Bill.NOTHING),
+    ("client_cancelled", 499, None, A.CANCELLED, Bill.ASK),  # it may have run: fal's billing events say
+    ("client_cancelled", 499, Decimal(0), A.CANCELLED, Bill.NOTHING),
+    ("request_cancelled", 400, None, A.CANCELLED, Bill.ASK),
     ("content_policy_violation", 422, None, A.FAILED, Bill.ASK),
     ("content_policy_violation", 422, Decimal(0), A.FAILED, Bill.NOTHING),
     ("content_policy_violation", 422, Decimal(3), A.FAILED, Bill.UNITS),
