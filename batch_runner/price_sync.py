@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from . import catalog
 from .api.client import FalClient
 from .errors import RemoteError
@@ -60,7 +62,7 @@ def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime 
                           hint="check that FAL_KEY belongs to the account that runs the jobs")
     previous = load_synced(path)
     synced = SyncedPrices((now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0),
-                          f"{client.hosts.api}/models/pricing", prices)
+                          str(httpx.URL(f"{client.hosts.api}/models/pricing").copy_with(userinfo=b"")), prices)
     write_synced(path, synced)
     report = SyncReport(path, synced, missing=[e for e in ids if e not in prices])
     for p in prices.values():

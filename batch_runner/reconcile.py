@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import catalog
-from .api.client import FalClient
+from .api.client import FalClient, malformed
 from .db.ledger import ledger
 from .db.queue import JobQueue
 from .db.repo import Repository
@@ -140,11 +140,12 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
     ids = [e.id for e in catalog.ENDPOINTS]
     theirs: dict[tuple[str, str], int] = defaultdict(int)
     rows = client.usage(_iso(start), _iso(end), ids, timeframe="day", bound_to_timeframe=False, tz="UTC")
-    for row in rows:
-        day = _bucket_day(str(row["bucket"]))
-        if day in days:
-            theirs[(row["endpoint_id"], day)] += _micro(row["cost"])
-    drift, notes = _prices(client, prices, synced, [r for r in rows if _bucket_day(str(r["bucket"])) in days])
+    with malformed("usage"):  # a row without its fields, or a cost that is not a number: one clear error
+        for row in rows:
+            day = _bucket_day(str(row["bucket"]))
+            if day in days:
+                theirs[(row["endpoint_id"], day)] += _micro(row["cost"])
+        drift, notes = _prices(client, prices, synced, [r for r in rows if _bucket_day(str(r["bucket"])) in days])
     matched, differences = [], []
     for key in sorted(set(ours) | set(theirs)):
         a, b = ours.get(key, 0), theirs.get(key, 0)
@@ -216,10 +217,15 @@ def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
         if quoted is None or our_unit(quoted[1]) is None:
             continue
         if quoted[1] != unit or not _same(quoted[0], billed):
-            drift[(endpoint, f"billed {billed} {unit}")] = {
-                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote", "unit": unit,
-                "fal_unit_price_usd": _price_text(billed), "compared_with": "fal's pricing API (what we bill by)",
-                "compared_with_unit": quoted[1], "compared_with_usd": _price_text(quoted[0])}
+            # A note, not drift: a usage row carries the price of its day (fal may have changed it
+            # since), and the pricing API may quote a discounted or per-resolution price ("Custom
+            # pricing or discounts may be applied", docs: platform-apis/v1/models/pricing).
+            notes[(endpoint, f"billed {billed} {unit}")] = {
+                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote today",
+                "unit": unit, "where": "usage API",
+                "detail": f"billed ${_price_text(billed)} per {unit}; the pricing API quotes "
+                          f"${_price_text(quoted[0])} per {quoted[1]} (a price change in the window, a discount or "
+                          "a per-resolution price); the amounts above are fal's own"}
     return ([drift[k] for k in sorted(drift)], [notes[k] for k in sorted(notes)])
 
 

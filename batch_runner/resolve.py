@@ -24,6 +24,7 @@ from .errors import AuthError, RemoteError
 LISTING_LAG_S = 15 * 60.0
 SLACK = timedelta(minutes=2)  # clocks: ours wrote sent_at, fal's wrote sent_at
 BILLING_EVENTS_SOURCE = "fal billing events"
+BILLING_LOOKBACK = timedelta(days=89)  # within fal's 90-day limit per billing-events call, with slack
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,9 @@ class Resolver:
         event found replaces the figure. None found: a pending bill becomes $0 once fal's window
         has passed (fal charged nothing); a provisional one stays as it is, marked, since a
         missing event is not proof that fal charged nothing for output it delivered."""
-        pending = self.queue.pending_bills(batches)
+        # fal's billing events answer at most 90 days per call (docs: platform-apis/v1/models/billing-events);
+        # older bills stay as they are, marked, and are no longer asked about
+        pending = [a for a in self.queue.pending_bills(batches) if self.now - a["created_at"] < BILLING_LOOKBACK]
         if not pending:
             return []
         start = min(a["created_at"] for a in pending) - SLACK

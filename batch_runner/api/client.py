@@ -10,6 +10,7 @@ import hashlib
 import json
 import mimetypes
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -240,7 +241,8 @@ class FalClient:
             if held is None or held is stale or held.due(_utcnow()):
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
                                            phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
-                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
+                with malformed("storage token"):
+                    self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
             return self._cdn_token
 
     def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
@@ -270,7 +272,8 @@ class FalClient:
         headers = {"Authorization": token.header, "Content-Type": ctype, "X-Fal-File-Name": path.name, **lifecycle}
         resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
                                    phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
-        return str(_json_or_error(resp, f"upload {path.name}")["access_url"])
+        with malformed(f"upload {path.name}"):
+            return str(_json_or_error(resp, f"upload {path.name}")["access_url"])
 
     def _upload_parts(self, path: Path, ctype: str, lifecycle: dict[str, str]) -> str:
         """fal-js's multipart flow (fal-js:libs/client/src/storage.ts `multipartUpload`):
@@ -295,14 +298,16 @@ class FalClient:
                                     phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
                                     json={"content_type": ctype, "file_name": path.name}, headers=lifecycle)
         answer = _json_or_error(start, what)
-        upload_url, file_url = str(answer["upload_url"]), str(answer["file_url"])
+        with malformed(what):
+            upload_url, file_url = str(answer["upload_url"]), str(answer["file_url"])
         parts = []
         with path.open("rb") as fh:
             for number, chunk in enumerate(iter(lambda: fh.read(MULTIPART_CHUNK), b""), start=1):
                 resp = self._unkeyed("PUT", _beside(upload_url, str(number)),
                                      f"upload part {number} of {path.name}", content=chunk)
                 part = _json_or_error(resp, f"upload part {number} of {path.name}")
-                parts.append({"partNumber": int(part["partNumber"]), "etag": str(part["etag"])})
+                with malformed(f"upload part {number} of {path.name}"):
+                    parts.append({"partNumber": int(part["partNumber"]), "etag": str(part["etag"])})
         self._unkeyed("POST", _beside(upload_url, "complete"), what, json={"parts": parts})
         return file_url
 
@@ -362,9 +367,10 @@ class FalClient:
                       "bound_to_timeframe": "true" if bound_to_timeframe else "false",
                       "expand": "time_series", "endpoint_id": ",".join(chunk)}
             for page in self._pages("/models/usage", "usage", params):
-                for bucket in page.get("time_series") or ():
-                    for r in bucket.get("results") or ():
-                        rows.append({"bucket": bucket["bucket"], **r})
+                with malformed("usage"):
+                    for bucket in page.get("time_series") or ():
+                        for r in bucket.get("results") or ():
+                            rows.append({"bucket": bucket["bucket"], **r})
         return rows
 
     def _pages(self, path: str, what: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -372,6 +378,8 @@ class FalClient:
         params = dict(params)
         while True:
             data = _json_or_error(self.transport.read("GET", f"{self.hosts.api}{path}", what, params=params), what)
+            if not isinstance(data, dict):
+                raise TransientRemoteError(f"{what}: fal's answer is not a JSON object")
             yield data
             if not data.get("has_more") or not data.get("next_cursor"):
                 return
@@ -381,6 +389,15 @@ class FalClient:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+@contextmanager
+def malformed(what: str) -> Iterator[None]:
+    """fal's answer lacks a field or has one of the wrong type: one clear error, never a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+        raise TransientRemoteError(f"{what}: fal's answer is malformed ({type(exc).__name__})") from None
 
 
 def _beside(signed_url: str, name: str) -> str:

@@ -331,11 +331,12 @@ class JobQueue:
         """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it).
         `run_id`: the run that settles it. `keep_billed`: billed and settled before (a paid output
         delivered again), so the money is left as it was."""
-        money = {} if keep_billed else {"billed_micro_usd": billed}
+        # a paid output delivered again keeps its money and the time it was billed (reconcile dates it)
+        money: dict[str, Any] = {} if keep_billed else {"billed_micro_usd": billed, "finished_at": utcnow()}
         if run_id is not None and not keep_billed:
             money["settled_run_id"] = run_id
         conn.execute(update(A).where(A.c.id == attempt["id"]).values(
-            state=state.value, error=error, finished_at=utcnow(), **money, **values))
+            state=state.value, error=error, **money, **values))
         if not keep_billed and billed is not None and attempt.get("run_id") is not None \
                 and attempt.get("reserved_micro_usd") is not None and attempt.get("billed_micro_usd") is None:
             conn.execute(update(R).where(R.c.id == attempt["run_id"]).values(
@@ -789,10 +790,16 @@ class JobQueue:
     def settle_bill(self, attempt: dict[str, Any], billed_micro_usd: int, units: str | None, source: str) -> None:
         """Record what fal's billing events say an attempt cost (it was recorded as $0, pending)."""
         def go(conn: Connection) -> None:
-            conn.execute(update(A).where(A.c.id == attempt["id"], A.c.price_source == attempt["price_source"])
-                         .values(billed_micro_usd=billed_micro_usd, billable_units=units, price_source=source))
+            moved = conn.execute(update(A).where(A.c.id == attempt["id"], A.c.price_source == attempt["price_source"])
+                                 .values(billed_micro_usd=billed_micro_usd, billable_units=units,
+                                         price_source=source)).rowcount
+            if moved != 1:  # settled meanwhile by another process: nothing to do
+                return
             conn.execute(update(J).where(J.c.id == attempt["job_id"]).values(
                 billed_micro_usd=self._job_billed(conn, attempt["job_id"])))
+            if attempt.get("run_id") is not None:  # the run's committed figure follows fal's
+                conn.execute(update(R).where(R.c.id == attempt["run_id"]).values(
+                    reserved_micro_usd=R.c.reserved_micro_usd + billed_micro_usd - (attempt["billed_micro_usd"] or 0)))
             self._event(conn, "attempt.bill_settled", job={"id": attempt["job_id"], "batch_id": attempt["batch_id"]},
                         attempt_id=attempt["id"], billed_micro_usd=billed_micro_usd, source=source)
         self._tx("settling a bill", go)
