@@ -8,9 +8,10 @@ Sources: shared/seeds (fal product pages) and shared/reference/fal-queue-protoco
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 
 RESOLUTIONS = ("540p", "720p", "1080p")
 #: The resolution convention: the short side of the output picture, in pixels.
@@ -57,7 +58,7 @@ class Field:
     enum: tuple[str, ...] = ()
     default: Any = None
     media: str | None = None  # "video" or "image" when the field takes a media URL
-    fields: tuple["Field", ...] = ()  # subfields of an object
+    fields: tuple[Field, ...] = ()  # subfields of an object
     items: str | None = None  # item type of a list
     max_length: int | None = None
     doc: str = ""

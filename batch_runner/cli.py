@@ -5,13 +5,16 @@ The only module that imports click. Progress and warnings go to stderr; results 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -194,7 +197,7 @@ def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -
                                   hint="reduce the matrix or the sources, or raise --max-cost")
 
 
-def _print_diff(result: runner.Plan, diff: "runner.PlanDiff") -> None:
+def _print_diff(result: runner.Plan, diff: runner.PlanDiff) -> None:
     root = result.manifest.output_root
 
     def rel(path: str) -> str:
@@ -238,7 +241,7 @@ def _print_plan(result: runner.Plan) -> None:
         out = Path(j.output)
         out_s = str(out.relative_to(root)) if out.is_relative_to(root) else str(out)
         flag = "" if est.verified else "*"
-        lines.append(f"{j.key[:10]:<10} {src[:28]:<28} {params[:30]:<30} {dur:>7} {str(est.billable_units):>6} "
+        lines.append(f"{j.key[:10]:<10} {src[:28]:<28} {params[:30]:<30} {dur:>7} {est.billable_units!s:>6} "
                      f"{est.usd + flag:>9}  {out_s}")
     click.echo("\n".join(lines))
     for item in result.invalid:
@@ -381,7 +384,7 @@ class _Interrupts:
         click.echo("\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
                    "(Ctrl-C again to exit at once)", err=True)
 
-    def __enter__(self) -> "_Interrupts":
+    def __enter__(self) -> _Interrupts:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -445,7 +448,7 @@ def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], con
         raise err
 
 
-def _print_summary(summary: "runner.RunSummary") -> None:
+def _print_summary(summary: runner.RunSummary) -> None:
     counts = "  ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
     click.echo(f"run {summary.run}: {counts}")
     budget = f" of a ${format_usd(summary.budget_micro_usd)} budget" if summary.budget_micro_usd is not None else ""
@@ -638,14 +641,14 @@ def resolve(app: _App, batches: tuple[str, ...], settle_after: float, as_json: b
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time, e.g. 2026-11-20 or "
                                  "2026-11-20T18:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -829,10 +832,8 @@ def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant
         click.echo(f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
                    f"Point batch-runner at it with --fal-url {url}", err=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the server: a clean exit
         serve(config, on_ready=ready)
-    except KeyboardInterrupt:  # Ctrl-C is how a user stops the server: a clean exit
-        pass
     click.echo("fal emulator stopped", err=True)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_DB = "BATCH_RUNNER_DB"
 ENV_PRICES = "BATCH_RUNNER_PRICES"
@@ -66,7 +67,7 @@ class FalHosts:
     api: str = FAL_API_URL
 
     @classmethod
-    def for_url(cls, url: str | None) -> "FalHosts":
+    def for_url(cls, url: str | None) -> FalHosts:
         """fal's real hosts, or every host at one base URL (an emulator serves them all)."""
         if not url:
             return cls()
@@ -141,7 +142,7 @@ class Settings:
     warn_at_micro: int | None = None  # default warning threshold of a run
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         named = env.get(ENV_DB)
         db = named or f"sqlite:///{default_db_path(env)}"
@@ -173,7 +174,7 @@ class Settings:
     def hosts(self) -> FalHosts:
         return FalHosts.for_url(self.fal_url)
 
-    def with_overrides(self, **changes: object) -> "Settings":
+    def with_overrides(self, **changes: object) -> Settings:
         """A copy with the non-None command-line options applied."""
         clean = {k: v for k, v in changes.items() if v is not None}
         if "fal_url" in clean and not str(clean["fal_url"]).startswith(("http://", "https://")):

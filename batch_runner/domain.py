@@ -170,7 +170,7 @@ class Actor:
     user: str
 
     @classmethod
-    def current(cls) -> "Actor":
+    def current(cls) -> Actor:
         import os
         import pwd
         import socket

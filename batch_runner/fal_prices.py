@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def load_synced(path: Path | None) -> SyncedPrices | None:
         if doc.get("format") != FILE_FORMAT:
             raise ConfigError(f"{path}: not a batch-runner fal price file (format {doc.get('format')!r})",
                               hint=hint)
-        synced_at = datetime.fromisoformat(str(doc["synced_at"]).replace("Z", "+00:00")).astimezone(timezone.utc)
+        synced_at = datetime.fromisoformat(str(doc["synced_at"]).replace("Z", "+00:00")).astimezone(UTC)
         prices = {}
         for endpoint, p in doc["prices"].items():
             price = Decimal(p["unit_price"]) if isinstance(p["unit_price"], str) else None

@@ -15,9 +15,10 @@ import itertools
 import json
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import catalog
 from .domain import JobSpec, usd_to_micro
@@ -133,7 +134,7 @@ def load_manifest(path: Path) -> Manifest:
         where.update(src.where)
         for combo in combos:
             params = dict(merged)
-            for k, v in zip(keys, combo):
+            for k, v in zip(keys, combo, strict=True):
                 params[k] = v
                 where[k] = f"{file}:{matrix.line_of(k)}"
             if ep.source_field and src.source is not None:
@@ -203,7 +204,7 @@ def _tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        value = [t for t in re.split(r"[;,]", value)]
+        value = re.split(r"[;,]", value)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise _err("must be a list of strings", file, line, fld)
     return tuple(t.strip() for t in value if t.strip())
@@ -322,14 +323,13 @@ def _rows(path: Path, ep: catalog.Endpoint, file: str, line: int, params: dict[s
                 source = row.pop(col)
         row_tags = _tags(row.pop("tags", None), rows_file, row_line, "tags")
         name = row.pop("name", None)
-        if ep.source_field and source is None:
-            if ep.field_map[ep.source_field].required:
-                raise _err(f'has no "source" column value ({ep.alias} takes a {ep.source_kind})',
-                           rows_file, row_line, "source")
+        if ep.source_field and source is None and ep.field_map[ep.source_field].required:
+            raise _err(f'has no "source" column value ({ep.alias} takes a {ep.source_kind})',
+                       rows_file, row_line, "source")
         if source is not None and not isinstance(source, str):
             raise _err("must be a path or URL string", rows_file, row_line, "source")
         row_params = {k: _coerce(ep, k, v, rows_file, row_line, suffix) for k, v in row.items()}
-        merged, w = {**params, **row_params}, {**where, **{k: origin for k in row_params}}
+        merged, w = {**params, **row_params}, {**where, **dict.fromkeys(row_params, origin)}
         if source is None:
             yield _Source(None, str(name or f"row{row_line}"), "", merged, w, tags + row_tags, origin)
         elif is_remote(source):

@@ -11,8 +11,16 @@ import enum
 from dataclasses import dataclass, replace
 
 from .api.answers import (
-    CANCELLED_ERROR_TYPES, REJECTION_ERROR_TYPES, RETRYABLE_ERROR_TYPES, Completed, Failure, Phase, Reply,
-    Result, is_answer, retry_call,
+    CANCELLED_ERROR_TYPES,
+    REJECTION_ERROR_TYPES,
+    RETRYABLE_ERROR_TYPES,
+    Completed,
+    Failure,
+    Phase,
+    Reply,
+    Result,
+    is_answer,
+    retry_call,
 )
 
 

@@ -5,13 +5,15 @@ into place atomically. Every way it can go wrong comes back as a value, never as
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import catalog, probe
 from .api.answers import Reply
@@ -209,7 +211,5 @@ def sidecar(job: dict[str, Any], attempt: dict[str, Any], delivered: Delivered, 
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
-    except OSError:
-        pass

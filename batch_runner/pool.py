@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Callable
 
 from .api.transport import RetryPolicy
 from .db.queue import BudgetStop, Claim, JobQueue, RunInfo
@@ -209,7 +209,7 @@ class Pool:
         except BatchRunnerError as exc:  # the database failed in the middle: the job stays resumable
             self._fail(exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - a bug: the job is let go, the run says so and goes on
+        except Exception as exc:  # a bug: the job is let go, the run says so and goes on
             log.exception("job %s: unexpected error", claim.job.get("id"))
             reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
             self.worker.reporter.event("error", claim.job, error=reason)
@@ -247,7 +247,7 @@ class Pool:
         wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
         due = self.queue.next_retry_at(self.batches)
         if due is not None:
-            until_due = (due - datetime.now(timezone.utc)).total_seconds()
+            until_due = (due - datetime.now(UTC)).total_seconds()
             wait = max(self.settings.idle_s, min(until_due, wait if active else 30.0))
         seen, deadline = self._finished, time.monotonic() + wait
         while not self.stop.wait(min(self.settings.idle_s, max(0.0, deadline - time.monotonic()))):

@@ -4,7 +4,7 @@ price file, which `plan` then reserves against (the higher of it and the price t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime 
         raise RemoteError("fal's pricing API gave no price for any catalog endpoint, nothing was written",
                           hint="check that FAL_KEY belongs to the account that runs the jobs")
     previous = load_synced(path)
-    synced = SyncedPrices((now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0),
+    synced = SyncedPrices((now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
                           f"{client.hosts.api}/models/pricing", prices)
     write_synced(path, synced)
     report = SyncReport(path, synced, missing=[e for e in ids if e not in prices])

@@ -32,7 +32,7 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:

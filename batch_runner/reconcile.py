@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +19,11 @@ from .api.client import FalClient
 from .db.ledger import ledger
 from .db.queue import JobQueue
 from .db.repo import Repository
-from .errors import RemoteError
-from .resolve import Resolver
 from .domain import Actor, AttemptState, format_usd, usd_to_micro
+from .errors import RemoteError
 from .fal_prices import SyncedPrices, our_unit
 from .pricing import PriceTable
+from .resolve import Resolver
 
 TOLERANCE_MICRO_USD = 10_000  # one cent: fal reports floats
 NANO = Decimal("0.000000001")
@@ -88,13 +88,13 @@ class Reconciliation:
 
 
 def _day(when: datetime) -> str:
-    return when.astimezone(timezone.utc).date().isoformat()
+    return when.astimezone(UTC).date().isoformat()
 
 
 def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     """[since, until) widened to whole UTC days: midnight before `since`, the midnight at or after `until`."""
-    start = since.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    end = until.astimezone(timezone.utc)
+    start = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = until.astimezone(UTC)
     midnight = end.replace(hour=0, minute=0, second=0, microsecond=0)
     return start, (midnight if midnight == end else midnight + DAY)
 
@@ -105,7 +105,7 @@ def _bucket_day(bucket: str) -> str:
         at = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
     except ValueError:
         raise RemoteError(f"usage: fal's answer has a bucket that is not an ISO 8601 time: {bucket[:60]!r}") from None
-    return _day(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
+    return _day(at if at.tzinfo else at.replace(tzinfo=UTC))
 
 
 def _micro(value: Any) -> int:
@@ -115,7 +115,7 @@ def _micro(value: Any) -> int:
 
 def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: datetime | None,
               until: datetime | None, synced: SyncedPrices | None = None) -> Reconciliation:
-    asked_until = until or datetime.now(timezone.utc)
+    asked_until = until or datetime.now(UTC)
     asked_since = since or asked_until - DAY
     # Both sides are compared over whole UTC days. fal's usage API "Defaults to true" for
     # bound_to_timeframe: "dates are aligned to the start of the timeframe period (e.g., start of
@@ -157,7 +157,7 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
 
 
 def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _same(a: Decimal, b: Decimal) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,7 @@ def render_html(report: Report, *, title: str = "batch-runner report") -> str:
     cards = "".join(_card(j) for j in report.jobs[:MAX_CARDS])
     more = (f'<p class="muted">{len(report.jobs) - MAX_CARDS} more jobs not shown.</p>'
             if len(report.jobs) > MAX_CARDS else "")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
@@ -137,7 +137,9 @@ def render_html(report: Report, *, title: str = "batch-runner report") -> str:
 <ul id="errors"></ul>
 <script>
 window.addEventListener("error", function (e) {{
-  var li = document.createElement("li"); li.textContent = String(e.message); document.getElementById("errors").appendChild(li);
+  var li = document.createElement("li");
+  li.textContent = String(e.message);
+  document.getElementById("errors").appendChild(li);
 }});
 document.body.dataset.ready = "1";
 document.body.dataset.cards = String(document.querySelectorAll(".card").length);

@@ -150,8 +150,8 @@ def render(report: Report, fmt: str) -> str:
             writer.writerow([key, *[d[c] if d[c] is not None else "" for c in COLUMNS],
                              ";".join(f"{s}={n}" for s, n in d["outcomes"].items())])
         return buf.getvalue()
-    head = f"{report.group_by:<44} {'jobs':>6} {'estimated':>10} {'billed':>10} {'retries':>9} {'waste':>9} " \
-           f"{'at risk':>9} {'out s':>9} {'$/out s':>8}  outcomes"
+    head = (f"{report.group_by:<44} {'jobs':>6} {'estimated':>10} {'billed':>10} {'retries':>9} {'waste':>9} "
+            f"{'at risk':>9} {'out s':>9} {'$/out s':>8}  outcomes")
     lines = [head, "-" * len(head)]
     for key, d in rows:
         per = d["cost_per_delivered_second_usd"] or "-"

@@ -8,9 +8,10 @@ and the caller is told which key is needed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .api.answers import input_sha256
 from .api.client import FalClient
@@ -65,7 +66,7 @@ class Resolver:
     def __init__(self, queue: JobQueue, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S,
                  now: datetime | None = None) -> None:
         self.queue, self.client, self.lag = queue, client, timedelta(seconds=listing_lag_s)
-        self.now = now or datetime.now(timezone.utc)
+        self.now = now or datetime.now(UTC)
 
     def run(self, batches: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> ResolveReport:
         report = ResolveReport()

@@ -9,8 +9,8 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,27 @@ from typing import Any
 import httpx
 
 from . import catalog, fal_prices, probe
-from .config import Settings
 from .api.client import FalClient
-from .config import Secret
+from .config import Secret, Settings
 from .db.queue import JobQueue
 from .db.repo import EnqueueResult, Repository, StateCount
 from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd
-from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
-    ManifestError, RemoteError, RunInterruptedError
+from .errors import (
+    BatchRunnerError,
+    BudgetExceededError,
+    ConfigError,
+    InvalidItemsError,
+    JobsFailedError,
+    ManifestError,
+    RemoteError,
+    RunInterruptedError,
+)
+from .manifest import Manifest, load_manifest
 from .output import CheckSettings, Delivery
 from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
-from .resolve import LISTING_LAG_S, ResolveReport, Resolver
-from .worker import Reporter, Worker, settle_cancel
-from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
+from .resolve import LISTING_LAG_S, Resolver, ResolveReport
+from .worker import Reporter, Worker, settle_cancel
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,7 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
             lambda s: probe.probe(s, ep.source_kind or "video", fingerprints[s], timeout_s=settings.probe_timeout_s),
             misses, settings.probe_concurrency)
         fresh = []
-        for src, res in zip(misses, results):
+        for src, res in zip(misses, results, strict=True):
             if isinstance(res, BatchRunnerError):
                 failed[src] = res.message
             else:
@@ -240,7 +247,7 @@ def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, st
         if client:
             client.close()
     ok, failed = {}, {}
-    for item, res in zip(items, results):
+    for item, res in zip(items, results, strict=True):
         if isinstance(res, BatchRunnerError):
             failed[item] = res.message
         else:
@@ -328,8 +335,9 @@ class RunSummary:
                                        "recorded and the next run resumes them")
         if self.stopped_by == "budget":
             window = " in the last 24 h" if self.budget_stop_scope != "run" else ""
+            left = format_usd(max(0, self.budget_left_micro_usd or 0))
             return BudgetExceededError(
-                f"budget stop ({self.budget_stop_scope} budget): ${format_usd(max(0, self.budget_left_micro_usd or 0))} "
+                f"budget stop ({self.budget_stop_scope} budget): ${left} "
                 f"of ${format_usd(self.budget_stop_limit_micro_usd or 0)} left{window}, not enough for the next job; "
                 f"{self.not_run} job(s) did not run",
                 hint="raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) "
@@ -376,7 +384,7 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     if budget is None:
         budget = settings.max_usd_per_run_micro
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s, pid_namespace=pid_namespace())
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
     name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{secrets.token_hex(3)}"
     run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget, daily, warn_at)

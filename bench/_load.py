@@ -41,7 +41,7 @@ class EmulatorProcess:
     def __init__(self, *options: str) -> None:
         self.options = options
 
-    def __enter__(self) -> "EmulatorProcess":
+    def __enter__(self) -> EmulatorProcess:
         self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--fps", "8", *self.options],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.url = self.proc.stdout.readline().strip()

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,8 @@ WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
 from batch_runner.media import make_clip  # noqa: E402
-from bench._report import run_measured as _run, publish  # noqa: E402
+from bench._report import publish  # noqa: E402
+from bench._report import run_measured as _run  # noqa: E402
 
 
 def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
@@ -118,13 +119,13 @@ def main() -> None:
         ("warm plan, table output", f"{warm_table:.2f} s", "", f"{warm_table / cold:.2f}× the cold plan", "< 3 s",
          warm_table < 3),
         ("enqueue 10,000 new jobs (incl. warm plan)", f"{enq:.2f} s", f"{enq_rss / 1024:.0f} MB",
-         f"its write phase (enqueue − warm plan, {enq - warm:.2f} s) is {(enq - warm) / base_insert:.1f}× a bare "
-         f"sqlite3 executemany of the same rows ({base_insert:.2f} s)", "< 5 s", enq < 5),
+         (f"its write phase (enqueue − warm plan, {enq - warm:.2f} s) is {(enq - warm) / base_insert:.1f}× a bare "
+          f"sqlite3 executemany of the same rows ({base_insert:.2f} s)"), "< 5 s", enq < 5),
         ("enqueue again (adds nothing)", f"{enq_again:.2f} s", "", f"{enq_again / enq:.2f}× the first enqueue", "", True),
     ]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {opts.sources} sources × {len(ASPECTS) * len(GRID_X)} "
-             f"combinations = {jobs:,} jobs (`make bench`).", "",
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [(f"Measured {stamp} on {os.cpu_count()} cores: {opts.sources} sources × {len(ASPECTS) * len(GRID_X)} "
+              f"combinations = {jobs:,} jobs (`make bench`)."), "",
              "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]

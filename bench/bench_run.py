@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,20 +86,20 @@ def main() -> None:
         ("batch-runner run (persists, verifies)", f"{ours_wall:.1f} s", f"{jobs / ours_wall:.1f}",
          f"{plain_wall / ours_wall:.2f}", f"{per_job(ours):.2f}", f"{ours_rss / 1024:.0f} MB"),
     ]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs:,} jobs ({opts.sources} sources × 50 combinations, "
-             f"Ray 2 Flash reframe), emulator in instant mode, concurrency {CONCURRENCY} (`make bench`).", "",
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [(f"Measured {stamp} on {os.cpu_count()} cores: {jobs:,} jobs ({opts.sources} sources × 50 combinations, "
+             f"Ray 2 Flash reframe), emulator in instant mode, concurrency {CONCURRENCY} (`make bench`)."), "",
              "| contender | wall | jobs/s | speed vs baseline | HTTP requests per job besides the download | peak RSS |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {' | '.join(r)} |" for r in rows]
-    lines += ["", f"The output check the runner must make (ffprobe on every download, the plain script makes "
+    lines += ["", (f"The output check the runner must make (ffprobe on every download, the plain script makes "
               f"none) costs {probe_cpu_s * 1000:.0f} ms of CPU per output, measured in this run: "
               f"{probe_cpu_s * jobs:.0f} s of CPU for {jobs:,} outputs, {probe_cpu_s * jobs / (os.cpu_count() or 1):.0f} s "
-              f"of wall time at best on {os.cpu_count()} cores, which the emulator shares.", "",
-              f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
+              f"of wall time at best on {os.cpu_count()} cores, which the emulator shares."), "",
+              (f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
               f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
               f"({per_job(ours):.2f} → {'met' if per_job(ours) <= 4 else 'NOT met'}); peak RSS under 200 MB "
-              f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'})."]
+              f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'}).")]
     publish("run-bench", "Run", lines, write=not opts.no_write)
 
 

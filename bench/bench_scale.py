@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,22 +138,22 @@ def main() -> None:
     latency = {b: claim_ms(manifest, b, claims=min(200, jobs)) for b in ("sqlite", "postgresql")}
     base = results[0][2]["wall"]
     processing = 60.0 / opts.speed
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [(f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
              f"per worker process, emulator at speed {opts.speed:g} ({processing:.1f} s of processing per job, "
-             f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`).", "",
-             "| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
-             "| peak requests in flight at fal | worker CPU per job |", "|---|---|---|---|---|---|---|---|"]
+             f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`)."), "",
+             ("| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
+             "| peak requests in flight at fal | worker CPU per job |"), "|---|---|---|---|---|---|---|---|"]
     for label, n, r in results:
         name = "1 process (baseline)" if r is results[0][2] else f"{n} process{'es' if n > 1 else ''}"
         # the wall time fal's latency alone allows: rounds of (queue delay + processing) at this many in flight
         floor = math.ceil(jobs / (opts.threads * n)) * (2.0 + 60.0) / opts.speed
         lines.append(f"| {name} | {label} | {r['wall']:.1f} s | {jobs / r['wall']:.1f} | {base / r['wall']:.2f} "
                      f"| {floor:.1f} s ({floor / r['wall']:.0%}) | {r['peak']} | {r['cpu'] / jobs * 1000:.0f} ms |")
-    lines += ["", f"One claim transaction (dispatch row lock, sweep, pick, budget reservation, attempt row, audit "
+    lines += ["", (f"One claim transaction (dispatch row lock, sweep, pick, budget reservation, attempt row, audit "
               f"event), alone, in-process: {latency['sqlite']:.1f} ms on SQLite, {latency['postgresql']:.1f} ms on "
               f"PostgreSQL. Claims queue on one row lock, so they are bounded at about "
-              f"{1000 / latency['postgresql']:.0f} a second on PostgreSQL across all machines."]
+              f"{1000 / latency['postgresql']:.0f} a second on PostgreSQL across all machines.")]
     publish("scale-bench", "Scale-out", lines, write=not opts.no_write)
 
 

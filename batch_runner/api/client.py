@@ -10,11 +10,12 @@ import hashlib
 import json
 import mimetypes
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -47,7 +48,7 @@ TOKEN_MARGIN_S = 3600.0
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class CdnToken:
     refresh_at: datetime | None  # None: fal gave no expiry; only a 401/403 makes us fetch another
 
     @classmethod
-    def from_answer(cls, data: dict[str, Any], now: datetime) -> "CdnToken":
+    def from_answer(cls, data: dict[str, Any], now: datetime) -> CdnToken:
         expires = _parse_time(data.get("expires_at"))
         refresh = None
         if expires is not None:
@@ -80,7 +81,7 @@ def _parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def lifecycle_headers(lifetime_s: int | None) -> dict[str, str]:

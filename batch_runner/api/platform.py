@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import RemoteError
 from .transport import Transport
@@ -34,7 +35,7 @@ class FalRequestRecord:
     json_input: dict[str, Any] | None
 
     @classmethod
-    def from_item(cls, item: Any, where: str) -> "FalRequestRecord":
+    def from_item(cls, item: Any, where: str) -> FalRequestRecord:
         """Parse one `items[]` entry; RemoteError names the field when it is malformed."""
         item = _object(item, where)
         status = item.get("status_code")
@@ -61,7 +62,7 @@ class BillingEvent:
     cost_micro_usd: int
 
     @classmethod
-    def from_item(cls, item: Any, where: str) -> "BillingEvent":
+    def from_item(cls, item: Any, where: str) -> BillingEvent:
         """Parse one `billing_events[]` entry; RemoteError names the field when it is malformed."""
         item = _object(item, where)
         timestamp = _time(item, "timestamp", where)
@@ -128,7 +129,7 @@ def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z, as the docs' examples ('2025-01-01T00:00:00Z'); naive is refused."""
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} has no timezone: pass an aware datetime")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _items(transport: Transport, url: str, what: str, params: dict[str, Any], key: str) -> Iterator[Any]:
@@ -179,7 +180,7 @@ def _time(item: dict[str, Any], field: str, where: str) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except (TypeError, ValueError):
         raise RemoteError(f"{where}: {field}: expected an ISO 8601 timestamp, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _decimal(item: dict[str, Any], field: str, where: str) -> Decimal | None:

@@ -12,13 +12,19 @@ from __future__ import annotations
 import random
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import (
-    AccountLockedError, AmbiguousSubmitError, AuthError, InputRejectedError, RateLimitedError, RemoteError,
+    AccountLockedError,
+    AmbiguousSubmitError,
+    AuthError,
+    InputRejectedError,
+    RateLimitedError,
+    RemoteError,
     TransientRemoteError,
 )
 from ..logs import get_logger

@@ -6,9 +6,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import ContextManager
 from urllib.parse import quote
 
 from alembic import command
@@ -91,7 +90,7 @@ def inspect_sqlite(path: Path, *, allow_new: bool) -> str | None:
         if allow_new:
             return None
         raise DatabaseNotFoundError(f"{path} holds no tables, not a batch-runner database", hint=_EMPTY_HINT)
-    if "alembic_version" not in tables or not CORE_TABLES <= tables:
+    if "alembic_version" not in tables or not tables >= CORE_TABLES:
         raise DatabaseNotFoundError(f"{path} is a SQLite database but not batch-runner's ({len(tables)} table(s), "
                                     "not our schema); it was left untouched", hint=_CHECK_HINT)
     if revision is not None and revision not in _known_revisions():
@@ -167,11 +166,11 @@ def alembic_config() -> Config:
     return cfg
 
 
-_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def write_lock(engine: Engine) -> ContextManager[object]:
+def write_lock(engine: Engine) -> AbstractContextManager[object]:
     """SQLite has one writer at a time: funnel this process's writes through one lock, so
     threads queue here instead of in SQLite's busy handler (which sleeps up to 100 ms a try).
     PostgreSQL needs no such lock."""
@@ -198,7 +197,7 @@ def create(url: str, pool_size: int | None = None) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizing)
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")

@@ -12,22 +12,32 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..domain import (FOLLOW_STATES, IN_FLIGHT_STATES, PENDING_BILLING_EVENTS, PROVISIONAL, TERMINAL_STATES, Actor,
-                      AttemptState, JobState, format_usd)
+from ..domain import (
+    FOLLOW_STATES,
+    IN_FLIGHT_STATES,
+    PENDING_BILLING_EVENTS,
+    PROVISIONAL,
+    TERMINAL_STATES,
+    Actor,
+    AttemptState,
+    JobState,
+    format_usd,
+)
 from ..errors import DatabaseError
 from .engine import safe_url, write_lock
-from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, utcnow
+from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, table, utcnow
 
-J, A, R = Job.__table__, Attempt.__table__, Run.__table__
+J, A, R = table(Job), table(Attempt), table(Run)
 
 
 DAY = timedelta(hours=24)
@@ -533,8 +543,8 @@ class JobQueue:
         def go(conn: Connection) -> dict[str, int]:
             active = [JobState.QUEUED, *IN_FLIGHT_STATES, JobState.DOWNLOADING]
             rows = conn.execute(select(J.c.state, func.count()).where(
-                J.c.state.in_([s.value for s in active]), *self._scope(batches)).group_by(J.c.state))
-            return {s: n for s, n in rows}
+                J.c.state.in_([s.value for s in active]), *self._scope(batches)).group_by(J.c.state)).all()
+            return dict(rows)
         return self._read("counting jobs", go)
 
     def next_retry_at(self, batches: Sequence[str] | None) -> datetime | None:
@@ -575,7 +585,7 @@ class JobQueue:
                                  .group_by(J.c.state)).all()
             return {"jobs": rows, "billed_micro_usd": int(billed), "attempts": int(attempts),
                     "budget_micro_usd": run["budget_micro_usd"], "reserved_micro_usd": run["reserved_micro_usd"],
-                    "batch_states": {st: n for st, n in scope}}
+                    "batch_states": dict(scope)}
         return self._read("reporting the run", go)
 
     # ------------------------------------------------------------------ uploads
@@ -613,7 +623,7 @@ class JobQueue:
         def go(conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             attempts = [dict(r) for r in conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number))
                         .mappings()]
-            events = [dict(r) for r in conn.execute(select(Event.__table__).where(Event.job_id == job_id)
+            events = [dict(r) for r in conn.execute(select(table(Event)).where(Event.job_id == job_id)
                                                     .order_by(Event.id)).mappings()]
             return attempts, events
         return self._read("reading a job's history", go)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..domain import Actor, JobSpec, JobState, ProbeResult, ceil_decimal
 from ..errors import DatabaseError
 from .engine import safe_url, write_lock
-from .models import Batch, Event, Job, Probe, utcnow
+from .models import Batch, Event, Job, Probe, table, utcnow
 
 _CHUNK = 500  # rows per IN (...) lookup, well under SQLite's variable limit
 
@@ -123,7 +124,7 @@ class Repository:
                      [{"name": name, "manifest_path": manifest_path, "budget_micro_usd": budget,
                        "created_at": now, "updated_at": now}])
         batch_id = conn.execute(select(Batch.id).where(Batch.name == name)).scalar_one()
-        conn.execute(Batch.__table__.update().where(Batch.id == batch_id).values(
+        conn.execute(table(Batch).update().where(Batch.id == batch_id).values(
             manifest_path=manifest_path, budget_micro_usd=budget, daily_budget_micro_usd=daily,
             warn_at_micro_usd=warn_at, updated_at=now))
         return batch_id

@@ -11,8 +11,9 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
@@ -23,7 +24,7 @@ from .. import catalog
 from . import cdn, control, inspection, platform
 from .config import EmulatorConfig
 from .queue import COMPLETED, Queue, Request, canonical_hash
-from .web import BadBody, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
+from .web import BadBodyError, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
 
 KEEPALIVE_COMMENT = b": keep-alive\n\n"  # an SSE comment (https://fal.ai/docs/inference-api/queue/status-stream)
 
@@ -102,7 +103,7 @@ async def _submit(emu: Emulator, path: str, request: HttpRequest) -> Response:
         return unauthorized()
     try:
         payload = await read_body(request)
-    except BadBody as exc:
+    except BadBodyError as exc:
         return json_answer({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, 422)
     assert emu.queue is not None
     input_hash = canonical_hash(ep.id, payload)
@@ -207,7 +208,7 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
                 try:
                     await asyncio.wait_for(waiter.wait(), keepalive)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield KEEPALIVE_COMMENT
 
     return StreamingResponse(events(), media_type="text/event-stream",

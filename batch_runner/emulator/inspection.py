@@ -18,7 +18,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
 from .queue import iso
-from .web import BadBody, Emulator, handler, json_answer, read_body
+from .web import BadBodyError, Emulator, handler, json_answer, read_body
 
 
 @handler(auth=False)
@@ -50,7 +50,7 @@ async def holds(emu: Emulator, request: HttpRequest) -> Response:
     elif request.method == "POST":
         try:
             emu.holds.arm(await read_body(request))
-        except (BadBody, ValueError) as exc:
+        except (BadBodyError, ValueError) as exc:
             return json_answer({"detail": str(exc)}, 422)
     return json_answer(emu.holds.view())
 
@@ -62,7 +62,7 @@ async def outage(emu: Emulator, request: HttpRequest) -> Response:
     elif request.method == "POST":
         try:
             body = await read_body(request)
-        except BadBody as exc:
+        except BadBodyError as exc:
             return json_answer({"detail": str(exc)}, 422)
         seconds, submits = body.get("seconds"), body.get("submits", False)
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)

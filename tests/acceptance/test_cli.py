@@ -106,18 +106,20 @@ def test_changed_source_is_probed_again(br, project, media):
     br("plan", manifest)
     shutil.copy(media["c5_04"], project / "jobs/media/clip02.mp4")
     code, out, err = br("plan", manifest, "--json")
+    assert code == 0
     assert "probed 1 source(s), 2 from cache" in err
     costs = {Path(j["source"]).name: j["estimated_cost_usd"] for j in json.loads(out)["jobs"]}
     assert costs["clip02.mp4"] == "0.72" and costs["clip01.mp4"] == "0.60"
 
 
-@pytest.mark.parametrize("limit,code", [("3.60", 0), ("3.59", 5)])
+@pytest.mark.parametrize(("limit", "code"), [("3.60", 0), ("3.59", 5)])
 def test_plan_max_cost(br, project, limit, code):
     rc, out, err = br("plan", str(project / "jobs/nightly-reframe.yaml"), "--max-cost", limit)
     assert rc == code
     if code:
         assert err.strip().splitlines()[-1] == (
-            "Error: estimated total $3.60 is over --max-cost $3.59 (reduce the matrix or the sources, or raise --max-cost)")
+            "Error: estimated total $3.60 is over --max-cost $3.59 "
+            "(reduce the matrix or the sources, or raise --max-cost)")
         assert "total" in out  # the plan is still printed
 
 
@@ -171,15 +173,18 @@ def test_enqueue_is_idempotent_and_adds_exactly_what_is_new(br, project, media):
     assert json.loads(out) == {"batch": "nightly-reframe", "added": 0, "existing": 6, "invalid": 0}
     shutil.copy(media["c5_04"], project / "jobs/media/clip04.mp4")
     code, out, _ = br("enqueue", str(manifest), "--json")
+    assert code == 0
     assert json.loads(out)["added"] == 2
     con = sqlite3.connect(br.db)
     before = con.execute("select id, key, input_json, state, estimate_micro_usd from jobs order by id").fetchall()
     manifest.write_text(manifest.read_text().replace("resolution: 720p", "resolution: 1080p"))
     code, out, _ = br("enqueue", str(manifest), "--json")
+    assert code == 0
     assert json.loads(out)["added"] == 8
     after = con.execute("select id, key, input_json, state, estimate_micro_usd from jobs order by id").fetchall()
     assert after[:8] == before and len(after) == 16
     code, out, _ = br("status", "--json")
+    assert code == 0
     [batch] = json.loads(out)["batches"]
     assert batch["jobs"] == 16 and batch["states"] == {"queued": 16}
     expected = 6 * 600_000 + 2 * 720_000 + 6 * 1_800_000 + 2 * 2_160_000

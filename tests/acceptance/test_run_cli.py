@@ -91,7 +91,7 @@ def test_ctrl_c_leaves_resumable_state_and_exits_130(tmp_path, media, emulator_f
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_until(lambda: _submitted(bench) >= 2, "two submits recorded")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "in-flight requests stay recorded" in err
     rows = bench.sql("select state, lease_owner from jobs")
@@ -230,7 +230,7 @@ def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulat
                     "the worker finished the new jobs")
         assert proc.poll() is None  # still waiting for more
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -51,7 +51,7 @@ def _plan_and_enqueue(bench: Bench, machines: int = 1) -> int:
     assert done.returncode == 0, done.stderr
     procs = [subprocess.Popen([str(EXE), "enqueue", str(bench.manifest)], env=_env(bench), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(machines)]
-    outcomes = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    outcomes = [(*p.communicate(timeout=600), p.returncode) for p in procs]
     assert [code for _, _, code in outcomes] == [0] * machines, [err for _, err, _ in outcomes]
     assert bench.sql("select count(*), count(distinct key) from jobs") == [(JOBS, JOBS)]
     plan = json.loads(_cli(bench, "plan", str(bench.manifest), "--json").stdout)
@@ -61,7 +61,7 @@ def _plan_and_enqueue(bench: Bench, machines: int = 1) -> int:
 
 def _start_workers(bench: Bench, n: int, *extra: str, env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     procs = []
-    for i in range(n):
+    for _ in range(n):
         log = (bench.root / f"worker{len(list(bench.root.glob('worker*.log')))}.log").open("w")
         procs.append(subprocess.Popen(
             [str(EXE), "work", "--batch", "scale", "--until-done", "--concurrency", "4",

@@ -19,8 +19,8 @@ from batch_runner.config import Secret, Settings
 from batch_runner.db import engine as db_engine
 from batch_runner.db.repo import Repository
 from batch_runner.media import make_clip
-from batch_runner.pricing import load_price_table
 from batch_runner.pool import PoolSettings
+from batch_runner.pricing import load_price_table
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, max_retry_after_s=0.05)
 
@@ -58,9 +58,9 @@ class Bench:
         return Repository(db_engine.open_engine(self.db_url))
 
     def pool(self, **kw: Any) -> PoolSettings:
-        base = dict(concurrency=2, retry_delay_s=0.05, follow_later_s=0.05, outage_pause_s=0.05, poll_min_s=0.05,
-                    poll_max_s=0.2, idle_s=0.05,
-                    retry_policy=FAST, lease_s=30.0)
+        base = {"concurrency": 2, "retry_delay_s": 0.05, "follow_later_s": 0.05, "outage_pause_s": 0.05, "poll_min_s": 0.05,
+                    "poll_max_s": 0.2, "idle_s": 0.05,
+                    "retry_policy": FAST, "lease_s": 30.0}
         base.update(kw)
         return PoolSettings(**base)
 

@@ -164,7 +164,7 @@ def test_fault_limits_and_spec_errors():
     plan = FaultPlan("fail=1/2", seed=1)
     assert [plan.fires("fail", i) for i in range(4)] == [True, True, False, False]
     for bad in ("nope=1", "fail=2", "fail=x", "fail=1/-1", "outage=5", "outage=x+1", "outage=-1+2", "outage=1+0"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="fault"):
             FaultPlan(bad)
     assert set(FAULTS) == {"rate_limit", "bad_gateway", "gateway_timeout", "drop_after_submit", "fail", "refuse",
                            "slow_download", "truncate_download", "lock", "expire", "stream_unavailable", "outage",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
@@ -27,7 +28,7 @@ def test_unknown_endpoint_is_404(api):
     assert resp.status_code == 404 and "not found" in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("method,path", [
+@pytest.mark.parametrize(("method", "path"), [
     ("POST", f"/{T2V}"), ("GET", "/luma/agent/requests/x/status"), ("GET", "/luma/agent/requests/x"),
     ("PUT", "/luma/agent/requests/x/cancel"), ("GET", "/v1/models/pricing?endpoint_id=x"),
     ("POST", "/storage/auth/token"), ("POST", "/files/upload"),
@@ -184,7 +185,7 @@ def test_status_stream_keep_alives_are_comment_lines_not_repeated_events(emulato
                 elif line.startswith("data: "):
                     events.append(line)
         assert comments >= 3
-        assert not any(a == b for a, b in zip(events, events[1:]))  # a status is sent once per change
+        assert not any(a == b for a, b in itertools.pairwise(events))  # a status is sent once per change
         assert json.loads(events[-1][6:])["status"] == "COMPLETED"
 
 

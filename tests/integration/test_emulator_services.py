@@ -11,6 +11,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -140,10 +141,10 @@ def test_usage_api_can_require_an_admin_key(emulator_factory):
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list = []
+    received: ClassVar[list[tuple[Any, ...]]] = []
     fail_first = 0
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # http.server's name for the POST handler
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append((dict(self.headers), body))
         if type(self).fail_first > 0:

@@ -68,7 +68,7 @@ def test_the_result_call_repeats_a_429_and_never_takes_it_for_the_answer():
         return httpx.Response(200, json={"video": {"url": "http://cdn/v.mp4"}}, headers={"x-fal-request-id": "r"})
 
     client = FalClient(FalHosts.for_url("http://fal.test"), Secret("k"), policy=RetryPolicy(3, 0.001, 0.002, 0.002))
-    client._http._transport = httpx.MockTransport(app)  # noqa: SLF001 - the wire, not our code, is replaced
+    client._http._transport = httpx.MockTransport(app)  # the wire, not our code, is replaced
     result = client.result("http://fal.test/luma/agent/requests/r")
     assert result.ok and result.video_url == "http://cdn/v.mp4" and len(calls) == 2
 

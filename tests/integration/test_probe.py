@@ -22,7 +22,7 @@ def run(path: Path, kind: str = "video"):
     return probe.probe(src, kind, probe.fingerprint(src), timeout_s=20)
 
 
-@pytest.mark.parametrize("name,duration", [("c5", "5"), ("c5_04", "5.04"), ("c0_5", "0.5"), ("c30_04", "30.04")])
+@pytest.mark.parametrize(("name", "duration"), [("c5", "5"), ("c5_04", "5.04"), ("c0_5", "0.5"), ("c30_04", "30.04")])
 def test_duration_is_exact(media, name, duration):
     assert run(media[name]).duration == Decimal(duration)
 
@@ -48,7 +48,7 @@ def test_image_probes_as_image(media):
     assert (r.kind, r.duration, r.width) == ("image", None, 64)
 
 
-@pytest.mark.parametrize("name,needle", [
+@pytest.mark.parametrize(("name", "needle"), [
     ("text", "not a video file"),
     ("truncated", "truncated or corrupt"),
     ("image", "is an image, not a video"),

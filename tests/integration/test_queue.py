@@ -53,7 +53,7 @@ def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim
 
 
 def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
-    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=False)
+    a, ca, _b, cb, _run_id = _stalled_then_taken_over(bench, submitted=False)
     assert (cb.kind, cb.job["id"], cb.attempt["number"]) == ("submit", 1, 2)  # never sent: safely claimed anew
     with pytest.raises(LeaseLost):
         a.sending(ca, "0" * 64)
@@ -63,7 +63,7 @@ def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
 
 
 def test_a_stalled_follower_cannot_settle_a_job_another_worker_took_over(bench):
-    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=True)
+    a, ca, b, cb, _run_id = _stalled_then_taken_over(bench, submitted=True)
     assert (cb.kind, cb.job["id"], cb.attempt["request_id"]) == ("follow", 1, "req-1")
     with pytest.raises(LeaseLost):
         a.finish(ca, JobState.SUCCEEDED, None, billed_micro_usd=PRICE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from click.testing import CliRunner
@@ -144,7 +144,7 @@ def test_reconcile_from_mid_day_counts_the_whole_day_on_both_sides(tmp_path, med
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     bench.run()
     [(last,)] = bench.sql("select max(finished_at) from attempts")
-    last = datetime.fromisoformat(str(last)).replace(tzinfo=timezone.utc)
+    last = datetime.fromisoformat(str(last)).replace(tzinfo=UTC)
     since = last + timedelta(seconds=1)
     result = CliRunner().invoke(cli, ["reconcile", "--json", "--since", since.isoformat(),
                                       "--until", (since + timedelta(hours=1)).isoformat()], env=_env(bench))

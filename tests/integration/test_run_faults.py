@@ -4,6 +4,7 @@ the right state, with nothing lost and nothing paid twice."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
@@ -216,7 +217,7 @@ def test_in_flight_cap_holds_at_fal(tmp_path, media, emulator_factory, db_url):
 def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
     """Enqueue the manifest, then leave job 1 as a worker on another machine would after dying
     mid-claim: state submitting, an expired lease, and one attempt in `attempt_state`."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import insert, update
 
@@ -225,7 +226,7 @@ def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
     from batch_runner.pricing import load_price_table
 
     runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
-    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    past = datetime.now(UTC) - timedelta(seconds=5)
     with bench.engine.begin() as conn:
         conn.execute(update(Job).where(Job.id == 1).values(state="submitting", attempt_count=1,
                                                             lease_owner="otherhost:99:dead", lease_expires_at=past))

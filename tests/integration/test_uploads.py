@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -53,7 +53,7 @@ def test_the_cdn_refuses_an_expired_token_with_401(emulator_factory, tmp_path):
     token = httpx.post(f"{server.url}/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={},
                        headers=key).json()
     expires = datetime.fromisoformat(token["expires_at"])
-    assert timedelta(0) < expires - datetime.now(timezone.utc) <= timedelta(seconds=0.5)
+    assert timedelta(0) < expires - datetime.now(UTC) <= timedelta(seconds=0.5)
     bearer = {"Authorization": f"Bearer {token['token']}", "X-Fal-File-Name": "a.bin"}
     assert httpx.post(f"{server.url}/files/upload", content=b"x", headers=bearer).status_code == 200
     time.sleep(0.6)
@@ -195,11 +195,11 @@ def test_the_runner_reuses_an_upload_only_while_fal_keeps_it(tmp_path, media, em
     assert len(rows) == 2
     for url, reuse_until in rows:
         reuse_until = reuse_until if isinstance(reuse_until, datetime) else datetime.fromisoformat(str(reuse_until))
-        reuse_until = reuse_until if reuse_until.tzinfo else reuse_until.replace(tzinfo=timezone.utc)
+        reuse_until = reuse_until if reuse_until.tzinfo else reuse_until.replace(tzinfo=UTC)
         stored = _state(server).store.get(_file_id(url))
-        fal_until = datetime.fromtimestamp(stored.expires_at, timezone.utc)
+        fal_until = datetime.fromtimestamp(stored.expires_at, UTC)
         assert reuse_until <= fal_until  # never reused after fal deletes it
-        assert fal_until - datetime.now(timezone.utc) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
+        assert fal_until - datetime.now(UTC) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
     assert worker.UPLOAD_TTL_S < worker.UPLOAD_LIFETIME_S
 
 

@@ -70,7 +70,7 @@ def test_booleans_are_not_integers():
     assert issue.type == "integer_type"
 
 
-@pytest.mark.parametrize("params,field", [
+@pytest.mark.parametrize(("params", "field"), [
     ({"hdr": True}, "hdr"),  # hdr needs 720p/1080p (default is 540p)
     ({"hdr": True, "resolution": "1080p", "duration": "10s"}, "hdr"),
     ({"exr_export": True, "resolution": "720p"}, "exr_export"),
@@ -102,7 +102,7 @@ def test_prompt_length_limit_for_ray32():
     assert [i.type for i in issues] == ["string_too_long"]
 
 
-@pytest.mark.parametrize("pos,bad", [
+@pytest.mark.parametrize(("pos", "bad"), [
     ({"x_norm": 0.1, "y_norm": 0, "w_norm": 0.95, "h_norm": 1}, "source_position.w_norm"),
     ({"x_norm": 0, "y_norm": 0.5, "w_norm": 1, "h_norm": 0.6}, "source_position.h_norm"),
     ({"x_norm": -0.1, "y_norm": 0, "w_norm": 0.5, "h_norm": 1}, "source_position.x_norm"),
@@ -118,7 +118,7 @@ def test_source_position_needs_all_four_fractions():
     assert {i.field for i in issues} == {f"source_position.{n}" for n in ("y_norm", "w_norm", "h_norm")}
 
 
-@pytest.mark.parametrize("duration,ok", [("30.0", True), ("30.000000", True), ("30.04", False), ("0.5", True)])
+@pytest.mark.parametrize(("duration", "ok"), [("30.0", True), ("30.000000", True), ("30.04", False), ("0.5", True)])
 def test_ray32_reframe_source_at_most_30_seconds(duration, ok):
     issues = _issues("ray-3.2/reframe", REFRAME, source_duration=Decimal(duration))
     assert (issues == []) is ok

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from batch_runner.api.client import CdnToken, lifecycle_headers
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def _token(expires_at: object) -> CdnToken:
@@ -49,5 +49,5 @@ def test_lifecycle_goes_under_both_header_names_fal_client_uses():
 
 @pytest.mark.parametrize("lifetime", [0, -5])
 def test_a_lifetime_must_be_positive(lifetime):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive number of seconds"):
         lifecycle_headers(lifetime)

@@ -4,7 +4,7 @@ job reserves the higher of the price table and fal's price."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from batch_runner.pricing import load_price_table
 
 TABLE = load_price_table()
 REFRAME = "luma/agent/ray/v3.2/reframe"
-AT = datetime(2026, 11, 21, 21, 30, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 21, 21, 30, tzinfo=UTC)
 
 
 def synced(**prices: tuple[str, str]) -> SyncedPrices:
@@ -30,7 +30,7 @@ def estimate(alias: str, params: dict, duration: str | None = None):
     return TABLE.estimate(ep, ep.with_defaults(params), Decimal(duration) if duration else None), TABLE.entry(ep.id)
 
 
-@pytest.mark.parametrize("name,unit", [("second", "second"), ("video_second", "second"), ("Seconds", "second"),
+@pytest.mark.parametrize(("name", "unit"), [("second", "second"), ("video_second", "second"), ("Seconds", "second"),
                                        ("video", "video"), ("gpu_second", None), ("image", None), ("", None),
                                        (None, None)])
 def test_fal_unit_names_map_only_when_known(name, unit):
@@ -54,8 +54,8 @@ def test_no_file_is_no_synced_prices(tmp_path: Path):
 
 
 @pytest.mark.parametrize("body", ['{"format": "other"}', "not json",
-                                  '{"format": "batch-runner/fal-prices/1", "synced_at": "2026-11-21T00:00:00Z", '
-                                  '"prices": {"a": {"unit_price": 0.06, "unit": "second"}}}'])
+                                  ('{"format": "batch-runner/fal-prices/1", "synced_at": "2026-11-21T00:00:00Z", '
+                                   '"prices": {"a": {"unit_price": 0.06, "unit": "second"}}}')])
 def test_a_bad_file_is_a_config_error_naming_it(tmp_path: Path, body):
     path = tmp_path / "fal-prices.json"
     path.write_text(body)

@@ -96,8 +96,8 @@ def test_unknown_placeholder(files: Path):
 
 
 def test_placeholder_without_a_value(files: Path):
-    body = "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\nsources: [media/a.mp4]\n" \
-           'output: "{stem}_{prompt}.mp4"\n'
+    body = ("batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\nsources: [media/a.mp4]\n"
+            'output: "{stem}_{prompt}.mp4"\n')
     err = fails(files, body)
     assert "{prompt} has no value" in str(err)
 

@@ -73,7 +73,7 @@ CASES = [(phase, code, rid, units) for phase, row in TABLE.items() for code in C
          for rid in (False, True) for units in (None, Decimal(0), Decimal(5))]
 
 
-@pytest.mark.parametrize("phase,code,rid,units", CASES)
+@pytest.mark.parametrize(("phase", "code", "rid", "units"), CASES)
 def test_every_reply_in_every_phase_has_one_decision(phase: Phase, code: object, rid: bool, units: Decimal | None):
     reply = _reply(code, rid, units)
     first = decide(phase, reply, result=Result(reply, {"detail": "x"}))
@@ -87,7 +87,7 @@ def test_every_reply_in_every_phase_has_one_decision(phase: Phase, code: object,
         assert decide(phase, reply, exhausted=True).action == EXHAUSTED[phase]
 
 
-@pytest.mark.parametrize("phase,code,rid,units", CASES)
+@pytest.mark.parametrize(("phase", "code", "rid", "units"), CASES)
 def test_a_reply_that_may_have_billed_never_ends_the_job_at_no_cost(phase, code, rid, units):
     reply = _reply(code, rid, units)
     for exhausted in (False, True):
@@ -127,7 +127,7 @@ def test_an_expired_result_of_a_success_records_the_estimate():
     assert (d.action, d.bill) == (A.FAILED, Bill.ESTIMATE)
 
 
-@pytest.mark.parametrize("error_type,status,units,action,bill", [
+@pytest.mark.parametrize(("error_type", "status", "units", "action", "bill"), [
     ("runner_disconnected", 503, None, A.NEW_ATTEMPT, Bill.NOTHING),
     ("client_cancelled", 499, None, A.CANCELLED, Bill.NOTHING),
     ("request_cancelled", 400, None, A.CANCELLED, Bill.NOTHING),

@@ -1,10 +1,10 @@
 """reconcile compares whole UTC days: the window it asks fal for and the one it sums our ledger over."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from batch_runner.reconcile import whole_days
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_a_mid_day_window_widens_to_the_whole_day():

@@ -5,7 +5,12 @@ import pytest
 
 from batch_runner.api.transport import RetryPolicy, error_for, is_ingress_error
 from batch_runner.errors import (
-    AccountLockedError, AuthError, InputRejectedError, RateLimitedError, RemoteError, TransientRemoteError,
+    AccountLockedError,
+    AuthError,
+    InputRejectedError,
+    RateLimitedError,
+    RemoteError,
+    TransientRemoteError,
 )
 
 
@@ -30,7 +35,7 @@ def _resp(code, body=None, headers=None, text=None):
     return httpx.Response(code, json=body, headers=headers, request=req)
 
 
-@pytest.mark.parametrize("resp,kind", [
+@pytest.mark.parametrize(("resp", "kind"), [
     (_resp(401, {"detail": "Invalid key"}), AuthError),
     (_resp(403, {"detail": "User is locked. Reason: Exhausted balance."}), AccountLockedError),
     (_resp(403, {"detail": "Forbidden"}), AuthError),
