@@ -36,7 +36,8 @@ class _CliError(click.ClickException):
 
     def __init__(self, err: BatchRunnerError) -> None:
         super().__init__(str(err))
-        self.exit_code = err.exit_code
+        # click types exit_code as a ClassVar; ours is the error's, so it is set per instance
+        self.exit_code = err.exit_code  # type: ignore[misc]
 
 
 class _Group(click.Group):
@@ -312,8 +313,8 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
         click.echo("no jobs yet: `batch-runner enqueue MANIFEST` adds some")
         return
     for b in batches.values():
-        states = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
-        click.echo(f"{b['batch']:<30} {b['jobs']:>7} jobs  ${format_usd(b['estimated_micro']):>10} estimated  {states}")
+        by_state = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
+        click.echo(f"{b['batch']:<30} {b['jobs']:>7} jobs  ${format_usd(b['estimated_micro']):>10} estimated  {by_state}")
 
 
 # --------------------------------------------------------------------------- db and samples

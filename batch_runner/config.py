@@ -174,7 +174,7 @@ class Settings:
     def hosts(self) -> FalHosts:
         return FalHosts.for_url(self.fal_url)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the non-None command-line options applied."""
         clean = {k: v for k, v in changes.items() if v is not None}
         if "fal_url" in clean and not str(clean["fal_url"]).startswith(("http://", "https://")):

@@ -85,7 +85,8 @@ def micro_to_usd(micro: int) -> Decimal:
 def format_usd(micro: int) -> str:
     """A decimal string with at least two decimals and no trailing noise: 360000 → "0.36"."""
     d = micro_to_usd(micro).normalize()
-    if d == d.to_integral_value() or -d.as_tuple().exponent < 2:
+    exponent = d.as_tuple().exponent  # an int: only NaN and infinities have a letter here
+    if d == d.to_integral_value() or (isinstance(exponent, int) and -exponent < 2):
         return f"{d:.2f}"
     return f"{d:f}"
 

@@ -73,5 +73,5 @@ def thumbnail(path: Path, *, width: int = 192, at_s: float = 1.0) -> bytes | Non
         except ffmpeg.Error:
             continue
         if out:
-            return out
+            return bytes(out)  # ffmpeg-python is untyped: its stdout is bytes
     return None

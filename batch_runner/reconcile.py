@@ -147,11 +147,11 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
     drift, notes = _prices(client, prices, synced, [r for r in rows if _bucket_day(str(r["bucket"])) in days])
     matched, differences = [], []
     for key in sorted(set(ours) | set(theirs)):
-        a, b = ours.get(key, 0), theirs.get(key, 0)
-        if abs(a - b) <= TOLERANCE_MICRO_USD:
-            matched.append((key[0], key[1], a))
+        our_micro, their_micro = ours.get(key, 0), theirs.get(key, 0)
+        if abs(our_micro - their_micro) <= TOLERANCE_MICRO_USD:
+            matched.append((key[0], key[1], our_micro))
         else:
-            differences.append(Difference(key[0], key[1], a, b, uncertain.get(key, [])))
+            differences.append(Difference(key[0], key[1], our_micro, their_micro, uncertain.get(key, [])))
     _confirm(repo, client, [d for d in differences if d.delta_micro_usd > 0 and d.explained_by])
     return Reconciliation(start, end, matched, differences, drift, notes, (asked_since, asked_until))
 
@@ -207,17 +207,17 @@ def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
                 "fal_unit_price_usd": _price_text(price), "compared_with": f"{synced.label} (prices sync)",
                 "compared_with_unit": was.unit, "compared_with_usd": _price_text(was.unit_price)}
     for row in rows:
-        endpoint, unit = str(row["endpoint_id"]), row.get("unit")
-        if our_unit(unit) is None:
-            unknown(endpoint, unit, "usage API")
+        endpoint, billed_unit = str(row["endpoint_id"]), row.get("unit")
+        if our_unit(billed_unit) is None:
+            unknown(endpoint, billed_unit, "usage API")
             continue
         billed = Decimal(str(row["unit_price"]))
         quoted = now.get(endpoint)
         if quoted is None or our_unit(quoted[1]) is None:
             continue
-        if quoted[1] != unit or not _same(quoted[0], billed):
-            drift[(endpoint, f"billed {billed} {unit}")] = {
-                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote", "unit": unit,
+        if quoted[1] != billed_unit or not _same(quoted[0], billed):
+            drift[(endpoint, f"billed {billed} {billed_unit}")] = {
+                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote", "unit": billed_unit,
                 "fal_unit_price_usd": _price_text(billed), "compared_with": "fal's pricing API (what we bill by)",
                 "compared_with_unit": quoted[1], "compared_with_usd": _price_text(quoted[0])}
     return ([drift[k] for k in sorted(drift)], [notes[k] for k in sorted(notes)])

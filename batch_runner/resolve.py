@@ -57,7 +57,8 @@ def admin_key_error(exc: RemoteError) -> AuthError:
 
 
 def _sent(attempt: dict[str, Any]) -> datetime:
-    return attempt.get("sent_at") or attempt["created_at"]
+    sent: datetime = attempt.get("sent_at") or attempt["created_at"]
+    return sent
 
 
 class Resolver:

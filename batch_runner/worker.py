@@ -40,12 +40,20 @@ PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × 
 
 
 class WorkerSettings(Protocol):
-    max_attempts: int
-    retry_delay_s: float
-    follow_later_s: float
-    poll_min_s: float
-    poll_max_s: float
-    cancel_on_exit: bool
+    """What the worker reads of the pool's settings; read-only, so a frozen dataclass fits."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def retry_delay_s(self) -> float: ...
+    @property
+    def follow_later_s(self) -> float: ...
+    @property
+    def poll_min_s(self) -> float: ...
+    @property
+    def poll_max_s(self) -> float: ...
+    @property
+    def cancel_on_exit(self) -> bool: ...
 
 
 class Reporter(Protocol):

@@ -15,7 +15,7 @@ import yaml
 from .errors import ManifestError
 
 
-class LineDict(dict):
+class LineDict(dict[str, Any]):
     """A dict that knows the 1-based line of each of its keys and of itself."""
 
     line: int = 0
@@ -25,7 +25,7 @@ class LineDict(dict):
         return self.key_lines.get(key, self.line)
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A list that knows the 1-based line of each item and of itself."""
 
     line: int = 0

@@ -241,8 +241,8 @@ class FalClient:
             if held is None or held is stale or held.due(_utcnow()):
                 resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
                                            phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
-                self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
-            return self._cdn_token
+                held = self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
+            return held
 
     def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
         """Upload a local file to fal's storage; returns its URL. `lifetime_s` asks fal to keep it
@@ -312,12 +312,12 @@ class FalClient:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if not resp.is_success:
-                exc = error_for(resp, what)
-                if isinstance(exc, AuthError):  # our key was not sent: the signed URL was refused, not the key
+                err = error_for(resp, what)
+                if isinstance(err, AuthError):  # our key was not sent: the signed URL was refused, not the key
                     raise RemoteError(f"{what}: the signed upload URL was refused (HTTP {resp.status_code})",
                                       hint="it may have expired; the upload is started again",
                                       reply=replace(reply_of(resp), keyless=True)) from None
-                raise exc
+                raise err
             return resp
         return self.transport.repeat(Phase.UPLOAD, what, once)
 

@@ -48,7 +48,7 @@ class RetryPolicy:
     max_retry_after_s: float = 120.0
 
     def delay(self, attempt: int, retry_after_s: float | None = None, rng: Callable[[], float] = random.random) -> float:
-        backoff = min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * (0.5 + rng())
+        backoff = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1)) * (0.5 + rng())
         if retry_after_s is not None:
             return max(backoff, min(retry_after_s, self.max_retry_after_s))
         return backoff

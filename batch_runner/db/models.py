@@ -38,7 +38,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is stored in UTC and always comes back timezone-aware (SQLite too)."""
 
     impl = DateTime(timezone=True)

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,6 +41,7 @@ J, A, R = table(Job), table(Attempt), table(Run)
 
 
 DAY = timedelta(hours=24)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class JobQueue:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         return DatabaseError(f"{action} failed on {safe_url(str(self.engine.url))}: {first[0] if first else exc}")
 
-    def _tx(self, action: str, fn: Any, *args: Any) -> Any:
+    def _tx(self, action: str, fn: Callable[..., _T], *args: Any) -> _T:
         """A write transaction (through the SQLite write lock)."""
         try:
             with write_lock(self.engine), self.engine.begin() as conn:
@@ -114,7 +115,7 @@ class JobQueue:
         except SQLAlchemyError as exc:
             raise self._fail(action, exc) from exc
 
-    def _read(self, action: str, fn: Any, *args: Any) -> Any:
+    def _read(self, action: str, fn: Callable[..., _T], *args: Any) -> _T:
         """A read: no write lock, so idle workers and cache lookups never queue behind writers."""
         try:
             with self.engine.connect() as conn:
@@ -122,7 +123,7 @@ class JobQueue:
         except SQLAlchemyError as exc:
             raise self._fail(action, exc) from exc
 
-    def _event(self, conn: Connection, kind: str, *, job: dict | None = None, attempt_id: int | None = None,
+    def _event(self, conn: Connection, kind: str, *, job: dict[str, Any] | None = None, attempt_id: int | None = None,
                batch_id: int | None = None, from_state: str | None = None, to_state: str | None = None,
                **details: Any) -> None:
         conn.execute(insert(Event), [{
@@ -137,7 +138,7 @@ class JobQueue:
     def start_run(self, name: str, batch: str | None, budget_micro_usd: int | None,
                   daily_budget_micro_usd: int | None = None, warn_at_micro_usd: int | None = None) -> RunInfo:
         """Create the named run, or join it (budgets given later replace earlier ones)."""
-        policies = {"budget_micro_usd": budget_micro_usd, "daily_budget_micro_usd": daily_budget_micro_usd,
+        policies: dict[str, Any] = {"budget_micro_usd": budget_micro_usd, "daily_budget_micro_usd": daily_budget_micro_usd,
                     "warn_at_micro_usd": warn_at_micro_usd}
 
         def go(conn: Connection) -> RunInfo:
@@ -213,12 +214,13 @@ class JobQueue:
             est = job["estimate_micro_usd"]
             run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
             day_ago = now - DAY
-            for limit, scope_batch, scope in ((run["daily_budget_micro_usd"], job["batch_id"], "batch per day"),
-                                              (account_daily_micro_usd, None, "account per day")):
+            for limit, scope_batch, budget_scope in (
+                    (run["daily_budget_micro_usd"], job["batch_id"], "batch per day"),
+                    (account_daily_micro_usd, None, "account per day")):
                 if limit is not None:
                     spent = self.spent_since(conn, day_ago, scope_batch)
                     if spent + est > limit:
-                        return BudgetStop(job["id"], est, limit - spent, limit, scope)
+                        return BudgetStop(job["id"], est, limit - spent, limit, budget_scope)
             reserved = conn.execute(update(R).where(
                 R.c.id == run_id,
                 or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd))
@@ -235,16 +237,18 @@ class JobQueue:
                 self._event(conn, "run.budget_warning", batch_id=job["batch_id"], run=run["name"],
                             committed_micro_usd=run["reserved_micro_usd"] + est, warn_at_micro_usd=warn_at)
             number = job["attempt_count"] + 1
-            attempt_id = conn.execute(insert(A).values(
+            key = conn.execute(insert(A).values(
                 job_id=job["id"], number=number, run_id=run_id, batch_id=job["batch_id"], worker=self.worker,
-                state=AttemptState.PREPARING.value, reserved_micro_usd=est, created_at=now)).inserted_primary_key[0]
+                state=AttemptState.PREPARING.value, reserved_micro_usd=est, created_at=now)).inserted_primary_key
+            assert key is not None  # a single-row INSERT always reports its primary key
+            attempt_id = key[0]
             conn.execute(update(J).where(J.c.id == job["id"]).values(
                 state=JobState.SUBMITTING.value, attempt_count=number, lease_owner=self.worker,
                 lease_expires_at=now + timedelta(seconds=self.lease_s), updated_at=now, next_attempt_at=None))
             self._event(conn, "job.claimed", job=dict(job), attempt_id=attempt_id, from_state=job["state"],
                         to_state=JobState.SUBMITTING.value, attempt=number, reserved_micro_usd=est, worker=self.worker)
-            attempt = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
-            return Claim("submit", {**job, "attempt_count": number}, dict(attempt), warning, run_id)
+            created = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
+            return Claim("submit", {**job, "attempt_count": number}, dict(created), warning, run_id)
         return self._tx("claiming a job", go)
 
     @staticmethod
@@ -253,7 +257,8 @@ class JobQueue:
         server's clock, so workers on machines whose clocks disagree still agree on when a lease
         ends; SQLite is on this machine anyway."""
         if conn.dialect.name == "postgresql":
-            return conn.execute(select(func.clock_timestamp())).scalar_one()
+            server_now: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
+            return server_now
         return utcnow()
 
     def _lease_end(self, conn: Connection) -> Any:
@@ -375,7 +380,7 @@ class JobQueue:
         """Committed the moment fal answers: from now on the job is followed, never resubmitted.
         A worker that lost its lease meanwhile still records the request id on its attempt (the
         request exists and may bill), then lets the job go."""
-        def go(conn: Connection) -> None:
+        def go(conn: Connection) -> bool:
             try:
                 self._hold(conn, claim)
             except LeaseLost:
@@ -611,7 +616,7 @@ class JobQueue:
     def find_jobs(self, refs: Sequence[str]) -> list[dict[str, Any]]:
         """Jobs by id or key prefix (at least 6 characters)."""
         def go(conn: Connection) -> list[dict[str, Any]]:
-            out = []
+            out: list[dict[str, Any]] = []
             for ref in refs:
                 cond = J.c.id == int(ref) if ref.isdigit() else J.c.key.like(f"{ref}%")
                 rows = conn.execute(select(J).where(cond)).mappings().all()
@@ -769,7 +774,7 @@ class JobQueue:
         """fal has no billable request for an uncertain submit (not found, or found failed and
         unbilled): close the attempt with what fal billed and queue the job for a new attempt."""
         def change(conn: Connection) -> None:
-            extra = {"request_id": request_id} if request_id else {}
+            extra: dict[str, Any] = {"request_id": request_id} if request_id else {}
             self._end_attempt(conn, attempt, AttemptState.FAILED, reason, billed=billed_micro_usd,
                               price_source=price_source, **extra)
             self._set_job(conn, job, JobState.QUEUED, reason, attempt_id=attempt["id"], next_attempt_at=None,
@@ -780,7 +785,7 @@ class JobQueue:
                          request_id: str | None = None) -> bool:
         """An uncertain job that fal never ran (cancelled while queued, or never created): cancelled, $0."""
         def change(conn: Connection) -> None:
-            extra = {"request_id": request_id} if request_id else {}
+            extra: dict[str, Any] = {"request_id": request_id} if request_id else {}
             self._end_attempt(conn, attempt, AttemptState.CANCELLED, reason, billed=0, **extra)
             self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt["id"])
         return self._settle_uncertain("cancelling an uncertain job", job, attempt, change)

@@ -123,7 +123,7 @@ class Repository:
         conn.execute(_insert_ignore(self.engine, Batch, ["name"]),
                      [{"name": name, "manifest_path": manifest_path, "budget_micro_usd": budget,
                        "created_at": now, "updated_at": now}])
-        batch_id = conn.execute(select(Batch.id).where(Batch.name == name)).scalar_one()
+        batch_id: int = conn.execute(select(Batch.id).where(Batch.name == name)).scalar_one()
         conn.execute(table(Batch).update().where(Batch.id == batch_id).values(
             manifest_path=manifest_path, budget_micro_usd=budget, daily_budget_micro_usd=daily,
             warn_at_micro_usd=warn_at, updated_at=now))
@@ -142,7 +142,7 @@ class Repository:
         except SQLAlchemyError as exc:
             raise self._fail("counting jobs", exc) from exc
 
-    def batch_jobs(self, batch: str) -> list[dict]:
+    def batch_jobs(self, batch: str) -> list[dict[str, Any]]:
         """Every job of a batch: key, output path, state, estimate (for `plan --diff`)."""
         stmt = (select(Job.key, Job.output_path, Job.state, Job.estimate_micro_usd, Job.source)
                 .join(Batch, Batch.id == Job.batch_id).where(Batch.name == batch).order_by(Job.id))

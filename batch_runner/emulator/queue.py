@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -74,7 +75,7 @@ class Request:
     expires_at: float | None = None
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     def touch(self) -> None:
         """Wake everyone following this request (SSE streams)."""
@@ -113,15 +114,15 @@ class Queue:
         self._running: set[str] = set()
         self._submits_per_input: dict[str, int] = {}
         self._wake = asyncio.Event()
-        self._renders: dict[str, asyncio.Future] = {}
+        self._renders: dict[str, asyncio.Future[Path]] = {}
         self.renders_made = 0  # distinct outputs rendered with ffmpeg
         self.open_requests = 0  # accepted and not yet completed
         self.peak_open = 0  # the most open at once: what a client's in-flight cap must bound
         self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
-        self._dispatcher: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,7 +228,7 @@ class Queue:
                 # look for it in the queue any more
                 head.state, head.started_at = IN_PROGRESS, now
                 head.task = asyncio.create_task(self._run(head))
-                head.task.add_done_callback(lambda _t, r=head: self._after_run(r))
+                head.task.add_done_callback(functools.partial(self._after_run, head))
                 for other in self._waiting:  # every queued request moved up one place
                     other.touch()
             self._wake.clear()
@@ -235,7 +236,7 @@ class Queue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _after_run(self, req: Request) -> None:
+    def _after_run(self, req: Request, _task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never enters `_run`: settle it here."""
         if req.state != COMPLETED:
             self._finish_cancelled(req)
@@ -370,10 +371,10 @@ class Queue:
             fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
             self._renders[key] = fut
             self.renders_made += 1
-            fut.add_done_callback(lambda f, k=key: self._forget_failed(k, f))
+            fut.add_done_callback(functools.partial(self._forget_failed, key))
         return await asyncio.shield(fut)
 
-    def _forget_failed(self, key: str, fut: asyncio.Future) -> None:
+    def _forget_failed(self, key: str, fut: asyncio.Future[Path]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             self._renders.pop(key, None)
 

@@ -19,6 +19,9 @@ import ffmpeg
 
 from .. import catalog
 
+# An ffmpeg-python stream node: the library ships no types.
+Stream = Any
+
 FONT = "DejaVu Sans"
 PROBE_TIMEOUT_S = 30
 
@@ -120,7 +123,7 @@ def _placement(params: dict[str, Any], frame_w: int, frame_h: int, src: tuple[in
     return x, y, w, h
 
 
-def _reframe(src: Path, params: dict[str, Any], spec: catalog.OutputSpec, fps: int):
+def _reframe(src: Path, params: dict[str, Any], spec: catalog.OutputSpec, fps: int) -> tuple[Stream, Stream | None]:
     info = probe_media(src, video=True)
     frame_w, frame_h = spec.width, spec.height
     x, y, w, h = _placement(params, frame_w, frame_h, info.size)
@@ -133,7 +136,7 @@ def _reframe(src: Path, params: dict[str, Any], spec: catalog.OutputSpec, fps: i
     return video, inp.audio if info.has_audio else None
 
 
-def _zoom_pan(image: Path, spec: catalog.OutputSpec, fps: int):
+def _zoom_pan(image: Path, spec: catalog.OutputSpec, fps: int) -> Stream:
     frame_w, frame_h = spec.width, spec.height
     frames = int(spec.duration * fps)
     inp = ffmpeg.input(str(image), loop=1, framerate=fps, t=str(spec.duration))
@@ -146,7 +149,7 @@ def _zoom_pan(image: Path, spec: catalog.OutputSpec, fps: int):
 _STRENGTH = {"adhere": 0.5, "flex": 1.0, "reimagine": 1.6}
 
 
-def _restyle(src: Path, spec: catalog.OutputSpec, fps: int, strength: str):
+def _restyle(src: Path, spec: catalog.OutputSpec, fps: int, strength: str) -> tuple[Stream, Stream | None]:
     info = probe_media(src, video=True)
     k = _STRENGTH.get(strength.split("_")[0], 1.0) * (1 + (int(strength[-1]) - 1) * 0.25 if strength[-1].isdigit() else 1)
     inp = ffmpeg.input(str(src), stream_loop=-1)
@@ -159,7 +162,7 @@ def _restyle(src: Path, spec: catalog.OutputSpec, fps: int, strength: str):
     return video, inp.audio if info.has_audio else None
 
 
-def _pattern(prompt: str, spec: catalog.OutputSpec, fps: int):
+def _pattern(prompt: str, spec: catalog.OutputSpec, fps: int) -> Stream:
     frame_w, frame_h = spec.width, spec.height
     base = ffmpeg.input(f"mandelbrot=size={frame_w}x{frame_h}:rate={fps}", f="lavfi", t=str(spec.duration))
     text = "\n".join(textwrap.wrap(prompt, width=max(16, frame_w // 28))[:8]) or "(no prompt)"

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -144,7 +145,7 @@ class FileStore:
         mp.parts[number], mp.etags[number] = part, etag
         return etag
 
-    def complete_multipart(self, upload_id: str, parts: list[dict], *, fid: str | None = None) -> StoredFile | None:
+    def complete_multipart(self, upload_id: str, parts: list[dict[str, Any]], *, fid: str | None = None) -> StoredFile | None:
         """Join the listed parts in order. None when the upload is unknown, a part is missing, or
         an etag is not the one that part was given: fal documents no check, but the S3 multipart
         API whose words fal uses (uploadId, partNumber, ETag) refuses that with InvalidPart
