@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .domain import is_remote
+
 ENV_DB = "BATCH_RUNNER_DB"
 ENV_PRICES = "BATCH_RUNNER_PRICES"
 ENV_FAL_PRICES = "BATCH_RUNNER_FAL_PRICES"  # the file `prices sync` writes and `plan` reads
@@ -177,7 +179,7 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the non-None command-line options applied."""
         clean = {k: v for k, v in changes.items() if v is not None}
-        if "fal_url" in clean and not str(clean["fal_url"]).startswith(("http://", "https://")):
+        if "fal_url" in clean and not is_remote(str(clean["fal_url"]), data_uri=False):
             from .errors import ConfigError
 
             raise ConfigError(f"--fal-url {clean['fal_url']!r} must be an http(s) URL")

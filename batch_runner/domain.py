@@ -91,6 +91,13 @@ def format_usd(micro: int) -> str:
     return f"{d:f}"
 
 
+def is_remote(value: str, *, data_uri: bool = True) -> bool:
+    """Whether a source or media value is fetched from elsewhere rather than read as a local path:
+    an http(s) URL or a data URI. `data_uri=False` asks for an http(s) URL only (what an HTTP client
+    or ffprobe's network options can open)."""
+    return value.startswith(("http://", "https://", "data:") if data_uri else ("http://", "https://"))
+
+
 def ceil_decimal(value: Decimal, quantum: Decimal = Decimal(1)) -> Decimal:
     """Round up to a multiple of quantum: ceil_decimal(Decimal("5.04")) == 6."""
     return (value / quantum).to_integral_value(rounding=ROUND_CEILING) * quantum

@@ -7,7 +7,8 @@
     ├── BudgetExceededError         exit 5   the estimate is over --max-cost / the budget
     ├── DatabaseError               exit 6   unreachable, locked or failing database
     │   ├── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
-    │   └── DatabaseNotFoundError   exit 6   --db leads to no batch-runner database: `db upgrade`
+    │   ├── DatabaseNotFoundError   exit 6   --db leads to no batch-runner database: `db upgrade`
+    │   └── LeaseLostError          exit 6   a job's lease moved to another worker (the worker lets it go)
     ├── ProbeError                  exit 7   one source could not be probed
     ├── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
     ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
@@ -98,6 +99,12 @@ class DatabaseBehindError(DatabaseError):
 
 class DatabaseNotFoundError(DatabaseError):
     """No batch-runner database is at that location: it is missing, empty or another program's."""
+
+    retryable = False
+
+
+class LeaseLostError(DatabaseError):
+    """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
 
     retryable = False
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .domain import JobSpec, usd_to_micro
+from .domain import JobSpec, is_remote, usd_to_micro
 from .errors import ManifestError
 from .yamlload import LineDict, LineList, load_yaml
 
@@ -72,10 +72,6 @@ def _unknown_keys(d: LineDict, allowed: tuple[str, ...], file: str, context: str
             close = difflib.get_close_matches(key, allowed, n=1)
             raise _err(f"unknown key in {context}", file, d.line_of(key), key,
                        f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}")
-
-
-def is_remote(value: str) -> bool:
-    return value.startswith(("http://", "https://", "data:"))
 
 
 def load_manifest(path: Path) -> Manifest:

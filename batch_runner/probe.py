@@ -19,22 +19,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .domain import ProbeResult
+from .domain import ProbeResult, is_remote
 from .errors import ProbeError, ToolMissingError
 
 FFPROBE = "ffprobe"
 URL_TIMEOUT_S = 10.0
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
 _T = TypeVar("_T")
-
-
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-def is_remote(value: str) -> bool:
-    """A media value fal can fetch itself (an http(s) URL or a data URI), not a local path to upload."""
-    return value.startswith(("http://", "https://", "data:"))
 
 
 def require_ffprobe(cmd: str = FFPROBE) -> str:
@@ -55,7 +46,7 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     Local files: absolute path + size + mtime. URLs: URL + ETag and Content-Length from a
     HEAD request; when the server sends neither, the URL alone (and the cache is skipped).
     """
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         return _url_fingerprint(source, client)
     path = Path(source)
     try:
@@ -104,7 +95,7 @@ def cacheable(fp: str) -> bool:
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
     args.append(source)
     try:
@@ -132,7 +123,7 @@ _MAGIC = ((4, b"ftyp"), (0, b"\x1aE\xdf\xa3"), (0, b"RIFF"), (0, b"OggS"), (0, b
 
 
 def _has_media_magic(source: str) -> bool | None:
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         return None
     try:
         with open(source, "rb") as fh:

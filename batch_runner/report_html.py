@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .domain import format_usd
+from .domain import format_usd, is_remote
 from .media import thumbnail
 from .reports import Report
 
@@ -88,7 +88,7 @@ def _card(job: dict[str, Any]) -> str:
     if state in ("failed", "rejected", "uncertain", "cancelled") and job.get("last_error"):
         reason = f'<div class="reason">{_esc(job["last_error"])}</div>'
     source = job.get("source")
-    local_source = source if source and not source.startswith(("http://", "https://")) else None
+    local_source = source if source and not is_remote(source, data_uri=False) else None
     return (f'<div class="card {_esc(state)}" data-job="{job["id"]}">'
             f'<div class="pair">{_img(local_source, "source")}<span>→</span>'
             f'{_img(shown, "rejected output" if shown and shown.endswith(".rejected" + out_path.suffix) else "output")}'

@@ -22,7 +22,7 @@ from .api.client import FalClient
 from .config import Secret, Settings
 from .db.queue import JobQueue
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd
+from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
 from .errors import (
     BatchRunnerError,
     BudgetExceededError,
@@ -239,7 +239,7 @@ def _strip(reason: str, source: str | None) -> str:
 
 
 def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    urls = [s for s in items if probe.is_url(s)]
+    urls = [s for s in items if is_remote(s, data_uri=False)]
     client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True) if urls else None
     try:
         results = probe.run_parallel(lambda s: probe.fingerprint(s, client), items, settings.probe_concurrency)

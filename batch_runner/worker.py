@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from . import catalog, probe
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
-from .db.queue import Claim, JobQueue, LeaseLost
-from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, usd_to_micro
-from .errors import AccountLockedError, AuthError, ProbeError, RemoteError
+from .db.queue import Claim, JobQueue
+from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, is_remote, usd_to_micro
+from .errors import AccountLockedError, AuthError, LeaseLostError, ProbeError, RemoteError
 from .logs import get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
 from .output import Delivered, Delivery, NotDelivered, sidecar
@@ -103,7 +103,7 @@ class Worker:
             if claim.kind == "submit" and not self._submit(claim):
                 return
             self._follow(claim)
-        except LeaseLost as exc:  # this worker stalled past its lease and another took the job over
+        except LeaseLostError as exc:  # this worker stalled past its lease and another took the job over
             log.warning("%s", exc)
             self.reporter.event("lost", claim.job, error=str(exc))
 
@@ -168,7 +168,7 @@ class Worker:
         job = claim.job
         ep = catalog.endpoint(job["endpoint"])
         try:
-            if job["source_fingerprint"] and not probe.is_url(job["source"] or "") \
+            if job["source_fingerprint"] and not is_remote(job["source"] or "", data_uri=False) \
                     and probe.fingerprint(job["source"]) != job["source_fingerprint"]:
                 self._record(claim, Decision(Action.FAILED, "the source changed after it was planned and priced; "
                                              "enqueue the manifest again to plan the new version"))
@@ -201,10 +201,10 @@ class Worker:
         out = dict(payload)
         for name in ep.media_fields:
             value = out.get(name)
-            if isinstance(value, str) and not probe.is_remote(value):
+            if isinstance(value, str) and not is_remote(value):
                 out[name] = self._upload(Path(value))
             elif isinstance(value, list):
-                out[name] = [self._upload(Path(v)) if isinstance(v, str) and not probe.is_remote(v) else v
+                out[name] = [self._upload(Path(v)) if isinstance(v, str) and not is_remote(v) else v
                              for v in value]
         return out
 

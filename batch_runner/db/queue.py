@@ -33,7 +33,7 @@ from ..domain import (
     JobState,
     format_usd,
 )
-from ..errors import DatabaseError
+from ..errors import DatabaseError, LeaseLostError
 from .engine import safe_url, write_lock
 from .models import Attempt, Batch, Event, Job, Lock, Output, Run, Upload, table, utcnow
 
@@ -75,10 +75,6 @@ class BudgetStop:
     left_micro_usd: int
     budget_micro_usd: int = 0
     scope: str = "run"  # "run", "batch per day" or "account per day"
-
-
-class LeaseLost(Exception):
-    """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
 
 
 def owner_pid(owner: str, local: str) -> int | None:
@@ -289,11 +285,11 @@ class JobQueue:
 
     def _hold(self, conn: Connection, claim: Claim) -> None:
         """Fence a change to a claimed job: renew the lease if this worker still holds it, else
-        raise LeaseLost (the transaction rolls back, so nothing of the change is written)."""
+        raise LeaseLostError (the transaction rolls back, so nothing of the change is written)."""
         held = conn.execute(update(J).where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker).values(
             lease_expires_at=self._lease_end(conn))).rowcount
         if held != 1:
-            raise LeaseLost(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
+            raise LeaseLostError(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
 
     def sweep(self, batches: Sequence[str] | None, run_id: int | None) -> None:
         """Settle now what dead workers left half-sent (see `_sweep_stale_submits`), so a run can
@@ -361,7 +357,7 @@ class JobQueue:
 
     def sending(self, claim: Claim, input_sha256: str) -> None:
         """Write-ahead: committed before the submit goes out, with the hash of what is sent (it
-        finds the request in fal's listing if the answer is lost). Refused (LeaseLost) when the
+        finds the request in fal's listing if the answer is lost). Refused (LeaseLostError) when the
         claim was swept or taken over meanwhile, so a stalled worker never submits a job twice."""
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
@@ -370,7 +366,7 @@ class JobQueue:
                                  .values(state=AttemptState.SENDING.value, input_sha256=input_sha256,
                                          sent_at=self._clock(conn))).rowcount
             if moved != 1:
-                raise LeaseLost(f"job {claim.job['id']}: attempt {claim.attempt['number']} was closed by another worker")
+                raise LeaseLostError(f"job {claim.job['id']}: attempt {claim.attempt['number']} was closed by another worker")
             self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt["id"])
         self._tx("recording the submit", go)
         claim.attempt.update(state=AttemptState.SENDING.value, input_sha256=input_sha256)
@@ -383,7 +379,7 @@ class JobQueue:
         def go(conn: Connection) -> bool:
             try:
                 self._hold(conn, claim)
-            except LeaseLost:
+            except LeaseLostError:
                 conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(
                     request_id=request_id, status_url=status_url, response_url=response_url, cancel_url=cancel_url,
                     submitted_at=utcnow()))
@@ -398,7 +394,7 @@ class JobQueue:
                         request_id=request_id, input_sha256=payload_sha256)
             return True
         if not self._tx("recording the request id", go):
-            raise LeaseLost(f"job {claim.job['id']}: its lease was taken over while submitting; "
+            raise LeaseLostError(f"job {claim.job['id']}: its lease was taken over while submitting; "
                             f"request {request_id} is recorded on its attempt")
         claim.attempt.update(state=AttemptState.SUBMITTED.value, request_id=request_id, status_url=status_url,
                              response_url=response_url, cancel_url=cancel_url)
@@ -452,7 +448,7 @@ class JobQueue:
                 self.uncertain(claim, reason)
             else:
                 self.follow_later(claim, reason, delay_s=delay_s)
-        except LeaseLost:
+        except LeaseLostError:
             pass
 
     def failed_attempts(self, claim: Claim) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from .. import catalog
+from ..domain import is_remote
 from ..pricing import PriceTable
 from . import render, webhooks
 from .config import WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S, EmulatorConfig
@@ -341,7 +342,7 @@ class Queue:
             except (IndexError, ValueError) as exc:
                 raise render.RenderError(f"Failed to decode the data URI of {name}") from exc
             return target
-        if not url.startswith(("http://", "https://")):
+        if not is_remote(url, data_uri=False):
             raise render.RenderError(f"Failed to download {name}: not an http(s) or data URL")
         assert self._http is not None
         try:
