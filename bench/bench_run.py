@@ -94,7 +94,8 @@ def main() -> None:
     lines += [f"| {' | '.join(r)} |" for r in rows]
     lines += ["", (f"The output check the runner must make (ffprobe on every download, the plain script makes "
               f"none) costs {probe_cpu_s * 1000:.0f} ms of CPU per output, measured in this run: "
-              f"{probe_cpu_s * jobs:.0f} s of CPU for {jobs:,} outputs, {probe_cpu_s * jobs / (os.cpu_count() or 1):.0f} s "
+              f"{probe_cpu_s * jobs:.0f} s of CPU for {jobs:,} outputs, "
+              f"{probe_cpu_s * jobs / (os.cpu_count() or 1):.0f} s "
               f"of wall time at best on {os.cpu_count()} cores, which the emulator shares."), "",
               (f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
               f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
