@@ -10,7 +10,7 @@ DEMO   ?= .demo
 # npm ci writes node_modules/.package-lock.json, so this reinstalls only when the pins change.
 JS_CLIENT := tests/js/node_modules/.package-lock.json
 
-.PHONY: setup ffmpeg browser node demo test bench clean
+.PHONY: setup ffmpeg browser node demo lint test bench clean
 
 setup: ffmpeg $(VENV)/.installed
 
@@ -36,6 +36,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	@sh scripts/demo.sh "$(BR)" "$(DEMO)"
 
+# ruff (lint and format check) and mypy (strict on batch_runner/), all configured in pyproject.toml.
+# `ruff format` fixes the formatting, `ruff check --fix` the fixable findings.
+lint: setup
+	$(PY) -m ruff check
+	$(PY) -m ruff format --check
+	$(PY) -m mypy
+
+# `make test` (and so CI) lints first; a rule of its own, so the test recipe stays as it is.
+test: lint
+
 test: setup browser node $(JS_CLIENT)
 	$(PY) -m pytest
 
@@ -45,4 +55,4 @@ bench: setup
 	$(PY) bench/bench_scale.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache bench/.work bench/.work-run bench/.work-scale
+	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache .ruff_cache .mypy_cache bench/.work bench/.work-run bench/.work-scale

@@ -8,9 +8,10 @@ Sources: shared/seeds (fal product pages) and shared/reference/fal-queue-protoco
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 
 RESOLUTIONS = ("540p", "720p", "1080p")
 #: The resolution convention: the short side of the output picture, in pixels.
@@ -57,7 +58,7 @@ class Field:
     enum: tuple[str, ...] = ()
     default: Any = None
     media: str | None = None  # "video" or "image" when the field takes a media URL
-    fields: tuple["Field", ...] = ()  # subfields of an object
+    fields: tuple[Field, ...] = ()  # subfields of an object
     items: str | None = None  # item type of a list
     max_length: int | None = None
     doc: str = ""
@@ -159,8 +160,12 @@ def _check_fields(
         f = by_name.get(name)
         if f is None:
             if not allow_extra:
-                yield Issue((*loc, name), "is not an input of this endpoint", "extra_forbidden",
-                            _suggest(name, by_name) or f"known fields: {', '.join(by_name)}")
+                yield Issue(
+                    (*loc, name),
+                    "is not an input of this endpoint",
+                    "extra_forbidden",
+                    _suggest(name, by_name) or f"known fields: {', '.join(by_name)}",
+                )
             continue
         if value is None:
             continue
@@ -173,8 +178,12 @@ def _check_fields(
 def _check_value(f: Field, value: Any, loc: tuple[str, ...], allow_extra: bool) -> Iterable[Issue]:
     if not _type_ok(f.type, value):
         want = "one of " + ", ".join(f.enum) if f.type == "enum" else f"a {f.type}"
-        yield Issue(loc, f"must be {want}, got {type(value).__name__} {value!r}", f"{f.type}_type",
-                    "quote the value in YAML" if f.type in ("enum", "string") else None)
+        yield Issue(
+            loc,
+            f"must be {want}, got {type(value).__name__} {value!r}",
+            f"{f.type}_type",
+            "quote the value in YAML" if f.type in ("enum", "string") else None,
+        )
         return
     if f.type == "enum" and value not in f.enum:
         yield Issue(loc, f'"{value}" is not one of {", ".join(f.enum)}', "enum", _suggest(value, f.enum))
@@ -193,8 +202,7 @@ def _check_value(f: Field, value: Any, loc: tuple[str, ...], allow_extra: bool) 
 
 def _hdr_rules(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
     if p.get("hdr") and p.get("resolution", "540p") not in ("720p", "1080p"):
-        yield Issue(("hdr",), "needs resolution 720p or 1080p", "value_error",
-                    "set resolution: 720p or drop hdr")
+        yield Issue(("hdr",), "needs resolution 720p or 1080p", "value_error", "set resolution: 720p or drop hdr")
     if p.get("exr_export") and not p.get("hdr"):
         yield Issue(("exr_export",), "needs hdr: true", "value_error", "set hdr: true or drop exr_export")
 
@@ -217,8 +225,12 @@ def _hdr_not_10s(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
 
 def _edit_strength_xor_auto(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
     if p.get("edit_strength") and p.get("auto_controls"):
-        yield Issue(("edit_strength",), "cannot be combined with auto_controls", "value_error",
-                    "drop one of edit_strength and auto_controls")
+        yield Issue(
+            ("edit_strength",),
+            "cannot be combined with auto_controls",
+            "value_error",
+            "drop one of edit_strength and auto_controls",
+        )
 
 
 def _crop_box(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
@@ -241,18 +253,21 @@ def _source_position(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
         if sp[name] <= 0:
             yield Issue(("source_position", name), "must be greater than 0", "value_error")
     if sp["x_norm"] + sp["w_norm"] > 1:
-        yield Issue(("source_position", "w_norm"), "x_norm + w_norm must stay within the canvas (≤ 1)",
-                    "value_error")
+        yield Issue(("source_position", "w_norm"), "x_norm + w_norm must stay within the canvas (≤ 1)", "value_error")
     if sp["y_norm"] + sp["h_norm"] > 1:
-        yield Issue(("source_position", "h_norm"), "y_norm + h_norm must stay within the canvas (≤ 1)",
-                    "value_error")
+        yield Issue(("source_position", "h_norm"), "y_norm + h_norm must stay within the canvas (≤ 1)", "value_error")
 
 
 def _max_source(limit: Decimal) -> Rule:
     def rule(p: dict[str, Any], duration: Decimal | None) -> Iterable[Issue]:
         if duration is not None and duration > limit:
-            yield Issue(("video_url",), f"source is {duration} s long, at most {limit} s allowed",
-                        "value_error", f"trim the source to {limit} s or less")
+            yield Issue(
+                ("video_url",),
+                f"source is {duration} s long, at most {limit} s allowed",
+                "value_error",
+                f"trim the source to {limit} s or less",
+            )
+
     return rule
 
 
@@ -276,63 +291,91 @@ def _resolution() -> Field:
 
 def _ray2_reframe(model: str) -> Endpoint:
     return Endpoint(
-        id=f"{_RAY2}/{model}/reframe", alias=f"{model}/reframe", model=model, family="reframe",
+        id=f"{_RAY2}/{model}/reframe",
+        alias=f"{model}/reframe",
+        model=model,
+        family="reframe",
         fields=(
             _f("video_url", required=True, media="video"),
             _f("aspect_ratio", "enum", required=True, enum=ASPECT_RAY2_REFRAME),
-            _f("image_url", media="image"), _prompt(False),
-            _f("grid_position_x", "integer"), _f("grid_position_y", "integer"),
-            _f("x_start", "integer"), _f("x_end", "integer"),
-            _f("y_start", "integer"), _f("y_end", "integer"),
+            _f("image_url", media="image"),
+            _prompt(False),
+            _f("grid_position_x", "integer"),
+            _f("grid_position_y", "integer"),
+            _f("x_start", "integer"),
+            _f("x_end", "integer"),
+            _f("y_start", "integer"),
+            _f("y_end", "integer"),
         ),
-        billing=PER_SECOND, rules=(_crop_box,), source_field="video_url",
+        billing=PER_SECOND,
+        rules=(_crop_box,),
+        source_field="video_url",
         notes="no resolution input; one integrator reports sources up to 30 s / 100 MB (unverified)",
     )
 
 
 def _ray2_text(model: str) -> Endpoint:
     return Endpoint(
-        id=f"{_RAY2}/{model}", alias=f"{model}/text-to-video", model=model,
+        id=f"{_RAY2}/{model}",
+        alias=f"{model}/text-to-video",
+        model=model,
         family="text-to-video",
         fields=(
-            _prompt(True), _f("aspect_ratio", "enum", enum=ASPECT_RAY2_GENERATE, default="16:9"),
-            _f("loop", "boolean", default=False), _resolution(),
+            _prompt(True),
+            _f("aspect_ratio", "enum", enum=ASPECT_RAY2_GENERATE, default="16:9"),
+            _f("loop", "boolean", default=False),
+            _resolution(),
             _f("duration", "enum", enum=("5s", "9s"), default="5s"),
         ),
-        billing=PER_VIDEO, output_duration="param",
+        billing=PER_VIDEO,
+        output_duration="param",
     )
 
 
 def _ray2_image(model: str, durations: tuple[str, ...]) -> Endpoint:
     return Endpoint(
-        id=f"{_RAY2}/{model}/image-to-video", alias=f"{model}/image-to-video", model=model,
+        id=f"{_RAY2}/{model}/image-to-video",
+        alias=f"{model}/image-to-video",
+        model=model,
         family="image-to-video",
         fields=(
-            _prompt(True), _f("image_url", media="image"), _f("end_image_url", media="image"),
+            _prompt(True),
+            _f("image_url", media="image"),
+            _f("end_image_url", media="image"),
             _f("aspect_ratio", "enum", enum=ASPECT_RAY2_GENERATE, default="16:9"),
-            _f("loop", "boolean", default=False), _resolution(),
+            _f("loop", "boolean", default=False),
+            _resolution(),
             _f("duration", "enum", enum=durations, default="5s"),
         ),
-        billing=PER_VIDEO, source_field="image_url", output_duration="param",
+        billing=PER_VIDEO,
+        source_field="image_url",
+        output_duration="param",
         notes="duration enum conflicts between sources: the product page lists 5s only for ray-2, "
-              "flash llms.txt lists 5s and 9s",
+        "flash llms.txt lists 5s and 9s",
     )
 
 
 def _ray2_modify(model: str) -> Endpoint:
     return Endpoint(
-        id=f"{_RAY2}/{model}/modify", alias=f"{model}/modify", model=model, family="modify",
+        id=f"{_RAY2}/{model}/modify",
+        alias=f"{model}/modify",
+        model=model,
+        family="modify",
         fields=(
             _f("video_url", required=True, media="video"),
-            _f("image_url", required=True, media="image"), _prompt(False),
+            _f("image_url", required=True, media="image"),
+            _prompt(False),
             _f("mode", "enum", enum=EDIT_MODES, default="flex_1"),
         ),
-        billing=PER_SECOND, source_field="video_url", output_aspect="source",
+        billing=PER_SECOND,
+        source_field="video_url",
+        output_aspect="source",
     )
 
 
 _RAY32_GEN_COMMON = (
-    _f("aspect_ratio", "enum", enum=ASPECT_RAY32, default="16:9"), _resolution(),
+    _f("aspect_ratio", "enum", enum=ASPECT_RAY32, default="16:9"),
+    _resolution(),
 )
 _HDR_FIELDS = (_f("hdr", "boolean"), _f("exr_export", "boolean"))
 _REFERENCE_IMAGES = _f("reference_image_urls", "list", items="string", media="image")
@@ -347,52 +390,84 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ray2_modify("ray-2"),
     _ray2_modify("ray-2-flash"),
     Endpoint(
-        id=f"{_RAY32}/text-to-video", alias="ray-3.2/text-to-video", model="ray-3.2",
+        id=f"{_RAY32}/text-to-video",
+        alias="ray-3.2/text-to-video",
+        model="ray-3.2",
         family="text-to-video",
         fields=(
-            _prompt(True, RAY32_PROMPT_MAX_CHARS), *_RAY32_GEN_COMMON,
+            _prompt(True, RAY32_PROMPT_MAX_CHARS),
+            *_RAY32_GEN_COMMON,
             _f("duration", "enum", enum=("5s", "10s"), default="5s"),
-            _f("loop", "boolean"), *_HDR_FIELDS, _REFERENCE_IMAGES,
+            _f("loop", "boolean"),
+            *_HDR_FIELDS,
+            _REFERENCE_IMAGES,
         ),
-        billing=PER_VIDEO, rules=(_hdr_rules, _hdr_not_10s, _loop_rules), output_duration="param",
+        billing=PER_VIDEO,
+        rules=(_hdr_rules, _hdr_not_10s, _loop_rules),
+        output_duration="param",
     ),
     Endpoint(
-        id=f"{_RAY32}/image-to-video", alias="ray-3.2/image-to-video", model="ray-3.2",
+        id=f"{_RAY32}/image-to-video",
+        alias="ray-3.2/image-to-video",
+        model="ray-3.2",
         family="image-to-video",
         fields=(
-            _prompt(True, RAY32_PROMPT_MAX_CHARS), _f("image_url", required=True, media="image"),
-            _f("end_image_url", media="image"), *_RAY32_GEN_COMMON,
+            _prompt(True, RAY32_PROMPT_MAX_CHARS),
+            _f("image_url", required=True, media="image"),
+            _f("end_image_url", media="image"),
+            *_RAY32_GEN_COMMON,
             _f("duration", "enum", enum=("5s",), default="5s"),
-            _f("loop", "boolean"), *_HDR_FIELDS, _REFERENCE_IMAGES,
+            _f("loop", "boolean"),
+            *_HDR_FIELDS,
+            _REFERENCE_IMAGES,
         ),
-        billing=PER_VIDEO, rules=(_hdr_rules, _loop_rules), source_field="image_url",
+        billing=PER_VIDEO,
+        rules=(_hdr_rules, _loop_rules),
+        source_field="image_url",
         output_duration="param",
         notes="10s needs keyframes, which batch_runner does not support yet",
     ),
     Endpoint(
-        id=f"{_RAY32}/video-to-video", alias="ray-3.2/video-to-video", model="ray-3.2",
+        id=f"{_RAY32}/video-to-video",
+        alias="ray-3.2/video-to-video",
+        model="ray-3.2",
         family="video-to-video",
         fields=(
-            _prompt(True, RAY32_PROMPT_MAX_CHARS), _f("video_url", required=True, media="video"),
-            _f("start_image_url", media="image"), _resolution(),
+            _prompt(True, RAY32_PROMPT_MAX_CHARS),
+            _f("video_url", required=True, media="video"),
+            _f("start_image_url", media="image"),
+            _resolution(),
             _f("duration", "enum", enum=("5s", "10s"), default="5s"),
-            _f("edit_strength", "enum", enum=EDIT_MODES), _f("auto_controls", "boolean"),
+            _f("edit_strength", "enum", enum=EDIT_MODES),
+            _f("auto_controls", "boolean"),
             *_HDR_FIELDS,
         ),
-        billing=PER_VIDEO, rules=(_hdr_rules, _edit_strength_xor_auto), source_field="video_url",
-        output_aspect="source", output_duration="param",
+        billing=PER_VIDEO,
+        rules=(_hdr_rules, _edit_strength_xor_auto),
+        source_field="video_url",
+        output_aspect="source",
+        output_duration="param",
     ),
     Endpoint(
-        id=f"{_RAY32}/reframe", alias="ray-3.2/reframe", model="ray-3.2", family="reframe",
+        id=f"{_RAY32}/reframe",
+        alias="ray-3.2/reframe",
+        model="ray-3.2",
+        family="reframe",
         fields=(
-            _prompt(True, RAY32_PROMPT_MAX_CHARS), _f("video_url", required=True, media="video"),
-            _f("aspect_ratio", "enum", required=True, enum=ASPECT_RAY32), _resolution(),
-            _f("source_position", "object", fields=tuple(
-                _f(n, "number", required=True) for n in ("x_norm", "y_norm", "w_norm", "h_norm"))),
+            _prompt(True, RAY32_PROMPT_MAX_CHARS),
+            _f("video_url", required=True, media="video"),
+            _f("aspect_ratio", "enum", required=True, enum=ASPECT_RAY32),
+            _resolution(),
+            _f(
+                "source_position",
+                "object",
+                fields=tuple(_f(n, "number", required=True) for n in ("x_norm", "y_norm", "w_norm", "h_norm")),
+            ),
         ),
         billing=PER_STARTED_SOURCE_SECOND,
         rules=(_source_position, _max_source(RAY32_REFRAME_MAX_SOURCE_S)),
-        source_field="video_url", max_source_s=RAY32_REFRAME_MAX_SOURCE_S,
+        source_field="video_url",
+        max_source_s=RAY32_REFRAME_MAX_SOURCE_S,
     ),
 )
 
@@ -446,8 +521,9 @@ def parse_aspect(value: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def expected_output(ep: Endpoint, params: dict[str, Any], source_size: tuple[int, int] | None,
-                    source_duration: Decimal | None) -> OutputSpec:
+def expected_output(
+    ep: Endpoint, params: dict[str, Any], source_size: tuple[int, int] | None, source_duration: Decimal | None
+) -> OutputSpec:
     """The size and length of the video an endpoint returns for an input (see README)."""
     full = ep.with_defaults(params)
     resolution = full.get("resolution", DEFAULT_OUTPUT_RESOLUTION)

@@ -5,13 +5,16 @@ The only module that imports click. Progress and warnings go to stderr; results 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -33,7 +36,8 @@ class _CliError(click.ClickException):
 
     def __init__(self, err: BatchRunnerError) -> None:
         super().__init__(str(err))
-        self.exit_code = err.exit_code
+        # click types exit_code as a ClassVar; ours is the error's, so it is set per instance
+        self.exit_code = err.exit_code  # type: ignore[misc]
 
 
 class _Group(click.Group):
@@ -65,8 +69,11 @@ class _App:
         """The job database. Only the default location is created by itself: a --db that names no
         database is an error (exit 6), not a new empty ledger that would pay for everything again."""
         if self._repo is None:
-            self._repo = Repository(db_engine.open_engine(self.settings.db_url, pool_size=self.pool_size,
-                                                          allow_new=self.settings.db_is_default))
+            self._repo = Repository(
+                db_engine.open_engine(
+                    self.settings.db_url, pool_size=self.pool_size, allow_new=self.settings.db_is_default
+                )
+            )
         return self._repo
 
 
@@ -93,19 +100,35 @@ def _emit_json(data: Any) -> None:
 
 
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db_url", envvar=ENV_DB, show_envvar=True, metavar="URL",
-              help="Job database: sqlite:///PATH, a file path, or postgresql://user@host/db. Only the default "
-                   "location is created by itself; `db upgrade` creates one elsewhere "
-                   "[default: $XDG_DATA_HOME/batch-runner/batch-runner.db, else ~/.local/share/…].")
-@click.option("--prices", "prices_path", envvar=ENV_PRICES, show_envvar=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Your own price file, laid over the defaults.")
-@click.option("--fal-url", envvar=ENV_FAL_URL, show_envvar=True, metavar="URL",
-              help="Send every fal call (queue, storage, platform API) to this base URL, e.g. an emulator.")
+@click.option(
+    "--db",
+    "db_url",
+    envvar=ENV_DB,
+    show_envvar=True,
+    metavar="URL",
+    help="Job database: sqlite:///PATH, a file path, or postgresql://user@host/db. Only the default "
+    "location is created by itself; `db upgrade` creates one elsewhere "
+    "[default: $XDG_DATA_HOME/batch-runner/batch-runner.db, else ~/.local/share/…].",
+)
+@click.option(
+    "--prices",
+    "prices_path",
+    envvar=ENV_PRICES,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your own price file, laid over the defaults.",
+)
+@click.option(
+    "--fal-url",
+    envvar=ENV_FAL_URL,
+    show_envvar=True,
+    metavar="URL",
+    help="Send every fal call (queue, storage, platform API) to this base URL, e.g. an emulator.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.version_option(package_name="batch-runner")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_url: str | None,
-        verbose: int) -> None:
+def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_url: str | None, verbose: int) -> None:
     """Run batches of Luma Ray video jobs on fal.ai and account for every cent.
 
     FAL_KEY is read from the environment and never printed, logged or stored.
@@ -137,8 +160,10 @@ def endpoints(app: _App, as_json: bool) -> None:
     click.echo(f"price table: {app.prices.label}   (* = unverified price)")
     for ep in rows:
         flag = "" if ep["verified"] else " *"
-        click.echo(f"\n{ep['id']}{flag}\n  alias {ep['alias']}   billing {ep['billing']}   unit {ep['unit']}"
-                   + (f"   max source {ep['max_source_s']} s" if ep["max_source_s"] else ""))
+        click.echo(
+            f"\n{ep['id']}{flag}\n  alias {ep['alias']}   billing {ep['billing']}   unit {ep['unit']}"
+            + (f"   max source {ep['max_source_s']} s" if ep["max_source_s"] else "")
+        )
         for p in ep["prices"]:
             what = " ".join(x for x in (p["resolution"], p["duration"]) if x) or "any"
             click.echo(f"    {what:<14} ${p['usd']} per {p['per']}")
@@ -155,14 +180,18 @@ def endpoints(app: _App, as_json: bool) -> None:
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a stable interface).")
-@click.option("--max-cost", callback=_usd, metavar="USD",
-              help="Exit with code 5 when the estimated total is over this amount.")
+@click.option(
+    "--max-cost", callback=_usd, metavar="USD", help="Exit with code 5 when the estimated total is over this amount."
+)
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
-@click.option("--diff", "show_diff", is_flag=True,
-              help="Compare with the job table: new, changed (they bill again), unchanged and removed jobs.")
+@click.option(
+    "--diff",
+    "show_diff",
+    is_flag=True,
+    help="Compare with the job table: new, changed (they bill again), unchanged and removed jobs.",
+)
 @click.pass_obj
-def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool,
-         show_diff: bool) -> None:
+def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool, show_diff: bool) -> None:
     """Expand MANIFEST, probe its sources and price every job. Writes no jobs, calls no API."""
     result = runner.plan(manifest, app.settings, app.prices, app.repo)
     diff = runner.diff_plan(result, app.repo) if show_diff else None
@@ -185,16 +214,21 @@ def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -
     budget = result.manifest.budget_micro_usd
     total = result.total_micro_usd
     if budget is not None and total > budget:
-        click.echo(f"warning: estimate ${format_usd(total)} is over the manifest budget ${format_usd(budget)}; "
-                   "a run will stop dispatching at the budget", err=True)
+        click.echo(
+            f"warning: estimate ${format_usd(total)} is over the manifest budget ${format_usd(budget)}; "
+            "a run will stop dispatching at the budget",
+            err=True,
+        )
     if result.invalid and not skip_invalid:
         raise runner.invalid_items_error(result)
     if max_cost is not None and total > max_cost:
-        raise BudgetExceededError(f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
-                                  hint="reduce the matrix or the sources, or raise --max-cost")
+        raise BudgetExceededError(
+            f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
+            hint="reduce the matrix or the sources, or raise --max-cost",
+        )
 
 
-def _print_diff(result: runner.Plan, diff: "runner.PlanDiff") -> None:
+def _print_diff(result: runner.Plan, diff: runner.PlanDiff) -> None:
     root = result.manifest.output_root
 
     def rel(path: str) -> str:
@@ -205,29 +239,38 @@ def _print_diff(result: runner.Plan, diff: "runner.PlanDiff") -> None:
     for job in diff.new:
         click.echo(f"  new        {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}")
     for job, old in diff.changed:
-        click.echo(f"  changed    {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}"
-                   f"  (replaces {old['key'][:10]}, {old['state']}: bills again)")
+        click.echo(
+            f"  changed    {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}"
+            f"  (replaces {old['key'][:10]}, {old['state']}: bills again)"
+        )
     for row in diff.removed:
-        click.echo(f"  removed    {row['key'][:10]}  {'':>9}  {rel(row['output_path'])}  ({row['state']}; "
-                   "still in the table)")
+        click.echo(
+            f"  removed    {row['key'][:10]}  {'':>9}  {rel(row['output_path'])}  ({row['state']}; still in the table)"
+        )
     states: dict[str, int] = {}
     for _, state in diff.unchanged:
         states[state] = states.get(state, 0) + 1
     unchanged = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
     click.echo(f"  unchanged  {len(diff.unchanged)} job(s): {unchanged}")
-    click.echo(f"  tonight adds {len(diff.new)} new and {len(diff.changed)} changed job(s): "
-               f"${format_usd(diff.added_micro_usd)}")
+    click.echo(
+        f"  tonight adds {len(diff.new)} new and {len(diff.changed)} changed job(s): "
+        f"${format_usd(diff.added_micro_usd)}"
+    )
 
 
 def _print_plan(result: runner.Plan) -> None:
     m = result.manifest
     root = m.output_root
-    click.echo(f"batch {m.batch}   endpoint {m.endpoint.id}   price table {result.price_table}"
-               + (f"   fal prices {result.fal_prices} (the higher is reserved)" if result.fal_prices else ""))
+    click.echo(
+        f"batch {m.batch}   endpoint {m.endpoint.id}   price table {result.price_table}"
+        + (f"   fal prices {result.fal_prices} (the higher is reserved)" if result.fal_prices else "")
+    )
     header = f"{'key':<10} {'source':<28} {'parameters':<30} {'dur s':>7} {'units':>6} {'cost $':>9}  output"
     click.echo(header)
     click.echo("-" * len(header))
-    swept = [k for k in ("aspect_ratio", "resolution", "duration", "mode", "edit_strength") if k in m.endpoint.field_map]
+    swept = [
+        k for k in ("aspect_ratio", "resolution", "duration", "mode", "edit_strength") if k in m.endpoint.field_map
+    ]
     lines = []
     for j in result.jobs:
         est = j.estimate
@@ -238,8 +281,10 @@ def _print_plan(result: runner.Plan) -> None:
         out = Path(j.output)
         out_s = str(out.relative_to(root)) if out.is_relative_to(root) else str(out)
         flag = "" if est.verified else "*"
-        lines.append(f"{j.key[:10]:<10} {src[:28]:<28} {params[:30]:<30} {dur:>7} {str(est.billable_units):>6} "
-                     f"{est.usd + flag:>9}  {out_s}")
+        lines.append(
+            f"{j.key[:10]:<10} {src[:28]:<28} {params[:30]:<30} {dur:>7} {est.billable_units!s:>6} "
+            f"{est.usd + flag:>9}  {out_s}"
+        )
     click.echo("\n".join(lines))
     for item in result.invalid:
         click.echo(f"INVALID    {item.source}: {item.reason}  ({item.origin})")
@@ -251,8 +296,10 @@ def _print_plan(result: runner.Plan) -> None:
     if m.budget_micro_usd is not None:
         click.echo(f"  budget per run ${format_usd(m.budget_micro_usd)}")
     if any(j.estimate and not j.estimate.verified for j in result.jobs):
-        click.echo("  * unverified price: no fal page we hold states it; see `batch-runner endpoints`, "
-                   "and `batch-runner prices sync` for fal's own")
+        click.echo(
+            "  * unverified price: no fal page we hold states it; see `batch-runner endpoints`, "
+            "and `batch-runner prices sync` for fal's own"
+        )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -267,17 +314,25 @@ def enqueue(app: _App, manifest: Path, skip_invalid: bool, as_json: bool) -> Non
         click.echo(f"warning: {w}", err=True)
     added = runner.enqueue(result, app.repo, skip_invalid=skip_invalid)
     if as_json:
-        _emit_json({"batch": added.batch, "added": added.added, "existing": added.existing,
-                    "invalid": len(result.invalid)})
+        _emit_json(
+            {"batch": added.batch, "added": added.added, "existing": added.existing, "invalid": len(result.invalid)}
+        )
     else:
-        click.echo(f"batch {added.batch}: {added.added} job(s) added, {added.existing} already in the table"
-                   + (f", {len(result.invalid)} invalid source(s) skipped" if result.invalid else ""))
+        click.echo(
+            f"batch {added.batch}: {added.added} job(s) added, {added.existing} already in the table"
+            + (f", {len(result.invalid)} invalid source(s) skipped" if result.invalid else "")
+        )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.option("--batch", help="Only this batch.")
-@click.option("--state", "states", multiple=True, type=_STATE_CHOICE,
-              help="List the jobs in this state (repeatable) instead of counting.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=_STATE_CHOICE,
+    help="List the jobs in this state (repeatable) instead of counting.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool) -> None:
@@ -285,12 +340,32 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
     if states:
         rows = runner.select_jobs(app.repo, [batch] if batch else None, [JobState(s) for s in states], [])
         if as_json:
-            _emit_json({"jobs": [{k: r[k] for k in ("id", "key", "state", "endpoint", "source", "output_path",
-                                                     "last_error", "attempt_count")} for r in rows]})
+            _emit_json(
+                {
+                    "jobs": [
+                        {
+                            k: r[k]
+                            for k in (
+                                "id",
+                                "key",
+                                "state",
+                                "endpoint",
+                                "source",
+                                "output_path",
+                                "last_error",
+                                "attempt_count",
+                            )
+                        }
+                        for r in rows
+                    ]
+                }
+            )
             return
         for r in rows:
-            click.echo(f"{r['id']:>6} {r['key'][:12]} {r['state']:<11} {r['source'] or '-'} → {r['output_path']}"
-                       + (f"  ({r['last_error']})" if r["last_error"] else ""))
+            click.echo(
+                f"{r['id']:>6} {r['key'][:12]} {r['state']:<11} {r['source'] or '-'} → {r['output_path']}"
+                + (f"  ({r['last_error']})" if r["last_error"] else "")
+            )
         return
     counts = runner.status(app.repo, batch)
     if batch is not None and not counts and batch not in app.repo.batch_names():
@@ -302,15 +377,28 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
         b["jobs"] += c.jobs
         b["estimated_micro"] += c.estimated_micro_usd
     if as_json:
-        _emit_json({"batches": [{"batch": b["batch"], "jobs": b["jobs"], "states": b["states"],
-                                 "estimated_cost_usd": format_usd(b["estimated_micro"])} for b in batches.values()]})
+        _emit_json(
+            {
+                "batches": [
+                    {
+                        "batch": b["batch"],
+                        "jobs": b["jobs"],
+                        "states": b["states"],
+                        "estimated_cost_usd": format_usd(b["estimated_micro"]),
+                    }
+                    for b in batches.values()
+                ]
+            }
+        )
         return
     if not batches:
         click.echo("no jobs yet: `batch-runner enqueue MANIFEST` adds some")
         return
     for b in batches.values():
-        states = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
-        click.echo(f"{b['batch']:<30} {b['jobs']:>7} jobs  ${format_usd(b['estimated_micro']):>10} estimated  {states}")
+        by_state = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
+        click.echo(
+            f"{b['batch']:<30} {b['jobs']:>7} jobs  ${format_usd(b['estimated_micro']):>10} estimated  {by_state}"
+        )
 
 
 # --------------------------------------------------------------------------- db and samples
@@ -378,10 +466,13 @@ class _Interrupts:
         if self.stop.is_set():
             os._exit(130)  # the state is already safe: every step is recorded before it happens
         self.stop.set()
-        click.echo("\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
-                   "(Ctrl-C again to exit at once)", err=True)
+        click.echo(
+            "\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
+            "(Ctrl-C again to exit at once)",
+            err=True,
+        )
 
-    def __enter__(self) -> "_Interrupts":
+    def __enter__(self) -> _Interrupts:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -398,44 +489,75 @@ def _fal_access(app: _App, emulator: bool, concurrency: int) -> Iterator[tuple[S
         from .emulator.server import start_emulator
 
         server = start_emulator(concurrency=max(2, concurrency), speed=EMULATOR_SPEED)
-        click.echo(f"EMULATOR: every fal call goes to a local emulator at {server.url}. Nothing real is called "
-                   "and nothing is billed; the outputs are real files made with ffmpeg.", err=True)
+        click.echo(
+            f"EMULATOR: every fal call goes to a local emulator at {server.url}. Nothing real is called "
+            "and nothing is billed; the outputs are real files made with ffmpeg.",
+            err=True,
+        )
         try:
             yield settings.with_overrides(fal_url=server.url), Secret("emulator")
         finally:
             server.stop()
         return
     if settings.fal_key is None and not settings.fal_url:
-        raise ConfigError("FAL_KEY is not set, so nothing can be sent to fal",
-                          hint="export FAL_KEY=… (or FAL_KEY_ID and FAL_KEY_SECRET), or try it free with --emulator")
+        raise ConfigError(
+            "FAL_KEY is not set, so nothing can be sent to fal",
+            hint="export FAL_KEY=… (or FAL_KEY_ID and FAL_KEY_SECRET), or try it free with --emulator",
+        )
     yield settings, settings.fal_key or Secret("local")
 
 
-def _pool_settings(concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool,
-                   lease_s: float, strict_verify: bool) -> Any:
+def _pool_settings(
+    concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool, lease_s: float, strict_verify: bool
+) -> Any:
     from .pool import PoolSettings
 
-    return PoolSettings(concurrency=concurrency, max_in_flight=max_in_flight, cancel_on_exit=cancel_on_exit,
-                        burst=burst, lease_s=lease_s, strict_verify=strict_verify)
+    return PoolSettings(
+        concurrency=concurrency,
+        max_in_flight=max_in_flight,
+        cancel_on_exit=cancel_on_exit,
+        burst=burst,
+        lease_s=lease_s,
+        strict_verify=strict_verify,
+    )
 
 
-def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int,
-                 max_in_flight: int | None, max_cost: int | None, emulator: bool, cancel_on_exit: bool,
-                 as_json: bool, skip_invalid: bool, run_name: str | None, burst: bool, strict_verify: bool) -> None:
+def _run_command(
+    app: _App,
+    manifest: Path | None,
+    batches: tuple[str, ...],
+    concurrency: int,
+    max_in_flight: int | None,
+    max_cost: int | None,
+    emulator: bool,
+    cancel_on_exit: bool,
+    as_json: bool,
+    skip_invalid: bool,
+    run_name: str | None,
+    burst: bool,
+    strict_verify: bool,
+) -> None:
     from contextlib import contextmanager
 
     from .progress import ProgressReporter
 
     app.pool_size = concurrency + 4  # every worker thread, the heartbeat and the main thread
     access = contextmanager(_fal_access)(app, emulator, concurrency)
-    with access as (settings, key), _Interrupts() as interrupts, \
-            ProgressReporter(verbose=app.verbose) as reporter:
-        summary = runner.run_jobs(settings, app.prices, app.repo, key, manifest=manifest,
-                                  batches=list(batches) or None,
-                                  pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst,
-                                                      settings.lease_s, strict_verify),
-                                  max_cost_micro_usd=max_cost, run_name=run_name, reporter=reporter,
-                                  stop=interrupts.stop, skip_invalid=skip_invalid)
+    with access as (settings, key), _Interrupts() as interrupts, ProgressReporter(verbose=app.verbose) as reporter:
+        summary = runner.run_jobs(
+            settings,
+            app.prices,
+            app.repo,
+            key,
+            manifest=manifest,
+            batches=list(batches) or None,
+            pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst, settings.lease_s, strict_verify),
+            max_cost_micro_usd=max_cost,
+            run_name=run_name,
+            reporter=reporter,
+            stop=interrupts.stop,
+            skip_invalid=skip_invalid,
+        )
     if as_json:
         _emit_json(summary.to_json())
     else:
@@ -445,12 +567,14 @@ def _run_command(app: _App, manifest: Path | None, batches: tuple[str, ...], con
         raise err
 
 
-def _print_summary(summary: "runner.RunSummary") -> None:
+def _print_summary(summary: runner.RunSummary) -> None:
     counts = "  ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
     click.echo(f"run {summary.run}: {counts}")
     budget = f" of a ${format_usd(summary.budget_micro_usd)} budget" if summary.budget_micro_usd is not None else ""
-    click.echo(f"  estimated ${format_usd(summary.estimated_micro_usd)}   billed ${format_usd(summary.billed_micro_usd)}"
-               f"{budget}   {summary.elapsed_s:.1f} s")
+    click.echo(
+        f"  estimated ${format_usd(summary.estimated_micro_usd)}   billed ${format_usd(summary.billed_micro_usd)}"
+        f"{budget}   {summary.elapsed_s:.1f} s"
+    )
     for f in summary.failed:
         click.echo(f"  {f['state'].upper():<10} job {f['job']} {f['source'] or ''} → {f['output']}: {f['error']}")
     if summary.not_run and summary.stopped_by:
@@ -460,20 +584,38 @@ def _print_summary(summary: "runner.RunSummary") -> None:
 
 
 _RUN_OPTIONS = [
-    click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: the manifest's, "
-                 "else all]."),
-    click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 256),
-                 help="Worker threads; also the most requests in flight at fal (its account limits start at 2)."),
-    click.option("--max-in-flight", type=click.IntRange(1, 1024),
-                 help="Cap on requests in flight across all workers [default: --concurrency]."),
-    click.option("--max-cost", callback=_usd, metavar="USD",
-                 help="Budget for this run: dispatch stops before it would be exceeded (exit 5)."),
-    click.option("--emulator", is_flag=True, help="Start the embedded fal emulator and use it: nothing real is called."),
+    click.option(
+        "--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: the manifest's, else all]."
+    ),
+    click.option(
+        "--concurrency",
+        default=2,
+        show_default=True,
+        type=click.IntRange(1, 256),
+        help="Worker threads; also the most requests in flight at fal (its account limits start at 2).",
+    ),
+    click.option(
+        "--max-in-flight",
+        type=click.IntRange(1, 1024),
+        help="Cap on requests in flight across all workers [default: --concurrency].",
+    ),
+    click.option(
+        "--max-cost",
+        callback=_usd,
+        metavar="USD",
+        help="Budget for this run: dispatch stops before it would be exceeded (exit 5).",
+    ),
+    click.option(
+        "--emulator", is_flag=True, help="Start the embedded fal emulator and use it: nothing real is called."
+    ),
     click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel in-flight requests at fal."),
     click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout."),
-    click.option("--strict-verify", is_flag=True,
-                 help="Fail a job whose output differs from the output convention (size, exact length), not "
-                      "only one that breaks what fal promises (a video of the requested aspect ratio)."),
+    click.option(
+        "--strict-verify",
+        is_flag=True,
+        help="Fail a job whose output differs from the output convention (size, exact length), not "
+        "only one that breaks what fal promises (a video of the requested aspect ratio).",
+    ),
 ]
 
 
@@ -488,28 +630,78 @@ def _run_options(func: Any) -> Any:
 @_run_options
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
 @click.pass_obj
-def run(app: _App, manifest: Path | None, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None,
-        max_cost: int | None, emulator: bool, cancel_on_exit: bool, as_json: bool, strict_verify: bool,
-        skip_invalid: bool) -> None:
+def run(
+    app: _App,
+    manifest: Path | None,
+    batches: tuple[str, ...],
+    concurrency: int,
+    max_in_flight: int | None,
+    max_cost: int | None,
+    emulator: bool,
+    cancel_on_exit: bool,
+    as_json: bool,
+    strict_verify: bool,
+    skip_invalid: bool,
+) -> None:
     """Enqueue MANIFEST (if given) and process every pending job to a verified output, then exit."""
-    _run_command(app, manifest, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit,
-                 as_json, skip_invalid, None, burst=True, strict_verify=strict_verify)
+    _run_command(
+        app,
+        manifest,
+        batches,
+        concurrency,
+        max_in_flight,
+        max_cost,
+        emulator,
+        cancel_on_exit,
+        as_json,
+        skip_invalid,
+        None,
+        burst=True,
+        strict_verify=strict_verify,
+    )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @_run_options
-@click.option("--run", "run_name", metavar="NAME",
-              help="Join the named run, sharing its budget with every worker that joins it.")
-@click.option("--until-done", is_flag=True,
-              help="Exit once nothing in scope is queued or in flight on any worker (for cron) "
-                   "[default: keep waiting for new jobs].")
+@click.option(
+    "--run", "run_name", metavar="NAME", help="Join the named run, sharing its budget with every worker that joins it."
+)
+@click.option(
+    "--until-done",
+    is_flag=True,
+    help="Exit once nothing in scope is queued or in flight on any worker (for cron) "
+    "[default: keep waiting for new jobs].",
+)
 @click.pass_obj
-def work(app: _App, batches: tuple[str, ...], concurrency: int, max_in_flight: int | None, max_cost: int | None,
-         emulator: bool, cancel_on_exit: bool, as_json: bool, strict_verify: bool, run_name: str | None,
-         until_done: bool) -> None:
+def work(
+    app: _App,
+    batches: tuple[str, ...],
+    concurrency: int,
+    max_in_flight: int | None,
+    max_cost: int | None,
+    emulator: bool,
+    cancel_on_exit: bool,
+    as_json: bool,
+    strict_verify: bool,
+    run_name: str | None,
+    until_done: bool,
+) -> None:
     """Process jobs as they are enqueued (one process per machine; all share the database)."""
-    _run_command(app, None, batches, concurrency, max_in_flight, max_cost, emulator, cancel_on_exit, as_json,
-                 False, run_name, burst=until_done, strict_verify=strict_verify)
+    _run_command(
+        app,
+        None,
+        batches,
+        concurrency,
+        max_in_flight,
+        max_cost,
+        emulator,
+        cancel_on_exit,
+        as_json,
+        False,
+        run_name,
+        burst=until_done,
+        strict_verify=strict_verify,
+    )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -531,27 +723,43 @@ def show(app: _App, job: str, as_json: bool) -> None:
     click.echo(f"  input    {row['input_json']}")
     click.echo("attempts:")
     for a in attempts:
-        click.echo(f"  #{a['number']} {a['state']:<11} request {a['request_id'] or '-'}  worker {a['worker']}  "
-                   f"billed {format_usd(a['billed_micro_usd']) if a['billed_micro_usd'] is not None else '-'}"
-                   + (f"  error: {a['error']}" if a["error"] else ""))
+        click.echo(
+            f"  #{a['number']} {a['state']:<11} request {a['request_id'] or '-'}  worker {a['worker']}  "
+            f"billed {format_usd(a['billed_micro_usd']) if a['billed_micro_usd'] is not None else '-'}"
+            + (f"  error: {a['error']}" if a["error"] else "")
+        )
     click.echo("events:")
     for e in events:
         move = f"{e['from_state'] or ''} → {e['to_state']}" if e["to_state"] else ""
-        click.echo(f"  {e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<18} {move:<26} {e['user']}@{e['host']}:{e['pid']}  "
-                   f"{e['details_json'] if e['details_json'] != '{}' else ''}")
+        click.echo(
+            f"  {e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<18} {move:<26} {e['user']}@{e['host']}:{e['pid']}  "
+            f"{e['details_json'] if e['details_json'] != '{}' else ''}"
+        )
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
-@click.option("--state", "states", multiple=True, type=click.Choice(["failed", "cancelled", "uncertain", "rejected"]),
-              help="Which jobs to queue again [default: failed].")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["failed", "cancelled", "uncertain", "rejected"]),
+    help="Which jobs to queue again [default: failed].",
+)
 @click.option("--uncertain", is_flag=True, help="Same as --state uncertain: resubmit on purpose.")
 @click.option("--job", "jobs", multiple=True, metavar="ID", help="Only these jobs (id or key prefix; repeatable).")
 @click.option("--dry-run", is_flag=True, help="List what would be queued and what each may pay again; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def retry(app: _App, batches: tuple[str, ...], states: tuple[str, ...], uncertain: bool, jobs: tuple[str, ...],
-          dry_run: bool, as_json: bool) -> None:
+def retry(
+    app: _App,
+    batches: tuple[str, ...],
+    states: tuple[str, ...],
+    uncertain: bool,
+    jobs: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Queue failed (or cancelled, uncertain, rejected) jobs again. A paid output that never
     arrived is downloaded again for free; other jobs get new attempts (a fresh set of automatic
     attempts each), which fal bills again when they succeed."""
@@ -563,12 +771,21 @@ def retry(app: _App, batches: tuple[str, ...], states: tuple[str, ...], uncertai
     n = len(plan) if dry_run else runner.retry_jobs(app.repo, selected, chosen)
     may_pay = sum(item.may_pay_micro_usd for item in plan)
     if as_json:
-        _emit_json({"dry_run": dry_run, "queued": n, "may_pay_usd": format_usd(may_pay),
-                    "jobs": [item.as_dict() for item in plan]})
+        _emit_json(
+            {
+                "dry_run": dry_run,
+                "queued": n,
+                "may_pay_usd": format_usd(may_pay),
+                "jobs": [item.as_dict() for item in plan],
+            }
+        )
         return
     for item in plan:
-        what = "download the paid output again: $0" if item.how == "redeliver" else \
-            f"new attempt: may pay ${format_usd(item.may_pay_micro_usd)}"
+        what = (
+            "download the paid output again: $0"
+            if item.how == "redeliver"
+            else f"new attempt: may pay ${format_usd(item.may_pay_micro_usd)}"
+        )
         click.echo(f"{item.job['id']:>6} {item.job['key'][:12]} {item.job['state']:<10} {what}")
     verb = "would be queued again" if dry_run else "queued again; run `batch-runner run` to process them"
     click.echo(f"{n} job(s) {verb}; at most ${format_usd(may_pay)} more")
@@ -600,16 +817,24 @@ def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
                 c.close()
     click.echo(f"cancelled {result.queued} queued job(s) and {result.at_fal} request(s) still queued at fal")
     if result.running:
-        click.echo(f"{result.running} request(s) were already running: fal was asked to stop them but may still "
-                   f"finish and bill them; the next `run` or `work` follows them to their end and records it")
-    for s in (result.uncertain.settled if result.uncertain else []):
+        click.echo(
+            f"{result.running} request(s) were already running: fal was asked to stop them but may still "
+            f"finish and bill them; the next `run` or `work` follows them to their end and records it"
+        )
+    for s in result.uncertain.settled if result.uncertain else []:
         click.echo(f"uncertain job {s.job_id}: {s.outcome}: {s.detail}")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: all].")
-@click.option("--settle-after", default=15.0, show_default=True, type=click.FloatRange(min=0), metavar="MIN",
-              help="A submit fal's request list does not show after this many minutes was never created.")
+@click.option(
+    "--settle-after",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="MIN",
+    help="A submit fal's request list does not show after this many minutes was never created.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def resolve(app: _App, batches: tuple[str, ...], settle_after: float, as_json: bool) -> None:
@@ -638,28 +863,40 @@ def resolve(app: _App, batches: tuple[str, ...], settle_after: float, as_json: b
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time, e.g. 2026-11-20 or "
-                                 "2026-11-20T18:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time, e.g. 2026-11-20 or 2026-11-20T18:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
 @click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time (ISO 8601).")
 @click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time (exclusive).")
-@click.option("--group-by", type=click.Choice(["endpoint", "resolution", "tag", "day", "batch"]), default="endpoint",
-              show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table",
-              show_default=True, help="html: one self-contained page with charts and a contact sheet.")
+@click.option(
+    "--group-by",
+    type=click.Choice(["endpoint", "resolution", "tag", "day", "batch"]),
+    default="endpoint",
+    show_default=True,
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="html: one self-contained page with charts and a contact sheet.",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
 @click.pass_obj
-def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by: str, fmt: str,
-           output: Path | None) -> None:
+def report(
+    app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by: str, fmt: str, output: Path | None
+) -> None:
     """What it cost and produced: estimated vs billed, outcomes, delivered seconds, waste, money at risk."""
     from . import reports
 
@@ -685,10 +922,18 @@ def report(app: _App, batches: tuple[str, ...], since: Any, until: Any, group_by
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--since", callback=_when, metavar="WHEN",
-              help="From this UTC date or time, widened to its midnight [default: 24 h ago].")
-@click.option("--until", callback=_when, metavar="WHEN",
-              help="Up to this UTC date or time, widened to the next midnight [default: now].")
+@click.option(
+    "--since",
+    callback=_when,
+    metavar="WHEN",
+    help="From this UTC date or time, widened to its midnight [default: 24 h ago].",
+)
+@click.option(
+    "--until",
+    callback=_when,
+    metavar="WHEN",
+    help="Up to this UTC date or time, widened to the next midnight [default: now].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
@@ -705,22 +950,29 @@ def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
 
     settings = app.settings
     if settings.admin_key is None and not settings.fal_url:
-        raise ConfigError("no admin key is set, so fal's usage API cannot be read",
-                          hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)")
+        raise ConfigError(
+            "no admin key is set, so fal's usage API cannot be read",
+            hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)",
+        )
     synced = load_synced(settings.fal_prices_path)
     client = FalClient(settings.hosts, settings.admin_key or Secret("local"))
     try:
         result = rec_module.reconcile(app.repo, client, app.prices, since, until, synced)
     except AuthError as exc:
-        raise AuthError(f"fal refused the usage API call ({exc.message})",
-                        hint="the usage API needs an admin key: create one in fal's dashboard and set "
-                             "FAL_ADMIN_KEY to it (or FAL_KEY)") from exc
+        raise AuthError(
+            f"fal refused the usage API call ({exc.message})",
+            hint="the usage API needs an admin key: create one in fal's dashboard and set "
+            "FAL_ADMIN_KEY to it (or FAL_KEY)",
+        ) from exc
     finally:
         client.close()
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else rec_module.render(result).rstrip("\n"))
     if not result.clean:
-        raise ReconcileMismatchError(f"{len(result.differences)} difference(s) and {len(result.drift)} price "
-                                     "drift(s) between our ledger and fal's usage", hint="see the lines above")
+        raise ReconcileMismatchError(
+            f"{len(result.differences)} difference(s) and {len(result.drift)} price "
+            "drift(s) between our ledger and fal's usage",
+            hint="see the lines above",
+        )
 
 
 # --------------------------------------------------------------------------- prices
@@ -732,8 +984,14 @@ def prices() -> None:
 
 
 @prices.command("sync", epilog=EXIT_CODES_HELP)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV_FAL_PRICES,
-              show_envvar=True, help="Write the prices here [default: fal-prices.json beside the default database].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=ENV_FAL_PRICES,
+    show_envvar=True,
+    help="Write the prices here [default: fal-prices.json beside the default database].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def prices_sync(app: _App, output: Path | None, as_json: bool) -> None:
@@ -765,11 +1023,15 @@ def prices_sync(app: _App, output: Path | None, as_json: bool) -> None:
     for endpoint in report.missing:
         click.echo(f"  missing   {endpoint}: fal's pricing API gave no price; the price table stands")
     for p in report.unknown_units:
-        click.echo(f"  unknown unit  {p.endpoint}: fal prices it per {p.unit!r}, which batch-runner cannot map; "
-                   "the price table stands")
+        click.echo(
+            f"  unknown unit  {p.endpoint}: fal prices it per {p.unit!r}, which batch-runner cannot map; "
+            "the price table stands"
+        )
     for p, unit in report.other_units:
-        click.echo(f"  other unit    {p.endpoint}: fal prices it per {p.unit}, the price table per {unit}; "
-                   "the price table stands")
+        click.echo(
+            f"  other unit    {p.endpoint}: fal prices it per {p.unit}, the price table per {unit}; "
+            "the price table stands"
+        )
 
 
 # --------------------------------------------------------------------------- emulator
@@ -783,32 +1045,77 @@ def emulator() -> None:
 @emulator.command("serve", epilog=EXIT_CODES_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 1000),
-              help="Requests in progress at once (fal's account limit).")
-@click.option("--speed", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Time factor: 10 runs fal's queue and processing delays ten times faster.")
+@click.option(
+    "--concurrency",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Requests in progress at once (fal's account limit).",
+)
+@click.option(
+    "--speed",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Time factor: 10 runs fal's queue and processing delays ten times faster.",
+)
 @click.option("--instant", is_flag=True, help="No delays; render each output shape once and reuse it.")
-@click.option("--reuse-renders", is_flag=True,
-              help="Render each output shape once and reuse it, with the usual delays (for load tests).")
-@click.option("--faults", default="", metavar="SPEC",
-              help="Fault injection, e.g. 'rate_limit=0.1,drop_after_submit=1/1' (see README).")
+@click.option(
+    "--reuse-renders",
+    is_flag=True,
+    help="Render each output shape once and reuse it, with the usual delays (for load tests).",
+)
+@click.option(
+    "--faults",
+    default="",
+    metavar="SPEC",
+    help="Fault injection, e.g. 'rate_limit=0.1,drop_after_submit=1/1' (see README).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault decisions.")
 @click.option("--fps", default=24, show_default=True, type=click.IntRange(1, 60), help="Frame rate of outputs.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep uploads and outputs here [default: a temporary folder].")
-@click.option("--hold-submit", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Hold each accepted submit this long before answering (a crash-window test aid).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep uploads and outputs here [default: a temporary folder].",
+)
+@click.option(
+    "--hold-submit",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Hold each accepted submit this long before answering (a crash-window test aid).",
+)
 @click.option("--hold-submit-count", type=click.IntRange(min=1), metavar="N", help="Hold only the first N submits.")
-@click.option("--hold-download", default=0.0, type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Pause each output download halfway this long (a crash-window test aid).")
-@click.option("--hold-download-count", type=click.IntRange(min=1), metavar="N",
-              help="Hold only the first N downloads.")
-@click.option("--no-billable-units", is_flag=True,
-              help="Leave out x-fal-billable-units on results (fal does not document it for API users).")
-def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant: bool, reuse_renders: bool,
-                   faults: str, seed: int, fps: int, data_dir: Path | None, hold_submit: float,
-                   hold_submit_count: int | None, hold_download: float, hold_download_count: int | None,
-                   no_billable_units: bool) -> None:
+@click.option(
+    "--hold-download",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Pause each output download halfway this long (a crash-window test aid).",
+)
+@click.option("--hold-download-count", type=click.IntRange(min=1), metavar="N", help="Hold only the first N downloads.")
+@click.option(
+    "--no-billable-units",
+    is_flag=True,
+    help="Leave out x-fal-billable-units on results (fal does not document it for API users).",
+)
+def emulator_serve(
+    host: str,
+    port: int,
+    concurrency: int,
+    speed: float,
+    instant: bool,
+    reuse_renders: bool,
+    faults: str,
+    seed: int,
+    fps: int,
+    data_dir: Path | None,
+    hold_submit: float,
+    hold_submit_count: int | None,
+    hold_download: float,
+    hold_download_count: int | None,
+    no_billable_units: bool,
+) -> None:
     """Serve the fal emulator until Ctrl-C; prints its URL (use it as --fal-url)."""
     from .emulator.config import EmulatorConfig
     from .emulator.faults import FaultPlan
@@ -818,21 +1125,34 @@ def emulator_serve(host: str, port: int, concurrency: int, speed: float, instant
         FaultPlan(faults, seed)
     except ValueError as exc:
         raise ConfigError(f"--faults: {exc}") from None
-    config = EmulatorConfig(host=host, port=port, concurrency=concurrency, speed=speed, instant=instant,
-                            reuse_renders=reuse_renders, faults=faults, seed=seed, fps=fps, data_dir=data_dir,
-                            hold_submit_s=hold_submit, hold_submit_count=hold_submit_count,
-                            hold_download_s=hold_download, hold_download_count=hold_download_count,
-                            send_billable_units=not no_billable_units)
+    config = EmulatorConfig(
+        host=host,
+        port=port,
+        concurrency=concurrency,
+        speed=speed,
+        instant=instant,
+        reuse_renders=reuse_renders,
+        faults=faults,
+        seed=seed,
+        fps=fps,
+        data_dir=data_dir,
+        hold_submit_s=hold_submit,
+        hold_submit_count=hold_submit_count,
+        hold_download_s=hold_download,
+        hold_download_count=hold_download_count,
+        send_billable_units=not no_billable_units,
+    )
 
     def ready(url: str) -> None:
         click.echo(url)
-        click.echo(f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
-                   f"Point batch-runner at it with --fal-url {url}", err=True)
+        click.echo(
+            f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
+            f"Point batch-runner at it with --fal-url {url}",
+            err=True,
+        )
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the server: a clean exit
         serve(config, on_ready=ready)
-    except KeyboardInterrupt:  # Ctrl-C is how a user stops the server: a clean exit
-        pass
     click.echo("fal emulator stopped", err=True)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from .domain import is_remote
 
 ENV_DB = "BATCH_RUNNER_DB"
 ENV_PRICES = "BATCH_RUNNER_PRICES"
@@ -66,7 +69,7 @@ class FalHosts:
     api: str = FAL_API_URL
 
     @classmethod
-    def for_url(cls, url: str | None) -> "FalHosts":
+    def for_url(cls, url: str | None) -> FalHosts:
         """fal's real hosts, or every host at one base URL (an emulator serves them all)."""
         if not url:
             return cls()
@@ -118,6 +121,7 @@ def fal_key_from_env(env: Mapping[str, str]) -> Secret | None:
     if key_id or secret:
         have, missing = (ENV_FAL_KEY_ID, ENV_FAL_KEY_SECRET) if key_id else (ENV_FAL_KEY_SECRET, ENV_FAL_KEY_ID)
         from .errors import ConfigError
+
         raise ConfigError(f"{have} is set but {missing} is not", hint="set both, or set FAL_KEY instead")
     return None
 
@@ -141,7 +145,7 @@ class Settings:
     warn_at_micro: int | None = None  # default warning threshold of a run
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         named = env.get(ENV_DB)
         db = named or f"sqlite:///{default_db_path(env)}"
@@ -150,7 +154,8 @@ class Settings:
             db_url=normalize_db_url(db),
             db_is_default=not named,
             prices_path=Path(prices) if prices else None,
-            fal_prices_path=Path(env[ENV_FAL_PRICES]) if env.get(ENV_FAL_PRICES)
+            fal_prices_path=Path(env[ENV_FAL_PRICES])
+            if env.get(ENV_FAL_PRICES)
             else default_db_path(env).parent / FAL_PRICES_FILE,
             fal_url=env.get(ENV_FAL_URL) or None,
             fal_key=fal_key_from_env(env),
@@ -173,10 +178,10 @@ class Settings:
     def hosts(self) -> FalHosts:
         return FalHosts.for_url(self.fal_url)
 
-    def with_overrides(self, **changes: object) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the non-None command-line options applied."""
         clean = {k: v for k, v in changes.items() if v is not None}
-        if "fal_url" in clean and not str(clean["fal_url"]).startswith(("http://", "https://")):
+        if "fal_url" in clean and not is_remote(str(clean["fal_url"]), data_uri=False):
             from .errors import ConfigError
 
             raise ConfigError(f"--fal-url {clean['fal_url']!r} must be an http(s) URL")
@@ -192,5 +197,5 @@ def normalize_db_url(value: str) -> str:
         return f"sqlite:///{Path(value).expanduser().resolve()}"
     for prefix in ("postgres://", "postgresql://"):
         if value.startswith(prefix):
-            return "postgresql+psycopg://" + value[len(prefix):]
+            return "postgresql+psycopg://" + value[len(prefix) :]
     return value

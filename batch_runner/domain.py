@@ -53,9 +53,7 @@ class AttemptState(str, enum.Enum):
     UNCERTAIN = "uncertain"
 
 
-TERMINAL_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED}
-)
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED})
 
 
 def usd_to_micro(value: str | int | Decimal) -> int:
@@ -85,9 +83,17 @@ def micro_to_usd(micro: int) -> Decimal:
 def format_usd(micro: int) -> str:
     """A decimal string with at least two decimals and no trailing noise: 360000 → "0.36"."""
     d = micro_to_usd(micro).normalize()
-    if d == d.to_integral_value() or -d.as_tuple().exponent < 2:
+    exponent = d.as_tuple().exponent  # an int: only NaN and infinities have a letter here
+    if d == d.to_integral_value() or (isinstance(exponent, int) and -exponent < 2):
         return f"{d:.2f}"
     return f"{d:f}"
+
+
+def is_remote(value: str, *, data_uri: bool = True) -> bool:
+    """Whether a source or media value is fetched from elsewhere rather than read as a local path:
+    an http(s) URL or a data URI. `data_uri=False` asks for an http(s) URL only (what an HTTP client
+    or ffprobe's network options can open)."""
+    return value.startswith(("http://", "https://", "data:") if data_uri else ("http://", "https://"))
 
 
 def ceil_decimal(value: Decimal, quantum: Decimal = Decimal(1)) -> Decimal:
@@ -170,7 +176,7 @@ class Actor:
     user: str
 
     @classmethod
-    def current(cls) -> "Actor":
+    def current(cls) -> Actor:
         import os
         import pwd
         import socket

@@ -7,7 +7,8 @@
     ├── BudgetExceededError         exit 5   the estimate is over --max-cost / the budget
     ├── DatabaseError               exit 6   unreachable, locked or failing database
     │   ├── DatabaseBehindError     exit 6   schema older than this version: `db upgrade`
-    │   └── DatabaseNotFoundError   exit 6   --db leads to no batch-runner database: `db upgrade`
+    │   ├── DatabaseNotFoundError   exit 6   --db leads to no batch-runner database: `db upgrade`
+    │   └── LeaseLostError          exit 6   a job's lease moved to another worker (the worker lets it go)
     ├── ProbeError                  exit 7   one source could not be probed
     ├── ToolMissingError            exit 8   ffprobe/ffmpeg not installed
     ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
@@ -102,6 +103,12 @@ class DatabaseNotFoundError(DatabaseError):
     retryable = False
 
 
+class LeaseLostError(DatabaseError):
+    """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
+
+    retryable = False
+
+
 class ProbeError(BatchRunnerError):
     """A source could not be probed."""
 
@@ -135,8 +142,16 @@ class RemoteError(BatchRunnerError):
 
     exit_code = 9
 
-    def __init__(self, message: str | None = None, *, hint: str | None = None, status: int | None = None,
-                 error_type: str | None = None, body: object = None, reply: object = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        error_type: str | None = None,
+        body: object = None,
+        reply: object = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status, self.error_type, self.body = status, error_type, body
         self.reply = reply  # the api.answers.Reply of the last call, for the outcome decision

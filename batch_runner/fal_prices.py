@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,12 @@ SOURCE_LABEL = "fal-pricing-api"
 # output (skills.sh/fal-ai-community/skills/fal-platform). Only these names are read as our units;
 # any other (a GPU second is not a video second) is an unknown unit, never guessed.
 UNIT_NAMES = {
-    "second": "second", "seconds": "second", "video_second": "second", "video_seconds": "second",
-    "video": "video", "videos": "video",
+    "second": "second",
+    "seconds": "second",
+    "video_second": "second",
+    "video_seconds": "second",
+    "video": "video",
+    "videos": "video",
 }
 
 
@@ -71,10 +75,13 @@ class SyncedPrices:
         return f"{SOURCE_LABEL}@{self.synced_at:%Y-%m-%dT%H:%M:%SZ}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FILE_FORMAT, "synced_at": self.synced_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "source": self.source, "currency": "USD",
-                "prices": {e: {"unit_price": str(p.unit_price), "unit": p.unit}
-                           for e, p in sorted(self.prices.items())}}
+        return {
+            "format": FILE_FORMAT,
+            "synced_at": self.synced_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "source": self.source,
+            "currency": "USD",
+            "prices": {e: {"unit_price": str(p.unit_price), "unit": p.unit} for e, p in sorted(self.prices.items())},
+        }
 
 
 def load_synced(path: Path | None) -> SyncedPrices | None:
@@ -85,15 +92,13 @@ def load_synced(path: Path | None) -> SyncedPrices | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if doc.get("format") != FILE_FORMAT:
-            raise ConfigError(f"{path}: not a batch-runner fal price file (format {doc.get('format')!r})",
-                              hint=hint)
-        synced_at = datetime.fromisoformat(str(doc["synced_at"]).replace("Z", "+00:00")).astimezone(timezone.utc)
+            raise ConfigError(f"{path}: not a batch-runner fal price file (format {doc.get('format')!r})", hint=hint)
+        synced_at = datetime.fromisoformat(str(doc["synced_at"]).replace("Z", "+00:00")).astimezone(UTC)
         prices = {}
         for endpoint, p in doc["prices"].items():
             price = Decimal(p["unit_price"]) if isinstance(p["unit_price"], str) else None
             if price is None or not price.is_finite() or price < 0:
-                raise ConfigError(f"{path}: {endpoint}: unit_price must be a decimal string like \"0.06\"",
-                                  hint=hint)
+                raise ConfigError(f'{path}: {endpoint}: unit_price must be a decimal string like "0.06"', hint=hint)
             prices[endpoint] = FalPrice(endpoint, price, str(p["unit"]))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=hint) from exc
@@ -134,9 +139,14 @@ def synced_estimate(table: Estimate, entry: PriceEntry, price: FalPrice) -> Esti
     if price.our_unit != entry.unit or base <= 0:
         return None
     unit_price = _ceil(Decimal(table.unit_price_micro_usd) * price.micro_usd / base)
-    return Estimate(micro_usd=_ceil(unit_price * table.billable_units), billable_units=table.billable_units,
-                    unit=table.unit, unit_price_micro_usd=unit_price, price_table=table.price_table,
-                    verified=table.verified)
+    return Estimate(
+        micro_usd=_ceil(unit_price * table.billable_units),
+        billable_units=table.billable_units,
+        unit=table.unit,
+        unit_price_micro_usd=unit_price,
+        price_table=table.price_table,
+        verified=table.verified,
+    )
 
 
 def reserve(table: Estimate, entry: PriceEntry, synced: SyncedPrices | None) -> Estimate:
@@ -148,8 +158,14 @@ def reserve(table: Estimate, entry: PriceEntry, synced: SyncedPrices | None) -> 
     if fal is None or fal.micro_usd <= table.micro_usd:
         return table
     assert synced is not None
-    return Estimate(micro_usd=fal.micro_usd, billable_units=fal.billable_units, unit=fal.unit,
-                    unit_price_micro_usd=fal.unit_price_micro_usd, price_table=synced.label, verified=table.verified)
+    return Estimate(
+        micro_usd=fal.micro_usd,
+        billable_units=fal.billable_units,
+        unit=fal.unit,
+        unit_price_micro_usd=fal.unit_price_micro_usd,
+        price_table=synced.label,
+        verified=table.verified,
+    )
 
 
 def _ceil(value: Decimal) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 LOGGER_NAME = "batch_runner"
 REDACTED = "***"

@@ -15,17 +15,28 @@ import itertools
 import json
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import catalog
-from .domain import JobSpec, usd_to_micro
+from .domain import JobSpec, is_remote, usd_to_micro
 from .errors import ManifestError
 from .yamlload import LineDict, LineList, load_yaml
 
-TOP_KEYS = ("batch", "endpoint", "defaults", "matrix", "sources", "overrides", "output",
-            "output_root", "tags", "budget")
+TOP_KEYS = (
+    "batch",
+    "endpoint",
+    "defaults",
+    "matrix",
+    "sources",
+    "overrides",
+    "output",
+    "output_root",
+    "tags",
+    "budget",
+)
 SOURCE_KEYS = ("glob", "path", "url", "rows", "name", "params", "tags")
 BUDGET_KEYS = ("max_usd", "max_usd_per_day", "warn_at_usd")
 BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -69,12 +80,13 @@ def _unknown_keys(d: LineDict, allowed: tuple[str, ...], file: str, context: str
     for key in d:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
-            raise _err(f"unknown key in {context}", file, d.line_of(key), key,
-                       f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}")
-
-
-def is_remote(value: str) -> bool:
-    return value.startswith(("http://", "https://", "data:"))
+            raise _err(
+                f"unknown key in {context}",
+                file,
+                d.line_of(key),
+                key,
+                f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}",
+            )
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -89,22 +101,36 @@ def load_manifest(path: Path) -> Manifest:
 
     batch = _require_str(doc, "batch", file)
     if not BATCH_NAME.match(batch):
-        raise _err(f'"{batch}" is not a valid batch name', file, doc.line_of("batch"), "batch",
-                   "use letters, digits, '.', '_' and '-'")
+        raise _err(
+            f'"{batch}" is not a valid batch name',
+            file,
+            doc.line_of("batch"),
+            "batch",
+            "use letters, digits, '.', '_' and '-'",
+        )
     ep_name = _require_str(doc, "endpoint", file)
     try:
         ep = catalog.endpoint(ep_name)
     except KeyError:
-        raise _err(f'unknown endpoint "{ep_name}"', file, doc.line_of("endpoint"), "endpoint",
-                   catalog.suggest_endpoint(ep_name)) from None
+        raise _err(
+            f'unknown endpoint "{ep_name}"',
+            file,
+            doc.line_of("endpoint"),
+            "endpoint",
+            catalog.suggest_endpoint(ep_name),
+        ) from None
 
     defaults = _mapping(doc, "defaults", file)
     matrix = _matrix(doc, file, defaults)
     overrides = _mapping(doc, "overrides", file)
     for pattern in overrides:
         if not isinstance(overrides[pattern], LineDict):
-            raise _err("an override maps a source pattern to parameters", file, overrides.line_of(pattern),
-                       f"overrides.{pattern}")
+            raise _err(
+                "an override maps a source pattern to parameters",
+                file,
+                overrides.line_of(pattern),
+                f"overrides.{pattern}",
+            )
     tags = _tags(doc.get("tags"), file, doc.line_of("tags"), "tags")
     budget, daily, warn_at = (_budget(doc, file, key) for key in BUDGET_KEYS)
     output_root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
@@ -121,19 +147,27 @@ def load_manifest(path: Path) -> Manifest:
         base_params = {**_located(defaults, file), **_overrides_for(src, overrides, file)}
         for name in base_params:
             if name in matrix:
-                raise _err("is set for a source and also swept by matrix", *_where(base_params[name][1]),
-                           name, f"remove it from the matrix (line {matrix.line_of(name)}) or from here")
+                raise _err(
+                    "is set for a source and also swept by matrix",
+                    *_where(base_params[name][1]),
+                    name,
+                    f"remove it from the matrix (line {matrix.line_of(name)}) or from here",
+                )
         for name in src.params:
             if name in matrix:
-                raise _err("is set for a source and also swept by matrix", *_where(src.where[name]), name,
-                           f"remove it from the matrix (line {matrix.line_of(name)}) or from the source")
+                raise _err(
+                    "is set for a source and also swept by matrix",
+                    *_where(src.where[name]),
+                    name,
+                    f"remove it from the matrix (line {matrix.line_of(name)}) or from the source",
+                )
         merged = {k: v for k, (v, _) in base_params.items()}
         where = {k: w for k, (_, w) in base_params.items()}
         merged.update(src.params)
         where.update(src.where)
         for combo in combos:
             params = dict(merged)
-            for k, v in zip(keys, combo):
+            for k, v in zip(keys, combo, strict=True):
                 params[k] = v
                 where[k] = f"{file}:{matrix.line_of(k)}"
             if ep.source_field and src.source is not None:
@@ -143,14 +177,24 @@ def load_manifest(path: Path) -> Manifest:
             _validate(ep, params, where, src.origin)
             full = ep.with_defaults(params)
             out = _render(template, full, src, batch, ep, index, output_root, file, template_line)
-            jobs.append(JobSpec(
-                batch=batch, endpoint=ep.id, source=src.source, media_field=ep.source_field,
-                params=full, output=str(out), output_root=str(output_root), tags=tuple(dict.fromkeys(tags + src.tags)),
-                origin=src.origin,
-                extra_media={k: v for k, v in full.items()
-                             if k in ep.media_fields and k != ep.source_field and isinstance(v, str)
-                             and not is_remote(v)},
-            ))
+            jobs.append(
+                JobSpec(
+                    batch=batch,
+                    endpoint=ep.id,
+                    source=src.source,
+                    media_field=ep.source_field,
+                    params=full,
+                    output=str(out),
+                    output_root=str(output_root),
+                    tags=tuple(dict.fromkeys(tags + src.tags)),
+                    origin=src.origin,
+                    extra_media={
+                        k: v
+                        for k, v in full.items()
+                        if k in ep.media_fields and k != ep.source_field and isinstance(v, str) and not is_remote(v)
+                    },
+                )
+            )
     _check_duplicate_outputs(jobs, template, file, template_line)
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
 
@@ -189,13 +233,23 @@ def _matrix(doc: LineDict, file: str, defaults: LineDict) -> LineDict:
     matrix = _mapping(doc, "matrix", file)
     for name, values in matrix.items():
         if not isinstance(values, LineList) or not values:
-            raise _err("must be a non-empty list of values to sweep", file, matrix.line_of(name),
-                       f"matrix.{name}", f"e.g. {name}: [a, b]")
+            raise _err(
+                "must be a non-empty list of values to sweep",
+                file,
+                matrix.line_of(name),
+                f"matrix.{name}",
+                f"e.g. {name}: [a, b]",
+            )
         if len(set(map(json.dumps, values))) != len(values):
             raise _err("lists the same value twice", file, matrix.line_of(name), f"matrix.{name}")
         if name in defaults:
-            raise _err("is both in defaults and in matrix", file, matrix.line_of(name), f"matrix.{name}",
-                       f"remove it from defaults (line {defaults.line_of(name)})")
+            raise _err(
+                "is both in defaults and in matrix",
+                file,
+                matrix.line_of(name),
+                f"matrix.{name}",
+                f"remove it from defaults (line {defaults.line_of(name)})",
+            )
     return matrix
 
 
@@ -203,7 +257,7 @@ def _tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        value = [t for t in re.split(r"[;,]", value)]
+        value = re.split(r"[;,]", value)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise _err("must be a list of strings", file, line, fld)
     return tuple(t.strip() for t in value if t.strip())
@@ -214,7 +268,7 @@ def _budget(doc: LineDict, file: str, key: str) -> int | None:
     if budget is None:
         return None
     if not isinstance(budget, LineDict):
-        raise _err("must be a mapping, e.g. budget: {max_usd: \"25.00\"}", file, doc.line_of("budget"), "budget")
+        raise _err('must be a mapping, e.g. budget: {max_usd: "25.00"}', file, doc.line_of("budget"), "budget")
     _unknown_keys(budget, BUDGET_KEYS, file, "budget")
     if key not in budget:
         return None
@@ -226,8 +280,13 @@ def _budget(doc: LineDict, file: str, key: str) -> int | None:
         if micro <= 0:
             raise ValueError
     except ValueError:
-        raise _err(f"must be a positive USD amount, got {raw!r}", file, budget.line_of(key),
-                   f"budget.{key}", 'write it as a quoted decimal, e.g. "25.00"') from None
+        raise _err(
+            f"must be a positive USD amount, got {raw!r}",
+            file,
+            budget.line_of(key),
+            f"budget.{key}",
+            'write it as a quoted decimal, e.g. "25.00"',
+        ) from None
     return micro
 
 
@@ -263,8 +322,9 @@ def _sources(doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warning
             raise _err("must be a string", file, spec.line_of("name"), f"{fld}.name")
         if not kinds:
             if ep.source_field and ep.field_map[ep.source_field].required:
-                raise _err(f"needs one of glob, path, url or rows ({ep.alias} takes a {ep.source_kind})",
-                           file, line, fld)
+                raise _err(
+                    f"needs one of glob, path, url or rows ({ep.alias} takes a {ep.source_kind})", file, line, fld
+                )
             yield _Source(None, name or f"item{i + 1}", "", params, where, tags, origin)
             continue
         kind = kinds[0]
@@ -284,13 +344,15 @@ def _sources(doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warning
             p = (base / value).resolve()
             yield _Source(str(p), name or p.stem, p.suffix.lstrip("."), params, where, tags, origin)
         else:
-            matches = sorted(Path(m).resolve() for m in globlib.glob(str(base / value), recursive=True)
-                             if Path(m).is_file())
+            matches = sorted(
+                Path(m).resolve() for m in globlib.glob(str(base / value), recursive=True) if Path(m).is_file()
+            )
             if not matches:
                 warnings.append(f"{origin}: glob {value!r} matches no files")
             if name is not None and len(matches) > 1:
-                raise _err("name only applies to a single source, not a glob", file, spec.line_of("name"),
-                           f"{fld}.name")
+                raise _err(
+                    "name only applies to a single source, not a glob", file, spec.line_of("name"), f"{fld}.name"
+                )
             for m in matches:
                 yield _Source(str(m), name or m.stem, m.suffix.lstrip("."), params, where, tags, origin)
 
@@ -304,8 +366,15 @@ def _item_params(spec: LineDict, ep: catalog.Endpoint, file: str, fld: str) -> t
     return dict(params), {k: f"{file}:{params.line_of(k)}" for k in params}
 
 
-def _rows(path: Path, ep: catalog.Endpoint, file: str, line: int, params: dict[str, Any],
-          where: dict[str, str], tags: tuple[str, ...]) -> Iterator[_Source]:
+def _rows(
+    path: Path,
+    ep: catalog.Endpoint,
+    file: str,
+    line: int,
+    params: dict[str, Any],
+    where: dict[str, str],
+    tags: tuple[str, ...],
+) -> Iterator[_Source]:
     rows_file = str(path)
     if not path.is_file():
         raise _err(f"rows file {rows_file} not found", file, line, "rows", "paths are relative to the manifest")
@@ -322,14 +391,14 @@ def _rows(path: Path, ep: catalog.Endpoint, file: str, line: int, params: dict[s
                 source = row.pop(col)
         row_tags = _tags(row.pop("tags", None), rows_file, row_line, "tags")
         name = row.pop("name", None)
-        if ep.source_field and source is None:
-            if ep.field_map[ep.source_field].required:
-                raise _err(f'has no "source" column value ({ep.alias} takes a {ep.source_kind})',
-                           rows_file, row_line, "source")
+        if ep.source_field and source is None and ep.field_map[ep.source_field].required:
+            raise _err(
+                f'has no "source" column value ({ep.alias} takes a {ep.source_kind})', rows_file, row_line, "source"
+            )
         if source is not None and not isinstance(source, str):
             raise _err("must be a path or URL string", rows_file, row_line, "source")
         row_params = {k: _coerce(ep, k, v, rows_file, row_line, suffix) for k, v in row.items()}
-        merged, w = {**params, **row_params}, {**where, **{k: origin for k in row_params}}
+        merged, w = {**params, **row_params}, {**where, **dict.fromkeys(row_params, origin)}
         if source is None:
             yield _Source(None, str(name or f"row{row_line}"), "", merged, w, tags + row_tags, origin)
         elif is_remote(source):
@@ -429,8 +498,7 @@ def _resolve_media(ep: catalog.Endpoint, params: dict[str, Any], base: Path) -> 
         if isinstance(value, str) and name != ep.source_field and not is_remote(value):
             params[name] = str((base / value).resolve())
         elif isinstance(value, list):
-            params[name] = [str((base / v).resolve()) if isinstance(v, str) and not is_remote(v) else v
-                            for v in value]
+            params[name] = [str((base / v).resolve()) if isinstance(v, str) and not is_remote(v) else v for v in value]
 
 
 def _validate(ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str], origin: str) -> None:
@@ -461,8 +529,13 @@ def _check_template_fields(template: str, ep: catalog.Endpoint, matrix: LineDict
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            raise _err(f"unknown placeholder {{{name}}}", file, line, "output",
-                       f"did you mean {{{close[0]}}}?" if close else f"known: {', '.join(known)}")
+            raise _err(
+                f"unknown placeholder {{{name}}}",
+                file,
+                line,
+                "output",
+                f"did you mean {{{close[0]}}}?" if close else f"known: {', '.join(known)}",
+            )
 
 
 def _slug(value: Any) -> str:
@@ -472,20 +545,38 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-") or "_"
 
 
-def _render(template: str, params: dict[str, Any], src: _Source, batch: str, ep: catalog.Endpoint,
-            index: int, root: Path, file: str, line: int) -> Path:
+def _render(
+    template: str,
+    params: dict[str, Any],
+    src: _Source,
+    batch: str,
+    ep: catalog.Endpoint,
+    index: int,
+    root: Path,
+    file: str,
+    line: int,
+) -> Path:
     values = {k: _slug(v) for k, v in params.items() if not isinstance(v, (dict, list))}
-    values.update(batch=batch, stem=_slug(src.stem), ext=src.ext, index=str(index),
-                  endpoint=ep.alias.replace("/", "-"))
+    values.update(batch=batch, stem=_slug(src.stem), ext=src.ext, index=str(index), endpoint=ep.alias.replace("/", "-"))
     try:
         rendered = template.format_map(values)
     except KeyError as exc:
-        raise _err(f"placeholder {{{exc.args[0]}}} has no value for {src.origin}", file, line, "output",
-                   f"set {exc.args[0]} in defaults or drop it from the template") from None
+        raise _err(
+            f"placeholder {{{exc.args[0]}}} has no value for {src.origin}",
+            file,
+            line,
+            "output",
+            f"set {exc.args[0]} in defaults or drop it from the template",
+        ) from None
     out = (root / rendered).resolve()
     if not out.is_relative_to(root) or out == root:
-        raise _err(f"output path {out} escapes the output root {root}", file, line, "output",
-                   "remove '..' and absolute paths from the template")
+        raise _err(
+            f"output path {out} escapes the output root {root}",
+            file,
+            line,
+            "output",
+            "remove '..' and absolute paths from the template",
+        )
     return out
 
 
@@ -494,6 +585,11 @@ def _check_duplicate_outputs(jobs: list[JobSpec], template: str, file: str, line
     for job in jobs:
         other = seen.get(job.output)
         if other is not None:
-            raise _err(f"two jobs write {job.output} ({other.origin} and {job.origin})", file, line, "output",
-                       "add {stem} or the swept parameters to the output template")
+            raise _err(
+                f"two jobs write {job.output} ({other.origin} and {job.origin})",
+                file,
+                line,
+                "output",
+                "add {stem} or the swept parameters to the output template",
+            )
         seen[job.output] = job

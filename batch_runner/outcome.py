@@ -11,8 +11,16 @@ import enum
 from dataclasses import dataclass, replace
 
 from .api.answers import (
-    CANCELLED_ERROR_TYPES, REJECTION_ERROR_TYPES, RETRYABLE_ERROR_TYPES, Completed, Failure, Phase, Reply,
-    Result, is_answer, retry_call,
+    CANCELLED_ERROR_TYPES,
+    REJECTION_ERROR_TYPES,
+    RETRYABLE_ERROR_TYPES,
+    Completed,
+    Failure,
+    Phase,
+    Reply,
+    Result,
+    is_answer,
+    retry_call,
 )
 
 
@@ -52,8 +60,14 @@ class Decision:
     outage: bool = False  # fal or the network failed for this call: a signal for the circuit breaker
 
 
-def decide(phase: Phase, reply: Reply, *, exhausted: bool = False, completed: Completed | None = None,
-           result: Result | None = None) -> Decision:
+def decide(
+    phase: Phase,
+    reply: Reply,
+    *,
+    exhausted: bool = False,
+    completed: Completed | None = None,
+    result: Result | None = None,
+) -> Decision:
     """The decision for one reply in one phase. `exhausted`: the call's own retries are used up.
     `completed` and `result` are the status and result of a finished request (RESULT phase)."""
     if is_answer(phase, reply):
@@ -116,7 +130,9 @@ def decide_result(completed: Completed, result: Result) -> Decision:
     message = completed.error or result.detail or reply.describe
     if result.ok and completed.error is None:
         if result.video_url is None:
-            return Decision(Action.FAILED, "the result has no video URL", Bill.UNITS if units is not None else Bill.ESTIMATE)
+            return Decision(
+                Action.FAILED, "the result has no video URL", Bill.UNITS if units is not None else Bill.ESTIMATE
+            )
         return Decision(Action.CONTINUE, "completed", Bill.UNITS)
     reason = f"{error_type or 'error'}: {message}"
     unknown = Bill.NOTHING if units is not None else Bill.ASK  # units 0: fal said it billed nothing
@@ -127,10 +143,15 @@ def decide_result(completed: Completed, result: Result) -> Decision:
         # 504 + X-Fal-Request-Timeout-Type: user: the start deadline passed before any runner began,
         # so it never ran (https://docs.fal.ai/documentation/model-apis/common-parameters). Final for
         # this attempt: another would wait against the same deadline; `retry` may send it again.
-        return Decision(Action.FAILED, f"{reason} (its start deadline, X-Fal-Request-Timeout, passed before "
-                        "it started: never run, not billed)", Bill.NOTHING)
+        return Decision(
+            Action.FAILED,
+            f"{reason} (its start deadline, X-Fal-Request-Timeout, passed before it started: never run, not billed)",
+            Bill.NOTHING,
+        )
     if billed:
-        rejected = error_type in REJECTION_ERROR_TYPES or (reply.status == 422 and error_type != "content_policy_violation")
+        rejected = error_type in REJECTION_ERROR_TYPES or (
+            reply.status == 422 and error_type != "content_policy_violation"
+        )
         return Decision(Action.REJECTED if rejected else Action.FAILED, reason, Bill.UNITS)
     if (reply.status or 0) >= 500 or error_type in RETRYABLE_ERROR_TYPES:
         return Decision(Action.NEW_ATTEMPT, reason)  # "5xx never charged" (§11): a new attempt is free

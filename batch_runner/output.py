@@ -5,13 +5,15 @@ into place atomically. Every way it can go wrong comes back as a value, never as
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import catalog, probe
 from .api.answers import Reply
@@ -34,9 +36,14 @@ class Delivered:
 
     def output_row(self) -> dict[str, Any]:
         d = self.measured.duration
-        return {"path": str(self.path), "sha256": self.sha256, "size_bytes": self.size_bytes,
-                "width": self.measured.width, "height": self.measured.height,
-                "duration_us": int(d * 1_000_000) if d is not None else None}
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "width": self.measured.width,
+            "height": self.measured.height,
+            "duration_us": int(d * 1_000_000) if d is not None else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,13 @@ class CheckSettings:
 class Delivery:
     """Takes fal's output URL to a verified file at the job's output path."""
 
-    def __init__(self, client: FalClient, prices: PriceTable, check: CheckSettings,
-                 source_probe: Callable[[dict[str, Any]], ProbeResult | None]) -> None:
+    def __init__(
+        self,
+        client: FalClient,
+        prices: PriceTable,
+        check: CheckSettings,
+        source_probe: Callable[[dict[str, Any]], ProbeResult | None],
+    ) -> None:
         self.client, self.prices, self.check, self.source_probe = client, prices, check, source_probe
 
     def fetch(self, job: dict[str, Any], attempt_number: int, url: str) -> Delivered | NotDelivered:
@@ -106,8 +118,9 @@ class Delivery:
             return NotDelivered(f"not written: {exc}")
         except RemoteError as exc:
             tmp.unlink(missing_ok=True)
-            return NotDelivered(f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply)
-                                else None)
+            return NotDelivered(
+                f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply) else None
+            )
         except OSError as exc:  # a full disk, a read-only folder, a file where the folder should be
             _unlink_quietly(tmp)
             return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}")
@@ -173,8 +186,7 @@ class Delivery:
             if off > self.check.aspect_tolerance:
                 broken.append(f"asked for {params['aspect_ratio']}, got {width}x{height}")
         try:
-            want = catalog.expected_output(ep, params, src.display_size if src else None,
-                                           src.duration if src else None)
+            want = catalog.expected_output(ep, params, src.display_size if src else None, src.duration if src else None)
         except ValueError as exc:
             return (broken[0] if broken else None), (f"not compared with the output convention: {exc}",), got
         if not want.duration / 2 <= got.duration <= want.duration * 2 + 1:
@@ -191,24 +203,39 @@ class Delivery:
         return None, tuple(differs), got
 
 
-def sidecar(job: dict[str, Any], attempt: dict[str, Any], delivered: Delivered, billed_micro_usd: int,
-            units: str | None, price_source: str) -> dict[str, Any]:
+def sidecar(
+    job: dict[str, Any],
+    attempt: dict[str, Any],
+    delivered: Delivered,
+    billed_micro_usd: int,
+    units: str | None,
+    price_source: str,
+) -> dict[str, Any]:
     """The provenance written beside every output."""
     m = delivered.measured
     return {
-        "endpoint": job["endpoint"], "input": json.loads(job["input_json"]), "request_id": attempt["request_id"],
-        "attempt": attempt["number"], "job_key": job["key"], "source": job["source"],
-        "source_fingerprint": job["source_fingerprint"], "output": str(delivered.path), "sha256": delivered.sha256,
-        "size_bytes": delivered.size_bytes, "width": m.width, "height": m.height,
+        "endpoint": job["endpoint"],
+        "input": json.loads(job["input_json"]),
+        "request_id": attempt["request_id"],
+        "attempt": attempt["number"],
+        "job_key": job["key"],
+        "source": job["source"],
+        "source_fingerprint": job["source_fingerprint"],
+        "output": str(delivered.path),
+        "sha256": delivered.sha256,
+        "size_bytes": delivered.size_bytes,
+        "width": m.width,
+        "height": m.height,
         "duration_s": str(m.duration) if m.duration is not None else None,
-        "estimated_cost_usd": format_usd(job["estimate_micro_usd"]), "billed_cost_usd": format_usd(billed_micro_usd),
-        "billable_units": units, "price_table": job["price_table"], "billed_price_source": price_source,
+        "estimated_cost_usd": format_usd(job["estimate_micro_usd"]),
+        "billed_cost_usd": format_usd(billed_micro_usd),
+        "billable_units": units,
+        "price_table": job["price_table"],
+        "billed_price_source": price_source,
         "check_warnings": list(delivered.warnings),
     }
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
-    except OSError:
-        pass

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Callable
 
 from .api.transport import RetryPolicy
 from .db.queue import BudgetStop, Claim, JobQueue, RunInfo
@@ -61,8 +61,14 @@ class CircuitBreaker:
     thread takes new work; after a pause one probe goes through (half-open). Its success closes
     the breaker; its failure reopens it with the pause doubled, up to the cap."""
 
-    def __init__(self, threshold: int, pause_s: float, pause_max_s: float,
-                 on_change: Callable[[str, str], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        pause_s: float,
+        pause_max_s: float,
+        on_change: Callable[[str, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.threshold, self.pause_s, self.pause_max_s = max(1, threshold), pause_s, pause_max_s
         self.on_change, self.clock = on_change, clock
         self.state = "closed"
@@ -132,8 +138,16 @@ class PoolOutcome:
 class Pool:
     """N threads claiming and processing jobs, plus a heartbeat thread for the leases."""
 
-    def __init__(self, queue: JobQueue, worker: Worker, run: RunInfo, batches: list[str] | None,
-                 settings: PoolSettings, stop: threading.Event, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        worker: Worker,
+        run: RunInfo,
+        batches: list[str] | None,
+        settings: PoolSettings,
+        stop: threading.Event,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.queue, self.worker, self.run, self.batches = queue, worker, run, batches
         self.settings, self.stop = settings, stop
         self.breaker = breaker
@@ -147,8 +161,10 @@ class Pool:
         self.queue.expire_dead_local_leases(pid_alive)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        threads = [threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
-                   for i in range(self.settings.concurrency)]
+        threads = [
+            threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+            for i in range(self.settings.concurrency)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -175,9 +191,13 @@ class Pool:
             if self.breaker is not None and not self.breaker.acquire(self.stop):
                 return
             try:
-                claim = self.queue.claim(self.run.id, self.batches, self.settings.in_flight_cap,
-                                         follow_only=self._draining.is_set(),
-                                         account_daily_micro_usd=self.settings.account_daily_micro_usd)
+                claim = self.queue.claim(
+                    self.run.id,
+                    self.batches,
+                    self.settings.in_flight_cap,
+                    follow_only=self._draining.is_set(),
+                    account_daily_micro_usd=self.settings.account_daily_micro_usd,
+                )
             except BatchRunnerError as exc:
                 self._fail(exc)
                 return
@@ -209,7 +229,7 @@ class Pool:
         except BatchRunnerError as exc:  # the database failed in the middle: the job stays resumable
             self._fail(exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - a bug: the job is let go, the run says so and goes on
+        except Exception as exc:  # a bug: the job is let go, the run says so and goes on
             log.exception("job %s: unexpected error", claim.job.get("id"))
             reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
             self.worker.reporter.event("error", claim.job, error=reason)
@@ -221,9 +241,13 @@ class Pool:
             with self._lock:
                 self.outcome.unexpected.append(f"job {claim.job.get('id')}: {reason}")
                 if len(self.outcome.unexpected) >= UNEXPECTED_ERRORS_MAX:
-                    self._fail(BatchRunnerError(f"{len(self.outcome.unexpected)} unexpected errors; stopped "
-                                                "(the jobs are kept as they were)",
-                                                hint="see the log above, and report it as a bug"))
+                    self._fail(
+                        BatchRunnerError(
+                            f"{len(self.outcome.unexpected)} unexpected errors; stopped "
+                            "(the jobs are kept as they were)",
+                            hint="see the log above, and report it as a bug",
+                        )
+                    )
                     return False
         finally:
             if self.breaker is not None:
@@ -247,7 +271,7 @@ class Pool:
         wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
         due = self.queue.next_retry_at(self.batches)
         if due is not None:
-            until_due = (due - datetime.now(timezone.utc)).total_seconds()
+            until_due = (due - datetime.now(UTC)).total_seconds()
             wait = max(self.settings.idle_s, min(until_due, wait if active else 30.0))
         seen, deadline = self._finished, time.monotonic() + wait
         while not self.stop.wait(min(self.settings.idle_s, max(0.0, deadline - time.monotonic()))):

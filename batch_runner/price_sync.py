@@ -4,7 +4,7 @@ price file, which `plan` then reserves against (the higher of it and the price t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,26 @@ class SyncReport:
     other_units: list[tuple[FalPrice, str]] = field(default_factory=list)  # (fal, the table's unit)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "synced_at": self.synced.to_json()["synced_at"],
-                "prices": self.synced.to_json()["prices"], "missing": self.missing,
-                "changed": [{"endpoint": new.endpoint, "was_usd": str(old.unit_price), "was_unit": old.unit,
-                             "now_usd": str(new.unit_price), "now_unit": new.unit} for old, new in self.changed],
-                "unknown_units": [{"endpoint": p.endpoint, "unit": p.unit} for p in self.unknown_units],
-                "unit_differs_from_table": [{"endpoint": p.endpoint, "fal_unit": p.unit, "table_unit": unit}
-                                            for p, unit in self.other_units]}
+        return {
+            "path": str(self.path),
+            "synced_at": self.synced.to_json()["synced_at"],
+            "prices": self.synced.to_json()["prices"],
+            "missing": self.missing,
+            "changed": [
+                {
+                    "endpoint": new.endpoint,
+                    "was_usd": str(old.unit_price),
+                    "was_unit": old.unit,
+                    "now_usd": str(new.unit_price),
+                    "now_unit": new.unit,
+                }
+                for old, new in self.changed
+            ],
+            "unknown_units": [{"endpoint": p.endpoint, "unit": p.unit} for p in self.unknown_units],
+            "unit_differs_from_table": [
+                {"endpoint": p.endpoint, "fal_unit": p.unit, "table_unit": unit} for p, unit in self.other_units
+            ],
+        }
 
 
 def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime | None = None) -> SyncReport:
@@ -48,8 +61,10 @@ def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime 
     try:
         answered = client.unit_prices(ids)
     except RemoteError as exc:
-        raise type(exc)(f"fal's pricing API failed, nothing was written: {exc.message}",
-                        hint=exc.hint or "try `batch-runner prices sync` again later") from exc
+        raise type(exc)(
+            f"fal's pricing API failed, nothing was written: {exc.message}",
+            hint=exc.hint or "try `batch-runner prices sync` again later",
+        ) from exc
     prices: dict[str, FalPrice] = {}
     for endpoint in ids:
         if endpoint in answered:
@@ -58,11 +73,16 @@ def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime 
                 raise RemoteError(f"fal's pricing API gave {endpoint} the price {price}, nothing was written")
             prices[endpoint] = FalPrice(endpoint, price, unit)
     if not prices:
-        raise RemoteError("fal's pricing API gave no price for any catalog endpoint, nothing was written",
-                          hint="check that FAL_KEY belongs to the account that runs the jobs")
+        raise RemoteError(
+            "fal's pricing API gave no price for any catalog endpoint, nothing was written",
+            hint="check that FAL_KEY belongs to the account that runs the jobs",
+        )
     previous = load_synced(path)
-    synced = SyncedPrices((now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0),
-                          str(httpx.URL(f"{client.hosts.api}/models/pricing").copy_with(userinfo=b"")), prices)
+    synced = SyncedPrices(
+        (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+        str(httpx.URL(f"{client.hosts.api}/models/pricing").copy_with(userinfo=b"")),
+        prices,
+    )
     write_synced(path, synced)
     report = SyncReport(path, synced, missing=[e for e in ids if e not in prices])
     for p in prices.values():

@@ -77,11 +77,11 @@ class PriceTable:
         try:
             return self.entries[endpoint_id]
         except KeyError:
-            raise ConfigError(f"price table {self.label} has no price for {endpoint_id}",
-                              hint="add it to your --prices file") from None
+            raise ConfigError(
+                f"price table {self.label} has no price for {endpoint_id}", hint="add it to your --prices file"
+            ) from None
 
-    def estimate(self, endpoint: catalog.Endpoint, params: dict[str, Any],
-                 duration: Decimal | None) -> Estimate:
+    def estimate(self, endpoint: catalog.Endpoint, params: dict[str, Any], duration: Decimal | None) -> Estimate:
         """The exact price of one job; `params` must already carry the schema defaults."""
         entry = self.entry(endpoint.id)
         if endpoint.billing == catalog.PER_VIDEO:
@@ -100,8 +100,14 @@ class PriceTable:
                 verified = verified and mod.verified
                 break
         unit_price = _micro(entry.unit_price_micro(params.get("resolution")) * factor)
-        return Estimate(micro_usd=_micro(unit_price * units), billable_units=units, unit=entry.unit,
-                        unit_price_micro_usd=unit_price, price_table=entry.table, verified=verified)
+        return Estimate(
+            micro_usd=_micro(unit_price * units),
+            billable_units=units,
+            unit=entry.unit,
+            unit_price_micro_usd=unit_price,
+            price_table=entry.table,
+            verified=verified,
+        )
 
 
 def _micro(value: Decimal | int) -> int:
@@ -143,8 +149,9 @@ def _parse(path: Path, *, require_all: bool) -> PriceTable:
         try:
             ep = catalog.endpoint(ep_name)
         except KeyError:
-            raise ConfigError(f"{where}: unknown endpoint {ep_name!r}",
-                              hint=catalog.suggest_endpoint(ep_name)) from None
+            raise ConfigError(
+                f"{where}: unknown endpoint {ep_name!r}", hint=catalog.suggest_endpoint(ep_name)
+            ) from None
         entries[ep.id] = _parse_entry(ep, raw, where, label)
     if require_all:
         missing = [e.id for e in catalog.ENDPOINTS if e.id not in entries]
@@ -164,12 +171,11 @@ def _parse_entry(ep: catalog.Endpoint, raw: Any, where: str, label: str) -> Pric
         raise ConfigError(f"{where}: {ep.id}: unit must be one of {', '.join(_UNITS)}, got {unit!r}")
     prices = raw.get("prices")
     if not isinstance(prices, dict) or not prices:
-        raise ConfigError(f"{where}: {ep.id}: prices must map a resolution (or \"*\") to a USD price")
+        raise ConfigError(f'{where}: {ep.id}: prices must map a resolution (or "*") to a USD price')
     if "*" not in prices:
         missing = [r for r in catalog.RESOLUTIONS if r not in prices]
         if missing or not ep.has_resolution:
-            raise ConfigError(f"{where}: {ep.id}: prices need " +
-                              (", ".join(missing) if ep.has_resolution else '"*"'))
+            raise ConfigError(f"{where}: {ep.id}: prices need " + (", ".join(missing) if ep.has_resolution else '"*"'))
     try:
         prices_micro = {str(k): usd_to_micro(str(v)) for k, v in prices.items()}
         mults = {str(k): Decimal(str(v)) for k, v in (raw.get("duration_multipliers") or {}).items()}
@@ -178,14 +184,18 @@ def _parse_entry(ep: catalog.Endpoint, raw: Any, where: str, label: str) -> Pric
             for m in raw.get("modifiers") or ()
         )
     except (ValueError, TypeError, KeyError, InvalidOperation) as exc:
-        raise ConfigError(f"{where}: {ep.id}: bad price: {exc}",
-                          hint='write prices as quoted decimal strings, e.g. "0.06"') from exc
+        raise ConfigError(
+            f"{where}: {ep.id}: bad price: {exc}", hint='write prices as quoted decimal strings, e.g. "0.06"'
+        ) from exc
     evidence = raw.get("evidence")
     if evidence is not None and evidence not in EVIDENCE:
         raise ConfigError(f"{where}: {ep.id}: evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
     verified = bool(raw.get("verified", evidence in (None, VERIFIED_EVIDENCE)))
     if verified and evidence not in (None, VERIFIED_EVIDENCE):
-        raise ConfigError(f"{where}: {ep.id}: verified: true needs evidence: {VERIFIED_EVIDENCE}, not {evidence!r}",
-                          hint="a price is verified only when a fal page states it")
-    return PriceEntry(ep.id, unit, prices_micro, mults, modifiers, verified, str(raw.get("source", "")), label,
-                      evidence)
+        raise ConfigError(
+            f"{where}: {ep.id}: verified: true needs evidence: {VERIFIED_EVIDENCE}, not {evidence!r}",
+            hint="a price is verified only when a fal page states it",
+        )
+    return PriceEntry(
+        ep.id, unit, prices_micro, mults, modifiers, verified, str(raw.get("source", "")), label, evidence
+    )

@@ -11,14 +11,15 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from .domain import ProbeResult
+from .domain import ProbeResult, is_remote
 from .errors import ProbeError, ToolMissingError
 
 FFPROBE = "ffprobe"
@@ -27,21 +28,14 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "g
 _T = TypeVar("_T")
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-def is_remote(value: str) -> bool:
-    """A media value fal can fetch itself (an http(s) URL or a data URI), not a local path to upload."""
-    return value.startswith(("http://", "https://", "data:"))
-
-
 def require_ffprobe(cmd: str = FFPROBE) -> str:
     """The ffprobe executable's path, or a ToolMissingError that says how to install it."""
     found = shutil.which(cmd)
     if not found:
-        raise ToolMissingError("ffprobe is not installed or not on PATH",
-                               hint="install ffmpeg: `sudo apt-get install ffmpeg` or `brew install ffmpeg`")
+        raise ToolMissingError(
+            "ffprobe is not installed or not on PATH",
+            hint="install ffmpeg: `sudo apt-get install ffmpeg` or `brew install ffmpeg`",
+        )
     return found
 
 
@@ -54,7 +48,7 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     Local files: absolute path + size + mtime. URLs: URL + ETag and Content-Length from a
     HEAD request; when the server sends neither, the URL alone (and the cache is skipped).
     """
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         return _url_fingerprint(source, client)
     path = Path(source)
     try:
@@ -76,8 +70,9 @@ def _url_fingerprint(url: str, client: httpx.Client | None) -> str:
     try:
         resp = client.head(url)
     except httpx.HTTPError as exc:
-        raise ProbeError(f"{url}: unreachable: {type(exc).__name__}: {exc}",
-                         hint="check the URL and your network") from exc
+        raise ProbeError(
+            f"{url}: unreachable: {type(exc).__name__}: {exc}", hint="check the URL and your network"
+        ) from exc
     finally:
         if own:
             client.close()
@@ -103,17 +98,20 @@ def cacheable(fp: str) -> bool:
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
     args.append(source)
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
     except FileNotFoundError:
-        raise ToolMissingError("ffprobe is not installed or not on PATH",
-                               hint="install ffmpeg: `sudo apt-get install ffmpeg`") from None
+        raise ToolMissingError(
+            "ffprobe is not installed or not on PATH", hint="install ffmpeg: `sudo apt-get install ffmpeg`"
+        ) from None
     except subprocess.TimeoutExpired:
-        raise ProbeError(f"{source}: ffprobe timed out after {timeout_s:g} s and was killed",
-                         hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source") from None
+        raise ProbeError(
+            f"{source}: ffprobe timed out after {timeout_s:g} s and was killed",
+            hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source",
+        ) from None
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace")
         raise ProbeError(f"{source}: {_explain(stderr, kind, _has_media_magic(source))}")
@@ -126,19 +124,28 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
 
 # Leading bytes of common containers: a file that starts like one but fails is damaged,
 # a file that does not is simply not media (ffprobe reports both as "invalid data").
-_MAGIC = ((4, b"ftyp"), (0, b"\x1aE\xdf\xa3"), (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"),
-          (0, b"\x00\x00\x01\xba"), (0, b"\x89PNG"), (0, b"\xff\xd8\xff"), (0, b"GIF8"))
+_MAGIC = (
+    (4, b"ftyp"),
+    (0, b"\x1aE\xdf\xa3"),
+    (0, b"RIFF"),
+    (0, b"OggS"),
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),
+    (0, b"\x89PNG"),
+    (0, b"\xff\xd8\xff"),
+    (0, b"GIF8"),
+)
 
 
 def _has_media_magic(source: str) -> bool | None:
-    if is_url(source):
+    if is_remote(source, data_uri=False):
         return None
     try:
         with open(source, "rb") as fh:
             head = fh.read(16)
     except OSError:
         return None
-    return any(head[at:at + len(magic)] == magic for at, magic in _MAGIC)
+    return any(head[at : at + len(magic)] == magic for at, magic in _MAGIC)
 
 
 def _explain(stderr: str, kind: str, media_magic: bool | None) -> str:
@@ -158,8 +165,10 @@ def _explain(stderr: str, kind: str, media_magic: bool | None) -> str:
 def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult:
     streams = info.get("streams") or []
     fmt = info.get("format") or {}
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not (s.get("disposition") or {}).get("attached_pic")), None)
+    video = next(
+        (s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")),
+        None,
+    )
     if video is None:
         raise ProbeError(f"{source}: no video stream; not a {kind} file")
     is_image = fmt.get("format_name", "") in _IMAGE_FORMATS
@@ -172,10 +181,15 @@ def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult
             raise ProbeError(f"{source}: no duration; truncated or corrupt video")
     size = fmt.get("size")
     return ProbeResult(
-        source=source, fingerprint=fp, kind=kind, duration=duration,
-        width=int(video.get("width") or 0), height=int(video.get("height") or 0),
+        source=source,
+        fingerprint=fp,
+        kind=kind,
+        duration=duration,
+        width=int(video.get("width") or 0),
+        height=int(video.get("height") or 0),
         fps=video.get("avg_frame_rate") if kind == "video" else None,
-        codec=str(video.get("codec_name", "")), rotation=_rotation(video),
+        codec=str(video.get("codec_name", "")),
+        rotation=_rotation(video),
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
         size_bytes=int(size) if size and str(size).isdigit() else None,
     )

@@ -32,7 +32,7 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -54,15 +54,23 @@ class ProgressReporter:
             if kind == "start":
                 self.total, self.budget = info["total"], info.get("budget_micro_usd")
                 if self.live:
-                    self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                              MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                                              TextColumn("ETA"), TimeRemainingColumn(),
-                                              console=Console(file=self.stream), transient=False)
+                    self._progress = Progress(
+                        TextColumn("[bold]{task.description}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"),
+                        TextColumn("ETA"),
+                        TimeRemainingColumn(),
+                        console=Console(file=self.stream),
+                        transient=False,
+                    )
                     self._task = self._progress.add_task("run", total=self.total, status=self._status())
                     self._progress.start()
                 else:
-                    self._line(f"run {info['run']}: {self.total} job(s) to do" +
-                               (f", budget ${format_usd(self.budget)}" if self.budget is not None else ""))
+                    self._line(
+                        f"run {info['run']}: {self.total} job(s) to do"
+                        + (f", budget ${format_usd(self.budget)}" if self.budget is not None else "")
+                    )
                 return
             name = f"job {job.get('id')} ({_short(job)})"
             if kind == "submitted":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,11 +19,11 @@ from .api.client import FalClient, malformed
 from .db.ledger import ledger
 from .db.queue import JobQueue
 from .db.repo import Repository
-from .errors import RemoteError
-from .resolve import Resolver
 from .domain import Actor, AttemptState, format_usd, usd_to_micro
+from .errors import RemoteError
 from .fal_prices import SyncedPrices, our_unit
 from .pricing import PriceTable
+from .resolve import Resolver
 
 TOLERANCE_MICRO_USD = 10_000  # one cent: fal reports floats
 NANO = Decimal("0.000000001")
@@ -51,17 +51,32 @@ class Difference:
 
     @property
     def explained(self) -> bool:
-        return self.delta_micro_usd > 0 and abs(
-            self.delta_micro_usd - sum(u["reserved_micro_usd"] for u in self.explained_by)) <= TOLERANCE_MICRO_USD
+        return (
+            self.delta_micro_usd > 0
+            and abs(self.delta_micro_usd - sum(u["reserved_micro_usd"] for u in self.explained_by))
+            <= TOLERANCE_MICRO_USD
+        )
 
     def as_dict(self) -> dict[str, Any]:
         kind = "unrecorded spend at fal" if self.delta_micro_usd > 0 else "recorded here, not billed by fal"
-        return {"endpoint": self.endpoint, "day": self.day, "kind": kind, "ours_usd": format_usd(self.ours_micro_usd),
-                "fal_usd": format_usd(self.theirs_micro_usd), "difference_usd": format_usd(self.delta_micro_usd),
-                "explained_by_uncertain_submits": [
-                    {"job": u["job_id"], "attempt": u["number"], "reserved_usd": format_usd(u["reserved_micro_usd"]),
-                     "confidence": u.get("confidence", "possible"), "request_id": u.get("request_id")}
-                    for u in self.explained_by]}
+        return {
+            "endpoint": self.endpoint,
+            "day": self.day,
+            "kind": kind,
+            "ours_usd": format_usd(self.ours_micro_usd),
+            "fal_usd": format_usd(self.theirs_micro_usd),
+            "difference_usd": format_usd(self.delta_micro_usd),
+            "explained_by_uncertain_submits": [
+                {
+                    "job": u["job_id"],
+                    "attempt": u["number"],
+                    "reserved_usd": format_usd(u["reserved_micro_usd"]),
+                    "confidence": u.get("confidence", "possible"),
+                    "request_id": u.get("request_id"),
+                }
+                for u in self.explained_by
+            ],
+        }
 
 
 @dataclass
@@ -80,21 +95,27 @@ class Reconciliation:
 
     def as_dict(self) -> dict[str, Any]:
         asked = self.requested or (self.since, self.until)
-        return {"since": self.since.isoformat(), "until": self.until.isoformat(),
-                "requested_since": asked[0].isoformat(), "requested_until": asked[1].isoformat(),
-                "matched": [{"endpoint": e, "day": d, "usd": format_usd(m)} for e, d, m in self.matched],
-                "differences": [d.as_dict() for d in self.differences], "price_drift": self.drift,
-                "notes": self.notes, "clean": self.clean}
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "requested_since": asked[0].isoformat(),
+            "requested_until": asked[1].isoformat(),
+            "matched": [{"endpoint": e, "day": d, "usd": format_usd(m)} for e, d, m in self.matched],
+            "differences": [d.as_dict() for d in self.differences],
+            "price_drift": self.drift,
+            "notes": self.notes,
+            "clean": self.clean,
+        }
 
 
 def _day(when: datetime) -> str:
-    return when.astimezone(timezone.utc).date().isoformat()
+    return when.astimezone(UTC).date().isoformat()
 
 
 def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     """[since, until) widened to whole UTC days: midnight before `since`, the midnight at or after `until`."""
-    start = since.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    end = until.astimezone(timezone.utc)
+    start = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = until.astimezone(UTC)
     midnight = end.replace(hour=0, minute=0, second=0, microsecond=0)
     return start, (midnight if midnight == end else midnight + DAY)
 
@@ -105,7 +126,7 @@ def _bucket_day(bucket: str) -> str:
         at = datetime.fromisoformat(bucket.replace("Z", "+00:00"))
     except ValueError:
         raise RemoteError(f"usage: fal's answer has a bucket that is not an ISO 8601 time: {bucket[:60]!r}") from None
-    return _day(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
+    return _day(at if at.tzinfo else at.replace(tzinfo=UTC))
 
 
 def _micro(value: Any) -> int:
@@ -113,9 +134,15 @@ def _micro(value: Any) -> int:
     return usd_to_micro(str(Decimal(str(value)).quantize(Decimal("0.000001"))))
 
 
-def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: datetime | None,
-              until: datetime | None, synced: SyncedPrices | None = None) -> Reconciliation:
-    asked_until = until or datetime.now(timezone.utc)
+def reconcile(
+    repo: Repository,
+    client: FalClient,
+    prices: PriceTable,
+    since: datetime | None,
+    until: datetime | None,
+    synced: SyncedPrices | None = None,
+) -> Reconciliation:
+    asked_until = until or datetime.now(UTC)
     asked_since = since or asked_until - DAY
     # Both sides are compared over whole UTC days. fal's usage API "Defaults to true" for
     # bound_to_timeframe: "dates are aligned to the start of the timeframe period (e.g., start of
@@ -148,17 +175,17 @@ def reconcile(repo: Repository, client: FalClient, prices: PriceTable, since: da
         drift, notes = _prices(client, prices, synced, [r for r in rows if _bucket_day(str(r["bucket"])) in days])
     matched, differences = [], []
     for key in sorted(set(ours) | set(theirs)):
-        a, b = ours.get(key, 0), theirs.get(key, 0)
-        if abs(a - b) <= TOLERANCE_MICRO_USD:
-            matched.append((key[0], key[1], a))
+        our_micro, their_micro = ours.get(key, 0), theirs.get(key, 0)
+        if abs(our_micro - their_micro) <= TOLERANCE_MICRO_USD:
+            matched.append((key[0], key[1], our_micro))
         else:
-            differences.append(Difference(key[0], key[1], a, b, uncertain.get(key, [])))
+            differences.append(Difference(key[0], key[1], our_micro, their_micro, uncertain.get(key, [])))
     _confirm(repo, client, [d for d in differences if d.delta_micro_usd > 0 and d.explained_by])
     return Reconciliation(start, end, matched, differences, drift, notes, (asked_since, asked_until))
 
 
 def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _same(a: Decimal, b: Decimal) -> bool:
@@ -171,8 +198,9 @@ def _price_text(price: Decimal) -> str:
     return format_usd(int(micro)) if micro == micro.to_integral_value() else f"{price.normalize():f}"
 
 
-def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
-            rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _prices(
+    client: FalClient, table: PriceTable, synced: SyncedPrices | None, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Price drift, judged by fal's own numbers only: its pricing API now against the last
     `prices sync` (fal changed its price), and the unit price each usage row was billed at against
     the pricing API's, which the ledger bills by (x-fal-billable-units × that price). The price
@@ -182,14 +210,25 @@ def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
     notes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def unknown(endpoint: str, unit: Any, where: str) -> None:
-        notes[(endpoint, where)] = {"endpoint": endpoint, "kind": "unknown unit", "unit": unit, "where": where,
-                                    "detail": f"fal's {where} names the unit {unit!r}, which batch-runner cannot "
-                                              "map to a second or a video; its price is not compared"}
+        notes[(endpoint, where)] = {
+            "endpoint": endpoint,
+            "kind": "unknown unit",
+            "unit": unit,
+            "where": where,
+            "detail": f"fal's {where} names the unit {unit!r}, which batch-runner cannot "
+            "map to a second or a video; its price is not compared",
+        }
+
     try:
         now = client.unit_prices([e.id for e in catalog.ENDPOINTS])
     except RemoteError as exc:
-        notes[("*", "pricing API")] = {"endpoint": None, "kind": "prices not checked", "unit": None,
-                                       "where": "pricing API", "detail": f"fal's pricing API failed: {exc.message}"}
+        notes[("*", "pricing API")] = {
+            "endpoint": None,
+            "kind": "prices not checked",
+            "unit": None,
+            "where": "pricing API",
+            "detail": f"fal's pricing API failed: {exc.message}",
+        }
         now = {}
     for endpoint, (price, unit) in sorted(now.items()):
         if our_unit(unit) is None:
@@ -197,35 +236,47 @@ def _prices(client: FalClient, table: PriceTable, synced: SyncedPrices | None,
             continue
         entry = table.entries.get(endpoint)
         if entry is not None and our_unit(unit) != entry.unit:
-            notes[(endpoint, "table")] = {"endpoint": endpoint, "kind": "unit differs from the price table",
-                                          "unit": unit, "where": "pricing API",
-                                          "detail": f"fal prices it per {unit}, the price table per {entry.unit}; "
-                                                    "plans and budgets use the table for it"}
+            notes[(endpoint, "table")] = {
+                "endpoint": endpoint,
+                "kind": "unit differs from the price table",
+                "unit": unit,
+                "where": "pricing API",
+                "detail": f"fal prices it per {unit}, the price table per {entry.unit}; "
+                "plans and budgets use the table for it",
+            }
         was = synced.prices.get(endpoint) if synced else None
         if was is not None and synced is not None and (not _same(was.unit_price, price) or was.unit != unit):
             drift[(endpoint, "sync")] = {
-                "endpoint": endpoint, "kind": "fal changed its price since the last sync", "unit": unit,
-                "fal_unit_price_usd": _price_text(price), "compared_with": f"{synced.label} (prices sync)",
-                "compared_with_unit": was.unit, "compared_with_usd": _price_text(was.unit_price)}
+                "endpoint": endpoint,
+                "kind": "fal changed its price since the last sync",
+                "unit": unit,
+                "fal_unit_price_usd": _price_text(price),
+                "compared_with": f"{synced.label} (prices sync)",
+                "compared_with_unit": was.unit,
+                "compared_with_usd": _price_text(was.unit_price),
+            }
     for row in rows:
-        endpoint, unit = str(row["endpoint_id"]), row.get("unit")
-        if our_unit(unit) is None:
-            unknown(endpoint, unit, "usage API")
+        endpoint, billed_unit = str(row["endpoint_id"]), row.get("unit")
+        if our_unit(billed_unit) is None:
+            unknown(endpoint, billed_unit, "usage API")
             continue
         billed = Decimal(str(row["unit_price"]))
         quoted = now.get(endpoint)
         if quoted is None or our_unit(quoted[1]) is None:
             continue
-        if quoted[1] != unit or not _same(quoted[0], billed):
+        if quoted[1] != billed_unit or not _same(quoted[0], billed):
             # A note, not drift: a usage row carries the price of its day (fal may have changed it
             # since), and the pricing API may quote a discounted or per-resolution price ("Custom
             # pricing or discounts may be applied", docs: platform-apis/v1/models/pricing).
-            notes[(endpoint, f"billed {billed} {unit}")] = {
-                "endpoint": endpoint, "kind": "fal billed a price its pricing API does not quote today",
-                "unit": unit, "where": "usage API",
-                "detail": f"billed ${_price_text(billed)} per {unit}; the pricing API quotes "
-                          f"${_price_text(quoted[0])} per {quoted[1]} (a price change in the window, a discount or "
-                          "a per-resolution price); the amounts above are fal's own"}
+            notes[(endpoint, f"billed {billed} {billed_unit}")] = {
+                "endpoint": endpoint,
+                "kind": "fal billed a price its pricing API does not quote today",
+                "unit": billed_unit,
+                "where": "usage API",
+                "detail": f"billed ${_price_text(billed)} per {billed_unit}; the pricing API quotes "
+                f"${_price_text(quoted[0])} per {quoted[1]} (a price change in the window, a discount or "
+                "a per-resolution price); the amounts above are fal's own",
+            }
     return ([drift[k] for k in sorted(drift)], [notes[k] for k in sorted(notes)])
 
 
@@ -254,19 +305,27 @@ def render(rec: Reconciliation) -> str:
         lines.append(f"  ok          {day}  {endpoint:<48} ${format_usd(amount)}")
     for d in rec.differences:
         x = d.as_dict()
-        lines.append(f"  DIFFERENT   {d.day}  {d.endpoint:<48} ours ${x['ours_usd']}  fal ${x['fal_usd']}  "
-                     f"({x['kind']}: ${x['difference_usd']})")
+        lines.append(
+            f"  DIFFERENT   {d.day}  {d.endpoint:<48} ours ${x['ours_usd']}  fal ${x['fal_usd']}  "
+            f"({x['kind']}: ${x['difference_usd']})"
+        )
         for u in x["explained_by_uncertain_submits"]:
             if u["confidence"] == "confirmed":
-                lines.append(f"              confirmed: fal billed request {u['request_id']} for the uncertain submit "
-                             f"of job {u['job']} (attempt {u['attempt']}, ${u['reserved_usd']}): "
-                             "`batch-runner resolve` records it")
+                lines.append(
+                    f"              confirmed: fal billed request {u['request_id']} for the uncertain submit "
+                    f"of job {u['job']} (attempt {u['attempt']}, ${u['reserved_usd']}): "
+                    "`batch-runner resolve` records it"
+                )
             else:
-                lines.append(f"              possibly the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
-                             f"${u['reserved_usd']}); fal's records could not confirm it")
+                lines.append(
+                    f"              possibly the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
+                    f"${u['reserved_usd']}); fal's records could not confirm it"
+                )
     for p in rec.drift:
-        lines.append(f"  PRICE DRIFT {p['endpoint']}: {p['kind']}: ${p['fal_unit_price_usd']} per {p['unit']}, "
-                     f"{p['compared_with']} says ${p['compared_with_usd']} per {p['compared_with_unit']}")
+        lines.append(
+            f"  PRICE DRIFT {p['endpoint']}: {p['kind']}: ${p['fal_unit_price_usd']} per {p['unit']}, "
+            f"{p['compared_with']} says ${p['compared_with_usd']} per {p['compared_with_unit']}"
+        )
     for n in rec.notes:
         lines.append(f"  {n['kind'].upper()}{' ' + n['endpoint'] if n['endpoint'] else ''}: {n['detail']}")
     if rec.clean:

@@ -29,8 +29,13 @@ from .domain import PROVISIONAL, AttemptState, format_usd
 
 GROUPINGS = ("endpoint", "resolution", "tag", "day", "batch")
 FORMATS = ("table", "csv", "json", "html")
-OPEN_ATTEMPTS = {AttemptState.SENDING.value, AttemptState.SUBMITTED.value, AttemptState.IN_PROGRESS.value,
-                 AttemptState.DOWNLOADING.value, AttemptState.UNCERTAIN.value}
+OPEN_ATTEMPTS = {
+    AttemptState.SENDING.value,
+    AttemptState.SUBMITTED.value,
+    AttemptState.IN_PROGRESS.value,
+    AttemptState.DOWNLOADING.value,
+    AttemptState.UNCERTAIN.value,
+}
 
 
 @dataclass
@@ -56,12 +61,18 @@ class Line:
 
     def as_dict(self) -> dict[str, Any]:
         per = self.cost_per_delivered_second
-        return {"jobs": self.jobs, "outcomes": dict(sorted(self.outcomes.items())),
-                "estimated_usd": format_usd(self.estimated), "billed_usd": format_usd(self.billed),
-                "retry_spend_usd": format_usd(self.retry_spend), "waste_usd": format_usd(self.waste),
-                "at_risk_usd": format_usd(self.at_risk), "unconfirmed_usd": format_usd(self.unconfirmed),
-                "delivered_seconds": f"{Decimal(self.delivered_us) / 1_000_000:f}",
-                "cost_per_delivered_second_usd": f"{per:f}" if per is not None else None}
+        return {
+            "jobs": self.jobs,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "estimated_usd": format_usd(self.estimated),
+            "billed_usd": format_usd(self.billed),
+            "retry_spend_usd": format_usd(self.retry_spend),
+            "waste_usd": format_usd(self.waste),
+            "at_risk_usd": format_usd(self.at_risk),
+            "unconfirmed_usd": format_usd(self.unconfirmed),
+            "delivered_seconds": f"{Decimal(self.delivered_us) / 1_000_000:f}",
+            "cost_per_delivered_second_usd": f"{per:f}" if per is not None else None,
+        }
 
 
 @dataclass
@@ -75,8 +86,12 @@ class Report:
     billed_by_endpoint: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"group_by": self.group_by, "groups": {k: v.as_dict() for k, v in sorted(self.groups.items())},
-                "total": self.total.as_dict(), "budgets": self.runs}
+        return {
+            "group_by": self.group_by,
+            "groups": {k: v.as_dict() for k, v in sorted(self.groups.items())},
+            "total": self.total.as_dict(),
+            "budgets": self.runs,
+        }
 
 
 def _keys(group_by: str, job: dict[str, Any], when: datetime | None) -> list[str]:
@@ -91,8 +106,9 @@ def _keys(group_by: str, job: dict[str, Any], when: datetime | None) -> list[str
     return [(when or job["created_at"]).date().isoformat()]
 
 
-def build(repo: Repository, *, batches: list[str] | None, since: datetime | None, until: datetime | None,
-          group_by: str) -> Report:
+def build(
+    repo: Repository, *, batches: list[str] | None, since: datetime | None, until: datetime | None, group_by: str
+) -> Report:
     jobs, attempts, runs = ledger(repo.engine, batches, since, until)
     by_job: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for a in attempts:
@@ -127,15 +143,34 @@ def build(repo: Repository, *, batches: list[str] | None, since: datetime | None
         for a in by_job.get(job["id"], []):
             by_day[_keys("day", job, a["created_at"])[0]] += a["billed_micro_usd"] or 0
             by_endpoint[job["endpoint"]] += a["billed_micro_usd"] or 0
-    budgets = [{"run": r["name"], "budget_usd": format_usd(r["budget_micro_usd"]) if r["budget_micro_usd"] else None,
-                "committed_usd": format_usd(r["reserved_micro_usd"]), "status": r["status"],
-                "used_percent": (f"{Decimal(r['reserved_micro_usd']) * 100 / r['budget_micro_usd']:.1f}"
-                                 if r["budget_micro_usd"] else None)} for r in runs]
+    budgets = [
+        {
+            "run": r["name"],
+            "budget_usd": format_usd(r["budget_micro_usd"]) if r["budget_micro_usd"] else None,
+            "committed_usd": format_usd(r["reserved_micro_usd"]),
+            "status": r["status"],
+            "used_percent": (
+                f"{Decimal(r['reserved_micro_usd']) * 100 / r['budget_micro_usd']:.1f}"
+                if r["budget_micro_usd"]
+                else None
+            ),
+        }
+        for r in runs
+    ]
     return Report(group_by, dict(groups), total, budgets, jobs, dict(by_day), dict(by_endpoint))
 
 
-COLUMNS = ("jobs", "estimated_usd", "billed_usd", "retry_spend_usd", "waste_usd", "at_risk_usd",
-           "unconfirmed_usd", "delivered_seconds", "cost_per_delivered_second_usd")
+COLUMNS = (
+    "jobs",
+    "estimated_usd",
+    "billed_usd",
+    "retry_spend_usd",
+    "waste_usd",
+    "at_risk_usd",
+    "unconfirmed_usd",
+    "delivered_seconds",
+    "cost_per_delivered_second_usd",
+)
 
 
 def render(report: Report, fmt: str) -> str:
@@ -147,24 +182,37 @@ def render(report: Report, fmt: str) -> str:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow([report.group_by, *COLUMNS, "outcomes"])
         for key, d in rows:
-            writer.writerow([key, *[d[c] if d[c] is not None else "" for c in COLUMNS],
-                             ";".join(f"{s}={n}" for s, n in d["outcomes"].items())])
+            writer.writerow(
+                [
+                    key,
+                    *[d[c] if d[c] is not None else "" for c in COLUMNS],
+                    ";".join(f"{s}={n}" for s, n in d["outcomes"].items()),
+                ]
+            )
         return buf.getvalue()
-    head = f"{report.group_by:<44} {'jobs':>6} {'estimated':>10} {'billed':>10} {'retries':>9} {'waste':>9} " \
-           f"{'at risk':>9} {'out s':>9} {'$/out s':>8}  outcomes"
+    head = (
+        f"{report.group_by:<44} {'jobs':>6} {'estimated':>10} {'billed':>10} {'retries':>9} {'waste':>9} "
+        f"{'at risk':>9} {'out s':>9} {'$/out s':>8}  outcomes"
+    )
     lines = [head, "-" * len(head)]
     for key, d in rows:
         per = d["cost_per_delivered_second_usd"] or "-"
         outcomes = " ".join(f"{s} {n}" for s, n in d["outcomes"].items())
-        lines.append(f"{key[:44]:<44} {d['jobs']:>6} {d['estimated_usd']:>10} {d['billed_usd']:>10} "
-                     f"{d['retry_spend_usd']:>9} {d['waste_usd']:>9} {d['at_risk_usd']:>9} "
-                     f"{Decimal(d['delivered_seconds']):>9.1f} {per:>8}  {outcomes}")
+        lines.append(
+            f"{key[:44]:<44} {d['jobs']:>6} {d['estimated_usd']:>10} {d['billed_usd']:>10} "
+            f"{d['retry_spend_usd']:>9} {d['waste_usd']:>9} {d['at_risk_usd']:>9} "
+            f"{Decimal(d['delivered_seconds']):>9.1f} {per:>8}  {outcomes}"
+        )
     if report.total.unconfirmed:
-        lines.append(f"billed includes ${format_usd(report.total.unconfirmed)} priced from our price table because "
-                     "fal's answers carried no billable units; `batch-runner resolve` (admin key) replaces it with "
-                     "fal's billing events")
+        lines.append(
+            f"billed includes ${format_usd(report.total.unconfirmed)} priced from our price table because "
+            "fal's answers carried no billable units; `batch-runner resolve` (admin key) replaces it with "
+            "fal's billing events"
+        )
     for b in report.runs:
         if b["budget_usd"]:
-            lines.append(f"budget: run {b['run']} committed ${b['committed_usd']} of ${b['budget_usd']} "
-                         f"({b['used_percent']} %), {b['status']}")
+            lines.append(
+                f"budget: run {b['run']} committed ${b['committed_usd']} of ${b['budget_usd']} "
+                f"({b['used_percent']} %), {b['status']}"
+            )
     return "\n".join(lines) + "\n"

@@ -8,9 +8,10 @@ and the caller is told which key is needed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .api.answers import input_sha256
 from .api.client import FalClient
@@ -51,22 +52,26 @@ class ResolveReport:
 
 
 def admin_key_error(exc: RemoteError) -> AuthError:
-    return AuthError(f"fal refused its request listing and billing events ({exc.message})",
-                     hint="they need an ADMIN key: create one in fal's dashboard and set FAL_ADMIN_KEY; "
-                          "the uncertain jobs are left as they were")
+    return AuthError(
+        f"fal refused its request listing and billing events ({exc.message})",
+        hint="they need an ADMIN key: create one in fal's dashboard and set FAL_ADMIN_KEY; "
+        "the uncertain jobs are left as they were",
+    )
 
 
 def _sent(attempt: dict[str, Any]) -> datetime:
-    return attempt.get("sent_at") or attempt["created_at"]
+    sent: datetime = attempt.get("sent_at") or attempt["created_at"]
+    return sent
 
 
 class Resolver:
     """Looks uncertain submits and pending bills up in fal's records, and records what it finds."""
 
-    def __init__(self, queue: JobQueue, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S,
-                 now: datetime | None = None) -> None:
+    def __init__(
+        self, queue: JobQueue, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S, now: datetime | None = None
+    ) -> None:
         self.queue, self.client, self.lag = queue, client, timedelta(seconds=listing_lag_s)
-        self.now = now or datetime.now(timezone.utc)
+        self.now = now or datetime.now(UTC)
 
     def run(self, batches: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> ResolveReport:
         report = ResolveReport()
@@ -112,13 +117,19 @@ class Resolver:
         if not digest:
             return None
         sent = _sent(attempt)
-        candidates = [r for r in records if r.request_id not in taken and r.json_input is not None
-                      and input_sha256(r.json_input) == digest
-                      and (r.sent_at is None or r.sent_at >= sent - SLACK)]
+        candidates = [
+            r
+            for r in records
+            if r.request_id not in taken
+            and r.json_input is not None
+            and input_sha256(r.json_input) == digest
+            and (r.sent_at is None or r.sent_at >= sent - SLACK)
+        ]
         return min(candidates, key=lambda r: r.sent_at or sent) if candidates else None
 
-    def billed_events(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
-                      found: dict[int, FalRequestRecord]) -> list[BillingEvent]:
+    def billed_events(
+        self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], found: dict[int, FalRequestRecord]
+    ) -> list[BillingEvent]:
         """fal's billing events for the requests found for these uncertain submits."""
         return list(self._events([a for _, a in pairs], found).values())
 
@@ -134,13 +145,22 @@ class Resolver:
 
     # ------------------------------------------------------------------ settling
 
-    def _settle(self, job: dict[str, Any], attempt: dict[str, Any], record: FalRequestRecord | None,
-                events: dict[str, BillingEvent]) -> Settlement:
+    def _settle(
+        self,
+        job: dict[str, Any],
+        attempt: dict[str, Any],
+        record: FalRequestRecord | None,
+        events: dict[str, BillingEvent],
+    ) -> Settlement:
         jid = job["id"]
         if record is None:
             if self.now - _sent(attempt) < self.lag:
-                return Settlement(jid, "left", f"not in fal's request list yet; settled after "
-                                  f"{self.lag.total_seconds() / 60:g} min from the submit")
+                return Settlement(
+                    jid,
+                    "left",
+                    f"not in fal's request list yet; settled after "
+                    f"{self.lag.total_seconds() / 60:g} min from the submit",
+                )
             if self.queue.settle_unsent(job, attempt, "fal has no request for this submit: queued again"):
                 return Settlement(jid, "requeued", "fal never created the request")
             return Settlement(jid, "left", "changed meanwhile")
@@ -150,8 +170,9 @@ class Resolver:
             urls = self.client.request_urls(job["endpoint"], rid)
             how = "running at fal" if record.ended_at is None else f"ended with HTTP {record.status_code}"
             if self.queue.adopt(job, attempt, rid, urls.status_url, urls.response_url, urls.cancel_url, how):
-                return Settlement(jid, "adopted", f"fal has it ({how}); the next run follows it and records "
-                                  "its cost", rid)
+                return Settlement(
+                    jid, "adopted", f"fal has it ({how}); the next run follows it and records its cost", rid
+                )
             return Settlement(jid, "left", "changed meanwhile", rid)
         reason = f"fal ran request {rid} and it failed (HTTP {record.status_code}) without billing: queued again"
         if self.queue.settle_unsent(job, attempt, reason, request_id=rid, price_source=BILLING_EVENTS_SOURCE):
@@ -171,23 +192,40 @@ class Resolver:
         if not pending:
             return []
         start = min(a["created_at"] for a in pending) - SLACK
-        got = {e.request_id: e for e in billing_events(self.client.transport, self.client.hosts.api, start,
-                                                      self.now + SLACK, sorted({a["endpoint"] for a in pending}))}
+        got = {
+            e.request_id: e
+            for e in billing_events(
+                self.client.transport,
+                self.client.hosts.api,
+                start,
+                self.now + SLACK,
+                sorted({a["endpoint"] for a in pending}),
+            )
+        }
         out = []
         for attempt in pending:
             event = got.get(attempt["request_id"])
             provisional = attempt["price_source"] != PENDING_BILLING_EVENTS
-            if event is None and (provisional or self.now - (attempt["finished_at"] or attempt["created_at"])
-                                  < self.lag):
-                out.append(Settlement(attempt["job_id"], "left", "fal's billing events do not show it yet; "
-                                      f"${format_usd(attempt['billed_micro_usd'] or 0)} stays recorded as "
-                                      f"{attempt['price_source']}", attempt["request_id"]))
+            if event is None and (
+                provisional or self.now - (attempt["finished_at"] or attempt["created_at"]) < self.lag
+            ):
+                out.append(
+                    Settlement(
+                        attempt["job_id"],
+                        "left",
+                        "fal's billing events do not show it yet; "
+                        f"${format_usd(attempt['billed_micro_usd'] or 0)} stays recorded as "
+                        f"{attempt['price_source']}",
+                        attempt["request_id"],
+                    )
+                )
                 continue
             billed = event.cost_micro_usd if event else 0
             units = f"{event.output_units:f}" if event and event.output_units is not None else None
             self.queue.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)
-            out.append(Settlement(attempt["job_id"], "billed", f"fal billed ${format_usd(billed)}",
-                                  attempt["request_id"]))
+            out.append(
+                Settlement(attempt["job_id"], "billed", f"fal billed ${format_usd(billed)}", attempt["request_id"])
+            )
         return out
 
     # ------------------------------------------------------------------ cancel
@@ -210,8 +248,11 @@ class Resolver:
         jid = job["id"]
         if record is None:
             if self.now - _sent(attempt) < self.lag:
-                return Settlement(jid, "left", "not cancelled: fal's request list does not show it yet, so it "
-                                  "may still run; try again later")
+                return Settlement(
+                    jid,
+                    "left",
+                    "not cancelled: fal's request list does not show it yet, so it may still run; try again later",
+                )
             if self.queue.cancel_uncertain(job, attempt, "cancelled: fal never created the request"):
                 return Settlement(jid, "cancelled", "fal never created the request")
             return Settlement(jid, "left", "changed meanwhile")
@@ -220,7 +261,18 @@ class Resolver:
         if answer == "OK":
             self.queue.cancel_uncertain(job, attempt, f"cancelled at fal while queued ({answer})", record.request_id)
             return Settlement(jid, "cancelled", "cancelled at fal before it ran: nothing billed", record.request_id)
-        self.queue.adopt(job, attempt, record.request_id, urls.status_url, urls.response_url, urls.cancel_url,
-                         f"cancel answered {answer}")
-        return Settlement(jid, "adopted", f"fal answered {answer}: it may finish and bill, so it is followed to "
-                          "its end", record.request_id)
+        self.queue.adopt(
+            job,
+            attempt,
+            record.request_id,
+            urls.status_url,
+            urls.response_url,
+            urls.cancel_url,
+            f"cancel answered {answer}",
+        )
+        return Settlement(
+            jid,
+            "adopted",
+            f"fal answered {answer}: it may finish and bill, so it is followed to its end",
+            record.request_id,
+        )

@@ -9,8 +9,8 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,27 @@ from typing import Any
 import httpx
 
 from . import catalog, fal_prices, probe
-from .config import Settings
 from .api.client import FalClient
-from .config import Secret
+from .config import Secret, Settings
 from .db.queue import JobQueue
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd
-from .errors import BatchRunnerError, BudgetExceededError, ConfigError, InvalidItemsError, JobsFailedError, \
-    ManifestError, RemoteError, RunInterruptedError
+from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
+from .errors import (
+    BatchRunnerError,
+    BudgetExceededError,
+    ConfigError,
+    InvalidItemsError,
+    JobsFailedError,
+    ManifestError,
+    RemoteError,
+    RunInterruptedError,
+)
+from .manifest import Manifest, load_manifest
 from .output import CheckSettings, Delivery
 from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
-from .resolve import LISTING_LAG_S, ResolveReport, Resolver
-from .worker import Reporter, Worker, settle_cancel
-from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
+from .resolve import LISTING_LAG_S, Resolver, ResolveReport
+from .worker import Reporter, Worker, settle_cancel
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,16 @@ class Plan:
             "jobs": [_job_json(j) for j in self.jobs],
             "invalid": [{"source": i.source, "reason": i.reason, "origin": i.origin} for i in self.invalid],
             "total_estimated_cost_usd": format_usd(self.total_micro_usd),
-            "by_endpoint": {k: {"jobs": n, "estimated_cost_usd": format_usd(c)}
-                            for k, (n, c) in self.totals_by("endpoint").items()},
-            "by_resolution": {k: {"jobs": n, "estimated_cost_usd": format_usd(c)}
-                              for k, (n, c) in self.totals_by("resolution").items()},
+            "by_endpoint": {
+                k: {"jobs": n, "estimated_cost_usd": format_usd(c)} for k, (n, c) in self.totals_by("endpoint").items()
+            },
+            "by_resolution": {
+                k: {"jobs": n, "estimated_cost_usd": format_usd(c)}
+                for k, (n, c) in self.totals_by("resolution").items()
+            },
             "budget_usd": format_usd(self.manifest.budget_micro_usd)
-            if self.manifest.budget_micro_usd is not None else None,
+            if self.manifest.budget_micro_usd is not None
+            else None,
             "unverified_prices": sorted({j.endpoint for j in self.jobs if j.estimate and not j.estimate.verified}),
             "warnings": self.warnings,
         }
@@ -100,13 +111,21 @@ class PlanDiff:
     @property
     def added_micro_usd(self) -> int:
         return sum(j.estimate.micro_usd for j in self.new if j.estimate) + sum(
-            j.estimate.micro_usd for j, _ in self.changed if j.estimate)
+            j.estimate.micro_usd for j, _ in self.changed if j.estimate
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "new": [j.key for j in self.new],
-            "changed": [{"key": j.key, "replaces": old["key"], "output": j.output,
-                         "estimated_cost_usd": j.estimate.usd if j.estimate else None} for j, old in self.changed],
+            "changed": [
+                {
+                    "key": j.key,
+                    "replaces": old["key"],
+                    "output": j.output,
+                    "estimated_cost_usd": j.estimate.usd if j.estimate else None,
+                }
+                for j, old in self.changed
+            ],
             "unchanged": [{"key": j.key, "state": state} for j, state in self.unchanged],
             "removed": [{"key": r["key"], "output": r["output_path"], "state": r["state"]} for r in self.removed],
             "added_cost_usd": format_usd(self.added_micro_usd),
@@ -132,8 +151,11 @@ def diff_plan(plan_: Plan, repo: Repository) -> PlanDiff:
         else:
             new.append(job)
     replaced = {old["key"] for _, old in changed}
-    removed = [r for r in rows if r["key"] not in planned_keys and r["key"] not in replaced
-               and r["output_path"] not in planned_outputs]
+    removed = [
+        r
+        for r in rows
+        if r["key"] not in planned_keys and r["key"] not in replaced and r["output_path"] not in planned_outputs
+    ]
     return PlanDiff(new, changed, unchanged, removed)
 
 
@@ -141,21 +163,32 @@ def _job_json(j: JobSpec) -> dict[str, Any]:
     est = j.estimate
     assert est is not None
     return {
-        "key": j.key, "endpoint": j.endpoint, "source": j.source, "params": j.params,
+        "key": j.key,
+        "endpoint": j.endpoint,
+        "source": j.source,
+        "params": j.params,
         "output": j.output,
         "duration_s": float(j.probe.duration) if j.probe and j.probe.duration is not None else None,
-        "billable_units": str(est.billable_units), "unit": est.unit,
-        "estimated_cost_usd": est.usd, "priced_by": est.price_table, "price_verified": est.verified,
+        "billable_units": str(est.billable_units),
+        "unit": est.unit,
+        "estimated_cost_usd": est.usd,
+        "priced_by": est.price_table,
+        "price_verified": est.verified,
         "tags": list(j.tags),
     }
 
 
 def job_key(job: JobSpec, fingerprints: dict[str, str]) -> str:
     """Deterministic identity: endpoint + canonical input + fingerprints of its local media."""
-    media = sorted({fingerprints.get(v, v) for v in ([job.source] if job.source else [])
-                    + list(job.extra_media.values())})
-    canonical = json.dumps({"endpoint": job.endpoint, "input": job.params, "media": media},
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    media = sorted(
+        {fingerprints.get(v, v) for v in ([job.source] if job.source else []) + list(job.extra_media.values())}
+    )
+    canonical = json.dumps(
+        {"endpoint": job.endpoint, "input": job.params, "media": media},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -185,9 +218,11 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
         probe.require_ffprobe()
         results = probe.run_parallel(
             lambda s: probe.probe(s, ep.source_kind or "video", fingerprints[s], timeout_s=settings.probe_timeout_s),
-            misses, settings.probe_concurrency)
+            misses,
+            settings.probe_concurrency,
+        )
         fresh = []
-        for src, res in zip(misses, results):
+        for src, res in zip(misses, results, strict=True):
             if isinstance(res, BatchRunnerError):
                 failed[src] = res.message
             else:
@@ -203,7 +238,9 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
     for job in manifest.jobs:
         bad = next((failed[m] for m in [job.source, *job.extra_media.values()] if m in failed), None)
         if bad:
-            invalid.setdefault((job.source or "", bad), InvalidItem(job.source or "", _strip(bad, job.source), job.origin))
+            invalid.setdefault(
+                (job.source or "", bad), InvalidItem(job.source or "", _strip(bad, job.source), job.origin)
+            )
             continue
         pr = probes.get(job.source) if job.source else None
         duration = pr.duration if pr else None
@@ -217,22 +254,34 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
         job.estimate = fal_prices.reserve(prices.estimate(ep, job.params, duration), prices.entry(ep.id), synced)
         job.key = job_key(job, fingerprints)
         if job.key in seen_keys:
-            raise ManifestError(f"the same job appears twice ({seen_keys[job.key].origin} and {job.origin})",
-                                file=str(manifest_path), field="sources", hint="list each source once")
+            raise ManifestError(
+                f"the same job appears twice ({seen_keys[job.key].origin} and {job.origin})",
+                file=str(manifest_path),
+                field="sources",
+                hint="list each source once",
+            )
         seen_keys[job.key] = job
         jobs.append(job)
-    return Plan(manifest, prices.label, jobs, list(invalid.values()), probes_run=len(misses),
-                probes_cached=hits, warnings=list(manifest.warnings), fal_prices=synced.label if synced else None)
+    return Plan(
+        manifest,
+        prices.label,
+        jobs,
+        list(invalid.values()),
+        probes_run=len(misses),
+        probes_cached=hits,
+        warnings=list(manifest.warnings),
+        fal_prices=synced.label if synced else None,
+    )
 
 
 def _strip(reason: str, source: str | None) -> str:
     if source and reason.startswith(f"{source}: "):
-        return reason[len(source) + 2:]
+        return reason[len(source) + 2 :]
     return reason
 
 
 def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    urls = [s for s in items if probe.is_url(s)]
+    urls = [s for s in items if is_remote(s, data_uri=False)]
     client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True) if urls else None
     try:
         results = probe.run_parallel(lambda s: probe.fingerprint(s, client), items, settings.probe_concurrency)
@@ -240,7 +289,7 @@ def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, st
         if client:
             client.close()
     ok, failed = {}, {}
-    for item, res in zip(items, results):
+    for item, res in zip(items, results, strict=True):
         if isinstance(res, BatchRunnerError):
             failed[item] = res.message
         else:
@@ -253,15 +302,24 @@ def enqueue(plan_: Plan, repo: Repository, *, skip_invalid: bool = False) -> Enq
     if plan_.invalid and not skip_invalid:
         raise invalid_items_error(plan_)
     m = plan_.manifest
-    return repo.enqueue(m.batch, str(m.path.resolve()), m.budget_micro_usd, plan_.jobs, Actor.current(),
-                        daily_budget_micro_usd=m.daily_budget_micro_usd, warn_at_micro_usd=m.warn_at_micro_usd)
+    return repo.enqueue(
+        m.batch,
+        str(m.path.resolve()),
+        m.budget_micro_usd,
+        plan_.jobs,
+        Actor.current(),
+        daily_budget_micro_usd=m.daily_budget_micro_usd,
+        warn_at_micro_usd=m.warn_at_micro_usd,
+    )
 
 
 def invalid_items_error(plan_: Plan) -> InvalidItemsError:
     first = plan_.invalid[0]
     more = f" and {len(plan_.invalid) - 1} more" if len(plan_.invalid) > 1 else ""
-    return InvalidItemsError(f"{len(plan_.invalid)} invalid source(s): {first.origin}: {first.source}: "
-                             f"{first.reason}{more}", hint="fix them, or pass --skip-invalid to leave them out")
+    return InvalidItemsError(
+        f"{len(plan_.invalid)} invalid source(s): {first.origin}: {first.source}: {first.reason}{more}",
+        hint="fix them, or pass --skip-invalid to leave them out",
+    )
 
 
 def status(repo: Repository, batch: str | None = None) -> list[StateCount]:
@@ -274,23 +332,39 @@ def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:
     for ep in catalog.ENDPOINTS:
         entry = prices.entry(ep.id)
         rows = []
-        for res in (catalog.RESOLUTIONS if ep.has_resolution else (None,)):
+        for res in catalog.RESOLUTIONS if ep.has_resolution else (None,):
             for dur in (ep.durations or (None,)) if ep.billing == catalog.PER_VIDEO else (None,):
                 params = ep.with_defaults({k: v for k, v in (("resolution", res), ("duration", dur)) if v})
                 est = prices.estimate(ep, params, None if ep.billing == catalog.PER_VIDEO else Decimal(1))
-                rows.append({"resolution": res, "duration": dur, "usd": est.usd,
-                             "per": "video" if ep.billing == catalog.PER_VIDEO else "second"})
-        out.append({
-            "id": ep.id, "alias": ep.alias, "model": ep.model, "family": ep.family,
-            "billing": ep.billing, "unit": entry.unit, "price_table": entry.table,
-            "verified": entry.verified, "evidence": entry.evidence, "source": entry.source, "prices": rows,
-            "modifiers": [{"when": m.when, "multiplier": str(m.multiplier), "verified": m.verified}
-                          for m in entry.modifiers],
-            "media_inputs": ep.media_fields,
-            "max_source_s": str(ep.max_source_s) if ep.max_source_s else None,
-        })
+                rows.append(
+                    {
+                        "resolution": res,
+                        "duration": dur,
+                        "usd": est.usd,
+                        "per": "video" if ep.billing == catalog.PER_VIDEO else "second",
+                    }
+                )
+        out.append(
+            {
+                "id": ep.id,
+                "alias": ep.alias,
+                "model": ep.model,
+                "family": ep.family,
+                "billing": ep.billing,
+                "unit": entry.unit,
+                "price_table": entry.table,
+                "verified": entry.verified,
+                "evidence": entry.evidence,
+                "source": entry.source,
+                "prices": rows,
+                "modifiers": [
+                    {"when": m.when, "multiplier": str(m.multiplier), "verified": m.verified} for m in entry.modifiers
+                ],
+                "media_inputs": ep.media_fields,
+                "max_source_s": str(ep.max_source_s) if ep.max_source_s else None,
+            }
+        )
     return out
-
 
 
 # --------------------------------------------------------------------------- run and work
@@ -324,39 +398,61 @@ class RunSummary:
         if self.error is not None:
             return self.error
         if self.stopped_by == "interrupt":
-            return RunInterruptedError(f"interrupted: {self.counts.get('succeeded', 0)} done; in-flight jobs are "
-                                       "recorded and the next run resumes them")
+            return RunInterruptedError(
+                f"interrupted: {self.counts.get('succeeded', 0)} done; in-flight jobs are "
+                "recorded and the next run resumes them"
+            )
         if self.stopped_by == "budget":
             window = " in the last 24 h" if self.budget_stop_scope != "run" else ""
+            left = format_usd(max(0, self.budget_left_micro_usd or 0))
             return BudgetExceededError(
-                f"budget stop ({self.budget_stop_scope} budget): ${format_usd(max(0, self.budget_left_micro_usd or 0))} "
+                f"budget stop ({self.budget_stop_scope} budget): ${left} "
                 f"of ${format_usd(self.budget_stop_limit_micro_usd or 0)} left{window}, not enough for the next job; "
                 f"{self.not_run} job(s) did not run",
-                hint="raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) "
-                     "and run again")
+                hint="raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) and run again",
+            )
         if self.failed:
-            return JobsFailedError(f"{len(self.failed)} job(s) did not succeed (see the summary)",
-                                   hint="`batch-runner retry` queues them again")
+            return JobsFailedError(
+                f"{len(self.failed)} job(s) did not succeed (see the summary)",
+                hint="`batch-runner retry` queues them again",
+            )
         return None
 
     def to_json(self) -> dict[str, Any]:
         err = self.exit_error()
         return {
-            "run": self.run, "batches": self.batches, "jobs": self.counts,
+            "run": self.run,
+            "batches": self.batches,
+            "jobs": self.counts,
             "estimated_cost_usd": format_usd(self.estimated_micro_usd),
             "billed_cost_usd": format_usd(self.billed_micro_usd),
             "budget_usd": format_usd(self.budget_micro_usd) if self.budget_micro_usd is not None else None,
-            "stopped_by": self.stopped_by, "budget_stop_scope": self.budget_stop_scope,
-            "not_run": self.not_run, "elapsed_s": round(self.elapsed_s, 3),
-            "failed": self.failed, "batch_states": self.batch_states,
+            "stopped_by": self.stopped_by,
+            "budget_stop_scope": self.budget_stop_scope,
+            "not_run": self.not_run,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "failed": self.failed,
+            "batch_states": self.batch_states,
             "unexpected_errors": self.unexpected,
             "exit_code": err.exit_code if err else 0,
         }
 
 
-def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secret, *, manifest: Path | None,
-             batches: list[str] | None, pool: PoolSettings, max_cost_micro_usd: int | None, run_name: str | None,
-             reporter: Reporter, stop: threading.Event, skip_invalid: bool = False) -> RunSummary:
+def run_jobs(
+    settings: Settings,
+    prices: PriceTable,
+    repo: Repository,
+    key: Secret,
+    *,
+    manifest: Path | None,
+    batches: list[str] | None,
+    pool: PoolSettings,
+    max_cost_micro_usd: int | None,
+    run_name: str | None,
+    reporter: Reporter,
+    stop: threading.Event,
+    skip_invalid: bool = False,
+) -> RunSummary:
     """Enqueue the manifest (if any), then process until nothing is left (or forever for `work`)."""
     started = time.monotonic()
     budget, daily, warn_at = max_cost_micro_usd, None, settings.warn_at_micro
@@ -376,7 +472,7 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     if budget is None:
         budget = settings.max_usd_per_run_micro
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s, pid_namespace=pid_namespace())
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
     name = run_name or f"{'+'.join(batches) if batches else 'all'}-{stamp}-{secrets.token_hex(3)}"
     run = queue.start_run(name, batches[0] if batches and len(batches) == 1 else None, budget, daily, warn_at)
@@ -406,10 +502,23 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
             reporter.event("warning", {}, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
-    delivery = Delivery(client, prices, CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s,
-                                                         strict=pool.strict_verify), source_probe)
-    worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker,
-                    synced=fal_prices.load_synced(settings.fal_prices_path))
+    delivery = Delivery(
+        client,
+        prices,
+        CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s, strict=pool.strict_verify),
+        source_probe,
+    )
+    worker = Worker(
+        queue,
+        client,
+        prices,
+        pool,
+        reporter,
+        delivery,
+        stop,
+        breaker,
+        synced=fal_prices.load_synced(settings.fal_prices_path),
+    )
     try:
         outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
     finally:
@@ -419,9 +528,18 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     counts: dict[str, int] = defaultdict(int)
     for j in jobs:
         counts[j["state"]] += 1
-    failed = [{"job": j["id"], "key": j["key"][:12], "state": j["state"], "source": j["source"],
-               "output": j["output_path"], "error": j["last_error"]}
-              for j in jobs if j["state"] in {s.value for s in FAILED_STATES}]
+    failed = [
+        {
+            "job": j["id"],
+            "key": j["key"][:12],
+            "state": j["state"],
+            "source": j["source"],
+            "output": j["output_path"],
+            "error": j["last_error"],
+        }
+        for j in jobs
+        if j["state"] in {s.value for s in FAILED_STATES}
+    ]
     stopped_by = None
     error = outcome.fatal
     if error is not None:
@@ -431,22 +549,45 @@ def run_jobs(settings: Settings, prices: PriceTable, repo: Repository, key: Secr
     elif outcome.budget_stop is not None:
         stopped_by = "budget"
     summary = RunSummary(
-        run=name, batches=batches, counts=dict(counts), estimated_micro_usd=sum(j["estimate_micro_usd"] for j in jobs),
-        billed_micro_usd=report["billed_micro_usd"], budget_micro_usd=report["budget_micro_usd"], failed=failed,
-        batch_states=report["batch_states"], elapsed_s=time.monotonic() - started, stopped_by=stopped_by,
+        run=name,
+        batches=batches,
+        counts=dict(counts),
+        estimated_micro_usd=sum(j["estimate_micro_usd"] for j in jobs),
+        billed_micro_usd=report["billed_micro_usd"],
+        budget_micro_usd=report["budget_micro_usd"],
+        failed=failed,
+        batch_states=report["batch_states"],
+        elapsed_s=time.monotonic() - started,
+        stopped_by=stopped_by,
         budget_left_micro_usd=(outcome.budget_stop.left_micro_usd if outcome.budget_stop else None),
         budget_stop_scope=(outcome.budget_stop.scope if outcome.budget_stop else None),
         budget_stop_limit_micro_usd=(outcome.budget_stop.budget_micro_usd if outcome.budget_stop else None),
-        not_run=report["batch_states"].get(JobState.QUEUED.value, 0), error=error,
-        unexpected=list(outcome.unexpected))
-    status = ("interrupted" if outcome.interrupted else "failed" if error is not None
-              else "budget_stop" if outcome.budget_stop is not None else "finished")  # the why is in the summary
+        not_run=report["batch_states"].get(JobState.QUEUED.value, 0),
+        error=error,
+        unexpected=list(outcome.unexpected),
+    )
+    status = (
+        "interrupted"
+        if outcome.interrupted
+        else "failed"
+        if error is not None
+        else "budget_stop"
+        if outcome.budget_stop is not None
+        else "finished"
+    )  # the why is in the summary
     queue.finish_run(run.id, status, summary.to_json())
     return summary
 
 
-def _settle_own(queue: JobQueue, settings: Settings, key: Secret, batches: list[str] | None, pool: PoolSettings,
-                reporter: Reporter, stop: threading.Event) -> None:
+def _settle_own(
+    queue: JobQueue,
+    settings: Settings,
+    key: Secret,
+    batches: list[str] | None,
+    pool: PoolSettings,
+    reporter: Reporter,
+    stop: threading.Event,
+) -> None:
     """Before a run: settle its batches' uncertain submits and pending bills by asking fal.
     Without an admin key they stay as they are, and the run says so once."""
     admin = FalClient(settings.hosts, settings.fal_admin_key or key, pool=1, policy=pool.retry_policy, stop=stop)
@@ -462,14 +603,22 @@ def _settle_own(queue: JobQueue, settings: Settings, key: Secret, batches: list[
             reporter.event("warning", {"id": s.job_id}, message=f"job {s.job_id} {s.outcome}: {s.detail}")
 
 
-def resolve_jobs(settings: Settings, repo: Repository, batches: list[str] | None, *,
-                 listing_lag_s: float = LISTING_LAG_S, cancel_ids: list[int] | None = None) -> ResolveReport:
+def resolve_jobs(
+    settings: Settings,
+    repo: Repository,
+    batches: list[str] | None,
+    *,
+    listing_lag_s: float = LISTING_LAG_S,
+    cancel_ids: list[int] | None = None,
+) -> ResolveReport:
     """`batch-runner resolve`: settle uncertain submits and pending bills with fal's records
     (or, with `cancel_ids`, cancel those uncertain jobs at fal)."""
     key = settings.admin_key
     if key is None and not settings.fal_url:
-        raise ConfigError("settling uncertain jobs reads fal's request listing and billing events, which need an "
-                          "ADMIN key", hint="export FAL_ADMIN_KEY=<an admin key> (or FAL_KEY)")
+        raise ConfigError(
+            "settling uncertain jobs reads fal's request listing and billing events, which need an ADMIN key",
+            hint="export FAL_ADMIN_KEY=<an admin key> (or FAL_KEY)",
+        )
     client = FalClient(settings.hosts, key or Secret("local"), pool=1)
     try:
         resolver = Resolver(_queue(repo), client, listing_lag_s=listing_lag_s)
@@ -488,7 +637,9 @@ def _queue(repo: Repository) -> JobQueue:
     return JobQueue(repo.engine, Actor.current(), 60, pid_namespace=pid_namespace())
 
 
-def select_jobs(repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]) -> list[dict[str, Any]]:
+def select_jobs(
+    repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]
+) -> list[dict[str, Any]]:
     queue = _queue(repo)
     if refs:
         found = queue.find_jobs(refs)
@@ -510,8 +661,14 @@ class RetryItem:
         return 0 if self.how == "redeliver" else int(self.job["estimate_micro_usd"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job": self.job["id"], "key": self.job["key"][:12], "state": self.job["state"], "how": self.how,
-                "output": self.job["output_path"], "may_pay_usd": format_usd(self.may_pay_micro_usd)}
+        return {
+            "job": self.job["id"],
+            "key": self.job["key"][:12],
+            "state": self.job["state"],
+            "how": self.how,
+            "output": self.job["output_path"],
+            "may_pay_usd": format_usd(self.may_pay_micro_usd),
+        }
 
 
 def retry_plan(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> list[RetryItem]:
@@ -534,19 +691,30 @@ class CancelResult:
     uncertain: ResolveReport | None = None
 
 
-def cancel_jobs(repo: Repository, jobs: list[dict[str, Any]], client: FalClient | None,
-                admin: FalClient | None = None, *, listing_lag_s: float = LISTING_LAG_S) -> CancelResult:
+def cancel_jobs(
+    repo: Repository,
+    jobs: list[dict[str, Any]],
+    client: FalClient | None,
+    admin: FalClient | None = None,
+    *,
+    listing_lag_s: float = LISTING_LAG_S,
+) -> CancelResult:
     """Cancel queued jobs here, in-flight ones through fal's API, and uncertain ones after finding
     their request at fal. Refuses before changing anything when it lacks the key it needs."""
     queue = _queue(repo)
     in_flight = [j for j in jobs if JobState(j["state"]) in FOLLOW_STATES]
     uncertain = [j["id"] for j in jobs if j["state"] == JobState.UNCERTAIN.value]
     if in_flight and client is None:
-        raise ConfigError(f"{len(in_flight)} job(s) are in flight at fal and need the API to cancel; nothing "
-                          "was cancelled", hint="set FAL_KEY (or --fal-url for an emulator)")
+        raise ConfigError(
+            f"{len(in_flight)} job(s) are in flight at fal and need the API to cancel; nothing was cancelled",
+            hint="set FAL_KEY (or --fal-url for an emulator)",
+        )
     if uncertain and admin is None:
-        raise ConfigError(f"{len(uncertain)} uncertain job(s) must be looked up at fal before they can be "
-                          "cancelled; nothing was cancelled", hint="set FAL_ADMIN_KEY (an ADMIN key)")
+        raise ConfigError(
+            f"{len(uncertain)} uncertain job(s) must be looked up at fal before they can be "
+            "cancelled; nothing was cancelled",
+            hint="set FAL_ADMIN_KEY (an ADMIN key)",
+        )
     result = CancelResult()
     if uncertain and admin is not None:
         result.uncertain = Resolver(queue, admin, listing_lag_s=listing_lag_s).cancel(None, uncertain)

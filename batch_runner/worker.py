@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from . import catalog, probe
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
-from .db.queue import Claim, JobQueue, LeaseLost
-from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, usd_to_micro
-from .errors import AccountLockedError, AuthError, ProbeError, RemoteError
+from .db.queue import Claim, JobQueue
+from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, is_remote, usd_to_micro
+from .errors import AccountLockedError, AuthError, LeaseLostError, ProbeError, RemoteError
 from .fal_prices import SyncedPrices, reserve
 from .logs import get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
@@ -41,12 +41,20 @@ PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × 
 
 
 class WorkerSettings(Protocol):
-    max_attempts: int
-    retry_delay_s: float
-    follow_later_s: float
-    poll_min_s: float
-    poll_max_s: float
-    cancel_on_exit: bool
+    """What the worker reads of the pool's settings; read-only, so a frozen dataclass fits."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def retry_delay_s(self) -> float: ...
+    @property
+    def follow_later_s(self) -> float: ...
+    @property
+    def poll_min_s(self) -> float: ...
+    @property
+    def poll_max_s(self) -> float: ...
+    @property
+    def cancel_on_exit(self) -> bool: ...
 
 
 class Reporter(Protocol):
@@ -77,9 +85,18 @@ class Billing:
 class Worker:
     """Takes one claimed job to its end (or back to the queue) and records every step."""
 
-    def __init__(self, queue: JobQueue, client: FalClient, prices: PriceTable, settings: WorkerSettings,
-                 reporter: Reporter, delivery: Delivery, stop: threading.Event,
-                 breaker: OutageSignal | None = None, synced: SyncedPrices | None = None) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        client: FalClient,
+        prices: PriceTable,
+        settings: WorkerSettings,
+        reporter: Reporter,
+        delivery: Delivery,
+        stop: threading.Event,
+        breaker: OutageSignal | None = None,
+        synced: SyncedPrices | None = None,
+    ) -> None:
         self.queue, self.client, self.prices, self.settings = queue, client, prices, settings
         self.reporter, self.delivery, self.stop = reporter, delivery, stop
         self.breaker = breaker
@@ -97,14 +114,15 @@ class Worker:
             if claim.kind == "submit" and not self._submit(claim):
                 return
             self._follow(claim)
-        except LeaseLost as exc:  # this worker stalled past its lease and another took the job over
+        except LeaseLostError as exc:  # this worker stalled past its lease and another took the job over
             log.warning("%s", exc)
             self.reporter.event("lost", claim.job, error=str(exc))
 
     # ------------------------------------------------------------------ recording: one place
 
-    def _record(self, claim: Claim, decision: Decision, billing: Billing | None = None, *,
-                output_url: str | None = None) -> None:
+    def _record(
+        self, claim: Claim, decision: Decision, billing: Billing | None = None, *, output_url: str | None = None
+    ) -> None:
         """Turn one decision into one recorded transition, and tell the reporter."""
         job, action, reason = claim.job, decision.action, decision.reason
         bill = billing or Billing(0)
@@ -124,10 +142,20 @@ class Worker:
             self.queue.uncertain(claim, reason)
             self.reporter.event("uncertain", job, error=reason)
         elif action in (Action.FAILED, Action.REJECTED, Action.CANCELLED, Action.UNDELIVERED):
-            state = {Action.REJECTED: JobState.REJECTED, Action.CANCELLED: JobState.CANCELLED}.get(action, JobState.FAILED)
-            self.queue.finish(claim, state, reason, billed_micro_usd=bill.micro_usd, billable_units=bill.units,
-                              unit_price_micro_usd=bill.unit_price_micro_usd, price_source=bill.source,
-                              output_url=output_url, keep_billed=decision.bill == Bill.KEEP)
+            state = {Action.REJECTED: JobState.REJECTED, Action.CANCELLED: JobState.CANCELLED}.get(
+                action, JobState.FAILED
+            )
+            self.queue.finish(
+                claim,
+                state,
+                reason,
+                billed_micro_usd=bill.micro_usd,
+                billable_units=bill.units,
+                unit_price_micro_usd=bill.unit_price_micro_usd,
+                price_source=bill.source,
+                output_url=output_url,
+                keep_billed=decision.bill == Bill.KEEP,
+            )
             self.reporter.event(state.value, job, error=reason, billed_micro_usd=bill.micro_usd)
         elif action == Action.ACCOUNT:
             raise AssertionError("account decisions are raised, not recorded")
@@ -146,8 +174,9 @@ class Worker:
         if self.breaker is not None:
             self.breaker.failure(outage.reason) if outage is not None and outage.outage else self.breaker.success()
 
-    def _failed_call(self, claim: Claim, phase: Phase, exc: RemoteError, *, sent: bool,
-                     completed: Completed | None = None) -> Decision:
+    def _failed_call(
+        self, claim: Claim, phase: Phase, exc: RemoteError, *, sent: bool, completed: Completed | None = None
+    ) -> Decision:
         """A call that raised after its retries: decide, and stop here on an account problem."""
         reply = exc.reply if isinstance(exc.reply, Reply) else Reply()
         decision = decide(phase, reply, exhausted=True, completed=completed)
@@ -162,10 +191,19 @@ class Worker:
         job = claim.job
         ep = catalog.endpoint(job["endpoint"])
         try:
-            if job["source_fingerprint"] and not probe.is_url(job["source"] or "") \
-                    and probe.fingerprint(job["source"]) != job["source_fingerprint"]:
-                self._record(claim, Decision(Action.FAILED, "the source changed after it was planned and priced; "
-                                             "enqueue the manifest again to plan the new version"))
+            if (
+                job["source_fingerprint"]
+                and not is_remote(job["source"] or "", data_uri=False)
+                and probe.fingerprint(job["source"]) != job["source_fingerprint"]
+            ):
+                self._record(
+                    claim,
+                    Decision(
+                        Action.FAILED,
+                        "the source changed after it was planned and priced; "
+                        "enqueue the manifest again to plan the new version",
+                    ),
+                )
                 return False
             payload = self._with_uploads(ep, json.loads(job["input_json"]))
         except (OSError, ProbeError) as exc:
@@ -195,11 +233,10 @@ class Worker:
         out = dict(payload)
         for name in ep.media_fields:
             value = out.get(name)
-            if isinstance(value, str) and not probe.is_remote(value):
+            if isinstance(value, str) and not is_remote(value):
                 out[name] = self._upload(Path(value))
             elif isinstance(value, list):
-                out[name] = [self._upload(Path(v)) if isinstance(v, str) and not probe.is_remote(v) else v
-                             for v in value]
+                out[name] = [self._upload(Path(v)) if isinstance(v, str) and not is_remote(v) else v for v in value]
         return out
 
     def _upload(self, path: Path) -> str:
@@ -237,8 +274,11 @@ class Worker:
 
     def _follow(self, claim: Claim) -> None:
         job, attempt = claim.job, claim.attempt
-        if job["state"] == JobState.DOWNLOADING.value and attempt.get("billed_micro_usd") is not None \
-                and attempt.get("output_url"):
+        if (
+            job["state"] == JobState.DOWNLOADING.value
+            and attempt.get("billed_micro_usd") is not None
+            and attempt.get("output_url")
+        ):
             self._deliver(claim, attempt["output_url"], None, keep=True)  # a paid output fetched again: free
             return
         if job["state"] == JobState.DOWNLOADING.value:
@@ -324,8 +364,9 @@ class Worker:
 
     # ------------------------------------------------------------------ money
 
-    def _bill(self, job: dict[str, Any], bill: Bill, units: Decimal | None,
-              delivered: Delivered | None = None) -> Billing:
+    def _bill(
+        self, job: dict[str, Any], bill: Bill, units: Decimal | None, delivered: Delivered | None = None
+    ) -> Billing:
         """What to record as billed, by the decision's rule (see outcome.Bill)."""
         units_s = f"{units:f}" if units is not None else None
         if bill == Bill.NOTHING:
@@ -358,13 +399,18 @@ class Worker:
 
     # ------------------------------------------------------------------ deliver
 
-    def _deliver(self, claim: Claim, url: str, units: Decimal | None, *, keep: bool = False,
-                 bill: Bill = Bill.UNITS) -> None:
+    def _deliver(
+        self, claim: Claim, url: str, units: Decimal | None, *, keep: bool = False, bill: Bill = Bill.UNITS
+    ) -> None:
         job, attempt = claim.job, claim.attempt
         self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
         got = self.delivery.fetch(job, attempt["number"], url)
-        kept = Billing(attempt.get("billed_micro_usd") or 0, attempt.get("billable_units"),
-                       attempt.get("unit_price_micro_usd"), attempt.get("price_source"))
+        kept = Billing(
+            attempt.get("billed_micro_usd") or 0,
+            attempt.get("billable_units"),
+            attempt.get("unit_price_micro_usd"),
+            attempt.get("price_source"),
+        )
         if isinstance(got, NotDelivered):
             decision = self._undelivered(got, keep)
             if got.arrived or got.reply is not None:  # fal's CDN answered, or kept failing
@@ -373,14 +419,24 @@ class Worker:
             return
         self._fal_answered()
         money = kept if keep else self._bill(job, bill, units, got)
-        failed = self.delivery.publish(got, sidecar(job, attempt, got, money.micro_usd, money.units,
-                                                    money.source or ""))
+        failed = self.delivery.publish(
+            got, sidecar(job, attempt, got, money.micro_usd, money.units, money.source or "")
+        )
         if failed is not None:
             self._record(claim, self._undelivered(failed, keep), money, output_url=url)
             return
-        self.queue.finish(claim, JobState.SUCCEEDED, None, billed_micro_usd=money.micro_usd, billable_units=money.units,
-                          unit_price_micro_usd=money.unit_price_micro_usd, price_source=money.source,
-                          output=got.output_row(), output_url=url, keep_billed=keep)
+        self.queue.finish(
+            claim,
+            JobState.SUCCEEDED,
+            None,
+            billed_micro_usd=money.micro_usd,
+            billable_units=money.units,
+            unit_price_micro_usd=money.unit_price_micro_usd,
+            price_source=money.source,
+            output=got.output_row(),
+            output_url=url,
+            keep_billed=keep,
+        )
         for warning in got.warnings:  # delivered and billed; it differs only from our convention
             self.queue.record_event("output.check_warning", job=job, attempt_id=claim.attempt["id"], warning=warning)
             self.reporter.event("warning", job, message=f"job {job['id']} delivered, but {warning}")
@@ -389,11 +445,18 @@ class Worker:
     @staticmethod
     def _undelivered(got: NotDelivered, keep: bool) -> Decision:
         if got.arrived:  # fal delivered something that is not what was asked for
-            return Decision(Action.FAILED, got.reason + (f" (kept at {got.kept_at})" if got.kept_at else ""),
-                            Bill.KEEP if keep else Bill.UNITS)
+            return Decision(
+                Action.FAILED,
+                got.reason + (f" (kept at {got.kept_at})" if got.kept_at else ""),
+                Bill.KEEP if keep else Bill.UNITS,
+            )
         outage = got.reply is not None and decide(Phase.DOWNLOAD, got.reply, exhausted=True).outage
-        return Decision(Action.UNDELIVERED, f"{got.reason}; the output stays at fal: `batch-runner retry` "
-                        "downloads it again without paying again", Bill.KEEP if keep else Bill.UNITS, outage)
+        return Decision(
+            Action.UNDELIVERED,
+            f"{got.reason}; the output stays at fal: `batch-runner retry` downloads it again without paying again",
+            Bill.KEEP if keep else Bill.UNITS,
+            outage,
+        )
 
 
 def settle_cancel(queue: JobQueue, claim: Claim, answer: str) -> bool:

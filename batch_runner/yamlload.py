@@ -15,7 +15,7 @@ import yaml
 from .errors import ManifestError
 
 
-class LineDict(dict):
+class LineDict(dict[str, Any]):
     """A dict that knows the 1-based line of each of its keys and of itself."""
 
     line: int = 0
@@ -25,7 +25,7 @@ class LineDict(dict):
         return self.key_lines.get(key, self.line)
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A list that knows the 1-based line of each item and of itself."""
 
     line: int = 0
@@ -51,8 +51,11 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
-                |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -66,8 +69,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
         if not isinstance(key, str):
             key = str(key)
         if key in out:
-            raise ManifestError(f"key {key!r} appears twice", file=loader.name,
-                                line=key_node.start_mark.line + 1, hint="remove one of them")
+            raise ManifestError(
+                f"key {key!r} appears twice",
+                file=loader.name,
+                line=key_node.start_mark.line + 1,
+                hint="remove one of them",
+            )
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = key_node.start_mark.line + 1
     return out
@@ -99,9 +106,12 @@ def load_yaml(path: Path, *, display: str | None = None) -> Any:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise ManifestError(f"not valid YAML: {exc.problem or exc.context}", file=name,
-                            line=mark.line + 1 if mark else None,
-                            hint="check indentation and quoting") from exc
+        raise ManifestError(
+            f"not valid YAML: {exc.problem or exc.context}",
+            file=name,
+            line=mark.line + 1 if mark else None,
+            hint="check indentation and quoting",
+        ) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", file=name) from exc
     finally:

@@ -17,21 +17,29 @@ EXE = Path(sys.executable).parent / "batch-runner"
 ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 
 
-def write_load_batch(folder: Path, sources: int, grid_x: list[int], *, batch: str = "bench",
-                     output_root: str = "out") -> Path:
+def write_load_batch(
+    folder: Path, sources: int, grid_x: list[int], *, batch: str = "bench", output_root: str = "out"
+) -> Path:
     """`sources` distinct clips in folder/media and a manifest (folder/BATCH.yaml) crossing them
     with every aspect ratio and `grid_x` position: sources × 5 × len(grid_x) jobs."""
     (folder / "media").mkdir(parents=True, exist_ok=True)
     for i in range(sources):
         # distinct content even where the pattern repeats: a different width per source
-        make_clip(folder / "media" / f"src{i:03d}.mp4", duration="1", size=f"{64 + 2 * i}x36", rate=25, audio=False,
-                  pattern=PATTERNS[i % len(PATTERNS)])
+        make_clip(
+            folder / "media" / f"src{i:03d}.mp4",
+            duration="1",
+            size=f"{64 + 2 * i}x36",
+            rate=25,
+            audio=False,
+            pattern=PATTERNS[i % len(PATTERNS)],
+        )
     manifest = folder / f"{batch}.yaml"
     manifest.write_text(
         f"batch: {batch}\nendpoint: ray-2-flash/reframe\n"
         f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(grid_x)}\n"
-        f"sources:\n  - glob: \"media/*.mp4\"\noutput_root: {output_root}\n"
-        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
+        f'sources:\n  - glob: "media/*.mp4"\noutput_root: {output_root}\n'
+        'output: "{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4"\n'
+    )
     return manifest
 
 
@@ -41,9 +49,13 @@ class EmulatorProcess:
     def __init__(self, *options: str) -> None:
         self.options = options
 
-    def __enter__(self) -> "EmulatorProcess":
-        self.proc = subprocess.Popen([str(EXE), "emulator", "serve", "--port", "0", "--fps", "8", *self.options],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def __enter__(self) -> EmulatorProcess:
+        self.proc = subprocess.Popen(
+            [str(EXE), "emulator", "serve", "--port", "0", "--fps", "8", *self.options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.url = self.proc.stdout.readline().strip()
         return self
 

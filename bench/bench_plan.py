@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,12 +25,14 @@ WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
 from batch_runner.media import make_clip  # noqa: E402
-from bench._report import run_measured as _run, publish  # noqa: E402
+from bench._report import publish  # noqa: E402
+from bench._report import run_measured as _run  # noqa: E402
 
 
 def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
     exe = Path(sys.executable).parent / "batch-runner"
     return _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
+
 
 ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
 GRID_X = list(range(0, 100, 10))  # 5 × 10 = 50 combinations
@@ -42,16 +44,20 @@ def manifest(folder: Path) -> Path:
         "batch: bench\nendpoint: ray-2-flash/reframe\n"
         "defaults:\n  prompt: extend the background\n"
         f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
-        "sources:\n  - glob: \"media/*.mp4\"\n"
-        "output: \"{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4\"\n")
+        'sources:\n  - glob: "media/*.mp4"\n'
+        'output: "{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4"\n'
+    )
     return path
 
 
 def baseline_ffprobe(files: list[Path]) -> float:
     start = time.perf_counter()
     for f in files:
-        subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(f)],
-                       capture_output=True, check=True)
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(f)],
+            capture_output=True,
+            check=True,
+        )
     return time.perf_counter() - start
 
 
@@ -60,13 +66,17 @@ def baseline_insert(rows: int, row_bytes: int) -> float:
     db.unlink(missing_ok=True)
     con = sqlite3.connect(db)
     con.execute("PRAGMA journal_mode=WAL")
-    con.execute("create table jobs (id integer primary key, key text unique, input_json text, output text, "
-                "state text, estimate integer)")
+    con.execute(
+        "create table jobs (id integer primary key, key text unique, input_json text, output text, "
+        "state text, estimate integer)"
+    )
     payload = "x" * row_bytes
     start = time.perf_counter()
     with con:
-        con.executemany("insert into jobs (key, input_json, output, state, estimate) values (?, ?, ?, 'queued', 1)",
-                        ((f"{i:064x}", payload, f"/out/{i}.mp4") for i in range(rows)))
+        con.executemany(
+            "insert into jobs (key, input_json, output, state, estimate) values (?, ?, ?, 'queued', 1)",
+            ((f"{i:064x}", payload, f"/out/{i}.mp4") for i in range(rows)),
+        )
     elapsed = time.perf_counter() - start
     con.close()
     return elapsed
@@ -110,23 +120,60 @@ def main() -> None:
     cold_rate = opts.sources / cold
     base_rate = opts.sources / base_probe
     rows = [
-        ("cold plan (empty probe cache), --json", f"{cold:.2f} s", f"{cold_rss / 1024:.0f} MB",
-         f"{cold_rate:.0f} sources/s = {cold_rate / base_rate:.2f}× a sequential ffprobe loop ({base_rate:.0f}/s)",
-         "≥ 20 sources/s", cold_rate >= 20),
-        ("warm plan (all probes cached), --json", f"{warm:.2f} s", f"{warm_rss / 1024:.0f} MB",
-         f"{warm / cold:.2f}× the cold plan", "< 3 s", warm < 3),
-        ("warm plan, table output", f"{warm_table:.2f} s", "", f"{warm_table / cold:.2f}× the cold plan", "< 3 s",
-         warm_table < 3),
-        ("enqueue 10,000 new jobs (incl. warm plan)", f"{enq:.2f} s", f"{enq_rss / 1024:.0f} MB",
-         f"its write phase (enqueue − warm plan, {enq - warm:.2f} s) is {(enq - warm) / base_insert:.1f}× a bare "
-         f"sqlite3 executemany of the same rows ({base_insert:.2f} s)", "< 5 s", enq < 5),
-        ("enqueue again (adds nothing)", f"{enq_again:.2f} s", "", f"{enq_again / enq:.2f}× the first enqueue", "", True),
+        (
+            "cold plan (empty probe cache), --json",
+            f"{cold:.2f} s",
+            f"{cold_rss / 1024:.0f} MB",
+            f"{cold_rate:.0f} sources/s = {cold_rate / base_rate:.2f}× a sequential ffprobe loop ({base_rate:.0f}/s)",
+            "≥ 20 sources/s",
+            cold_rate >= 20,
+        ),
+        (
+            "warm plan (all probes cached), --json",
+            f"{warm:.2f} s",
+            f"{warm_rss / 1024:.0f} MB",
+            f"{warm / cold:.2f}× the cold plan",
+            "< 3 s",
+            warm < 3,
+        ),
+        (
+            "warm plan, table output",
+            f"{warm_table:.2f} s",
+            "",
+            f"{warm_table / cold:.2f}× the cold plan",
+            "< 3 s",
+            warm_table < 3,
+        ),
+        (
+            "enqueue 10,000 new jobs (incl. warm plan)",
+            f"{enq:.2f} s",
+            f"{enq_rss / 1024:.0f} MB",
+            (
+                f"its write phase (enqueue − warm plan, {enq - warm:.2f} s) is "
+                f"{(enq - warm) / base_insert:.1f}× a bare sqlite3 executemany of the same rows ({base_insert:.2f} s)"
+            ),
+            "< 5 s",
+            enq < 5,
+        ),
+        (
+            "enqueue again (adds nothing)",
+            f"{enq_again:.2f} s",
+            "",
+            f"{enq_again / enq:.2f}× the first enqueue",
+            "",
+            True,
+        ),
     ]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {opts.sources} sources × {len(ASPECTS) * len(GRID_X)} "
-             f"combinations = {jobs:,} jobs (`make bench`).", "",
-             "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",
-             "|---|---|---|---|---|---|"]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        (
+            f"Measured {stamp} on {os.cpu_count()} cores: {opts.sources} sources × {len(ASPECTS) * len(GRID_X)} "
+            f"combinations = {jobs:,} jobs (`make bench`)."
+        ),
+        "",
+        "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
     publish("plan-bench", "Plan and enqueue", lines, write=not opts.no_write)
 

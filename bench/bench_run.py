@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,11 @@ def ffprobe_cpu_per_file(path: Path, runs: int = 30) -> float:
     """CPU seconds (user + system) one ffprobe of an output costs, as the runner calls it."""
     before = os.times()
     for _ in range(runs):
-        subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-                       capture_output=True, check=True)
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+            capture_output=True,
+            check=True,
+        )
     after = os.times()
     return ((after.children_user - before.children_user) + (after.children_system - before.children_system)) / runs
 
@@ -55,21 +58,36 @@ def main() -> None:
     env.pop("BATCH_RUNNER_FAL_URL", None)
     subprocess.run([str(EXE), "db", "upgrade"], env=env, check=True, capture_output=True)  # never created by itself
 
-    plan = json.loads(subprocess.run([str(EXE), "plan", str(manifest), "--json"], env=env, capture_output=True,
-                                     text=True, check=True).stdout)
-    (WORK / "jobs.json").write_text(json.dumps([{"endpoint": j["endpoint"], "input": j["params"]}
-                                                for j in plan["jobs"]]))
+    plan = json.loads(
+        subprocess.run(
+            [str(EXE), "plan", str(manifest), "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    (WORK / "jobs.json").write_text(
+        json.dumps([{"endpoint": j["endpoint"], "input": j["params"]} for j in plan["jobs"]])
+    )
 
     with EmulatorProcess("--instant", "--concurrency", str(CONCURRENCY)) as emu:
         plain_wall, plain_rss, out, _ = run_measured(
-            [sys.executable, str(ROOT / "bench" / "plain_fal_client.py"), emu.url, str(WORK / "jobs.json"),
-             str(WORK / "out-plain"), str(CONCURRENCY)], env, WORK)
+            [
+                sys.executable,
+                str(ROOT / "bench" / "plain_fal_client.py"),
+                emu.url,
+                str(WORK / "jobs.json"),
+                str(WORK / "out-plain"),
+                str(CONCURRENCY),
+            ],
+            env,
+            WORK,
+        )
         plain = emu.health()["http_requests"]
         assert json.loads(out)["done"] == jobs and sum(emu.accepted_per_input().values()) == jobs
     with EmulatorProcess("--instant", "--concurrency", str(CONCURRENCY)) as emu:
         ours_wall, ours_rss, out, _ = run_measured(
             [str(EXE), "--fal-url", emu.url, "run", str(manifest), "--concurrency", str(CONCURRENCY), "--json"],
-            env, WORK)
+            env,
+            WORK,
+        )
         ours = emu.health()["http_requests"]
         summary = json.loads(out)
         assert summary["jobs"] == {"succeeded": jobs}, summary
@@ -81,25 +99,51 @@ def main() -> None:
         return counts.get("api", 0) / jobs
 
     rows = [
-        ("plain fal-client script (baseline)", f"{plain_wall:.1f} s", f"{jobs / plain_wall:.1f}", "1.00",
-         f"{per_job(plain):.2f}", f"{plain_rss / 1024:.0f} MB"),
-        ("batch-runner run (persists, verifies)", f"{ours_wall:.1f} s", f"{jobs / ours_wall:.1f}",
-         f"{plain_wall / ours_wall:.2f}", f"{per_job(ours):.2f}", f"{ours_rss / 1024:.0f} MB"),
+        (
+            "plain fal-client script (baseline)",
+            f"{plain_wall:.1f} s",
+            f"{jobs / plain_wall:.1f}",
+            "1.00",
+            f"{per_job(plain):.2f}",
+            f"{plain_rss / 1024:.0f} MB",
+        ),
+        (
+            "batch-runner run (persists, verifies)",
+            f"{ours_wall:.1f} s",
+            f"{jobs / ours_wall:.1f}",
+            f"{plain_wall / ours_wall:.2f}",
+            f"{per_job(ours):.2f}",
+            f"{ours_rss / 1024:.0f} MB",
+        ),
     ]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs:,} jobs ({opts.sources} sources × 50 combinations, "
-             f"Ray 2 Flash reframe), emulator in instant mode, concurrency {CONCURRENCY} (`make bench`).", "",
-             "| contender | wall | jobs/s | speed vs baseline | HTTP requests per job besides the download | peak RSS |",
-             "|---|---|---|---|---|---|"]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        (
+            f"Measured {stamp} on {os.cpu_count()} cores: {jobs:,} jobs ({opts.sources} sources × 50 combinations, "
+            f"Ray 2 Flash reframe), emulator in instant mode, concurrency {CONCURRENCY} (`make bench`)."
+        ),
+        "",
+        "| contender | wall | jobs/s | speed vs baseline | HTTP requests per job besides the download | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(r)} |" for r in rows]
-    lines += ["", f"The output check the runner must make (ffprobe on every download, the plain script makes "
-              f"none) costs {probe_cpu_s * 1000:.0f} ms of CPU per output, measured in this run: "
-              f"{probe_cpu_s * jobs:.0f} s of CPU for {jobs:,} outputs, {probe_cpu_s * jobs / (os.cpu_count() or 1):.0f} s "
-              f"of wall time at best on {os.cpu_count()} cores, which the emulator shares.", "",
-              f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
-              f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
-              f"({per_job(ours):.2f} → {'met' if per_job(ours) <= 4 else 'NOT met'}); peak RSS under 200 MB "
-              f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'})."]
+    lines += [
+        "",
+        (
+            f"The output check the runner must make (ffprobe on every download, the plain script makes "
+            f"none) costs {probe_cpu_s * 1000:.0f} ms of CPU per output, measured in this run: "
+            f"{probe_cpu_s * jobs:.0f} s of CPU for {jobs:,} outputs, "
+            f"{probe_cpu_s * jobs / (os.cpu_count() or 1):.0f} s "
+            f"of wall time at best on {os.cpu_count()} cores, which the emulator shares."
+        ),
+        "",
+        (
+            f"Targets: at least as fast as the plain script ({plain_wall / ours_wall:.2f}× → "
+            f"{'met' if ours_wall <= plain_wall else 'NOT met'}); at most 4 requests per job besides the download "
+            f"({per_job(ours):.2f} → {'met' if per_job(ours) <= 4 else 'NOT met'}); peak RSS under 200 MB "
+            f"({ours_rss / 1024:.0f} MB → {'met' if ours_rss / 1024 < 200 else 'NOT met'})."
+        ),
+    ]
     publish("run-bench", "Run", lines, write=not opts.no_write)
 
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,7 @@ def fresh_database(backend: str, tag: str) -> tuple[str, object]:
     def drop() -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
 
 
@@ -70,9 +71,26 @@ def contender(manifest: Path, backend: str, processes: int, threads: int, speed:
             env["BATCH_RUNNER_FAL_URL"] = emu.url
             logs = [(WORK / f"{tag}-{i}.log").open("w") for i in range(processes)]
             start = time.perf_counter()
-            procs = [subprocess.Popen([str(EXE), "work", "--batch", "bench", "--until-done", "--concurrency",
-                                       str(threads), "--max-in-flight", str(threads * processes), "--json"],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+            procs = [
+                subprocess.Popen(
+                    [
+                        str(EXE),
+                        "work",
+                        "--batch",
+                        "bench",
+                        "--until-done",
+                        "--concurrency",
+                        str(threads),
+                        "--max-in-flight",
+                        str(threads * processes),
+                        "--json",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                for log in logs
+            ]
             cpu = 0.0
             for p in procs:
                 _, status, usage = os.wait4(p.pid, 0)
@@ -121,39 +139,63 @@ def claim_ms(manifest: Path, backend: str, claims: int = 200) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", type=int, default=8)
-    ap.add_argument("--speed", type=float, default=30.0, help="emulator time factor (Ray 2 Flash reframe: 60 s / speed)")
+    ap.add_argument(
+        "--speed", type=float, default=30.0, help="emulator time factor (Ray 2 Flash reframe: 60 s / speed)"
+    )
     ap.add_argument("--threads", type=int, default=8, help="worker threads per process")
     ap.add_argument("--no-write", action="store_true")
     opts = ap.parse_args()
     manifest = prepare(opts.sources)
     jobs = opts.sources * len(ASPECTS) * len(GRID_X)
-    runs = [("SQLite", "sqlite", 1), ("PostgreSQL", "postgresql", 1), ("PostgreSQL", "postgresql", 2),
-            ("PostgreSQL", "postgresql", 4)]
+    runs = [
+        ("SQLite", "sqlite", 1),
+        ("PostgreSQL", "postgresql", 1),
+        ("PostgreSQL", "postgresql", 2),
+        ("PostgreSQL", "postgresql", 4),
+    ]
     results = []
     for label, backend, n in runs:
         r = contender(manifest, backend, n, opts.threads, opts.speed, jobs)
-        print(f"{label} × {n}: {r['wall']:.1f} s, {jobs / r['wall']:.1f} jobs/s, worker CPU {r['cpu']:.1f} s, "
-              f"peak in flight {r['peak']}", flush=True)
+        print(
+            f"{label} × {n}: {r['wall']:.1f} s, {jobs / r['wall']:.1f} jobs/s, worker CPU {r['cpu']:.1f} s, "
+            f"peak in flight {r['peak']}",
+            flush=True,
+        )
         results.append((label, n, r))
     latency = {b: claim_ms(manifest, b, claims=min(200, jobs)) for b in ("sqlite", "postgresql")}
     base = results[0][2]["wall"]
     processing = 60.0 / opts.speed
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
-             f"per worker process, emulator at speed {opts.speed:g} ({processing:.1f} s of processing per job, "
-             f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`).", "",
-             "| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
-             "| peak requests in flight at fal | worker CPU per job |", "|---|---|---|---|---|---|---|---|"]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        (
+            f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
+            f"per worker process, emulator at speed {opts.speed:g} ({processing:.1f} s of processing per job, "
+            f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`)."
+        ),
+        "",
+        (
+            "| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
+            "| peak requests in flight at fal | worker CPU per job |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for label, n, r in results:
         name = "1 process (baseline)" if r is results[0][2] else f"{n} process{'es' if n > 1 else ''}"
         # the wall time fal's latency alone allows: rounds of (queue delay + processing) at this many in flight
         floor = math.ceil(jobs / (opts.threads * n)) * (2.0 + 60.0) / opts.speed
-        lines.append(f"| {name} | {label} | {r['wall']:.1f} s | {jobs / r['wall']:.1f} | {base / r['wall']:.2f} "
-                     f"| {floor:.1f} s ({floor / r['wall']:.0%}) | {r['peak']} | {r['cpu'] / jobs * 1000:.0f} ms |")
-    lines += ["", f"One claim transaction (dispatch row lock, sweep, pick, budget reservation, attempt row, audit "
-              f"event), alone, in-process: {latency['sqlite']:.1f} ms on SQLite, {latency['postgresql']:.1f} ms on "
-              f"PostgreSQL. Claims queue on one row lock, so they are bounded at about "
-              f"{1000 / latency['postgresql']:.0f} a second on PostgreSQL across all machines."]
+        lines.append(
+            f"| {name} | {label} | {r['wall']:.1f} s | {jobs / r['wall']:.1f} | {base / r['wall']:.2f} "
+            f"| {floor:.1f} s ({floor / r['wall']:.0%}) | {r['peak']} | {r['cpu'] / jobs * 1000:.0f} ms |"
+        )
+    lines += [
+        "",
+        (
+            f"One claim transaction (dispatch row lock, sweep, pick, budget reservation, attempt row, audit "
+            f"event), alone, in-process: {latency['sqlite']:.1f} ms on SQLite, {latency['postgresql']:.1f} ms on "
+            f"PostgreSQL. Claims queue on one row lock, so they are bounded at about "
+            f"{1000 / latency['postgresql']:.0f} a second on PostgreSQL across all machines."
+        ),
+    ]
     publish("scale-bench", "Scale-out", lines, write=not opts.no_write)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -41,11 +41,11 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         skip_or_fail("ffmpeg and ffprobe are not installed")
     d = tmp_path_factory.mktemp("media")
     clips = {
-        "c5": dict(duration="5", audio=True),
-        "c5_04": dict(duration="5.04", audio=False),
-        "c0_5": dict(duration="0.5", audio=False),
-        "c30": dict(duration="30", audio=False),
-        "c30_04": dict(duration="30.04", audio=False),
+        "c5": {"duration": "5", "audio": True},
+        "c5_04": {"duration": "5.04", "audio": False},
+        "c0_5": {"duration": "0.5", "audio": False},
+        "c30": {"duration": "30", "audio": False},
+        "c30_04": {"duration": "30.04", "audio": False},
     }
     out = {name: make_clip(d / f"{name}.mp4", size="64x36", rate=50, **kw) for name, kw in clips.items()}
     out["image"] = make_image(d / "still.png", size="64x36")

@@ -60,8 +60,9 @@ class Reply:
     @property
     def describe(self) -> str:
         if self.failure is not None:
-            return {Failure.CONNECT: "no connection", Failure.RESET: "connection reset",
-                    Failure.TIMEOUT: "timed out"}[self.failure]
+            return {Failure.CONNECT: "no connection", Failure.RESET: "connection reset", Failure.TIMEOUT: "timed out"}[
+                self.failure
+            ]
         return f"HTTP {self.status}"
 
 
@@ -80,10 +81,15 @@ def reply_of(resp: httpx.Response) -> Reply:
             body = None
         if isinstance(body, dict) and isinstance(body.get("error_type"), str):
             error_type = body["error_type"]
-    return Reply(status=resp.status_code, request_id=resp.headers.get("x-fal-request-id"),
-                 ingress=is_ingress_error(resp), error_type=error_type,
-                 user_timeout=resp.headers.get("x-fal-request-timeout-type", "").lower() == "user",
-                 retry_after_s=_retry_after(resp), billable_units=billable)
+    return Reply(
+        status=resp.status_code,
+        request_id=resp.headers.get("x-fal-request-id"),
+        ingress=is_ingress_error(resp),
+        error_type=error_type,
+        user_timeout=resp.headers.get("x-fal-request-timeout-type", "").lower() == "user",
+        retry_after_s=_retry_after(resp),
+        billable_units=billable,
+    )
 
 
 def reply_of_exception(exc: httpx.TransportError) -> Reply:
@@ -134,8 +140,11 @@ def retry_call(phase: Phase, reply: Reply) -> bool:
         return reply.failure == Failure.CONNECT or phase in READS
     code = reply.status or 0
     if phase == Phase.SUBMIT:
-        return (code in (408, 429) or reply.ingress
-                or (code == 504 and reply.request_id is None and (reply.user_timeout or reply.error_type is not None)))
+        return (
+            code in (408, 429)
+            or reply.ingress
+            or (code == 504 and reply.request_id is None and (reply.user_timeout or reply.error_type is not None))
+        )
     if phase == Phase.RESULT and reply.request_id is not None and code not in CALL_FAILURE_CODES:
         return False  # the request's own answer, replayed (§5): not a failure of the call
     return code in READ_RETRY_CODES
@@ -159,15 +168,27 @@ def is_answer(phase: Phase, reply: Reply) -> bool:
 
 #: Infrastructure failures: never billed ("5xx never charged", §11), and a new attempt may succeed.
 #: Source: fal docs, model-apis/request-errors (§7), plus the fal-client/emulator server errors.
-RETRYABLE_ERROR_TYPES = frozenset({
-    "runner_disconnected", "runner_connection_timeout", "runner_connection_refused", "runner_connection_error",
-    "runner_scheduling_failure", "runner_incomplete_response", "runner_server_error", "request_timeout",
-    "startup_timeout", "internal_error", "internal_server_error", "server_error",
-})
+RETRYABLE_ERROR_TYPES = frozenset(
+    {
+        "runner_disconnected",
+        "runner_connection_timeout",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_scheduling_failure",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "request_timeout",
+        "startup_timeout",
+        "internal_error",
+        "internal_server_error",
+        "server_error",
+    }
+)
 #: The input was refused: fix the manifest. Pydantic-style validation types in `detail` (§7),
 #: and fal's file_download_error when a media URL could not be fetched.
-REJECTION_ERROR_TYPES = frozenset({"validation_error", "value_error", "missing", "enum", "file_download_error",
-                                   "string_too_long", "bad_request"})
+REJECTION_ERROR_TYPES = frozenset(
+    {"validation_error", "value_error", "missing", "enum", "file_download_error", "string_too_long", "bad_request"}
+)
 #: The request was cancelled: fal documents `client_cancelled` (499) on the request-errors page;
 #: `request_cancelled` is what older emulator versions sent, kept so their records still read right.
 CANCELLED_ERROR_TYPES = frozenset({"client_cancelled", "request_cancelled"})
@@ -218,8 +239,11 @@ def parse_status(data: Any) -> Status:
         return InProgress(logs)
     if state == "COMPLETED":
         error = data.get("error")
-        return Completed(logs, str(error)[:500] if error is not None else None,
-                         str(data["error_type"]) if data.get("error_type") else None)
+        return Completed(
+            logs,
+            str(error)[:500] if error is not None else None,
+            str(data["error_type"]) if data.get("error_type") else None,
+        )
     raise RemoteError(f"status: unknown status {str(state)[:40]!r}")
 
 

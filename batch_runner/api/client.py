@@ -10,12 +10,13 @@ import hashlib
 import json
 import mimetypes
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -48,7 +49,7 @@ TOKEN_MARGIN_S = 3600.0
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class CdnToken:
     refresh_at: datetime | None  # None: fal gave no expiry; only a 401/403 makes us fetch another
 
     @classmethod
-    def from_answer(cls, data: dict[str, Any], now: datetime) -> "CdnToken":
+    def from_answer(cls, data: dict[str, Any], now: datetime) -> CdnToken:
         expires = _parse_time(data.get("expires_at"))
         refresh = None
         if expires is not None:
@@ -81,7 +82,7 @@ def _parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def lifecycle_headers(lifetime_s: int | None) -> dict[str, str]:
@@ -114,16 +115,27 @@ class Submitted:
 class FalClient:
     """Thread-safe: one client serves every worker thread."""
 
-    def __init__(self, hosts: FalHosts, key: Secret, *, pool: int = 32, policy: RetryPolicy | None = None,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        hosts: FalHosts,
+        key: Secret,
+        *,
+        pool: int = 32,
+        policy: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.hosts = hosts
         limits = httpx.Limits(max_connections=pool * 2 + 4, max_keepalive_connections=pool * 2 + 4)
-        self._http = httpx.Client(timeout=TIMEOUT, limits=limits, follow_redirects=True,
-                                  headers={"Authorization": f"Key {key.reveal()}",
-                                           "User-Agent": "batch-runner/0.1"})
+        self._http = httpx.Client(
+            timeout=TIMEOUT,
+            limits=limits,
+            follow_redirects=True,
+            headers={"Authorization": f"Key {key.reveal()}", "User-Agent": "batch-runner/0.1"},
+        )
         # Output files live on CDN hosts: fetch them without our key, so it never leaves for them.
-        self._plain = httpx.Client(timeout=TIMEOUT, limits=limits, follow_redirects=True,
-                                   headers={"User-Agent": "batch-runner/0.1"})
+        self._plain = httpx.Client(
+            timeout=TIMEOUT, limits=limits, follow_redirects=True, headers={"User-Agent": "batch-runner/0.1"}
+        )
         self.stop = stop or threading.Event()
         self.transport = Transport(self._http, policy or RetryPolicy(), self.stop)
         self._cdn_token: CdnToken | None = None
@@ -139,12 +151,19 @@ class FalClient:
         resp = self.transport.submit(f"{self.hosts.queue}/{endpoint_id}", f"submit to {endpoint_id}", json=payload)
         try:
             data = resp.json()
-            return Submitted(str(data["request_id"]), str(data["status_url"]), str(data["response_url"]),
-                             str(data["cancel_url"]), data.get("queue_position"))
+            return Submitted(
+                str(data["request_id"]),
+                str(data["status_url"]),
+                str(data["response_url"]),
+                str(data["cancel_url"]),
+                data.get("queue_position"),
+            )
         except (ValueError, KeyError, TypeError) as exc:  # fal answered 2xx: it may well have queued the request
-            raise AmbiguousSubmitError(f"submit to {endpoint_id}: the answer lacks a request id",
-                                       hint="`batch-runner resolve` asks fal what became of it",
-                                       reply=reply_of(resp)) from exc
+            raise AmbiguousSubmitError(
+                f"submit to {endpoint_id}: the answer lacks a request id",
+                hint="`batch-runner resolve` asks fal what became of it",
+                reply=reply_of(resp),
+            ) from exc
 
     def request_urls(self, endpoint_id: str, request_id: str) -> Submitted:
         """The status, result and cancel URLs of a request found through fal's request listing
@@ -157,8 +176,9 @@ class FalClient:
         return Submitted(request_id, f"{base}/status", base, f"{base}/cancel", None)
 
     def status(self, status_url: str, *, logs: bool = False) -> Status:
-        resp = self.transport.read("GET", status_url, "status", phase=Phase.STATUS,
-                                   params={"logs": "1" if logs else "0"})
+        resp = self.transport.read(
+            "GET", status_url, "status", phase=Phase.STATUS, params={"logs": "1" if logs else "0"}
+        )
         return parse_status(_json_or_error(resp, "status"))
 
     def stream(self, status_url: str, *, logs: bool = False) -> Iterator[Status]:
@@ -168,8 +188,13 @@ class FalClient:
         sends it (streaming.ts)."""
         try:
             self.transport.count_request()
-            with self._http.stream("GET", f"{status_url}/stream", params={"logs": "1" if logs else "0"},
-                                   headers={"Accept": "text/event-stream"}, timeout=STREAM_TIMEOUT) as resp:
+            with self._http.stream(
+                "GET",
+                f"{status_url}/stream",
+                params={"logs": "1" if logs else "0"},
+                headers={"Accept": "text/event-stream"},
+                timeout=STREAM_TIMEOUT,
+            ) as resp:
                 if resp.status_code != 200:
                     raise TransientRemoteError(f"status stream: HTTP {resp.status_code}")
                 for line in resp.iter_lines():
@@ -210,6 +235,7 @@ class FalClient:
         """Stream a file to `target` (repeated whole while `retry_call` allows); returns its
         sha256 and size. A local write failure (a full disk, a folder that cannot be written)
         raises OSError at once: it is not fal's fault and repeating the download cannot help."""
+
         def once() -> tuple[str, int]:
             h, size = hashlib.sha256(), 0
             self.transport.count_request()
@@ -228,9 +254,12 @@ class FalClient:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"download: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if expected is not None and int(expected) != size:
-                raise TransientRemoteError(f"download: got {size} of {expected} bytes",
-                                           reply=reply_of_exception(httpx.RemoteProtocolError("short body")))
+                raise TransientRemoteError(
+                    f"download: got {size} of {expected} bytes",
+                    reply=reply_of_exception(httpx.RemoteProtocolError("short body")),
+                )
             return h.hexdigest(), size
+
         return self.transport.repeat(Phase.DOWNLOAD, "download", once)
 
     def _token(self, stale: CdnToken | None = None) -> CdnToken:
@@ -239,11 +268,17 @@ class FalClient:
         with self._token_lock:
             held = self._cdn_token
             if held is None or held is stale or held.due(_utcnow()):
-                resp = self.transport.read("POST", f"{self.hosts.rest}/storage/auth/token", "storage token",
-                                           phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"}, json={})
+                resp = self.transport.read(
+                    "POST",
+                    f"{self.hosts.rest}/storage/auth/token",
+                    "storage token",
+                    phase=Phase.UPLOAD,
+                    params={"storage_type": "fal-cdn-v3"},
+                    json={},
+                )
                 with malformed("storage token"):
-                    self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
-            return self._cdn_token
+                    held = self._cdn_token = CdnToken.from_answer(_json_or_error(resp, "storage token"), _utcnow())
+            return held
 
     def upload(self, path: Path, *, lifetime_s: int | None = None) -> str:
         """Upload a local file to fal's storage; returns its URL. `lifetime_s` asks fal to keep it
@@ -264,14 +299,22 @@ class FalClient:
             return self._upload_whole(path, ctype, lifecycle, self._token(stale=token))
         except AuthError as exc:  # a fresh token refused too: this file's upload fails, not every worker
             reply = exc.reply if isinstance(exc.reply, Reply) else Reply(status=exc.status)
-            raise RemoteError(f"upload {path.name}: fal's storage refused a fresh upload token ({exc.message})",
-                              reply=replace(reply, keyless=True)) from None
+            raise RemoteError(
+                f"upload {path.name}: fal's storage refused a fresh upload token ({exc.message})",
+                reply=replace(reply, keyless=True),
+            ) from None
 
     def _upload_whole(self, path: Path, ctype: str, lifecycle: dict[str, str], token: CdnToken) -> str:
         """One POST to the fixed CDN host (fal:…/fal_client/client.py `_upload_v3`: `CDN_URL + "/files/upload"`)."""
         headers = {"Authorization": token.header, "Content-Type": ctype, "X-Fal-File-Name": path.name, **lifecycle}
-        resp = self.transport.read("POST", f"{self.hosts.cdn}/files/upload", f"upload {path.name}",
-                                   phase=Phase.UPLOAD, content=path.read_bytes(), headers=headers)
+        resp = self.transport.read(
+            "POST",
+            f"{self.hosts.cdn}/files/upload",
+            f"upload {path.name}",
+            phase=Phase.UPLOAD,
+            content=path.read_bytes(),
+            headers=headers,
+        )
         with malformed(f"upload {path.name}"):
             return str(_json_or_error(resp, f"upload {path.name}")["access_url"])
 
@@ -294,17 +337,24 @@ class FalClient:
 
     def _upload_parts_once(self, path: Path, ctype: str, lifecycle: dict[str, str]) -> str:
         what = f"upload {path.name}"
-        start = self.transport.read("POST", f"{self.hosts.rest}/storage/upload/initiate-multipart", what,
-                                    phase=Phase.UPLOAD, params={"storage_type": "fal-cdn-v3"},
-                                    json={"content_type": ctype, "file_name": path.name}, headers=lifecycle)
+        start = self.transport.read(
+            "POST",
+            f"{self.hosts.rest}/storage/upload/initiate-multipart",
+            what,
+            phase=Phase.UPLOAD,
+            params={"storage_type": "fal-cdn-v3"},
+            json={"content_type": ctype, "file_name": path.name},
+            headers=lifecycle,
+        )
         answer = _json_or_error(start, what)
         with malformed(what):
             upload_url, file_url = str(answer["upload_url"]), str(answer["file_url"])
         parts = []
         with path.open("rb") as fh:
             for number, chunk in enumerate(iter(lambda: fh.read(MULTIPART_CHUNK), b""), start=1):
-                resp = self._unkeyed("PUT", _beside(upload_url, str(number)),
-                                     f"upload part {number} of {path.name}", content=chunk)
+                resp = self._unkeyed(
+                    "PUT", _beside(upload_url, str(number)), f"upload part {number} of {path.name}", content=chunk
+                )
                 part = _json_or_error(resp, f"upload part {number} of {path.name}")
                 with malformed(f"upload part {number} of {path.name}"):
                     parts.append({"partNumber": int(part["partNumber"]), "etag": str(part["etag"])})
@@ -313,6 +363,7 @@ class FalClient:
 
     def _unkeyed(self, method: str, url: str, what: str, **kw: Any) -> httpx.Response:
         """A storage call to a signed URL, without our key, repeated as any upload call is."""
+
         def once() -> httpx.Response:
             self.transport.count_request()
             try:
@@ -321,13 +372,16 @@ class FalClient:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if not resp.is_success:
-                exc = error_for(resp, what)
-                if isinstance(exc, AuthError):  # our key was not sent: the signed URL was refused, not the key
-                    raise RemoteError(f"{what}: the signed upload URL was refused (HTTP {resp.status_code})",
-                                      hint="it may have expired; the upload is started again",
-                                      reply=replace(reply_of(resp), keyless=True)) from None
-                raise exc
+                err = error_for(resp, what)
+                if isinstance(err, AuthError):  # our key was not sent: the signed URL was refused, not the key
+                    raise RemoteError(
+                        f"{what}: the signed upload URL was refused (HTTP {resp.status_code})",
+                        hint="it may have expired; the upload is started again",
+                        reply=replace(reply_of(resp), keyless=True),
+                    ) from None
+                raise err
             return resp
+
         return self.transport.repeat(Phase.UPLOAD, what, once)
 
     # ------------------------------------------------------------------ platform API
@@ -345,12 +399,22 @@ class FalClient:
                     except (KeyError, TypeError, InvalidOperation) as exc:
                         raise RemoteError(f"pricing: fal's answer has a malformed price: {str(p)[:200]}") from exc
                     if str(p.get("currency") or "USD").upper() != "USD":  # every sum here is USD
-                        raise RemoteError(f"pricing: fal prices {p['endpoint_id']} in {p['currency']}, "
-                                          "and batch-runner accounts in USD only")
+                        raise RemoteError(
+                            f"pricing: fal prices {p['endpoint_id']} in {p['currency']}, "
+                            "and batch-runner accounts in USD only"
+                        )
         return prices
 
-    def usage(self, start: str, end: str, endpoint_ids: list[str], *, timeframe: str = "day",
-              bound_to_timeframe: bool = False, tz: str = "UTC") -> list[dict[str, Any]]:
+    def usage(
+        self,
+        start: str,
+        end: str,
+        endpoint_ids: list[str],
+        *,
+        timeframe: str = "day",
+        bound_to_timeframe: bool = False,
+        tz: str = "UTC",
+    ) -> list[dict[str, Any]]:
         """fal's billed usage, one row per bucket and endpoint (all pages; admin key).
 
         As https://docs.fal.ai/platform-apis/v1/models/usage documents it: endpoint_id "Must
@@ -363,9 +427,15 @@ class FalClient:
             raise ValueError("the usage API needs at least one endpoint id")
         rows: list[dict[str, Any]] = []
         for chunk in _chunks(endpoint_ids, ENDPOINT_IDS_MAX):
-            params = {"start": start, "end": end, "timeframe": timeframe, "timezone": tz,
-                      "bound_to_timeframe": "true" if bound_to_timeframe else "false",
-                      "expand": "time_series", "endpoint_id": ",".join(chunk)}
+            params = {
+                "start": start,
+                "end": end,
+                "timeframe": timeframe,
+                "timezone": tz,
+                "bound_to_timeframe": "true" if bound_to_timeframe else "false",
+                "expand": "time_series",
+                "endpoint_id": ",".join(chunk),
+            }
             for page in self._pages("/models/usage", "usage", params):
                 with malformed("usage"):
                     for bucket in page.get("time_series") or ():
@@ -388,7 +458,7 @@ class FalClient:
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 @contextmanager

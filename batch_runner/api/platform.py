@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import RemoteError
 from .transport import Transport
@@ -34,7 +35,7 @@ class FalRequestRecord:
     json_input: dict[str, Any] | None
 
     @classmethod
-    def from_item(cls, item: Any, where: str) -> "FalRequestRecord":
+    def from_item(cls, item: Any, where: str) -> FalRequestRecord:
         """Parse one `items[]` entry; RemoteError names the field when it is malformed."""
         item = _object(item, where)
         status = item.get("status_code")
@@ -43,9 +44,15 @@ class FalRequestRecord:
         json_input = item.get("json_input")  # absent without expand=payloads; null when not stored
         if json_input is not None and not isinstance(json_input, dict):
             raise RemoteError(f"{where}: json_input: expected an object or null, got {type(json_input).__name__}")
-        return cls(_text(item, "request_id", where), _text(item, "endpoint_id", where),
-                   _time(item, "sent_at", where), _time(item, "started_at", where), _time(item, "ended_at", where),
-                   status, json_input)
+        return cls(
+            _text(item, "request_id", where),
+            _text(item, "endpoint_id", where),
+            _time(item, "sent_at", where),
+            _time(item, "started_at", where),
+            _time(item, "ended_at", where),
+            status,
+            json_input,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class BillingEvent:
     cost_micro_usd: int
 
     @classmethod
-    def from_item(cls, item: Any, where: str) -> "BillingEvent":
+    def from_item(cls, item: Any, where: str) -> BillingEvent:
         """Parse one `billing_events[]` entry; RemoteError names the field when it is malformed."""
         item = _object(item, where)
         timestamp = _time(item, "timestamp", where)
@@ -69,12 +76,20 @@ class BillingEvent:
             raise RemoteError(f"{where}: timestamp: missing")
         units, price = _decimal(item, "output_units", where), _decimal(item, "unit_price", where)
         discount = _decimal(item, "percent_discount", where)
-        return cls(_text(item, "request_id", where), _text(item, "endpoint_id", where), timestamp,
-                   units, price, discount, _cost_micro(item, units, price, discount, where))
+        return cls(
+            _text(item, "request_id", where),
+            _text(item, "endpoint_id", where),
+            timestamp,
+            units,
+            price,
+            discount,
+            _cost_micro(item, units, price, discount, where),
+        )
 
 
-def _cost_micro(item: dict[str, Any], units: Decimal | None, price: Decimal | None, discount: Decimal | None,
-                where: str) -> int:
+def _cost_micro(
+    item: dict[str, Any], units: Decimal | None, price: Decimal | None, discount: Decimal | None, where: str
+) -> int:
     """The charge in micro-USD, rounded half-up: cost_estimate_nano_usd ("Amount charged after
     discounts in nano USD"), else cost_total (the same charge in USD), else
     output_units × unit_price × (1 − percent_discount/100)."""
@@ -86,20 +101,34 @@ def _cost_micro(item: dict[str, Any], units: Decimal | None, price: Decimal | No
     elif units is not None and price is not None:
         micro = units * price * (1 - (discount or Decimal(0)) / 100) * MICRO_PER_USD
     else:
-        raise RemoteError(f"{where}: cost_estimate_nano_usd: missing, and no cost_total or "
-                          "output_units × unit_price to compute the charge from")
+        raise RemoteError(
+            f"{where}: cost_estimate_nano_usd: missing, and no cost_total or "
+            "output_units × unit_price to compute the charge from"
+        )
     return int(micro.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def list_requests(transport: Transport, api_base: str, endpoint_id: str, start: datetime, end: datetime, *,
-                  page_size: int = REQUESTS_PAGE) -> list[FalRequestRecord]:
+def list_requests(
+    transport: Transport,
+    api_base: str,
+    endpoint_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    page_size: int = REQUESTS_PAGE,
+) -> list[FalRequestRecord]:
     """Every request fal lists for `endpoint_id` in [start, end), with its input (expand=payloads).
 
     fal pages by page number, so a request finishing while the pages are read can shift a row
     from one page to the next: a row seen twice is kept once.
     """
-    params = {"endpoint_id": endpoint_id, "start": utc_iso(start), "end": utc_iso(end), "expand": "payloads",
-              "limit": page_size}
+    params = {
+        "endpoint_id": endpoint_id,
+        "start": utc_iso(start),
+        "end": utc_iso(end),
+        "expand": "payloads",
+        "limit": page_size,
+    }
     url, what = f"{api_base.rstrip('/')}/models/requests/by-endpoint", f"fal request list of {endpoint_id}"
     records: dict[str, FalRequestRecord] = {}
     for i, item in enumerate(_items(transport, url, what, params, "items")):
@@ -108,8 +137,15 @@ def list_requests(transport: Transport, api_base: str, endpoint_id: str, start: 
     return list(records.values())
 
 
-def billing_events(transport: Transport, api_base: str, start: datetime, end: datetime,
-                   endpoint_ids: list[str] | None, *, page_size: int = BILLING_PAGE) -> list[BillingEvent]:
+def billing_events(
+    transport: Transport,
+    api_base: str,
+    start: datetime,
+    end: datetime,
+    endpoint_ids: list[str] | None,
+    *,
+    page_size: int = BILLING_PAGE,
+) -> list[BillingEvent]:
     """Every billing event in [start, end), optionally for some endpoints only (needs an admin key).
 
     fal caps the range at 90 days per call and takes 1-50 endpoint IDs.
@@ -128,7 +164,7 @@ def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z, as the docs' examples ('2025-01-01T00:00:00Z'); naive is refused."""
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} has no timezone: pass an aware datetime")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _items(transport: Transport, url: str, what: str, params: dict[str, Any], key: str) -> Iterator[Any]:
@@ -179,7 +215,7 @@ def _time(item: dict[str, Any], field: str, where: str) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except (TypeError, ValueError):
         raise RemoteError(f"{where}: {field}: expected an ISO 8601 timestamp, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _decimal(item: dict[str, Any], field: str, where: str) -> Decimal | None:

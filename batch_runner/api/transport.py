@@ -12,13 +12,19 @@ from __future__ import annotations
 import random
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import (
-    AccountLockedError, AmbiguousSubmitError, AuthError, InputRejectedError, RateLimitedError, RemoteError,
+    AccountLockedError,
+    AmbiguousSubmitError,
+    AuthError,
+    InputRejectedError,
+    RateLimitedError,
+    RemoteError,
     TransientRemoteError,
 )
 from ..logs import get_logger
@@ -41,8 +47,10 @@ class RetryPolicy:
     cap_s: float = 30.0
     max_retry_after_s: float = 120.0
 
-    def delay(self, attempt: int, retry_after_s: float | None = None, rng: Callable[[], float] = random.random) -> float:
-        backoff = min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * (0.5 + rng())
+    def delay(
+        self, attempt: int, retry_after_s: float | None = None, rng: Callable[[], float] = random.random
+    ) -> float:
+        backoff = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1)) * (0.5 + rng())
         if retry_after_s is not None:
             return max(backoff, min(retry_after_s, self.max_retry_after_s))
         return backoff
@@ -108,7 +116,9 @@ def _no_answer(what: str, reply: Reply, exc: httpx.TransportError, phase: Phase)
     if phase == Phase.SUBMIT and reply.failure is not None and reply.failure.value != "connect":
         return AmbiguousSubmitError(
             f"{what}: {reply.describe} after the request was sent; it may have been accepted",
-            hint="`batch-runner resolve` asks fal what became of it", reply=reply)
+            hint="`batch-runner resolve` asks fal what became of it",
+            reply=reply,
+        )
     return TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply)
 
 
@@ -147,6 +157,7 @@ class Transport:
             if is_answer(phase, reply):
                 return resp
             raise error_for(resp, what, reply)
+
         return self.repeat(phase, what, once)
 
     def repeat(self, phase: Phase, what: str, once: Callable[[], T]) -> T:
@@ -159,9 +170,13 @@ class Transport:
                 err, reply = exc, exc.reply if isinstance(exc.reply, Reply) else Reply()
             if not retry_call(phase, reply):
                 if phase == Phase.SUBMIT and reply.status is not None and reply.status >= 500:
-                    raise AmbiguousSubmitError(f"{err.message}; the request may have been accepted",
-                                               hint="`batch-runner resolve` asks fal what became of it",
-                                               status=err.status, error_type=err.error_type, reply=reply)
+                    raise AmbiguousSubmitError(
+                        f"{err.message}; the request may have been accepted",
+                        hint="`batch-runner resolve` asks fal what became of it",
+                        status=err.status,
+                        error_type=err.error_type,
+                        reply=reply,
+                    )
                 raise err
             if attempt == self.policy.attempts or self.stop.is_set():
                 if not isinstance(err, TransientRemoteError):  # retryable, and the retries are used up

@@ -6,9 +6,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import ContextManager
 from urllib.parse import quote
 
 from alembic import command
@@ -17,7 +16,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import DatabaseBehindError, DatabaseError, DatabaseNotFoundError
 
@@ -43,8 +44,10 @@ def _parse(url: str) -> URL:
         return make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         # the text itself is not shown: it may hold a password that could not be located
-        raise DatabaseError("the database URL (--db / BATCH_RUNNER_DB) is not valid",
-                            hint="use sqlite:///PATH, a file path, or postgresql://user@host/db") from exc
+        raise DatabaseError(
+            "the database URL (--db / BATCH_RUNNER_DB) is not valid",
+            hint="use sqlite:///PATH, a file path, or postgresql://user@host/db",
+        ) from exc
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -68,8 +71,9 @@ def inspect_sqlite(path: Path, *, allow_new: bool) -> str | None:
         if not path.parent.exists():
             if allow_new:
                 return None
-            raise DatabaseNotFoundError(f"no database at {path}: the folder {path.parent} does not exist",
-                                        hint=_NEW_HINT)
+            raise DatabaseNotFoundError(
+                f"no database at {path}: the folder {path.parent} does not exist", hint=_NEW_HINT
+            )
         if path.is_dir():
             raise DatabaseNotFoundError(f"{path} is a folder, not a database file", hint=_CHECK_HINT)
         with path.open("rb") as file:
@@ -91,14 +95,18 @@ def inspect_sqlite(path: Path, *, allow_new: bool) -> str | None:
         if allow_new:
             return None
         raise DatabaseNotFoundError(f"{path} holds no tables, not a batch-runner database", hint=_EMPTY_HINT)
-    if "alembic_version" not in tables or not CORE_TABLES <= tables:
-        raise DatabaseNotFoundError(f"{path} is a SQLite database but not batch-runner's ({len(tables)} table(s), "
-                                    "not our schema); it was left untouched", hint=_CHECK_HINT)
+    if "alembic_version" not in tables or not tables >= CORE_TABLES:
+        raise DatabaseNotFoundError(
+            f"{path} is a SQLite database but not batch-runner's ({len(tables)} table(s), "
+            "not our schema); it was left untouched",
+            hint=_CHECK_HINT,
+        )
     if revision is not None and revision not in _known_revisions():
         shown = repr(revision) if len(revision) <= 32 else repr(revision[:32]) + "…"  # another program's text
-        raise DatabaseNotFoundError(f"{path} is at schema revision {shown}, which this batch-runner does not know; "
-                                    "it was left untouched",
-                                    hint=f"a newer batch-runner made it: upgrade batch-runner, or {_CHECK_HINT}")
+        raise DatabaseNotFoundError(
+            f"{path} is at schema revision {shown}, which this batch-runner does not know; it was left untouched",
+            hint=f"a newer batch-runner made it: upgrade batch-runner, or {_CHECK_HINT}",
+        )
     return revision
 
 
@@ -112,11 +120,15 @@ def _read_schema(path: Path) -> tuple[frozenset[str], str | None]:
     wal = path.with_name(path.name + "-wal")
     mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.absolute()))}?{mode}", uri=True,
-                               timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(
+            f"file:{quote(str(path.absolute()))}?{mode}", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+        )
         try:
-            tables = frozenset(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                               if not name.startswith("sqlite_"))
+            tables = frozenset(
+                name
+                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not name.startswith("sqlite_")
+            )
             revision = None
             if "alembic_version" in tables:
                 row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -126,8 +138,9 @@ def _read_schema(path: Path) -> tuple[frozenset[str], str | None]:
     except sqlite3.OperationalError as exc:  # locked, or cannot be opened
         raise DatabaseError(f"cannot read {path}: {_first_line(exc)}") from exc
     except sqlite3.DatabaseError as exc:  # "file is not a database": damaged, or encrypted
-        raise DatabaseNotFoundError(f"{path} is not a readable SQLite database ({_first_line(exc)}); "
-                                    "it was left untouched", hint=_CHECK_HINT) from exc
+        raise DatabaseNotFoundError(
+            f"{path} is not a readable SQLite database ({_first_line(exc)}); it was left untouched", hint=_CHECK_HINT
+        ) from exc
     return tables, revision
 
 
@@ -145,8 +158,10 @@ def stored_revision(url: str, *, allow_new: bool = False) -> str | None:
     try:
         return current_revision(engine)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}",
-                            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)") from exc
+        raise DatabaseError(
+            f"cannot open database {safe_url(url)}: {_first_line(exc)}",
+            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)",
+        ) from exc
     finally:
         engine.dispose()
 
@@ -157,8 +172,7 @@ def migrations_dir() -> Path:
     for candidate in (here.parents[1] / "_migrations", here.parents[2] / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
-    raise DatabaseError("the Alembic migrations are missing from this installation",
-                        hint="reinstall batch-runner")
+    raise DatabaseError("the Alembic migrations are missing from this installation", hint="reinstall batch-runner")
 
 
 def alembic_config() -> Config:
@@ -167,11 +181,11 @@ def alembic_config() -> Config:
     return cfg
 
 
-_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def write_lock(engine: Engine) -> ContextManager[object]:
+def write_lock(engine: Engine) -> AbstractContextManager[object]:
     """SQLite has one writer at a time: funnel this process's writes through one lock, so
     threads queue here instead of in SQLite's busy handler (which sleeps up to 100 ms a try).
     PostgreSQL needs no such lock."""
@@ -198,7 +212,7 @@ def create(url: str, pool_size: int | None = None) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizing)
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -245,7 +259,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside any transaction, or it is ignored
             conn.commit()
             for (name,) in conn.exec_driver_sql(
-                    "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'").all():
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'"
+            ).all():
                 conn.exec_driver_sql(f'DROP TABLE "{name}"')  # left by an interrupted batch migration
             conn.commit()
             with conn.begin():
@@ -259,8 +274,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     except Exception as exc:
         engine.dispose()
         _sqlite_copy(backup, path)
-        raise DatabaseError(f"upgrading {path} failed and the database was restored as it was: "
-                            f"{_first_line(exc)}", hint=f"a copy is kept at {backup}") from exc
+        raise DatabaseError(
+            f"upgrading {path} failed and the database was restored as it was: {_first_line(exc)}",
+            hint=f"a copy is kept at {backup}",
+        ) from exc
     backup.unlink(missing_ok=True)
 
 
@@ -276,8 +293,9 @@ def _sqlite_copy(src: Path, dst: Path) -> None:
         target.close()
 
 
-def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None,
-                allow_new: bool = True) -> Engine:
+def open_engine(
+    url: str, *, auto_migrate: bool | None = None, pool_size: int | None = None, allow_new: bool = True
+) -> Engine:
     """Connect and make sure the schema is current.
 
     A SQLite file is checked first, changing nothing: another program's file is refused, and a
@@ -299,7 +317,8 @@ def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | 
             raise DatabaseBehindError(
                 f"database {safe_url(url)} is at schema revision {shown}, which this batch-runner does not know",
                 hint="a newer batch-runner migrated it: upgrade batch-runner on this machine too "
-                     "(never `db upgrade` with the older one)")
+                "(never `db upgrade` with the older one)",
+            )
         if current != head:
             if auto_migrate if auto_migrate is not None else is_sqlite:
                 upgrade(engine)
@@ -307,11 +326,14 @@ def open_engine(url: str, *, auto_migrate: bool | None = None, pool_size: int | 
                 raise DatabaseBehindError(
                     f"database {safe_url(url)} is at schema revision {current or 'none (empty)'}, "
                     f"this batch-runner needs {head}",
-                    hint="run `batch-runner db upgrade`")
+                    hint="run `batch-runner db upgrade`",
+                )
     except OperationalError as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}",
-                            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)") from exc
+        raise DatabaseError(
+            f"cannot open database {safe_url(url)}: {_first_line(exc)}",
+            hint="check that the server runs and the URL (--db / BATCH_RUNNER_DB)",
+        ) from exc
     except SQLAlchemyError as exc:
         engine.dispose()
         raise DatabaseError(f"database {safe_url(url)} failed: {_first_line(exc)}") from exc

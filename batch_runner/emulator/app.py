@@ -11,8 +11,9 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
@@ -23,7 +24,7 @@ from .. import catalog
 from . import cdn, control, inspection, platform
 from .config import EmulatorConfig
 from .queue import COMPLETED, Queue, Request, canonical_hash
-from .web import BadBody, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
+from .web import BadBodyError, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
 
 KEEPALIVE_COMMENT = b": keep-alive\n\n"  # an SSE comment (https://fal.ai/docs/inference-api/queue/status-stream)
 
@@ -53,7 +54,7 @@ async def queue_route(request: HttpRequest) -> Response:
     parts = path.split("/")
     if "requests" in parts:
         i = len(parts) - 1 - parts[::-1].index("requests")
-        prefix, rest = "/".join(parts[:i]), parts[i + 1:]
+        prefix, rest = "/".join(parts[:i]), parts[i + 1 :]
         if not rest:
             return json_answer({"detail": "Not found"}, 404)
         return _request_route(emu, request, prefix, rest[0], "/".join(rest[1:]))
@@ -102,7 +103,7 @@ async def _submit(emu: Emulator, path: str, request: HttpRequest) -> Response:
         return unauthorized()
     try:
         payload = await read_body(request)
-    except BadBody as exc:
+    except BadBodyError as exc:
         return json_answer({"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, 422)
     assert emu.queue is not None
     input_hash = canonical_hash(ep.id, payload)
@@ -150,19 +151,24 @@ def _bad_start_timeout(request: HttpRequest) -> str | None:
     return None
 
 
-def _refusal(emu: Emulator, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int,
-             request: HttpRequest) -> Response | None:
+def _refusal(
+    emu: Emulator, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int, request: HttpRequest
+) -> Response | None:
     """Why this submit is not accepted, if it is not: an injected fault, a bad header or invalid input."""
     refusal = emu.call_fault("submit", input_hash, n)
     bad_timeout = _bad_start_timeout(request)
     if refusal is None and bad_timeout is not None:
-        refusal = json_answer({"detail": bad_timeout, "error_type": "bad_request"}, 400,
-                              {"X-Fal-Error-Type": "bad_request"})
+        refusal = json_answer(
+            {"detail": bad_timeout, "error_type": "bad_request"}, 400, {"X-Fal-Error-Type": "bad_request"}
+        )
     if refusal is None and emu.faults.fires("lock", input_hash, n):
         refusal = json_answer({"detail": LOCKED}, 403)
     if refusal is None and emu.faults.fires("gateway_timeout", input_hash, n):
-        refusal = json_answer({"detail": "Request timed out", "error_type": "request_timeout"}, 504,
-                              {"X-Fal-Error-Type": "request_timeout"})
+        refusal = json_answer(
+            {"detail": "Request timed out", "error_type": "request_timeout"},
+            504,
+            {"X-Fal-Error-Type": "request_timeout"},
+        )
     if refusal is None:
         issues = ep.validate(payload, allow_extra=True)
         if issues:
@@ -207,11 +213,12 @@ def _stream(emu: Emulator, req: Request | None, request: HttpRequest) -> Respons
                 try:
                     await asyncio.wait_for(waiter.wait(), keepalive)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield KEEPALIVE_COMMENT
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "x-fal-request-id": req.id})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-fal-request-id": req.id}
+    )
 
 
 def _result(req: Request | None, send_units: bool = True) -> Response:
@@ -242,8 +249,13 @@ class _CountRequests:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            kind = ("download" if path.startswith("/files/") and scope["method"] in ("GET", "HEAD")
-                    else "inspection" if path.startswith("/_emulator/") else "api")
+            kind = (
+                "download"
+                if path.startswith("/files/") and scope["method"] in ("GET", "HEAD")
+                else "inspection"
+                if path.startswith("/_emulator/")
+                else "api"
+            )
             self.emu.http_requests[kind] = self.emu.http_requests.get(kind, 0) + 1
         await self.app(scope, receive, send)
 

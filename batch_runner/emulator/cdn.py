@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.requests import Request as HttpRequest
@@ -22,13 +23,13 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from . import control
 from .queue import canonical_hash
 from .store import StoredFile
-from .web import BadBody, DropConnection, Emulator, handler, json_answer, read_body, unauthorized
+from .web import BadBodyError, DropConnectionError, Emulator, handler, json_answer, read_body, unauthorized
 
 SLOW_CHUNK = 64 * 1024
 SLOW_DELAY_S = 0.05
 
 
-class BadLifecycle(ValueError):
+class BadLifecycleError(ValueError):
     """The object-lifecycle header is not the JSON object fal's clients send."""
 
 
@@ -49,16 +50,16 @@ def _lifetime(emu: Emulator, request: HttpRequest) -> float | None:
     try:
         pref = json.loads(raw)
     except json.JSONDecodeError:
-        raise BadLifecycle("X-Fal-Object-Lifecycle is not valid JSON") from None
+        raise BadLifecycleError("X-Fal-Object-Lifecycle is not valid JSON") from None
     if not isinstance(pref, dict):
-        raise BadLifecycle("X-Fal-Object-Lifecycle must be a JSON object")
+        raise BadLifecycleError("X-Fal-Object-Lifecycle must be a JSON object")
     if "expiration_duration_seconds" not in pref:
         return emu.config.upload_ttl_s  # an ACL alone: the retention stays the account's
     seconds = pref["expiration_duration_seconds"]
     if seconds is None or seconds == 0:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
-        raise BadLifecycle("expiration_duration_seconds must be a whole number of seconds")
+        raise BadLifecycleError("expiration_duration_seconds must be a whole number of seconds")
     return float(seconds)
 
 
@@ -77,10 +78,11 @@ def _expired_token(emu: Emulator, request: HttpRequest) -> Response | None:
 @handler()
 async def storage_token(emu: Emulator, request: HttpRequest) -> Response:
     token = f"cdn-{len(emu.cdn_tokens)}-{int(time.time() * 1000)}"
-    expires = datetime.now(timezone.utc) + timedelta(seconds=emu.config.token_ttl_s)
+    expires = datetime.now(UTC) + timedelta(seconds=emu.config.token_ttl_s)
     emu.cdn_tokens[token] = expires.timestamp()
-    return json_answer({"token": token, "token_type": "Bearer", "base_url": emu.base_url(request),
-                        "expires_at": expires.isoformat()})
+    return json_answer(
+        {"token": token, "token_type": "Bearer", "base_url": emu.base_url(request), "expires_at": expires.isoformat()}
+    )
 
 
 @handler()
@@ -88,7 +90,7 @@ async def storage_initiate(emu: Emulator, request: HttpRequest) -> Response:
     try:
         body = await read_body(request)
         lifetime = _lifetime(emu, request)
-    except (BadBody, BadLifecycle) as exc:
+    except (BadBodyError, BadLifecycleError) as exc:
         return json_answer({"detail": str(exc)}, 422)
     token, f = emu.store.initiate(body.get("file_name"), body.get("content_type"), lifetime)
     base = emu.base_url(request)
@@ -106,14 +108,18 @@ async def storage_initiate_multipart(emu: Emulator, request: HttpRequest) -> Res
     try:
         body = await read_body(request)
         lifetime = _lifetime(emu, request)
-    except (BadBody, BadLifecycle) as exc:
+    except (BadBodyError, BadLifecycleError) as exc:
         return json_answer({"detail": str(exc)}, 422)
     upload_id, f = emu.store.start_multipart(body.get("file_name"), body.get("content_type"), lifetime)
     mp = emu.store.multipart(upload_id)
     assert mp is not None
     base = emu.base_url(request)
-    return json_answer({"upload_url": f"{base}/storage/upload/multipart/{upload_id}?signature={mp.secret}",
-                        "file_url": emu.store.url(base, f)})
+    return json_answer(
+        {
+            "upload_url": f"{base}/storage/upload/multipart/{upload_id}?signature={mp.secret}",
+            "file_url": emu.store.url(base, f),
+        }
+    )
 
 
 @handler(auth=False)  # the signed upload URL is the credential (fal-js sends no key on parts)
@@ -139,7 +145,7 @@ async def storage_multipart_part(emu: Emulator, request: HttpRequest) -> Respons
     if request.method == "POST" and part == "complete":
         try:
             parts = (await read_body(request)).get("parts") or []
-        except BadBody as exc:
+        except BadBodyError as exc:
             return json_answer({"detail": str(exc)}, 422)
         f = emu.store.complete_multipart(upload_id, parts if isinstance(parts, list) else [])
         if f is None:
@@ -161,15 +167,21 @@ async def cdn_upload(emu: Emulator, request: HttpRequest) -> Response:
         return refused
     try:
         lifetime = _lifetime(emu, request)
-    except BadLifecycle as exc:
+    except BadLifecycleError as exc:
         return json_answer({"detail": str(exc)}, 422)
     data = await request.body()
     fault = emu.call_fault("upload", canonical_hash("upload", {"size": len(data)}))
     if fault is not None:
         return fault
     f = emu.store.put(data, request.headers.get("x-fal-file-name"), request.headers.get("content-type"), lifetime)
-    return json_answer({"access_url": emu.store.url(emu.base_url(request), f), "content_type": f.content_type,
-                        "file_name": f.name, "file_size": f.size})
+    return json_answer(
+        {
+            "access_url": emu.store.url(emu.base_url(request), f),
+            "content_type": f.content_type,
+            "file_name": f.name,
+            "file_size": f.size,
+        }
+    )
 
 
 @handler()
@@ -179,10 +191,11 @@ async def cdn_multipart_start(emu: Emulator, request: HttpRequest) -> Response:
         return refused
     try:
         lifetime = _lifetime(emu, request)
-    except BadLifecycle as exc:
+    except BadLifecycleError as exc:
         return json_answer({"detail": str(exc)}, 422)
-    upload_id, f = emu.store.start_multipart(request.headers.get("x-fal-file-name"),
-                                             request.headers.get("content-type"), lifetime)
+    upload_id, f = emu.store.start_multipart(
+        request.headers.get("x-fal-file-name"), request.headers.get("content-type"), lifetime
+    )
     return json_answer({"access_url": emu.store.url(emu.base_url(request), f), "uploadId": upload_id})
 
 
@@ -233,7 +246,7 @@ async def _multipart(emu: Emulator, request: HttpRequest, fid: str, rest: str) -
     if len(bits) == 3 and bits[0] == "multipart" and bits[2] == "complete" and request.method == "POST":
         try:
             parts = (await read_body(request)).get("parts") or []
-        except BadBody as exc:
+        except BadBodyError as exc:
             return json_answer({"detail": str(exc)}, 422)
         f = emu.store.complete_multipart(bits[1], parts if isinstance(parts, list) else [], fid=fid)
         if f is None:
@@ -250,8 +263,11 @@ async def _slow(path: Path) -> AsyncIterator[bytes]:
 
 
 def _start(kind: str, size: int) -> dict[str, Any]:
-    return {"type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", kind.encode()), (b"content-length", str(size).encode())]}
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", kind.encode()), (b"content-length", str(size).encode())],
+    }
 
 
 class _Truncated(Response):
@@ -265,7 +281,7 @@ class _Truncated(Response):
         data = self.path.read_bytes()
         await send(_start(self.kind, len(data)))
         await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
-        raise DropConnection()
+        raise DropConnectionError()
 
 
 class _Held(Response):
@@ -281,4 +297,4 @@ class _Held(Response):
         await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
         if await control.hold(self.hold, self.seconds, receive):
             return  # the client went away inside the hold: nobody is left to send the rest to
-        await send({"type": "http.response.body", "body": data[len(data) // 2:], "more_body": False})
+        await send({"type": "http.response.body", "body": data[len(data) // 2 :], "more_body": False})

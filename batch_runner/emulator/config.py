@@ -7,8 +7,7 @@ from pathlib import Path
 
 #: How long fal takes, in fal seconds, before the speed factor divides them.
 QUEUE_DELAY_S = 2.0
-PROCESSING_S = {"reframe": 60.0, "text-to-video": 45.0, "image-to-video": 45.0,
-                "video-to-video": 60.0, "modify": 50.0}
+PROCESSING_S = {"reframe": 60.0, "text-to-video": 45.0, "image-to-video": 45.0, "video-to-video": 60.0, "modify": 50.0}
 RESULT_TTL_S = 3600.0  # fal keeps a result 1 h after completion
 WEBHOOK_ATTEMPTS = 10
 WEBHOOK_RETRY_S = 12 * 60.0  # 10 attempts over about 2 hours

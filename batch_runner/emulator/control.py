@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from .faults import OutageSpan
 
@@ -44,8 +45,12 @@ class Hold:
         return self.seconds
 
     def view(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "remaining": self.remaining, "held_now": self.held_now,
-                "held_total": self.held_total}
+        return {
+            "seconds": self.seconds,
+            "remaining": self.remaining,
+            "held_now": self.held_now,
+            "held_total": self.held_total,
+        }
 
 
 @dataclass
@@ -67,8 +72,13 @@ class Holds:
         plans = []
         for kind, hold in (("submit", self.submit), ("download", self.download)):
             if f"{kind}_s" in body or f"{kind}_count" in body:
-                plans.append((hold, _seconds(body.get(f"{kind}_s", 0), f"{kind}_s"),
-                              _count(body.get(f"{kind}_count"), f"{kind}_count")))
+                plans.append(
+                    (
+                        hold,
+                        _seconds(body.get(f"{kind}_s", 0), f"{kind}_s"),
+                        _count(body.get(f"{kind}_count"), f"{kind}_count"),
+                    )
+                )
         for hold, seconds, count in plans:
             hold.arm(seconds, count)
 
@@ -137,9 +147,14 @@ class Outage:
 
     def schedule(self, started: float) -> None:
         """Place the fault spec's outages after the server's start (`time.monotonic()`)."""
-        self.windows = [Window(started + self._scaled(s.start_s),
-                               started + self._scaled(s.start_s) + self._scaled(s.duration_s), s.submits)
-                        for s in self._spans]
+        self.windows = [
+            Window(
+                started + self._scaled(s.start_s),
+                started + self._scaled(s.start_s) + self._scaled(s.duration_s),
+                s.submits,
+            )
+            for s in self._spans
+        ]
 
     def start(self, seconds: float, submits: bool) -> None:
         """An outage from now for `seconds` of real time."""
@@ -160,6 +175,13 @@ class Outage:
 
     def view(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {"active": self.active(), "submits": self.active(submit=True), "answered": self.answered,
-                "windows": [{"starts_in_s": round(w.start - now, 3), "ends_in_s": round(w.end - now, 3),
-                             "submits": w.submits} for w in self.windows if w.end > now]}
+        return {
+            "active": self.active(),
+            "submits": self.active(submit=True),
+            "answered": self.answered,
+            "windows": [
+                {"starts_in_s": round(w.start - now, 3), "ends_in_s": round(w.end - now, 3), "submits": w.submits}
+                for w in self.windows
+                if w.end > now
+            ],
+        }

@@ -26,8 +26,8 @@ FAULTS: dict[str, str] = {
     "expire": "the result expires as soon as the request completes",
     "stream_unavailable": "the status stream answers an nginx 503 (clients must fall back to polling)",
     "outage": "outage=START+DURATION: from START to START+DURATION fal seconds after the server starts, every "
-              "read (status, status stream, result, cancel, file downloads) answers nginx 502/503 HTML without "
-              "x-fal-request-id; submits still work",
+    "read (status, status stream, result, cancel, file downloads) answers nginx 502/503 HTML without "
+    "x-fal-request-id; submits still work",
     "outage_all": "outage_all=START+DURATION: an outage that also refuses submits (nginx 502/503, nothing created)",
 }
 OUTAGE_FAULTS = ("outage", "outage_all")

@@ -18,7 +18,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
 from .queue import iso
-from .web import BadBody, Emulator, handler, json_answer, read_body
+from .web import BadBodyError, Emulator, handler, json_answer, read_body
 
 
 @handler(auth=False)
@@ -29,18 +29,30 @@ async def jwks(emu: Emulator, request: HttpRequest) -> Response:
 @handler(auth=False)
 async def inspect_requests(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
-    return json_answer({"requests": emu.queue.inspection(), "webhooks": emu.queue.webhook_log,
-                        "faults_fired": dict(emu.faults.fired)})
+    return json_answer(
+        {"requests": emu.queue.inspection(), "webhooks": emu.queue.webhook_log, "faults_fired": dict(emu.faults.fired)}
+    )
 
 
 @handler(auth=False)
 async def health(emu: Emulator, request: HttpRequest) -> Response:
     assert emu.queue is not None
-    return json_answer({"ok": True, "emulator": True, "concurrency": emu.config.concurrency,
-                        "speed": emu.config.speed, "instant": emu.config.instant, "renders": emu.queue.renders_made,
-                        "http_requests": dict(emu.http_requests), "peak_open_requests": emu.queue.peak_open,
-                        "started_at": iso(request.app.state.started_at), "holds": emu.holds.view(),
-                        "outage": emu.outage.view(), "billable_units": emu.config.send_billable_units})
+    return json_answer(
+        {
+            "ok": True,
+            "emulator": True,
+            "concurrency": emu.config.concurrency,
+            "speed": emu.config.speed,
+            "instant": emu.config.instant,
+            "renders": emu.queue.renders_made,
+            "http_requests": dict(emu.http_requests),
+            "peak_open_requests": emu.queue.peak_open,
+            "started_at": iso(request.app.state.started_at),
+            "holds": emu.holds.view(),
+            "outage": emu.outage.view(),
+            "billable_units": emu.config.send_billable_units,
+        }
+    )
 
 
 @handler(auth=False)
@@ -50,7 +62,7 @@ async def holds(emu: Emulator, request: HttpRequest) -> Response:
     elif request.method == "POST":
         try:
             emu.holds.arm(await read_body(request))
-        except (BadBody, ValueError) as exc:
+        except (BadBodyError, ValueError) as exc:
             return json_answer({"detail": str(exc)}, 422)
     return json_answer(emu.holds.view())
 
@@ -62,11 +74,16 @@ async def outage(emu: Emulator, request: HttpRequest) -> Response:
     elif request.method == "POST":
         try:
             body = await read_body(request)
-        except BadBody as exc:
+        except BadBodyError as exc:
             return json_answer({"detail": str(exc)}, 422)
         seconds, submits = body.get("seconds"), body.get("submits", False)
-        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
-                or seconds <= 0 or not isinstance(submits, bool)):
-            return json_answer({"detail": "expected {\"seconds\": a number > 0, \"submits\": true|false}"}, 422)
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds <= 0
+            or not isinstance(submits, bool)
+        ):
+            return json_answer({"detail": 'expected {"seconds": a number > 0, "submits": true|false}'}, 422)
         emu.outage.start(float(seconds), submits)
     return json_answer(emu.outage.view())

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta, timezone, tzinfo
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.datastructures import QueryParams
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import catalog
 from .queue import COMPLETED, Billed, Request
-from .web import BadBody, Emulator, EndpointFn, RouteFn, handler, json_answer, read_body
+from .web import BadBodyError, Emulator, EndpointFn, RouteFn, handler, json_answer, read_body
 
 T = TypeVar("T")
 DAY = timedelta(days=1)
@@ -37,7 +38,7 @@ MAX_IDS = 50  # endpoint_id and request_id filters take 1-50 values
 STATUS_CLASSES = {"success": range(200, 300), "user_error": range(400, 500), "error": range(500, 600)}
 
 
-class BadQuery(Exception):
+class BadQueryError(Exception):
     """A query parameter fal would refuse with 400 validation_error."""
 
 
@@ -61,7 +62,7 @@ def platform_route(*, admin: bool) -> Callable[[RouteFn], EndpointFn]:
                 return platform_error(403, "authorization_error", "Access denied")  # the OpenAPI's 403 example
             try:
                 return await func(emu, request)
-            except BadQuery as exc:
+            except BadQueryError as exc:
                 return platform_error(400, "validation_error", str(exc))
 
         endpoint.__name__ = func.__name__
@@ -86,16 +87,16 @@ def _when(q: QueryParams, name: str, default: datetime) -> datetime:
     try:
         value = datetime.fromisoformat(text)  # a bare date is midnight
     except ValueError:
-        raise BadQuery(f"{name}: expected an ISO 8601 date or date-time, got {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        raise BadQueryError(f"{name}: expected an ISO 8601 date or date-time, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _window(q: QueryParams, lookback: timedelta) -> tuple[float, float]:
     """[start, end) as POSIX seconds; start defaults to `lookback` ago, end to now (end is exclusive)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start, end = _when(q, "start", now - lookback), _when(q, "end", now)
     if start > end:
-        raise BadQuery("start must not be after end")
+        raise BadQueryError("start must not be after end")
     return start.timestamp(), end.timestamp()
 
 
@@ -104,7 +105,7 @@ def _limit(q: QueryParams, default: int, maximum: int) -> int:
     if text is None:
         return default
     if not text.isdigit() or not 1 <= int(text) <= maximum:
-        raise BadQuery(f"limit must be an integer from 1 to {maximum}, got {text!r}")
+        raise BadQueryError(f"limit must be an integer from 1 to {maximum}, got {text!r}")
     return int(text)
 
 
@@ -117,9 +118,9 @@ def _page(q: QueryParams) -> int:
     try:
         page = int(base64.b64decode(text, validate=True).decode())
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadQuery(f"cursor: not a cursor from this API: {text!r}") from None
+        raise BadQueryError(f"cursor: not a cursor from this API: {text!r}") from None
     if page < 1:
-        raise BadQuery(f"cursor: not a cursor from this API: {text!r}")
+        raise BadQueryError(f"cursor: not a cursor from this API: {text!r}")
     return page
 
 
@@ -127,14 +128,14 @@ def _paged(rows: Sequence[T], page: int, limit: int) -> tuple[Sequence[T], str |
     """One page, the next cursor (null on the last page) and has_more ("derived from next_cursor")."""
     more = page * limit < len(rows)
     cursor = base64.b64encode(str(page + 1).encode()).decode() if more else None
-    return rows[(page - 1) * limit: page * limit], cursor, more
+    return rows[(page - 1) * limit : page * limit], cursor, more
 
 
 def _utc(ts: float | None) -> str | None:
     """A timestamp as the docs' examples write them: '2025-01-15T10:30:45Z' (with microseconds here)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------- requests by endpoint
@@ -150,23 +151,28 @@ async def requests_by_endpoint(emu: Emulator, request: HttpRequest) -> Response:
     q = request.query_params
     ids = _ids(q, "endpoint_id")
     if not 1 <= len(ids) <= MAX_IDS:
-        raise BadQuery("endpoint_id is required: give 1 to 50 endpoint IDs")
+        raise BadQueryError("endpoint_id is required: give 1 to 50 endpoint IDs")
     rid = q.get("request_id")
     start, end = _window(q, REQUEST_ID_LOOKBACK if rid else DAY)
     status = q.get("status")
     if status is not None and status not in STATUS_CLASSES:
-        raise BadQuery(f"status must be one of success, error, user_error, got {status!r}")
+        raise BadQueryError(f"status must be one of success, error, user_error, got {status!r}")
     sort_by = q.get("sort_by", "ended_at")
     if sort_by not in ("ended_at", "duration"):
-        raise BadQuery(f"sort_by must be ended_at or duration, got {sort_by!r}")
+        raise BadQueryError(f"sort_by must be ended_at or duration, got {sort_by!r}")
     limit, page = _limit(q, REQUESTS_LIMIT_DEFAULT, REQUESTS_LIMIT_MAX), _page(q)
     payloads = "payloads" in _ids(q, "expand")
     assert emu.queue is not None
     # Which timestamp start/end filter on is undocumented; sent_at (when fal received the
     # request) is the one every request has, so a request still running is found too.
-    rows = [r for r in emu.queue.requests.values()
-            if r.endpoint.id in ids and start <= r.received_at < end and rid in (None, r.id)
-            and (status is None or (r.state == COMPLETED and r.result_status in STATUS_CLASSES[status]))]
+    rows = [
+        r
+        for r in emu.queue.requests.values()
+        if r.endpoint.id in ids
+        and start <= r.received_at < end
+        and rid in (None, r.id)
+        and (status is None or (r.state == COMPLETED and r.result_status in STATUS_CLASSES[status]))
+    ]
     # The sort direction is undocumented: newest (or longest) first, unfinished requests first,
     # as fal's request search is documented to order ("newest first").
     if sort_by == "duration":
@@ -174,12 +180,11 @@ async def requests_by_endpoint(emu: Emulator, request: HttpRequest) -> Response:
     else:
         rows.sort(key=lambda r: (r.state != COMPLETED, r.completed_at or 0.0, r.received_at, r.id), reverse=True)
     shown, cursor, more = _paged(rows, page, limit)
-    return json_answer({"items": [_request_item(r, payloads) for r in shown], "next_cursor": cursor,
-                        "has_more": more})
+    return json_answer({"items": [_request_item(r, payloads) for r in shown], "next_cursor": cursor, "has_more": more})
 
 
 def _duration(req: Request) -> float | None:
-    """"Total request duration in seconds": execution time, started → ended (fal's analytics call the
+    """ "Total request duration in seconds": execution time, started → ended (fal's analytics call the
     queue wait prepare_duration and the execution duration)."""
     if req.state != COMPLETED or req.started_at is None or req.completed_at is None:
         return None
@@ -192,9 +197,14 @@ def _request_item(req: Request, payloads: bool) -> dict[str, Any]:
     status_code and duration are null until then (status_code is the result's HTTP status)."""
     done = req.state == COMPLETED
     item: dict[str, Any] = {
-        "request_id": req.id, "endpoint_id": req.endpoint.id, "started_at": _utc(req.started_at),
-        "sent_at": _utc(req.received_at), "ended_at": _utc(req.completed_at) if done else None,
-        "status_code": req.result_status if done else None, "duration": _duration(req)}
+        "request_id": req.id,
+        "endpoint_id": req.endpoint.id,
+        "started_at": _utc(req.started_at),
+        "sent_at": _utc(req.received_at),
+        "ended_at": _utc(req.completed_at) if done else None,
+        "status_code": req.result_status if done else None,
+        "duration": _duration(req),
+    }
     if payloads:  # "Include payloads by adding expand=payloads"
         item["json_input"] = req.input
         item["json_output"] = req.result_body if done else None
@@ -215,20 +225,22 @@ async def billing_events(emu: Emulator, request: HttpRequest) -> Response:
     q = request.query_params
     start, end = _window(q, DAY)
     if end - start > BILLING_SPAN_MAX.total_seconds():
-        raise BadQuery("the date range is capped at 90 days per request")
+        raise BadQueryError("the date range is capped at 90 days per request")
     ids, rids = _ids(q, "endpoint_id"), _ids(q, "request_id")
     if len(ids) > MAX_IDS or len(rids) > MAX_IDS:
-        raise BadQuery("endpoint_id and request_id take at most 50 values each")
+        raise BadQueryError("endpoint_id and request_id take at most 50 values each")
     limit, page = _limit(q, BILLING_LIMIT_DEFAULT, BILLING_LIMIT_MAX), _page(q)
     assert emu.queue is not None
-    rows = [b for b in emu.queue.ledger
-            if start <= b.at < end and (not ids or b.endpoint in ids) and (not rids or b.request_id in rids)]
+    rows = [
+        b
+        for b in emu.queue.ledger
+        if start <= b.at < end and (not ids or b.endpoint in ids) and (not rids or b.request_id in rids)
+    ]
     rows.sort(key=lambda b: (b.at, b.request_id), reverse=True)
     shown, cursor, more = _paged(rows, page, limit)
     # The docs' example cursor encodes a timestamp, the parameter's description a page number;
     # cursors are opaque to clients, and page numbers are used here.
-    return json_answer({"billing_events": [_billing_event(b) for b in shown], "next_cursor": cursor,
-                        "has_more": more})
+    return json_answer({"billing_events": [_billing_event(b) for b in shown], "next_cursor": cursor, "has_more": more})
 
 
 def _billing_event(b: Billed) -> dict[str, Any]:
@@ -237,10 +249,18 @@ def _billing_event(b: Billed) -> dict[str, Any]:
     The money fields are JSON numbers, as fal sends them: clients read them with Decimal(str(x))."""
     price = Decimal(b.unit_price_micro_usd) / 1_000_000
     cost = Decimal(b.cost_micro_usd) / 1_000_000
-    return {"request_id": b.request_id, "endpoint_id": b.endpoint, "timestamp": _utc(b.at),
-            "output_units": float(b.units), "unit_price": float(price), "percent_discount": None,
-            "cost_subtotal": float(cost), "cost_discount": 0, "cost_total": float(cost),
-            "cost_estimate_nano_usd": b.cost_micro_usd * 1000}
+    return {
+        "request_id": b.request_id,
+        "endpoint_id": b.endpoint,
+        "timestamp": _utc(b.at),
+        "output_units": float(b.units),
+        "unit_price": float(price),
+        "percent_discount": None,
+        "cost_subtotal": float(cost),
+        "cost_discount": 0,
+        "cost_total": float(cost),
+        "cost_estimate_nano_usd": b.cost_micro_usd * 1000,
+    }
 
 
 # ---------------------------------------------------------------------- pricing, estimate, usage
@@ -248,8 +268,12 @@ def _billing_event(b: Billed) -> dict[str, Any]:
 
 def _price_row(emu: Emulator, ep_id: str) -> dict[str, Any]:
     entry = emu.prices.entry(ep_id)
-    return {"endpoint_id": ep_id, "unit_price": float(Decimal(entry.unit_price_micro(None)) / 1_000_000),
-            "unit": emu.config.price_units.get(ep_id, entry.unit), "currency": "USD"}
+    return {
+        "endpoint_id": ep_id,
+        "unit_price": float(Decimal(entry.unit_price_micro(None)) / 1_000_000),
+        "unit": emu.config.price_units.get(ep_id, entry.unit),
+        "currency": "USD",
+    }
 
 
 @handler()
@@ -267,7 +291,7 @@ async def models_pricing(emu: Emulator, request: HttpRequest) -> Response:
 async def models_estimate(emu: Emulator, request: HttpRequest) -> Response:
     try:
         body = await read_body(request)
-    except BadBody as exc:
+    except BadBodyError as exc:
         return json_answer({"detail": str(exc)}, 422)
     kind, endpoints = body.get("estimate_type"), body.get("endpoints")
     if kind not in ("historical_api_price", "unit_price") or not isinstance(endpoints, dict):
@@ -283,8 +307,9 @@ async def models_estimate(emu: Emulator, request: HttpRequest) -> Response:
                 total += Decimal(str(q["unit_quantity"])) * unit_price
             else:
                 calls = [b for b in emu.queue.ledger if b.endpoint == ep_id]
-                per_call = (Decimal(sum(b.cost_micro_usd for b in calls)) / len(calls) / 1_000_000
-                            if calls else unit_price)
+                per_call = (
+                    Decimal(sum(b.cost_micro_usd for b in calls)) / len(calls) / 1_000_000 if calls else unit_price
+                )
                 total += Decimal(str(q["call_quantity"])) * per_call
         except (KeyError, InvalidOperation):
             return json_answer({"detail": f"{ep_id}: expected unit_quantity or call_quantity"}, 422)
@@ -307,11 +332,15 @@ def _timeframe(q: QueryParams, start: datetime, end: datetime) -> str:
     given = q.get("timeframe")
     if given is not None:
         if given not in TIMEFRAMES:
-            raise BadQuery(f"timeframe must be one of {', '.join(TIMEFRAMES)}, got {given!r}")
+            raise BadQueryError(f"timeframe must be one of {', '.join(TIMEFRAMES)}, got {given!r}")
         return given
     span = end - start
-    for limit, name in ((timedelta(hours=2), "minute"), (timedelta(days=2), "hour"), (timedelta(days=64), "day"),
-                        (timedelta(days=183), "week")):
+    for limit, name in (
+        (timedelta(hours=2), "minute"),
+        (timedelta(days=2), "hour"),
+        (timedelta(days=64), "day"),
+        (timedelta(days=183), "week"),
+    ):
         if span < limit:
             return name
     return "month"
@@ -321,16 +350,16 @@ def _zone(q: QueryParams) -> tzinfo:
     """timezone (default UTC): "controls how dates are bucketed"; bucket stamps carry its offset."""
     name = q.get("timezone", "UTC")
     try:
-        return timezone.utc if name.upper() == "UTC" else ZoneInfo(name)
+        return UTC if name.upper() == "UTC" else ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise BadQuery(f"timezone: unknown time zone {name!r}") from None
+        raise BadQueryError(f"timezone: unknown time zone {name!r}") from None
 
 
 def _bounded(q: QueryParams) -> bool:
     """bound_to_timeframe: 'true' (the default) or 'false'."""
     text = q.get("bound_to_timeframe", "true")
     if text not in ("true", "false"):
-        raise BadQuery(f"bound_to_timeframe must be 'true' or 'false', got {text!r}")
+        raise BadQueryError(f"bound_to_timeframe must be 'true' or 'false', got {text!r}")
     return text == "true"
 
 
@@ -347,18 +376,18 @@ async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
     q = request.query_params
     ids = _ids(q, "endpoint_id")
     if not 1 <= len(ids) <= MAX_IDS:
-        raise BadQuery("endpoint_id is required: must provide at least 1 endpoint ID (1-50 models)")
+        raise BadQueryError("endpoint_id is required: must provide at least 1 endpoint ID (1-50 models)")
     expand = _ids(q, "expand")
     unknown = [e for e in expand if e not in USAGE_EXPANDS]
     if unknown:
-        raise BadQuery(f"expand: unknown value {unknown[0]!r}; use time_series, summary or auth_method")
+        raise BadQueryError(f"expand: unknown value {unknown[0]!r}; use time_series, summary or auth_method")
     if not {"time_series", "summary"} & set(expand):
-        raise BadQuery("expand: at least one of 'time_series' or 'summary' is required")
+        raise BadQueryError("expand: at least one of 'time_series' or 'summary' is required")
     zone, bounded = _zone(q), _bounded(q)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start, end = _when(q, "start", now - DAY), _when(q, "end", now)
     if start > end:
-        raise BadQuery("start must not be after end")
+        raise BadQueryError("start must not be after end")
     timeframe = _timeframe(q, start, end)
     if bounded:
         start = _floor(start.astimezone(zone), timeframe)
@@ -368,7 +397,7 @@ async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
     buckets: dict[str, dict[tuple[str, int], list[Any]]] = {}
     totals: dict[tuple[str, int], list[Any]] = {}
     for b in emu.queue.ledger:
-        at = datetime.fromtimestamp(b.at, timezone.utc)
+        at = datetime.fromtimestamp(b.at, UTC)
         if not start <= at < end or b.endpoint not in ids:
             continue
         for rows in (buckets.setdefault(_floor(at.astimezone(zone), timeframe).isoformat(), {}), totals):
@@ -377,8 +406,9 @@ async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
             row[2] += b.cost_micro_usd
     body: dict[str, Any] = {}
     if "time_series" in expand:
-        body["time_series"] = [{"bucket": k, "results": _usage_rows(emu, rows, labels)}
-                               for k, rows in sorted(buckets.items())]
+        body["time_series"] = [
+            {"bucket": k, "results": _usage_rows(emu, rows, labels)} for k, rows in sorted(buckets.items())
+        ]
     if "summary" in expand:
         body["summary"] = _usage_rows(emu, totals, labels)
     return json_answer({**body, "next_cursor": None, "has_more": False})
@@ -386,10 +416,18 @@ async def models_usage(emu: Emulator, request: HttpRequest) -> Response:
 
 def _usage_rows(emu: Emulator, rows: dict[tuple[str, int], list[Any]], labels: bool) -> list[dict[str, Any]]:
     """Line items; auth_method "Only populated when 'auth_method' is included in expand"."""
-    return [{"endpoint_id": ep_id, "unit": emu.config.price_units.get(ep_id, unit), "quantity": float(qty),
-             "unit_price": float(Decimal(price) / 1_000_000), "cost": float(Decimal(cost) / 1_000_000),
-             "currency": "USD", **({"auth_method": "Key 1"} if labels else {})}
-            for (ep_id, price), (unit, qty, cost) in sorted(rows.items())]
+    return [
+        {
+            "endpoint_id": ep_id,
+            "unit": emu.config.price_units.get(ep_id, unit),
+            "quantity": float(qty),
+            "unit_price": float(Decimal(price) / 1_000_000),
+            "cost": float(Decimal(cost) / 1_000_000),
+            "currency": "USD",
+            **({"auth_method": "Key 1"} if labels else {}),
+        }
+        for (ep_id, price), (unit, qty, cost) in sorted(rows.items())
+    ]
 
 
 def _floor(at: datetime, timeframe: str) -> datetime:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +19,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import httpx
 
 from .. import catalog
+from ..domain import is_remote
 from ..pricing import PriceTable
 from . import render, webhooks
 from .config import WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S, EmulatorConfig
@@ -41,7 +44,7 @@ def canonical_hash(endpoint_id: str, payload: dict[str, Any]) -> str:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Request:
     expires_at: float | None = None
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     def touch(self) -> None:
         """Wake everyone following this request (SSE streams)."""
@@ -100,8 +103,15 @@ class Billed:
 class Queue:
     """Accepts requests, runs at most `concurrency` at once, bills successes."""
 
-    def __init__(self, config: EmulatorConfig, prices: PriceTable, store: FileStore, faults: FaultPlan,
-                 signer: webhooks.WebhookSigner, workdir: Path) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        prices: PriceTable,
+        store: FileStore,
+        faults: FaultPlan,
+        signer: webhooks.WebhookSigner,
+        workdir: Path,
+    ) -> None:
         self.config, self.prices, self.store, self.faults = config, prices, store, faults
         self.signer, self.workdir = signer, workdir
         self.requests: dict[str, Request] = {}
@@ -112,15 +122,15 @@ class Queue:
         self._running: set[str] = set()
         self._submits_per_input: dict[str, int] = {}
         self._wake = asyncio.Event()
-        self._renders: dict[str, asyncio.Future] = {}
+        self._renders: dict[str, asyncio.Future[Path]] = {}
         self.renders_made = 0  # distinct outputs rendered with ffmpeg
         self.open_requests = 0  # accepted and not yet completed
         self.peak_open = 0  # the most open at once: what a client's in-flight cap must bound
         self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
-        self._dispatcher: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,8 +139,11 @@ class Queue:
         self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._dispatcher, *self._background,
-                             *(r.task for r in self.requests.values())] if t and not t.done()]
+        tasks = [
+            t
+            for t in [self._dispatcher, *self._background, *(r.task for r in self.requests.values())]
+            if t and not t.done()
+        ]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -147,25 +160,59 @@ class Queue:
         return n
 
     def record_refused(self, ep_id: str, input_hash: str, status: int, error: str) -> None:
-        self.received.append({"request_id": None, "endpoint": ep_id, "input_sha256": input_hash,
-                              "received_at": iso(time.time()), "state": "REFUSED", "http_status": status,
-                              "billable_units": None, "cost_usd": None, "error": error})
+        self.received.append(
+            {
+                "request_id": None,
+                "endpoint": ep_id,
+                "input_sha256": input_hash,
+                "received_at": iso(time.time()),
+                "state": "REFUSED",
+                "http_status": status,
+                "billable_units": None,
+                "cost_usd": None,
+                "error": error,
+            }
+        )
 
-    def submit(self, ep: catalog.Endpoint, payload: dict[str, Any], input_hash: str, n: int,
-               webhook_url: str | None, base_url: str, start_timeout_s: float | None = None) -> Request:
-        rid = str(uuid.UUID(bytes=hashlib.sha256(f"{self.config.seed}|{input_hash}|{n}".encode()).digest()[:16],
-                            version=4))
+    def submit(
+        self,
+        ep: catalog.Endpoint,
+        payload: dict[str, Any],
+        input_hash: str,
+        n: int,
+        webhook_url: str | None,
+        base_url: str,
+        start_timeout_s: float | None = None,
+    ) -> Request:
+        rid = str(
+            uuid.UUID(bytes=hashlib.sha256(f"{self.config.seed}|{input_hash}|{n}".encode()).digest()[:16], version=4)
+        )
         now = time.time()
-        req = Request(rid, ep, payload, input_hash, now, now + self.config.scaled(self.config.queue_delay_s),
-                      webhook_url, base_url)
+        req = Request(
+            rid,
+            ep,
+            payload,
+            input_hash,
+            now,
+            now + self.config.scaled(self.config.queue_delay_s),
+            webhook_url,
+            base_url,
+        )
         req.log("Request received and queued")
         req.start_timeout_s = start_timeout_s
         if start_timeout_s is not None:
             # The deadline is in real seconds, not scaled by `speed`: it is the client's clock.
             asyncio.get_running_loop().call_later(start_timeout_s, self._start_deadline, req)
         self.requests[rid] = req
-        self.received.append({"request_id": rid, "endpoint": ep.id, "input_sha256": input_hash,
-                              "received_at": iso(now), "http_status": 200})
+        self.received.append(
+            {
+                "request_id": rid,
+                "endpoint": ep.id,
+                "input_sha256": input_hash,
+                "received_at": iso(now),
+                "http_status": 200,
+            }
+        )
         self._waiting.append(req)
         self.open_requests += 1
         self.peak_open = max(self.peak_open, self.open_requests)
@@ -203,8 +250,13 @@ class Queue:
         # https://fal.ai/docs/documentation/model-apis/request-errors). Which error_type fal puts on a
         # user start timeout is not documented; request_timeout (504) is that page's own example.
         # What marks it as the user's deadline is the X-Fal-Request-Timeout-Type header (app.py).
-        self._finish_error(req, 504, "Request timed out", "request_timeout",
-                           {"detail": "Request timed out", "error_type": "request_timeout"})
+        self._finish_error(
+            req,
+            504,
+            "Request timed out",
+            "request_timeout",
+            {"detail": "Request timed out", "error_type": "request_timeout"},
+        )
         for other in self._waiting:  # every request behind it moved up one place
             other.touch()
         self._wake.set()
@@ -226,17 +278,15 @@ class Queue:
                 # look for it in the queue any more
                 head.state, head.started_at = IN_PROGRESS, now
                 head.task = asyncio.create_task(self._run(head))
-                head.task.add_done_callback(lambda _t, r=head: self._after_run(r))
+                head.task.add_done_callback(functools.partial(self._after_run, head))
                 for other in self._waiting:  # every queued request moved up one place
                     other.touch()
             self._wake.clear()
             timeout = max(0.0, next_ready - time.time()) if next_ready else None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
 
-    def _after_run(self, req: Request) -> None:
+    def _after_run(self, req: Request, _task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never enters `_run`: settle it here."""
         if req.state != COMPLETED:
             self._finish_cancelled(req)
@@ -257,8 +307,11 @@ class Queue:
         except render.RenderError as exc:
             status = 500 if exc.error_type == "internal_server_error" else 422
             field_name = exc.field or ep.source_field or "input"
-            body: Any = ({"detail": [{"loc": ["body", field_name], "msg": str(exc), "type": exc.error_type}]}
-                         if status == 422 else {"detail": str(exc), "error_type": exc.error_type})
+            body: Any = (
+                {"detail": [{"loc": ["body", field_name], "msg": str(exc), "type": exc.error_type}]}
+                if status == 422
+                else {"detail": str(exc), "error_type": exc.error_type}
+            )
             self._finish_error(req, status, str(exc), exc.error_type, body)
         finally:
             self._running.discard(req.id)
@@ -279,13 +332,30 @@ class Queue:
             return
         n = self._submits_per_input.get(req.input_hash, 1)
         if self.faults.fires("refuse", req.input_hash, n):
-            self._finish_error(req, 422, "The request was flagged by the content policy", "content_policy_violation",
-                               {"detail": [{"loc": ["body", "prompt"], "msg": "flagged by the content policy",
-                                            "type": "content_policy_violation"}]})
+            self._finish_error(
+                req,
+                422,
+                "The request was flagged by the content policy",
+                "content_policy_violation",
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "prompt"],
+                            "msg": "flagged by the content policy",
+                            "type": "content_policy_violation",
+                        }
+                    ]
+                },
+            )
             return
         if self.faults.fires("fail", req.input_hash, n):
-            self._finish_error(req, 503, "Runner disconnected", "runner_disconnected",
-                               {"detail": "Runner disconnected", "error_type": "runner_disconnected"})
+            self._finish_error(
+                req,
+                503,
+                "Runner disconnected",
+                "runner_disconnected",
+                {"detail": "Runner disconnected", "error_type": "runner_disconnected"},
+            )
             return
         spec = catalog.expected_output(ep, full, info.size if info else None, duration)
         dw, dh = self.config.output_skew_px
@@ -301,8 +371,14 @@ class Queue:
         units = _plain(Decimal(est.micro_usd) / base)
         self.ledger.append(Billed(req.id, ep.id, entry.unit, units, base, est.micro_usd, time.time()))
         req.billable_units, req.cost_micro_usd = units, est.micro_usd
-        req.output = {"video": {"url": self.store.url(req.base_url, f), "content_type": "video/mp4",
-                                "file_name": f.name, "file_size": f.size}}
+        req.output = {
+            "video": {
+                "url": self.store.url(req.base_url, f),
+                "content_type": "video/mp4",
+                "file_name": f.name,
+                "file_size": f.size,
+            }
+        }
         self._complete(req, 200, req.output)
 
     async def _probe_input(self, path: Path, *, video: bool) -> render.MediaInfo:
@@ -310,7 +386,8 @@ class Queue:
         if stored and path in self._input_info:
             return self._input_info[path]
         info = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: render.probe_media(path, video=video))
+            self._pool, lambda: render.probe_media(path, video=video)
+        )
         if stored:
             self._input_info[path] = info
         return info
@@ -341,7 +418,7 @@ class Queue:
             except (IndexError, ValueError) as exc:
                 raise render.RenderError(f"Failed to decode the data URI of {name}") from exc
             return target
-        if not url.startswith(("http://", "https://")):
+        if not is_remote(url, data_uri=False):
             raise render.RenderError(f"Failed to download {name}: not an http(s) or data URL")
         assert self._http is not None
         try:
@@ -355,8 +432,9 @@ class Queue:
             raise render.RenderError(f"Failed to download {name}: {type(exc).__name__}") from exc
         return target
 
-    async def _render(self, ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path],
-                      spec: catalog.OutputSpec) -> Path:
+    async def _render(
+        self, ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec
+    ) -> Path:
         """Render once per distinct job (once per output shape in instant or reuse mode) and reuse."""
         if self.config.instant or self.config.reuse_renders:
             key = f"{ep.family}|{spec.width}x{spec.height}|{spec.duration}"
@@ -371,10 +449,10 @@ class Queue:
             fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
             self._renders[key] = fut
             self.renders_made += 1
-            fut.add_done_callback(lambda f, k=key: self._forget_failed(k, f))
+            fut.add_done_callback(functools.partial(self._forget_failed, key))
         return await asyncio.shield(fut)
 
-    def _forget_failed(self, key: str, fut: asyncio.Future) -> None:
+    def _forget_failed(self, key: str, fut: asyncio.Future[Path]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             self._renders.pop(key, None)
 
@@ -386,14 +464,24 @@ class Queue:
         req.result_status, req.result_body = status, body
         expire = self.faults.fires("expire", req.id)
         req.expires_at = req.completed_at + (0.0 if expire else self.config.result_ttl_s)
-        req.log("Request completed" if req.error is None else f"Request failed: {req.error}",
-                "INFO" if req.error is None else "ERROR")
+        req.log(
+            "Request completed" if req.error is None else f"Request failed: {req.error}",
+            "INFO" if req.error is None else "ERROR",
+        )
         if req.webhook_url:
             ok = req.error is None
             body_bytes = webhooks.payload(req.id, ok, body, None if ok else f"Invalid status code: {status}")
-            task = asyncio.create_task(webhooks.deliver(
-                self.signer, req.webhook_url, req.id, body_bytes, attempts=WEBHOOK_ATTEMPTS,
-                retry_s=self.config.scaled(WEBHOOK_RETRY_S) or 0.05, log=self.webhook_log))
+            task = asyncio.create_task(
+                webhooks.deliver(
+                    self.signer,
+                    req.webhook_url,
+                    req.id,
+                    body_bytes,
+                    attempts=WEBHOOK_ATTEMPTS,
+                    retry_s=self.config.scaled(WEBHOOK_RETRY_S) or 0.05,
+                    log=self.webhook_log,
+                )
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -418,8 +506,13 @@ class Queue:
 
     def status_body(self, req: Request, with_logs: bool) -> dict[str, Any]:
         base = f"{req.base_url}/{_owner_alias(req.endpoint.id)}/requests/{req.id}"
-        body: dict[str, Any] = {"status": req.state, "request_id": req.id, "response_url": base,
-                                "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+        body: dict[str, Any] = {
+            "status": req.state,
+            "request_id": req.id,
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
         if req.state == IN_QUEUE:
             body["queue_position"] = self.position(req)
         else:
@@ -436,10 +529,14 @@ class Queue:
         for row in self.received:
             req = self.requests.get(row["request_id"]) if row["request_id"] else None
             if req is not None:
-                row = {**row, "state": "CANCELLED" if req.cancelled else req.state,
-                       "billable_units": f"{req.billable_units:f}" if req.billable_units is not None else None,
-                       "cost_usd": _usd(req.cost_micro_usd) if req.cost_micro_usd is not None else None,
-                       "error": req.error, "error_type": req.error_type}
+                row = {
+                    **row,
+                    "state": "CANCELLED" if req.cancelled else req.state,
+                    "billable_units": f"{req.billable_units:f}" if req.billable_units is not None else None,
+                    "cost_usd": _usd(req.cost_micro_usd) if req.cost_micro_usd is not None else None,
+                    "error": req.error,
+                    "error_type": req.error_type,
+                }
             rows.append(row)
         return rows
 
@@ -463,8 +560,9 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _render_to(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec,
-               out: Path, fps: int) -> Path:
+def _render_to(
+    ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec, out: Path, fps: int
+) -> Path:
     if not out.exists():
         tmp = out.with_suffix(".tmp.mp4")
         render.render(ep, params, inputs, spec, tmp, fps=fps)

@@ -19,6 +19,9 @@ import ffmpeg
 
 from .. import catalog
 
+# An ffmpeg-python stream node: the library ships no types.
+Stream = Any
+
 FONT = "DejaVu Sans"
 PROBE_TIMEOUT_S = 30
 
@@ -51,7 +54,7 @@ def probe_media(path: Path, *, video: bool) -> MediaInfo:
     except ffmpeg.Error as exc:
         tail = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or ["unreadable"]
         raise RenderError(f"could not read the input file: {tail[0]}") from exc
-    except Exception as exc:  # noqa: BLE001 - a hung or missing ffprobe fails this request only
+    except Exception as exc:  # a hung or missing ffprobe fails this request only
         raise RenderError(f"could not probe the input file: {exc}") from exc
     streams = info.get("streams") or []
     v = next((s for s in streams if s.get("codec_type") == "video"), None)
@@ -72,8 +75,15 @@ def probe_media(path: Path, *, video: bool) -> MediaInfo:
     return MediaInfo(width, height, duration, any(s.get("codec_type") == "audio" for s in streams))
 
 
-def render(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path],
-           spec: catalog.OutputSpec, out: Path, *, fps: int) -> None:
+def render(
+    ep: catalog.Endpoint,
+    params: dict[str, Any],
+    inputs: dict[str, Path],
+    spec: catalog.OutputSpec,
+    out: Path,
+    *,
+    fps: int,
+) -> None:
     """Make the output video of one request at `out`."""
     family = ep.family
     if family == "reframe":
@@ -86,8 +96,15 @@ def render(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path]
     else:
         stream, audio = _pattern(str(params.get("prompt", "")), spec, fps), None
     streams = [stream] + ([audio] if audio is not None else [])
-    kw: dict[str, Any] = {"vcodec": "libx264", "preset": "ultrafast", "crf": 30, "pix_fmt": "yuv420p",
-                          "r": fps, "t": str(spec.duration), "movflags": "+faststart"}
+    kw: dict[str, Any] = {
+        "vcodec": "libx264",
+        "preset": "ultrafast",
+        "crf": 30,
+        "pix_fmt": "yuv420p",
+        "r": fps,
+        "t": str(spec.duration),
+        "movflags": "+faststart",
+    }
     if audio is not None:
         kw["acodec"] = "aac"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,73 +115,101 @@ def render(ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path]
         raise RenderError(f"rendering failed: {tail[0]}", "internal_server_error") from exc
 
 
-def _placement(params: dict[str, Any], W: int, H: int, src: tuple[int, int]) -> tuple[int, int, int, int]:
+def _placement(params: dict[str, Any], frame_w: int, frame_h: int, src: tuple[int, int]) -> tuple[int, int, int, int]:
     """Where the source sits on the canvas: x, y, width, height (all even)."""
     sp = params.get("source_position")
     if sp:
-        x, y = sp["x_norm"] * W, sp["y_norm"] * H
-        w, h = sp["w_norm"] * W, sp["h_norm"] * H
+        x, y = sp["x_norm"] * frame_w, sp["y_norm"] * frame_h
+        w, h = sp["w_norm"] * frame_w, sp["h_norm"] * frame_h
     elif all(params.get(k) is not None for k in ("x_start", "x_end", "y_start", "y_end")):
         x, y = params["x_start"], params["y_start"]
         w, h = params["x_end"] - params["x_start"], params["y_end"] - params["y_start"]
     else:
-        scale = min(W / src[0], H / src[1])
+        scale = min(frame_w / src[0], frame_h / src[1])
         w, h = src[0] * scale, src[1] * scale
         # grid_position_x/y: the source's place in the free space, 0 (left/top) to 100 (right/bottom).
         gx = params.get("grid_position_x")
         gy = params.get("grid_position_y")
-        x = (W - w) * (50 if gx is None else max(0, min(100, gx))) / 100
-        y = (H - h) * (50 if gy is None else max(0, min(100, gy))) / 100
-    w, h = max(2, min(int(w) // 2 * 2, W)), max(2, min(int(h) // 2 * 2, H))
-    x, y = max(0, min(int(x), W - w)), max(0, min(int(y), H - h))
+        x = (frame_w - w) * (50 if gx is None else max(0, min(100, gx))) / 100
+        y = (frame_h - h) * (50 if gy is None else max(0, min(100, gy))) / 100
+    w, h = max(2, min(int(w) // 2 * 2, frame_w)), max(2, min(int(h) // 2 * 2, frame_h))
+    x, y = max(0, min(int(x), frame_w - w)), max(0, min(int(y), frame_h - h))
     return x, y, w, h
 
 
-def _reframe(src: Path, params: dict[str, Any], spec: catalog.OutputSpec, fps: int):
+def _reframe(src: Path, params: dict[str, Any], spec: catalog.OutputSpec, fps: int) -> tuple[Stream, Stream | None]:
     info = probe_media(src, video=True)
-    W, H = spec.width, spec.height
-    x, y, w, h = _placement(params, W, H, info.size)
+    frame_w, frame_h = spec.width, spec.height
+    x, y, w, h = _placement(params, frame_w, frame_h, info.size)
     inp = ffmpeg.input(str(src))
     parts = inp.video.filter("fps", fps).split()
-    bg = (parts[0].filter("scale", W, H).filter("boxblur", luma_radius=max(4, min(W, H) // 24), luma_power=2)
-          .filter("eq", brightness=-0.06, saturation=0.8))
+    bg = (
+        parts[0]
+        .filter("scale", frame_w, frame_h)
+        .filter("boxblur", luma_radius=max(4, min(frame_w, frame_h) // 24), luma_power=2)
+        .filter("eq", brightness=-0.06, saturation=0.8)
+    )
     fg = parts[1].filter("scale", w, h)
     video = ffmpeg.overlay(bg, fg, x=x, y=y).filter("setsar", 1)
     return video, inp.audio if info.has_audio else None
 
 
-def _zoom_pan(image: Path, spec: catalog.OutputSpec, fps: int):
-    W, H = spec.width, spec.height
+def _zoom_pan(image: Path, spec: catalog.OutputSpec, fps: int) -> Stream:
+    frame_w, frame_h = spec.width, spec.height
     frames = int(spec.duration * fps)
     inp = ffmpeg.input(str(image), loop=1, framerate=fps, t=str(spec.duration))
-    cover = (inp.video.filter("scale", W, H, force_original_aspect_ratio="increase").filter("crop", W, H)
-             .filter("setsar", 1))
-    return cover.filter("zoompan", z=f"1+0.25*on/{max(frames, 1)}", d=1, s=f"{W}x{H}", fps=fps,
-                        x="(iw-iw/zoom)*on/" + str(max(frames, 1)), y="(ih-ih/zoom)/2")
+    cover = (
+        inp.video.filter("scale", frame_w, frame_h, force_original_aspect_ratio="increase")
+        .filter("crop", frame_w, frame_h)
+        .filter("setsar", 1)
+    )
+    return cover.filter(
+        "zoompan",
+        z=f"1+0.25*on/{max(frames, 1)}",
+        d=1,
+        s=f"{frame_w}x{frame_h}",
+        fps=fps,
+        x="(iw-iw/zoom)*on/" + str(max(frames, 1)),
+        y="(ih-ih/zoom)/2",
+    )
 
 
 _STRENGTH = {"adhere": 0.5, "flex": 1.0, "reimagine": 1.6}
 
 
-def _restyle(src: Path, spec: catalog.OutputSpec, fps: int, strength: str):
+def _restyle(src: Path, spec: catalog.OutputSpec, fps: int, strength: str) -> tuple[Stream, Stream | None]:
     info = probe_media(src, video=True)
-    k = _STRENGTH.get(strength.split("_")[0], 1.0) * (1 + (int(strength[-1]) - 1) * 0.25 if strength[-1].isdigit() else 1)
+    k = _STRENGTH.get(strength.split("_")[0], 1.0) * (
+        1 + (int(strength[-1]) - 1) * 0.25 if strength[-1].isdigit() else 1
+    )
     inp = ffmpeg.input(str(src), stream_loop=-1)
-    video = (inp.video.filter("fps", fps)
-             .filter("scale", spec.width, spec.height, force_original_aspect_ratio="increase")
-             .filter("crop", spec.width, spec.height).filter("setsar", 1)
-             .filter("hue", H=f"{0.6 * k}*PI*t", s=1 + 0.5 * k)
-             .filter("eq", contrast=1 + 0.2 * k, saturation=1 + 0.3 * k)
-             .filter("lutrgb", r="round(val/48)*48", g="round(val/48)*48", b="round(val/48)*48"))
+    video = (
+        inp.video.filter("fps", fps)
+        .filter("scale", spec.width, spec.height, force_original_aspect_ratio="increase")
+        .filter("crop", spec.width, spec.height)
+        .filter("setsar", 1)
+        .filter("hue", H=f"{0.6 * k}*PI*t", s=1 + 0.5 * k)
+        .filter("eq", contrast=1 + 0.2 * k, saturation=1 + 0.3 * k)
+        .filter("lutrgb", r="round(val/48)*48", g="round(val/48)*48", b="round(val/48)*48")
+    )
     return video, inp.audio if info.has_audio else None
 
 
-def _pattern(prompt: str, spec: catalog.OutputSpec, fps: int):
-    W, H = spec.width, spec.height
-    base = ffmpeg.input(f"mandelbrot=size={W}x{H}:rate={fps}", f="lavfi", t=str(spec.duration))
-    text = "\n".join(textwrap.wrap(prompt, width=max(16, W // 28))[:8]) or "(no prompt)"
+def _pattern(prompt: str, spec: catalog.OutputSpec, fps: int) -> Stream:
+    frame_w, frame_h = spec.width, spec.height
+    base = ffmpeg.input(f"mandelbrot=size={frame_w}x{frame_h}:rate={fps}", f="lavfi", t=str(spec.duration))
+    text = "\n".join(textwrap.wrap(prompt, width=max(16, frame_w // 28))[:8]) or "(no prompt)"
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
         fh.write(text)
-    return base.video.filter("drawtext", textfile=fh.name, font=FONT, fontsize=max(14, H // 22),
-                             fontcolor="white", box=1, boxcolor="black@0.5", boxborderw=12,
-                             x="(w-text_w)/2", y="(h-text_h)/2")
+    return base.video.filter(
+        "drawtext",
+        textfile=fh.name,
+        font=FONT,
+        fontsize=max(14, frame_h // 22),
+        fontcolor="white",
+        box=1,
+        boxcolor="black@0.5",
+        boxborderw=12,
+        x="(w-text_w)/2",
+        y="(h-text_h)/2",
+    )

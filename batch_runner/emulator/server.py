@@ -11,7 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import EmulatorConfig
-from .web import DropConnection
+from .web import DropConnectionError
 
 START_TIMEOUT_S = 20.0
 
@@ -22,17 +22,28 @@ class _HideDrops(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         while exc is not None:
-            if isinstance(exc, DropConnection):
+            if isinstance(exc, DropConnectionError):
                 return False
-            exc = exc.__cause__ or exc.__context__ or (exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else None)
+            exc = (
+                exc.__cause__ or exc.__context__ or (exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else None)
+            )
         return True
 
 
 def _uvicorn(config: EmulatorConfig, log_level: str) -> uvicorn.Server:
     logging.getLogger("uvicorn.error").addFilter(_HideDrops())
     app = create_app(config)
-    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
-                                         access_log=False, lifespan="on", timeout_keep_alive=30))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=30,
+        )
+    )
 
 
 class EmulatorServer:
@@ -48,7 +59,7 @@ class EmulatorServer:
     def app(self) -> Any:
         return self._server.config.app
 
-    def start(self) -> "EmulatorServer":
+    def start(self) -> EmulatorServer:
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._server.started:
@@ -63,7 +74,7 @@ class EmulatorServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "EmulatorServer":
+    def __enter__(self) -> EmulatorServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -54,20 +55,28 @@ class FileStore:
         self._pending: dict[str, StoredFile] = {}  # initiate-then-PUT uploads by token
         self._lock = threading.Lock()
 
-    def _new(self, name: str | None, content_type: str | None, *, complete: bool,
-             lifetime_s: float | None = None) -> StoredFile:
+    def _new(
+        self, name: str | None, content_type: str | None, *, complete: bool, lifetime_s: float | None = None
+    ) -> StoredFile:
         fid = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         clean = _SAFE_NAME.sub("_", name or "upload.bin").strip("._") or "upload.bin"
         folder = self.root / fid
         folder.mkdir()
-        f = StoredFile(fid, clean, content_type or "application/octet-stream", folder / clean, complete=complete,
-                       lifetime_s=lifetime_s)
+        f = StoredFile(
+            fid,
+            clean,
+            content_type or "application/octet-stream",
+            folder / clean,
+            complete=complete,
+            lifetime_s=lifetime_s,
+        )
         with self._lock:
             self._files[fid] = f
         return f
 
-    def put(self, data: bytes, name: str | None, content_type: str | None,
-            lifetime_s: float | None = None) -> StoredFile:
+    def put(
+        self, data: bytes, name: str | None, content_type: str | None, lifetime_s: float | None = None
+    ) -> StoredFile:
         f = self._new(name, content_type, complete=False, lifetime_s=lifetime_s)
         f.path.write_bytes(data)
         self.finish(f)
@@ -103,8 +112,9 @@ class FileStore:
 
     # ----------------------------------------------------------------- initiate-then-PUT
 
-    def initiate(self, name: str | None, content_type: str | None,
-                 lifetime_s: float | None = None) -> tuple[str, StoredFile]:
+    def initiate(
+        self, name: str | None, content_type: str | None, lifetime_s: float | None = None
+    ) -> tuple[str, StoredFile]:
         token = secrets.token_urlsafe(16)
         f = self.reserve(name, content_type, lifetime_s)
         with self._lock:
@@ -121,8 +131,9 @@ class FileStore:
 
     # ----------------------------------------------------------------- multipart
 
-    def start_multipart(self, name: str | None, content_type: str | None,
-                        lifetime_s: float | None = None) -> tuple[str, StoredFile]:
+    def start_multipart(
+        self, name: str | None, content_type: str | None, lifetime_s: float | None = None
+    ) -> tuple[str, StoredFile]:
         upload_id = secrets.token_urlsafe(12)
         f = self.reserve(name, content_type, lifetime_s)
         with self._lock:
@@ -140,11 +151,13 @@ class FileStore:
             return None
         part = mp.file.path.parent / f".part{number:05d}"
         part.write_bytes(data)
-        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # noqa: S324 - an ETag, as S3 computes it
+        etag = '"' + hashlib.md5(data).hexdigest() + '"'  # an ETag, as S3 computes it
         mp.parts[number], mp.etags[number] = part, etag
         return etag
 
-    def complete_multipart(self, upload_id: str, parts: list[dict], *, fid: str | None = None) -> StoredFile | None:
+    def complete_multipart(
+        self, upload_id: str, parts: list[dict[str, Any]], *, fid: str | None = None
+    ) -> StoredFile | None:
         """Join the listed parts in order. None when the upload is unknown, a part is missing, or
         an etag is not the one that part was given: fal documents no check, but the S3 multipart
         API whose words fal uses (uploadId, partNumber, ETag) refuses that with InvalidPart

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
@@ -21,15 +22,17 @@ from .webhooks import WebhookSigner
 # What fal's nginx ingress answers when no app saw the request: HTML, no x-fal-request-id
 # (fal-client 1.0.3 `_maybe_retry_request` treats exactly this as a retryable ingress error;
 # shared/reference/fal-queue-protocol.md §8).
-NGINX_502 = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>" \
-            "<hr><center>nginx</center></body></html>"
+NGINX_502 = (
+    "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>"
+    "<hr><center>nginx</center></body></html>"
+)
 NGINX_503 = NGINX_502.replace("502 Bad Gateway", "503 Service Temporarily Unavailable")
 
 EndpointFn = Callable[[HttpRequest], Awaitable[Response]]
 RouteFn = Callable[["Emulator", HttpRequest], Awaitable[Response]]
 
 
-class DropConnection(Exception):
+class DropConnectionError(Exception):
     """Raised after a response has started: the server closes the connection mid-answer."""
 
 
@@ -40,9 +43,14 @@ class Dropped(Response):
         super().__init__(status_code=200)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"512")]})
-        raise DropConnection()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"512")],
+            }
+        )
+        raise DropConnectionError()
 
 
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -143,7 +151,7 @@ def handler(*, auth: bool = True) -> Callable[[RouteFn], EndpointFn]:
     return wrap
 
 
-class BadBody(Exception):
+class BadBodyError(Exception):
     """The request body is not the JSON object the route needs."""
 
 
@@ -151,7 +159,7 @@ async def read_body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError:
-        raise BadBody("body is not valid JSON") from None
+        raise BadBodyError("body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise BadBody("body must be a JSON object")
+        raise BadBodyError("body must be a JSON object")
     return data

@@ -28,8 +28,7 @@ class WebhookSigner:
         self._x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": self._x, "kid": self.kid, "use": "sig",
-                          "alg": "EdDSA"}]}
+        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": self._x, "kid": self.kid, "use": "sig", "alg": "EdDSA"}]}
 
     def headers(self, request_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
         ts = str(int(time.time()) if timestamp is None else timestamp)
@@ -44,15 +43,27 @@ class WebhookSigner:
 
 
 def payload(request_id: str, ok: bool, body: Any, error: str | None) -> bytes:
-    data: dict[str, Any] = {"request_id": request_id, "gateway_request_id": request_id,
-                            "status": "OK" if ok else "ERROR", "payload": body}
+    data: dict[str, Any] = {
+        "request_id": request_id,
+        "gateway_request_id": request_id,
+        "status": "OK" if ok else "ERROR",
+        "payload": body,
+    }
     if not ok:
         data["error"] = error
     return json.dumps(data).encode()
 
 
-async def deliver(signer: WebhookSigner, url: str, request_id: str, body: bytes, *, attempts: int,
-                  retry_s: float, log: list[dict[str, Any]]) -> None:
+async def deliver(
+    signer: WebhookSigner,
+    url: str,
+    request_id: str,
+    body: bytes,
+    *,
+    attempts: int,
+    retry_s: float,
+    log: list[dict[str, Any]],
+) -> None:
     """POST the webhook, retrying on failure; every attempt is logged for inspection."""
     async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT_S) as client:
         for attempt in range(1, attempts + 1):

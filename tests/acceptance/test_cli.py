@@ -70,8 +70,17 @@ def test_plan_prices_every_job_and_writes_nothing(br, project):
     assert plan["batch"] == "nightly-reframe" and plan["price_table"] == "fal-published@2026-11-21"
     assert len(plan["jobs"]) == 3 * 2 and plan["invalid"] == []
     for job in plan["jobs"]:
-        assert set(job) >= {"key", "endpoint", "source", "params", "output", "duration_s", "billable_units",
-                            "unit", "estimated_cost_usd"}
+        assert set(job) >= {
+            "key",
+            "endpoint",
+            "source",
+            "params",
+            "output",
+            "duration_s",
+            "billable_units",
+            "unit",
+            "estimated_cost_usd",
+        }
         assert (job["duration_s"], job["billable_units"], job["estimated_cost_usd"]) == (5.0, "5", "0.60")
     expected = sum(Decimal(j["estimated_cost_usd"]) for j in plan["jobs"])
     assert Decimal(plan["total_estimated_cost_usd"]) == expected == Decimal("3.60")
@@ -86,7 +95,11 @@ def test_plan_table_shows_jobs_and_totals(br, project):
     code, out, _ = br("plan", str(project / "jobs/nightly-reframe.yaml"))
     assert code == 0
     rows = [line for line in out.splitlines() if line.endswith(".mp4")]
-    assert len(rows) == 6 and rows[0].split()[1] == "clip01.mp4" and rows[0].endswith("nightly-reframe/clip01_9x16_720p.mp4")
+    assert (
+        len(rows) == 6
+        and rows[0].split()[1] == "clip01.mp4"
+        and rows[0].endswith("nightly-reframe/clip01_9x16_720p.mp4")
+    )
     assert "by endpoint" in out and "by resolution" in out and "$3.60" in out
 
 
@@ -106,18 +119,21 @@ def test_changed_source_is_probed_again(br, project, media):
     br("plan", manifest)
     shutil.copy(media["c5_04"], project / "jobs/media/clip02.mp4")
     code, out, err = br("plan", manifest, "--json")
+    assert code == 0
     assert "probed 1 source(s), 2 from cache" in err
     costs = {Path(j["source"]).name: j["estimated_cost_usd"] for j in json.loads(out)["jobs"]}
     assert costs["clip02.mp4"] == "0.72" and costs["clip01.mp4"] == "0.60"
 
 
-@pytest.mark.parametrize("limit,code", [("3.60", 0), ("3.59", 5)])
+@pytest.mark.parametrize(("limit", "code"), [("3.60", 0), ("3.59", 5)])
 def test_plan_max_cost(br, project, limit, code):
     rc, out, err = br("plan", str(project / "jobs/nightly-reframe.yaml"), "--max-cost", limit)
     assert rc == code
     if code:
         assert err.strip().splitlines()[-1] == (
-            "Error: estimated total $3.60 is over --max-cost $3.59 (reduce the matrix or the sources, or raise --max-cost)")
+            "Error: estimated total $3.60 is over --max-cost $3.59 "
+            "(reduce the matrix or the sources, or raise --max-cost)"
+        )
         assert "total" in out  # the plan is still printed
 
 
@@ -144,12 +160,16 @@ def test_plan_accepts_a_30_second_source(br, project, media):
 
 
 def test_bad_manifest_is_one_line_on_stderr_and_exit_3(br, project):
-    bad = write(project / "jobs/bad.yaml", "batch: b\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
-                                           "  aspect_ratio: 9x16\nsources: [media/clip01.mp4]\n")
+    bad = write(
+        project / "jobs/bad.yaml",
+        "batch: b\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
+        "  aspect_ratio: 9x16\nsources: [media/clip01.mp4]\n",
+    )
     code, out, err = br("plan", str(bad))
     assert (code, out) == (3, "")
-    assert err == (f'Error: {bad}:5: aspect_ratio: "9x16" is not one of 3:4, 4:3, 1:1, 9:16, 16:9, 21:9 '
-                   '(did you mean "9:16"?)\n')
+    assert err == (
+        f'Error: {bad}:5: aspect_ratio: "9x16" is not one of 3:4, 4:3, 1:1, 9:16, 16:9, 21:9 (did you mean "9:16"?)\n'
+    )
 
 
 def test_missing_manifest_is_exit_3(br, tmp_path):
@@ -171,15 +191,18 @@ def test_enqueue_is_idempotent_and_adds_exactly_what_is_new(br, project, media):
     assert json.loads(out) == {"batch": "nightly-reframe", "added": 0, "existing": 6, "invalid": 0}
     shutil.copy(media["c5_04"], project / "jobs/media/clip04.mp4")
     code, out, _ = br("enqueue", str(manifest), "--json")
+    assert code == 0
     assert json.loads(out)["added"] == 2
     con = sqlite3.connect(br.db)
     before = con.execute("select id, key, input_json, state, estimate_micro_usd from jobs order by id").fetchall()
     manifest.write_text(manifest.read_text().replace("resolution: 720p", "resolution: 1080p"))
     code, out, _ = br("enqueue", str(manifest), "--json")
+    assert code == 0
     assert json.loads(out)["added"] == 8
     after = con.execute("select id, key, input_json, state, estimate_micro_usd from jobs order by id").fetchall()
     assert after[:8] == before and len(after) == 16
     code, out, _ = br("status", "--json")
+    assert code == 0
     [batch] = json.loads(out)["batches"]
     assert batch["jobs"] == 16 and batch["states"] == {"queued": 16}
     expected = 6 * 600_000 + 2 * 720_000 + 6 * 1_800_000 + 2 * 2_160_000
@@ -205,8 +228,11 @@ def test_status_table_and_unknown_batch(br, project):
 
 
 def test_price_file_option_changes_estimates_and_names_the_table(br, project, tmp_path):
-    prices = write(tmp_path / "acme.yaml", 'name: acme\nversion: "2"\nendpoints:\n  ray-3.2/reframe:\n'
-                                           '    unit: second\n    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n')
+    prices = write(
+        tmp_path / "acme.yaml",
+        'name: acme\nversion: "2"\nendpoints:\n  ray-3.2/reframe:\n'
+        '    unit: second\n    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n',
+    )
     code, out, _ = br("--prices", str(prices), "plan", str(project / "jobs/nightly-reframe.yaml"), "--json")
     plan = json.loads(out)
     assert code == 0 and plan["price_table"] == "acme@2" and plan["total_estimated_cost_usd"] == "3.00"
@@ -245,8 +271,12 @@ def test_db_upgrade_and_current_on_postgres(br, pg_url):
 
 def test_fal_key_never_appears_in_output_or_database(br, project):
     outputs = []
-    for args in (("-vv", "plan", str(project / "jobs/nightly-reframe.yaml")),
-                 ("-vv", "enqueue", str(project / "jobs/nightly-reframe.yaml")), ("status",), ("endpoints",)):
+    for args in (
+        ("-vv", "plan", str(project / "jobs/nightly-reframe.yaml")),
+        ("-vv", "enqueue", str(project / "jobs/nightly-reframe.yaml")),
+        ("status",),
+        ("endpoints",),
+    ):
         outputs.extend(br(*args)[1:])
     assert all(FAKE_KEY not in text for text in outputs)
     for path in br.db.parent.iterdir():
@@ -276,13 +306,19 @@ def test_every_exit_code_is_documented():
 def test_console_script_runs_as_a_subprocess(project, tmp_path):
     exe = Path(sys.executable).parent / "batch-runner"
     env = {"PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no --db: the default location
-    proc = subprocess.run([str(exe), "plan", str(project / "jobs/ray32-restyle.yaml"), "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "plan", str(project / "jobs/ray32-restyle.yaml"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total_estimated_cost_usd"] == "5.40"
     assert (tmp_path / ".local/share/batch-runner/batch-runner.db").is_file()  # created by itself, folders too
-    proc = subprocess.run([str(exe), "plan", str(project / "jobs/missing.yaml")], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [str(exe), "plan", str(project / "jobs/missing.yaml")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 3 and proc.stdout == ""
 
 
@@ -293,12 +329,19 @@ def test_ctrl_c_exits_130(project, tmp_path):
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
     hang.listen(1)
-    manifest = write(project / "jobs/hang.yaml", "batch: h\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
-                     f"  aspect_ratio: '1:1'\nsources:\n  - url: http://127.0.0.1:{hang.getsockname()[1]}/v.mp4\n")
+    manifest = write(
+        project / "jobs/hang.yaml",
+        "batch: h\nendpoint: ray-3.2/reframe\ndefaults:\n  prompt: p\n"
+        f"  aspect_ratio: '1:1'\nsources:\n  - url: http://127.0.0.1:{hang.getsockname()[1]}/v.mp4\n",
+    )
     exe = Path(sys.executable).parent / "batch-runner"
     assert CliRunner().invoke(cli, ["--db", str(tmp_path / "h.db"), "db", "upgrade"]).exit_code == 0
-    proc = subprocess.Popen([str(exe), "--db", str(tmp_path / "h.db"), "plan", str(manifest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "--db", str(tmp_path / "h.db"), "plan", str(manifest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         hang.settimeout(60)
         conn, _ = hang.accept()  # the CLI is now waiting on our silent server

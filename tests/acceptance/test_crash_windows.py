@@ -21,8 +21,12 @@ POLLS = 3000
 
 
 def _env(bench) -> dict[str, str]:
-    env = {**os.environ, "BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url,
-           "FAL_KEY": "crash-test-key"}
+    env = {
+        **os.environ,
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": "crash-test-key",
+    }
     env.pop("CI", None)
     return env
 
@@ -32,8 +36,12 @@ def _held(bench, kind: str) -> bool:
 
 
 def _kill_when_held(bench, kind: str) -> None:
-    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest), "--concurrency", "1"], env=_env(bench),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(EXE), "run", str(bench.manifest), "--concurrency", "1"],
+        env=_env(bench),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(POLLS):
             if _held(bench, kind):
@@ -69,8 +77,13 @@ def test_kill_9_between_the_submit_and_fals_answer_then_restart(tmp_path, media,
     _kill_when_held(bench, "submit")  # fal has the request; the runner never heard its id
     attempt = bench.sql("select state, request_id from attempts")
     assert attempt == [("sending", None)]
-    proc = subprocess.run([str(EXE), "run", str(bench.manifest), "--concurrency", "1", "--json"], env=_env(bench),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(EXE), "run", str(bench.manifest), "--concurrency", "1", "--json"],
+        env=_env(bench),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "adopted" in proc.stderr and "Traceback" not in proc.stderr
     _paid_once_delivered_once(bench, tmp_path)
@@ -82,7 +95,12 @@ def test_kill_9_in_the_middle_of_a_download_then_restart(tmp_path, media, emulat
     _kill_when_held(bench, "download")
     assert bench.sql("select state from jobs where state = 'downloading'") == [("downloading",)]
     assert list(tmp_path.rglob("*.part"))  # the dead process's half file
-    proc = subprocess.run([str(EXE), "run", str(bench.manifest), "--concurrency", "1"], env=_env(bench),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(EXE), "run", str(bench.manifest), "--concurrency", "1"],
+        env=_env(bench),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     _paid_once_delivered_once(bench, tmp_path)

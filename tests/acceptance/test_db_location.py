@@ -110,8 +110,14 @@ def test_the_reported_reproduction_as_a_subprocess(tmp_path):
     exe = Path(sys.executable).parent / "batch-runner"
     db = tmp_path / "nonexistent" / "dir" / "x.db"
     env = {"PATH": f"{exe.parent}:/usr/bin:/bin", "HOME": str(tmp_path / "home")}
-    proc = subprocess.run([str(exe), "--db", f"sqlite:///{db}", "status"], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [str(exe), "--db", f"sqlite:///{db}", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert (proc.returncode, proc.stdout) == (6, "")
     assert one_error_line(proc.stderr).startswith(f"Error: no database at {db}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -128,7 +134,7 @@ NOT_OURS = {
 EXPECTED = {
     "text file": "is not a SQLite database; it was left untouched",
     "sqlite, another app's tables": "is a SQLite database but not batch-runner's (1 table(s), not our schema); "
-                                    "it was left untouched",
+    "it was left untouched",
     "sqlite in WAL mode, another app's tables": "is a SQLite database but not batch-runner's",
 }
 
@@ -204,7 +210,8 @@ def test_the_default_location_is_created_by_itself_folders_included(br, tmp_path
     assert (code, err) == (0, "") and out.startswith("no jobs yet")
     db = tmp_path / "xdg" / "batch-runner" / "batch-runner.db"
     assert sqlite3.connect(db).execute("select version_num from alembic_version").fetchone() == (
-        db_engine.head_revision(),)
+        db_engine.head_revision(),
+    )
 
 
 def test_db_current_on_the_missing_default_location_creates_nothing(br, tmp_path):

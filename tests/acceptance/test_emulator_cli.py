@@ -15,8 +15,12 @@ from batch_runner.config import FalHosts, Settings
 
 def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(tmp_path):
     exe = Path(sys.executable).parent / "batch-runner"
-    proc = subprocess.Popen([str(exe), "emulator", "serve", "--port", "0", "--speed", "100", "--faults",
-                             "rate_limit=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "emulator", "serve", "--port", "0", "--speed", "100", "--faults", "rate_limit=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
@@ -33,8 +37,9 @@ def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(tmp_path):
 
 def test_serve_refuses_a_bad_fault_spec():
     exe = Path(sys.executable).parent / "batch-runner"
-    proc = subprocess.run([str(exe), "emulator", "serve", "--faults", "meteor=1"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(exe), "emulator", "serve", "--faults", "meteor=1"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.startswith("Error: --faults: unknown fault 'meteor'")
 
@@ -42,10 +47,18 @@ def test_serve_refuses_a_bad_fault_spec():
 def test_fal_url_points_every_fal_host_at_one_base_url():
     real = FalHosts.for_url(None)
     assert (real.queue, real.rest, real.cdn, real.api) == (
-        "https://queue.fal.run", "https://rest.fal.ai", "https://v3.fal.media", "https://api.fal.ai/v1")
+        "https://queue.fal.run",
+        "https://rest.fal.ai",
+        "https://v3.fal.media",
+        "https://api.fal.ai/v1",
+    )
     emu = Settings.from_env({"BATCH_RUNNER_FAL_URL": "http://127.0.0.1:8765/", "HOME": "/tmp"}).hosts
     assert (emu.queue, emu.rest, emu.cdn, emu.api) == (
-        "http://127.0.0.1:8765", "http://127.0.0.1:8765", "http://127.0.0.1:8765", "http://127.0.0.1:8765/v1")
+        "http://127.0.0.1:8765",
+        "http://127.0.0.1:8765",
+        "http://127.0.0.1:8765",
+        "http://127.0.0.1:8765/v1",
+    )
     assert real.is_real_fal and not emu.is_real_fal
 
 
@@ -73,9 +86,25 @@ def test_budget_settings_come_from_the_environment():
 
 def test_serve_takes_the_crash_window_holds_and_the_billable_units_switch(tmp_path):
     exe = Path(sys.executable).parent / "batch-runner"
-    proc = subprocess.Popen([str(exe), "emulator", "serve", "--port", "0", "--hold-submit", "2.5",
-                             "--hold-submit-count", "1", "--hold-download", "4", "--no-billable-units"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "emulator",
+            "serve",
+            "--port",
+            "0",
+            "--hold-submit",
+            "2.5",
+            "--hold-submit-count",
+            "1",
+            "--hold-download",
+            "4",
+            "--no-billable-units",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         holds = httpx.get(f"{url}/_emulator/holds", timeout=10).json()

@@ -12,13 +12,20 @@ from batch_runner import catalog
 from batch_runner.cli import cli
 from tests.integration.run_helpers import make_bench
 
-HIGHER = ('name: fal-raised\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
-          '    prices: {540p: "0.08", 720p: "0.16", 1080p: "0.48"}\n')
+HIGHER = (
+    'name: fal-raised\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
+    '    prices: {540p: "0.08", 720p: "0.16", 1080p: "0.48"}\n'
+)
 
 
 def _env(bench, fal_prices: Path, **extra) -> dict:
-    return {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": "sync-key",
-            "BATCH_RUNNER_FAL_PRICES": str(fal_prices), **extra}
+    return {
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": "sync-key",
+        "BATCH_RUNNER_FAL_PRICES": str(fal_prices),
+        **extra,
+    }
 
 
 def _invoke(*args: str, env: dict):
@@ -40,8 +47,12 @@ def test_sync_writes_every_catalog_price_as_decimal_strings(tmp_path, emu):
 
 def test_sync_writes_beside_the_default_database_by_default(tmp_path, emu, monkeypatch):
     monkeypatch.delenv("BATCH_RUNNER_FAL_PRICES")
-    result = _invoke("prices", "sync", "--json", env={"BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "k",
-                                                      "XDG_DATA_HOME": str(tmp_path / "data")})
+    result = _invoke(
+        "prices",
+        "sync",
+        "--json",
+        env={"BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "k", "XDG_DATA_HOME": str(tmp_path / "data")},
+    )
     assert result.exit_code == 0, result.output
     path = tmp_path / "data" / "batch-runner" / "fal-prices.json"
     assert json.loads(result.stdout)["path"] == str(path) and path.is_file()
@@ -52,20 +63,27 @@ def test_sync_against_a_pricing_api_error_exits_with_one_line_and_writes_nothing
     path = tmp_path / "fal-prices.json"
     result = _invoke("prices", "sync", "-o", str(path), env={"BATCH_RUNNER_FAL_URL": server.url, "FAL_KEY": "bad-key"})
     assert result.exit_code == 9 and result.stdout == "" and not path.exists()
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: fal's pricing API failed, nothing "
-                                                                        "was written: pricing: HTTP 401")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "Error: fal's pricing API failed, nothing was written: pricing: HTTP 401"
+    )
     assert "bad-key" not in result.stderr and "FAL_KEY" in result.stderr
     path.write_text("the last sync\n")  # an earlier sync is kept as it was
-    assert _invoke("prices", "sync", "-o", str(path),
-                   env={"BATCH_RUNNER_FAL_URL": server.url, "FAL_KEY": "bad-key"}).exit_code == 9
+    assert (
+        _invoke(
+            "prices", "sync", "-o", str(path), env={"BATCH_RUNNER_FAL_URL": server.url, "FAL_KEY": "bad-key"}
+        ).exit_code
+        == 9
+    )
     assert path.read_text() == "the last sync\n" and [p.name for p in tmp_path.iterdir()] == ["fal-prices.json"]
 
 
 def test_plan_marks_jobs_priced_from_unverified_entries(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"name": "a", "prompt": "a harbour at dawn"}\n')
     manifest = tmp_path / "t2v.yaml"
-    manifest.write_text("batch: t2v\nendpoint: ray-2/text-to-video\nsources:\n  - rows: prompts.jsonl\n"
-                        "output_root: out\noutput: \"{batch}/{stem}.mp4\"\n")
+    manifest.write_text(
+        "batch: t2v\nendpoint: ray-2/text-to-video\nsources:\n  - rows: prompts.jsonl\n"
+        'output_root: out\noutput: "{batch}/{stem}.mp4"\n'
+    )
     env = {"BATCH_RUNNER_DB": str(tmp_path / "jobs.db")}
     assert _invoke("db", "upgrade", env=env).exit_code == 0
     table = _invoke("plan", str(manifest), env=env)
@@ -101,7 +119,8 @@ def test_a_synced_higher_price_raises_the_plan_and_the_reservation(tmp_path, med
 
 
 def test_without_billable_units_a_delivery_is_priced_at_the_synced_price_when_it_is_higher(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     """The provisional bill (no x-fal-billable-units) must not fall below what the plan reserved:
     a budget that counted $0.40 per job must not see $0.30 come back and admit more work."""
     higher = tmp_path / "higher.yaml"

@@ -24,8 +24,13 @@ POLLS = 3000
 
 
 def _env(bench, **extra) -> dict[str, str]:
-    env = {**os.environ, "BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url,
-           "FAL_KEY": "cli-test-key", **extra}
+    env = {
+        **os.environ,
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": "cli-test-key",
+        **extra,
+    }
     env.pop("CI", None)
     return env
 
@@ -62,15 +67,24 @@ def test_kill_9_mid_batch_then_restart_submits_every_job_once(tmp_path, media, e
     # Slow enough that the kill lands while requests are in flight at the emulator.
     bench = make_bench(tmp_path, media, emulator_factory(speed=15, concurrency=4), clips=4)
     env = _env(bench, BATCH_RUNNER_LEASE_S="5")
-    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest), "--concurrency", "4"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(EXE), "run", str(bench.manifest), "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_until(lambda: _submitted(bench) >= 3, "three submits recorded")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     done_before = bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0]
     assert done_before < 8
-    again = subprocess.run([str(EXE), "run", "--batch", "b", "--concurrency", "4", "--json"], env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [str(EXE), "run", "--batch", "b", "--concurrency", "4", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = json.loads(again.stdout)
     uncertain = bench.sql("select count(*) from jobs where state = 'uncertain'")[0][0]
     assert bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 8 - uncertain
@@ -87,21 +101,29 @@ def test_kill_9_mid_batch_then_restart_submits_every_job_once(tmp_path, media, e
 def test_ctrl_c_leaves_resumable_state_and_exits_130(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(speed=10, concurrency=4), clips=3)
     env = _env(bench)
-    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest), "--concurrency", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(EXE), "run", str(bench.manifest), "--concurrency", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_until(lambda: _submitted(bench) >= 2, "two submits recorded")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "in-flight requests stay recorded" in err
     rows = bench.sql("select state, lease_owner from jobs")
     assert all(owner is None for _, owner in rows)  # nothing left leased to the dead process
-    live = bench.sql("select count(*) from jobs j join attempts a on a.job_id = j.id "
-                     "where j.state in ('submitted', 'in_progress') and a.request_id is not null")[0][0]
+    live = bench.sql(
+        "select count(*) from jobs j join attempts a on a.job_id = j.id "
+        "where j.state in ('submitted', 'in_progress') and a.request_id is not null"
+    )[0][0]
     queued = bench.sql("select count(*) from jobs where state = 'queued'")[0][0]
     assert live + queued + bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 6
-    again = subprocess.run([str(EXE), "run", "--batch", "b", "--json"], env=env, capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        [str(EXE), "run", "--batch", "b", "--json"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr
     assert bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 6
     log = [r for r in bench.emulator_log() if r["request_id"]]
@@ -153,8 +175,13 @@ def test_run_refuses_without_a_key_or_an_emulator(tmp_path, media, emulator_fact
 def test_run_with_the_embedded_emulator_says_so_loudly(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     env = {k: v for k, v in _env(bench).items() if k not in ("FAL_KEY", "BATCH_RUNNER_FAL_URL")}
-    proc = subprocess.run([str(EXE), "run", str(bench.manifest), "--emulator", "--json"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(EXE), "run", str(bench.manifest), "--emulator", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "EMULATOR: every fal call goes to a local emulator" in proc.stderr
     assert json.loads(proc.stdout)["jobs"] == {"succeeded": 2}
@@ -177,7 +204,8 @@ def test_cancel_queued_locally_and_in_flight_through_the_api(tmp_path, media, em
     code, out, _ = _invoke(["cancel", "--batch", "b"], env)
     running = "fal was asked to stop them but may still finish" in out  # it had started at fal
     assert code == 0 and out.splitlines()[0] == (
-        f"cancelled 3 queued job(s) and {0 if running else 1} request(s) still queued at fal")
+        f"cancelled 3 queued job(s) and {0 if running else 1} request(s) still queued at fal"
+    )
     if running:  # it may still finish and bill: the next run follows it to its end
         assert bench.sql("select count(*) from jobs where state = 'cancelled'")[0][0] == 3
         assert _invoke(["run", "--batch", "b"], env)[0] == 0
@@ -220,17 +248,24 @@ def test_every_endpoint_runs_to_a_verified_output(tmp_path, media, emulator_fact
 def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     env = _env(bench)
-    proc = subprocess.Popen([str(EXE), "-v", "work", "--concurrency", "2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(EXE), "-v", "work", "--concurrency", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stderr.readline()  # the worker is up, with nothing to do yet
         assert first.startswith("run all-") and ": 0 job(s) to do" in first
         assert _invoke(["enqueue", str(bench.manifest)], env)[0] == 0
-        _wait_until(lambda: bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 2,
-                    "the worker finished the new jobs")
+        _wait_until(
+            lambda: bench.sql("select count(*) from jobs where state = 'succeeded'")[0][0] == 2,
+            "the worker finished the new jobs",
+        )
         assert proc.poll() is None  # still waiting for more
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -240,15 +275,17 @@ def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulat
 
 def test_cancel_on_exit_cancels_in_flight_requests_at_fal(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(speed=2, concurrency=4), clips=1)
-    code = _interrupted_after_submits(bench, ["run", str(bench.manifest), "--concurrency", "2", "--cancel-on-exit"],
-                                      _env(bench), 2)
+    code = _interrupted_after_submits(
+        bench, ["run", str(bench.manifest), "--concurrency", "2", "--cancel-on-exit"], _env(bench), 2
+    )
     assert code == 130
     # Requests still queued at fal end cancelled at once; running ones were asked to stop and are
     # followed to their end by the next run, which records them cancelled and unbilled.
     open_jobs = bench.sql("select count(*) from jobs where state != 'cancelled'")[0][0]
     assert open_jobs == bench.sql("select count(*) from events where kind = 'job.cancel_requested'")[0][0]
-    again = subprocess.run([str(EXE), "run", "--batch", "b", "--json"], env=_env(bench), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [str(EXE), "run", "--batch", "b", "--json"], env=_env(bench), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and json.loads(again.stdout)["billed_cost_usd"] == "0.00"
     assert bench.sql("select state, count(*) from jobs group by state") == [("cancelled", 2)]
     log = [r for r in bench.emulator_log() if r["request_id"]]
@@ -257,8 +294,13 @@ def test_cancel_on_exit_cancels_in_flight_requests_at_fal(tmp_path, media, emula
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(speed=1, concurrency=2), clips=1)
-    proc = subprocess.Popen([str(EXE), "run", str(bench.manifest)], env=_env(bench), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(EXE), "run", str(bench.manifest)],
+        env=_env(bench),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_until(lambda: _submitted(bench) >= 1, "a submit recorded")
         proc.send_signal(signal.SIGINT)
@@ -273,16 +315,18 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, media, emulator_factory):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130
-    live = bench.sql("select count(*) from attempts where request_id is not null and state in ('submitted', "
-                     "'in_progress')")[0][0]
+    live = bench.sql(
+        "select count(*) from attempts where request_id is not null and state in ('submitted', 'in_progress')"
+    )[0][0]
     assert live >= 1  # recorded, and the next run follows it
 
 
 def test_fal_key_never_appears_in_run_output_logs_or_database(tmp_path, media, emulator_factory):
     bench = make_bench(tmp_path, media, emulator_factory(faults="refuse=1/1"), clips=1)
     env = _env(bench)  # FAL_KEY=cli-test-key
-    proc = subprocess.run([str(EXE), "-vv", "run", str(bench.manifest), "--json"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [str(EXE), "-vv", "run", str(bench.manifest), "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1 and "submitted as" in proc.stderr  # it ran, verbosely, with a failure
     assert "cli-test-key" not in proc.stdout + proc.stderr
     for path in tmp_path.rglob("*"):

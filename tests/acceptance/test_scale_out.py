@@ -34,8 +34,13 @@ def _bench(tmp_path: Path, pg_url: str, emulator) -> Bench:
 
 
 def _env(bench: Bench, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url,
-           "FAL_KEY": "scale-test-key", **extra}
+    env = {
+        **os.environ,
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": "scale-test-key",
+        **extra,
+    }
     env.pop("CI", None)
     return env
 
@@ -49,9 +54,17 @@ def _plan_and_enqueue(bench: Bench, machines: int = 1) -> int:
     nightly cron line does on every machine); the planned total in micro-USD."""
     done = _cli(bench, "db", "upgrade")
     assert done.returncode == 0, done.stderr
-    procs = [subprocess.Popen([str(EXE), "enqueue", str(bench.manifest)], env=_env(bench), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(machines)]
-    outcomes = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    procs = [
+        subprocess.Popen(
+            [str(EXE), "enqueue", str(bench.manifest)],
+            env=_env(bench),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(machines)
+    ]
+    outcomes = [(*p.communicate(timeout=600), p.returncode) for p in procs]
     assert [code for _, _, code in outcomes] == [0] * machines, [err for _, err, _ in outcomes]
     assert bench.sql("select count(*), count(distinct key) from jobs") == [(JOBS, JOBS)]
     plan = json.loads(_cli(bench, "plan", str(bench.manifest), "--json").stdout)
@@ -61,12 +74,28 @@ def _plan_and_enqueue(bench: Bench, machines: int = 1) -> int:
 
 def _start_workers(bench: Bench, n: int, *extra: str, env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     procs = []
-    for i in range(n):
+    for _ in range(n):
         log = (bench.root / f"worker{len(list(bench.root.glob('worker*.log')))}.log").open("w")
-        procs.append(subprocess.Popen(
-            [str(EXE), "work", "--batch", "scale", "--until-done", "--concurrency", "4",
-             "--max-in-flight", str(IN_FLIGHT), "--json", *extra],
-            env=env or _env(bench), stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(EXE),
+                    "work",
+                    "--batch",
+                    "scale",
+                    "--until-done",
+                    "--concurrency",
+                    "4",
+                    "--max-in-flight",
+                    str(IN_FLIGHT),
+                    "--json",
+                    *extra,
+                ],
+                env=env or _env(bench),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return procs
 
 
@@ -98,8 +127,9 @@ def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path,
     budget = 300 * price + price // 2  # room for 300 jobs and half of another
 
     # First run: four workers join one run and its budget; dispatch stops before it is exceeded.
-    codes = _wait_all(_start_workers(bench, WORKERS, "--run", "nightly", "--max-cost",
-                                     str(Decimal(budget) / 1_000_000)))
+    codes = _wait_all(
+        _start_workers(bench, WORKERS, "--run", "nightly", "--max-cost", str(Decimal(budget) / 1_000_000))
+    )
     assert codes == [5] * WORKERS, [p.read_text()[-2000:] for p in tmp_path.glob("worker*.log")]
     [(reserved, run_budget)] = bench.sql("select reserved_micro_usd, budget_micro_usd from runs")
     billed_at_fal = sum(Decimal(r["cost_usd"] or "0") for r in bench.emulator_log())
@@ -124,8 +154,7 @@ def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path,
     assert not list((tmp_path / "out" / "scale").glob(".*.part"))
 
 
-def test_two_workers_killed_mid_batch_and_the_other_two_finish_everything(tmp_path, media, emulator_factory,
-                                                                          pg_url):
+def test_two_workers_killed_mid_batch_and_the_other_two_finish_everything(tmp_path, media, emulator_factory, pg_url):
     bench = _bench(tmp_path, pg_url, emulator_factory(speed=100, concurrency=64, reuse_renders=True))
     total = _plan_and_enqueue(bench)
     procs = _start_workers(bench, WORKERS, env=_env(bench, BATCH_RUNNER_LEASE_S="6"))
@@ -153,7 +182,8 @@ def test_two_workers_killed_mid_batch_and_the_other_two_finish_everything(tmp_pa
     rescued = bench.sql(
         "select count(distinct c.job_id) from events c join events s on s.job_id = c.job_id "
         f"where c.kind = 'job.claimed' and c.pid in ({killed[0]}, {killed[1]}) "
-        f"and s.kind = 'job.succeeded' and s.pid in ({survivors[0]}, {survivors[1]})")[0][0]
+        f"and s.kind = 'job.succeeded' and s.pid in ({survivors[0]}, {survivors[1]})"
+    )[0][0]
     assert rescued > 0  # jobs the dead workers had claimed were finished by the survivors
     assert bench.sql("select count(*) from events where kind = 'worker.dead'")[0][0] >= 1
     billed_at_fal = sum(Decimal(r["cost_usd"] or "0") for r in bench.emulator_log()) * 1_000_000

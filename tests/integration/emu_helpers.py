@@ -12,8 +12,9 @@ MAX_POLLS = 3000  # a bound so a broken emulator fails the test instead of hangi
 
 
 def upload(api: httpx.Client, path: Path, content_type: str = "video/mp4") -> str:
-    resp = api.post("/files/upload", content=path.read_bytes(),
-                    headers={"Content-Type": content_type, "X-Fal-File-Name": path.name})
+    resp = api.post(
+        "/files/upload", content=path.read_bytes(), headers={"Content-Type": content_type, "X-Fal-File-Name": path.name}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()["access_url"]
 

@@ -19,8 +19,8 @@ from batch_runner.config import Secret, Settings
 from batch_runner.db import engine as db_engine
 from batch_runner.db.repo import Repository
 from batch_runner.media import make_clip
-from batch_runner.pricing import load_price_table
 from batch_runner.pool import PoolSettings
+from batch_runner.pricing import load_price_table
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, max_retry_after_s=0.05)
 
@@ -58,19 +58,43 @@ class Bench:
         return Repository(db_engine.open_engine(self.db_url))
 
     def pool(self, **kw: Any) -> PoolSettings:
-        base = dict(concurrency=2, retry_delay_s=0.05, follow_later_s=0.05, outage_pause_s=0.05, poll_min_s=0.05,
-                    poll_max_s=0.2, idle_s=0.05,
-                    retry_policy=FAST, lease_s=30.0)
+        base = {
+            "concurrency": 2,
+            "retry_delay_s": 0.05,
+            "follow_later_s": 0.05,
+            "outage_pause_s": 0.05,
+            "poll_min_s": 0.05,
+            "poll_max_s": 0.2,
+            "idle_s": 0.05,
+            "retry_policy": FAST,
+            "lease_s": 30.0,
+        }
         base.update(kw)
         return PoolSettings(**base)
 
-    def run(self, *, manifest: bool = True, max_cost: int | None = None, stop: threading.Event | None = None,
-            batches: list[str] | None = None, **pool_kw: Any) -> runner.RunSummary:
+    def run(
+        self,
+        *,
+        manifest: bool = True,
+        max_cost: int | None = None,
+        stop: threading.Event | None = None,
+        batches: list[str] | None = None,
+        **pool_kw: Any,
+    ) -> runner.RunSummary:
         reporter = _Recorder(self.events)
-        return runner.run_jobs(self.settings, load_price_table(), self.repo, Secret("test-key"),
-                               manifest=self.manifest if manifest else None, batches=batches,
-                               pool=self.pool(**pool_kw), max_cost_micro_usd=max_cost, run_name=None,
-                               reporter=reporter, stop=stop or threading.Event())
+        return runner.run_jobs(
+            self.settings,
+            load_price_table(),
+            self.repo,
+            Secret("test-key"),
+            manifest=self.manifest if manifest else None,
+            batches=batches,
+            pool=self.pool(**pool_kw),
+            max_cost_micro_usd=max_cost,
+            run_name=None,
+            reporter=reporter,
+            stop=stop or threading.Event(),
+        )
 
     def emulator_log(self) -> list[dict[str, Any]]:
         return httpx.get(f"{self.emulator.url}/_emulator/requests", timeout=30).json()["requests"]
@@ -103,15 +127,30 @@ DURATIONS = {"c5": "5", "c0_5": "0.5", "c5_04": "5.04"}
 PATTERNS = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "pal100bars", "smptehdbars", "yuvtestsrc")
 
 
-def make_bench(tmp_path: Path, media: dict[str, Path], emulator: Any, *, clips: int = 2, clip: str = "c5",
-               manifest_text: str = REFRAME_MANIFEST, batch: str = "b", db_url: str | None = None) -> Bench:
+def make_bench(
+    tmp_path: Path,
+    media: dict[str, Path],
+    emulator: Any,
+    *,
+    clips: int = 2,
+    clip: str = "c5",
+    manifest_text: str = REFRAME_MANIFEST,
+    batch: str = "b",
+    db_url: str | None = None,
+) -> Bench:
     """Distinct clips (different pictures, same length), so every job's input differs. The job
     table is a SQLite file unless `db_url` names another database; either is created and migrated
     here, as `batch-runner db upgrade` would (the CLI never creates an explicit --db by itself)."""
     (tmp_path / "media").mkdir(exist_ok=True)
     for i in range(clips):
-        make_clip(tmp_path / "media" / f"clip{i}.mp4", duration=DURATIONS[clip], size="64x36", rate=50,
-                  pattern=PATTERNS[i % len(PATTERNS)], audio=False)
+        make_clip(
+            tmp_path / "media" / f"clip{i}.mp4",
+            duration=DURATIONS[clip],
+            size="64x36",
+            rate=50,
+            pattern=PATTERNS[i % len(PATTERNS)],
+            audio=False,
+        )
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_text.format(batch=batch))
     url = db_url or f"sqlite:///{tmp_path / 'jobs.db'}"

@@ -20,9 +20,16 @@ from batch_runner.errors import DatabaseBehindError, DatabaseError
 
 
 def _spec(i: int, **params) -> JobSpec:
-    job = JobSpec(batch="b", endpoint="luma/agent/ray/v3.2/reframe", source=f"/m/{i}.mp4", media_field="video_url",
-                  params={"prompt": "p", "video_url": f"/m/{i}.mp4", "aspect_ratio": "1:1", **params},
-                  output=f"/out/{i}.mp4", tags=("t",), origin=f"m.yaml:{i}")
+    job = JobSpec(
+        batch="b",
+        endpoint="luma/agent/ray/v3.2/reframe",
+        source=f"/m/{i}.mp4",
+        media_field="video_url",
+        params={"prompt": "p", "video_url": f"/m/{i}.mp4", "aspect_ratio": "1:1", **params},
+        output=f"/out/{i}.mp4",
+        tags=("t",),
+        origin=f"m.yaml:{i}",
+    )
     job.key = f"{i:064d}"[-64:] if not params else f"{i}-{sorted(params.items())}".ljust(64, "x")[:64]
     job.fingerprint = f"file:/m/{i}.mp4:1:1"
     job.estimate = Estimate(300_000, Decimal(5), "second", 60_000, "fal-published@2026-11-21", True)
@@ -97,8 +104,9 @@ def test_enqueue_writes_an_audit_event_per_job(db_url):
     repo = Repository(engine)
     repo.enqueue("b", "/m.yaml", None, [_spec(1), _spec(2)], Actor.current())
     with engine.connect() as conn:
-        events = conn.execute(select(Event.kind, Event.to_state, Event.pid, Event.host)
-                              .where(Event.job_id.is_not(None))).all()
+        events = conn.execute(
+            select(Event.kind, Event.to_state, Event.pid, Event.host).where(Event.job_id.is_not(None))
+        ).all()
         stored = conn.execute(select(Job.input_json, Job.tags_json, Job.price_table)).first()
     assert len(events) == 2 and all(e.kind == "job.enqueued" and e.to_state == "queued" for e in events)
     assert events[0].pid == Actor.current().pid
@@ -197,16 +205,23 @@ def _at_0002_with_data(url: str | Path) -> None:
     engine = db_engine.create(url if isinstance(url, str) else f"sqlite:///{url}")
     db_engine.upgrade(engine, "0002")
     with engine.begin() as conn:
-        conn.exec_driver_sql("insert into batches (name, created_at, updated_at) values ('b', '2026-01-01', '2026-01-01')")
+        conn.exec_driver_sql(
+            "insert into batches (name, created_at, updated_at) values ('b', '2026-01-01', '2026-01-01')"
+        )
         conn.exec_driver_sql(
             "insert into jobs (key, batch_id, endpoint, input_json, output_path, state, estimate_micro_usd, "
             "billable_units, unit, price_table, price_verified, tags_json, attempt_count, created_at, updated_at) "
             "values ('k1', 1, 'luma/agent/ray/v3.2/reframe', '{}', '/o.mp4', 'succeeded', 600000, '5', 'second', "
-            "'t@1', true, '[]', 1, '2026-01-01', '2026-01-01')")
-        conn.exec_driver_sql("insert into attempts (job_id, number, state, billed_micro_usd, created_at) "
-                             "values (1, 1, 'succeeded', 600000, '2026-01-01')")
-        conn.exec_driver_sql('insert into events (at, job_id, attempt_id, host, pid, "user", kind, details_json) '
-                             "values ('2026-01-01', 1, 1, 'h', 1, 'u', 'job.succeeded', '{}')")
+            "'t@1', true, '[]', 1, '2026-01-01', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "insert into attempts (job_id, number, state, billed_micro_usd, created_at) "
+            "values (1, 1, 'succeeded', 600000, '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            'insert into events (at, job_id, attempt_id, host, pid, "user", kind, details_json) '
+            "values ('2026-01-01', 1, 1, 'h', 1, 'u', 'job.succeeded', '{}')"
+        )
     engine.dispose()
 
 
@@ -263,8 +278,9 @@ def test_a_failed_sqlite_upgrade_restores_the_database(tmp_path: Path):
     engine = db_engine.create(f"sqlite:///{path}")
     db_engine.upgrade(engine, "0001")
     with engine.begin() as conn:
-        conn.exec_driver_sql("insert into batches (name, created_at, updated_at) values ('keep', '2026-01-01', "
-                             "'2026-01-01')")
+        conn.exec_driver_sql(
+            "insert into batches (name, created_at, updated_at) values ('keep', '2026-01-01', '2026-01-01')"
+        )
         conn.exec_driver_sql("create table locks (x integer)")  # 0002 creates `locks`: it will fail
     engine.dispose()
     with pytest.raises(DatabaseError) as err:
@@ -278,6 +294,9 @@ def test_a_failed_sqlite_upgrade_restores_the_database(tmp_path: Path):
 def test_postgres_connections_are_named_for_monitoring(pg_url):
     engine = db_engine.open_engine(pg_url, auto_migrate=True)
     with engine.connect() as conn:
-        names = conn.execute(text("select application_name from pg_stat_activity "
-                                  "where datname = current_database()")).scalars().all()
+        names = (
+            conn.execute(text("select application_name from pg_stat_activity where datname = current_database()"))
+            .scalars()
+            .all()
+        )
     assert "batch-runner" in names

@@ -45,8 +45,14 @@ def test_upload_file_then_subscribe_with_logs(client, media):
     url = client.upload_file(media["c5"])
     assert httpx.get(url).content == media["c5"].read_bytes()
     updates, enqueued = [], []
-    result = client.subscribe(REFRAME, {"video_url": url, "aspect_ratio": "9:16"}, with_logs=True, interval=0.02,
-                              on_enqueue=enqueued.append, on_queue_update=updates.append)
+    result = client.subscribe(
+        REFRAME,
+        {"video_url": url, "aspect_ratio": "9:16"},
+        with_logs=True,
+        interval=0.02,
+        on_enqueue=enqueued.append,
+        on_queue_update=updates.append,
+    )
     assert result["video"]["url"].endswith(".mp4") and result["video"]["content_type"] == "video/mp4"
     assert len(enqueued) == 1 and isinstance(updates[-1], fal_client.Completed) and updates[-1].error is None
     assert "InProgress" in [type(u).__name__ for u in updates]
@@ -83,7 +89,7 @@ def test_cancel_through_the_client(client, emulator_factory, monkeypatch):
         time.sleep(0.02)
     first.cancel()  # running: CANCELLATION_REQUESTED (202)
     for handle in (first, second):
-        done = [s for s in handle.iter_events(interval=0.02)][-1]
+        done = list(handle.iter_events(interval=0.02))[-1]
         # https://fal.ai/docs/documentation/model-apis/request-errors: client_cancelled, 499
         assert isinstance(done, fal_client.Completed) and done.error_type == "client_cancelled" and done.error
         with pytest.raises(fc.FalClientHTTPError) as err:
@@ -121,7 +127,7 @@ def test_start_timeout_ends_in_a_504_user_timeout_the_client_does_not_retry(emul
     busy = c.submit(T2V, {"prompt": "holds the only runner"})
     handle = c.submit(T2V, {"prompt": "waits too long"}, start_timeout=1.2)
     seen: list[tuple[str, int]] = []  # what the client's own httpx client received
-    c._client.event_hooks["response"].append(lambda r: seen.append((r.url.path, r.status_code)))  # noqa: SLF001
+    c._client.event_hooks["response"].append(lambda r: seen.append((r.url.path, r.status_code)))
     with pytest.raises(fc.FalClientHTTPError) as err:
         handle.get(interval=0.05)
     assert err.value.status_code == 504 and err.value.response_headers["x-fal-request-timeout-type"] == "user"

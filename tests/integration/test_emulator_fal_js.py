@@ -35,8 +35,9 @@ def node() -> str:
 
 def run_js(node: str, scenario: str, emu: Any, media: Path | None = None) -> dict[str, Any]:
     env = {**os.environ, "EMU_URL": emu.url, "MEDIA": str(media or "")}
-    proc = subprocess.run([node, str(JS / "fal_check.mjs"), scenario], env=env, capture_output=True, text=True,
-                          timeout=240, cwd=JS)
+    proc = subprocess.run(
+        [node, str(JS / "fal_check.mjs"), scenario], env=env, capture_output=True, text=True, timeout=240, cwd=JS
+    )
     assert proc.stdout.strip(), f"no output from the {scenario} scenario; stderr: {proc.stderr[-2000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ok"] and proc.returncode == 0, json.dumps(out, indent=1)[:4000]
@@ -94,8 +95,12 @@ def test_subscribe_streaming_uploads_a_file_input_and_collects_each_log_once(nod
     assert out["video"]["url"].startswith(emu.url) and out["requestId"]
     assert out["requests"][0] == "POST /storage/upload/initiate?storage_type=fal-cdn-v3"
     # fal-js accumulates the logs of streamed events (queue.ts): each entry arrives once
-    status = httpx.get(f"{emu.url}/fal-ai/luma-dream-machine/requests/{out['requestId']}/status",
-                       params={"logs": 1}, headers={"Authorization": "Key k"}, timeout=30).json()
+    status = httpx.get(
+        f"{emu.url}/fal-ai/luma-dream-machine/requests/{out['requestId']}/status",
+        params={"logs": 1},
+        headers={"Authorization": "Key k"},
+        timeout=30,
+    ).json()
     assert out["updates"][-1] == {"status": "COMPLETED", "logs": len(status["logs"])}
 
 

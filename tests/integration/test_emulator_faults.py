@@ -164,11 +164,23 @@ def test_fault_limits_and_spec_errors():
     plan = FaultPlan("fail=1/2", seed=1)
     assert [plan.fires("fail", i) for i in range(4)] == [True, True, False, False]
     for bad in ("nope=1", "fail=2", "fail=x", "fail=1/-1", "outage=5", "outage=x+1", "outage=-1+2", "outage=1+0"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="fault"):
             FaultPlan(bad)
-    assert set(FAULTS) == {"rate_limit", "bad_gateway", "gateway_timeout", "drop_after_submit", "fail", "refuse",
-                           "slow_download", "truncate_download", "lock", "expire", "stream_unavailable", "outage",
-                           "outage_all"}
+    assert set(FAULTS) == {
+        "rate_limit",
+        "bad_gateway",
+        "gateway_timeout",
+        "drop_after_submit",
+        "fail",
+        "refuse",
+        "slow_download",
+        "truncate_download",
+        "lock",
+        "expire",
+        "stream_unavailable",
+        "outage",
+        "outage_all",
+    }
 
 
 def test_unavailable_stream_is_an_nginx_503(faulty):
@@ -223,8 +235,13 @@ def test_download_faults_are_the_same_for_the_same_seed(emulator_factory):
 
 def _reads(api: httpx.Client, body: dict, file_url: str) -> list[httpx.Response]:
     """One call of every read route: status, status stream, result, cancel, file download."""
-    return [api.get(body["status_url"]), api.get(body["status_url"] + "/stream"), api.get(body["response_url"]),
-            api.put(body["cancel_url"]), httpx.get(file_url)]
+    return [
+        api.get(body["status_url"]),
+        api.get(body["status_url"] + "/stream"),
+        api.get(body["response_url"]),
+        api.put(body["cancel_url"]),
+        httpx.get(file_url),
+    ]
 
 
 def _is_outage(resp: httpx.Response) -> bool:

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -59,8 +60,10 @@ def test_a_held_submit_is_listed_before_its_answer_arrives(emu, api):
 
 def test_a_client_killed_inside_the_submit_hold_leaves_a_request_that_runs_and_bills(emu, api):
     api.post("/_emulator/holds", json={"submit_s": LONG_HOLD_S})
-    script = ("import httpx, sys; httpx.post(sys.argv[1], json={'prompt': 'killed'}, "
-              f"headers={{'Authorization': 'Key {EMU_KEY}'}}, timeout={LONG_HOLD_S})")
+    script = (
+        "import httpx, sys; httpx.post(sys.argv[1], json={'prompt': 'killed'}, "
+        f"headers={{'Authorization': 'Key {EMU_KEY}'}}, timeout={LONG_HOLD_S})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script, f"{emu.url}/{T2V}"])
     try:
         _wait_holds(api, lambda h: h["submit"]["held_now"] == 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
@@ -27,11 +28,18 @@ def test_unknown_endpoint_is_404(api):
     assert resp.status_code == 404 and "not found" in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("method,path", [
-    ("POST", f"/{T2V}"), ("GET", "/luma/agent/requests/x/status"), ("GET", "/luma/agent/requests/x"),
-    ("PUT", "/luma/agent/requests/x/cancel"), ("GET", "/v1/models/pricing?endpoint_id=x"),
-    ("POST", "/storage/auth/token"), ("POST", "/files/upload"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", f"/{T2V}"),
+        ("GET", "/luma/agent/requests/x/status"),
+        ("GET", "/luma/agent/requests/x"),
+        ("PUT", "/luma/agent/requests/x/cancel"),
+        ("GET", "/v1/models/pricing?endpoint_id=x"),
+        ("POST", "/storage/auth/token"),
+        ("POST", "/files/upload"),
+    ],
+)
 def test_calls_without_a_key_are_401(emu, method, path):
     resp = httpx.request(method, emu.url + path, json={})
     assert resp.status_code == 401 and "Authorization: Key" in resp.json()["detail"]
@@ -45,12 +53,23 @@ def test_a_configured_key_list_refuses_other_keys(emulator_factory):
 
 
 def test_invalid_input_is_422_naming_each_field(api):
-    resp = api.post(f"/{REFRAME}", json={"video_url": "http://x/v.mp4", "aspect_ratio": "9x16",
-                                         "resolution": "4k", "source_position": {"x_norm": 2}})
+    resp = api.post(
+        f"/{REFRAME}",
+        json={
+            "video_url": "http://x/v.mp4",
+            "aspect_ratio": "9x16",
+            "resolution": "4k",
+            "source_position": {"x_norm": 2},
+        },
+    )
     assert resp.status_code == 422
     locs = {tuple(d["loc"]) for d in resp.json()["detail"]}
-    assert {("body", "aspect_ratio"), ("body", "resolution"), ("body", "prompt"),
-            ("body", "source_position", "y_norm")} <= locs
+    assert {
+        ("body", "aspect_ratio"),
+        ("body", "resolution"),
+        ("body", "prompt"),
+        ("body", "source_position", "y_norm"),
+    } <= locs
     assert all({"loc", "msg", "type"} <= set(d) for d in resp.json()["detail"])
 
 
@@ -103,7 +122,9 @@ def test_result_carries_request_id_and_billable_units(api, media):
     # One unit price per endpoint ($0.06/s, its 540p price); 720p folds its ×2 into the quantity.
     assert resp.headers["x-fal-billable-units"] == "10"
     video = resp.json()["video"]
-    assert video["content_type"] == "video/mp4" and video["file_size"] > 0 and video["url"].startswith(api.base_url.scheme)
+    assert (
+        video["content_type"] == "video/mp4" and video["file_size"] > 0 and video["url"].startswith(api.base_url.scheme)
+    )
 
 
 def test_result_of_unknown_request_is_404(api):
@@ -151,8 +172,10 @@ def test_concurrency_limit_holds_and_positions_count_down(emulator_factory):
         assert snapshot() == (["IN_PROGRESS"] * 2 + ["IN_QUEUE"] * 3, [None, None, 0, 1, 2])
         assert api.put(subs[0]["cancel_url"]).json() == {"status": "CANCELLATION_REQUESTED"}
         wait_state(api, subs[2]["status_url"], "IN_PROGRESS")
-        assert snapshot() == (["COMPLETED", "IN_PROGRESS", "IN_PROGRESS", "IN_QUEUE", "IN_QUEUE"],
-                              [None, None, None, 0, 1])
+        assert snapshot() == (
+            ["COMPLETED", "IN_PROGRESS", "IN_PROGRESS", "IN_QUEUE", "IN_QUEUE"],
+            [None, None, None, 0, 1],
+        )
         for s in subs:
             api.put(s["cancel_url"])
 
@@ -184,7 +207,7 @@ def test_status_stream_keep_alives_are_comment_lines_not_repeated_events(emulato
                 elif line.startswith("data: "):
                     events.append(line)
         assert comments >= 3
-        assert not any(a == b for a, b in zip(events, events[1:]))  # a status is sent once per change
+        assert not any(a == b for a, b in itertools.pairwise(events))  # a status is sent once per change
         assert json.loads(events[-1][6:])["status"] == "COMPLETED"
 
 
@@ -232,8 +255,16 @@ def test_inspection_lists_every_submission(api):
     assert [r["http_status"] for r in rows] == [200, 422]
     assert rows[1]["state"] == "REFUSED" and rows[1]["request_id"] is None
     assert all(len(r["input_sha256"]) == 64 and r["received_at"] for r in rows)
-    assert {"request_id", "endpoint", "input_sha256", "received_at", "state", "billable_units", "cost_usd",
-            "error"} <= set(rows[0])
+    assert {
+        "request_id",
+        "endpoint",
+        "input_sha256",
+        "received_at",
+        "state",
+        "billable_units",
+        "cost_usd",
+        "error",
+    } <= set(rows[0])
 
 
 def test_unfetchable_input_fails_the_run_with_422(api):

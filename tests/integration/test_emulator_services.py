@@ -11,6 +11,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -31,9 +32,15 @@ def test_cdn_token_then_single_part_upload_is_served_back(api, media):
     assert token["token_type"] == "Bearer" and token["base_url"] == str(api.base_url).rstrip("/")
     assert "T" in token["expires_at"] and token["expires_at"].endswith("+00:00")
     data = media["c0_5"].read_bytes()
-    resp = httpx.post(f"{api.base_url}/files/upload", content=data,
-                      headers={"Authorization": f"Bearer {token['token']}", "Content-Type": "video/mp4",
-                               "X-Fal-File-Name": "my clip.mp4"})
+    resp = httpx.post(
+        f"{api.base_url}/files/upload",
+        content=data,
+        headers={
+            "Authorization": f"Bearer {token['token']}",
+            "Content-Type": "video/mp4",
+            "X-Fal-File-Name": "my clip.mp4",
+        },
+    )
     url = resp.json()["access_url"]
     assert resp.status_code == 200 and url.endswith("/my_clip.mp4")
     got = httpx.get(url)
@@ -51,7 +58,9 @@ def test_files_support_range_requests(api, media):
 
 def test_multipart_upload(api):
     data = bytes(range(256)) * 1000
-    start = api.post("/files/upload/multipart", headers={"Content-Type": "application/zip", "X-Fal-File-Name": "big.zip"})
+    start = api.post(
+        "/files/upload/multipart", headers={"Content-Type": "application/zip", "X-Fal-File-Name": "big.zip"}
+    )
     access, upload_id = start.json()["access_url"], start.json()["uploadId"]
     parts = []
     for n, chunk in enumerate((data[:100_000], data[100_000:200_000], data[200_000:]), start=1):
@@ -68,14 +77,19 @@ def test_multipart_upload(api):
 def test_multipart_refuses_missing_parts(api):
     start = api.post("/files/upload/multipart", headers={"X-Fal-File-Name": "x.bin"}).json()
     api.put(f"{start['access_url']}/multipart/{start['uploadId']}/2", content=b"b")
-    resp = api.post(f"{start['access_url']}/multipart/{start['uploadId']}/complete",
-                    json={"parts": [{"partNumber": 2, "etag": "x"}]})
+    resp = api.post(
+        f"{start['access_url']}/multipart/{start['uploadId']}/complete",
+        json={"parts": [{"partNumber": 2, "etag": "x"}]},
+    )
     assert resp.status_code == 400 and httpx.get(start["access_url"]).status_code == 404
 
 
 def test_initiate_then_put_upload(api):
-    init = api.post("/storage/upload/initiate", params={"storage_type": "gcs"},
-                    json={"file_name": "notes.txt", "content_type": "text/plain"}).json()
+    init = api.post(
+        "/storage/upload/initiate",
+        params={"storage_type": "gcs"},
+        json={"file_name": "notes.txt", "content_type": "text/plain"},
+    ).json()
     assert httpx.get(init["file_url"]).status_code == 404  # nothing until the PUT
     assert httpx.put(init["upload_url"], content=b"hello", headers={"Content-Type": "text/plain"}).status_code == 200
     assert httpx.get(init["file_url"]).content == b"hello"
@@ -89,7 +103,9 @@ def test_pricing_api_gives_one_unit_price_per_endpoint(api):
     resp = api.get("/v1/models/pricing", params={"endpoint_id": ",".join(ids)}).json()
     assert resp["has_more"] is False
     assert [(p["endpoint_id"], p["unit"], Decimal(str(p["unit_price"]))) for p in resp["prices"]] == [
-        (ids[0], "second", Decimal("0.06")), (ids[1], "video", Decimal("0.5"))]
+        (ids[0], "second", Decimal("0.06")),
+        (ids[1], "video", Decimal("0.5")),
+    ]
     repeated = api.get("/v1/models/pricing", params=[("endpoint_id", ids[0]), ("endpoint_id", ids[1])]).json()
     assert repeated["prices"] == resp["prices"]
     assert api.get("/v1/models/pricing").status_code == 422
@@ -97,11 +113,15 @@ def test_pricing_api_gives_one_unit_price_per_endpoint(api):
 
 
 def test_pricing_estimate(api):
-    unit = api.post("/v1/models/pricing/estimate", json={
-        "estimate_type": "unit_price", "endpoints": {"luma/agent/ray/v3.2/reframe": {"unit_quantity": 50}}}).json()
+    unit = api.post(
+        "/v1/models/pricing/estimate",
+        json={"estimate_type": "unit_price", "endpoints": {"luma/agent/ray/v3.2/reframe": {"unit_quantity": 50}}},
+    ).json()
     assert unit == {"estimate_type": "unit_price", "total_cost": 3.0, "currency": "USD"}
-    hist = api.post("/v1/models/pricing/estimate", json={
-        "estimate_type": "historical_api_price", "endpoints": {T2V: {"call_quantity": 3}}}).json()
+    hist = api.post(
+        "/v1/models/pricing/estimate",
+        json={"estimate_type": "historical_api_price", "endpoints": {T2V: {"call_quantity": 3}}},
+    ).json()
     assert hist["total_cost"] == 1.5  # no history yet: the unit price per call
     assert api.post("/v1/models/pricing/estimate", json={"estimate_type": "guess"}).status_code == 422
 
@@ -109,8 +129,11 @@ def test_pricing_estimate(api):
 def test_usage_api_sums_the_ledger_by_bucket_and_endpoint(api, media):
     url = upload(api, media["c5"])
     for res in ("540p", "1080p"):
-        body = submit(api, "luma/agent/ray/v3.2/reframe", {"prompt": "p", "video_url": url, "aspect_ratio": "1:1",
-                                                             "resolution": res})
+        body = submit(
+            api,
+            "luma/agent/ray/v3.2/reframe",
+            {"prompt": "p", "video_url": url, "aspect_ratio": "1:1", "resolution": res},
+        )
         wait_done(api, body["status_url"])
     body = submit(api, T2V, {"prompt": "q"})
     wait_done(api, body["status_url"])
@@ -131,8 +154,9 @@ def test_usage_api_can_require_an_admin_key(emulator_factory):
     query = {"endpoint_id": T2V, "expand": "time_series"}
     plain = httpx.get(f"{server.url}/v1/models/usage", params=query, headers={"Authorization": "Key user"})
     admin = httpx.get(f"{server.url}/v1/models/usage", params=query, headers={"Authorization": "Key admin"})
-    assert plain.status_code == 403 and plain.json() == {"error": {"type": "authorization_error",
-                                                                   "message": "Access denied"}}
+    assert plain.status_code == 403 and plain.json() == {
+        "error": {"type": "authorization_error", "message": "Access denied"}
+    }
     assert admin.status_code == 200
 
 
@@ -140,10 +164,10 @@ def test_usage_api_can_require_an_admin_key(emulator_factory):
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list = []
+    received: ClassVar[list[tuple[Any, ...]]] = []
     fail_first = 0
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # http.server's name for the POST handler
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append((dict(self.headers), body))
         if type(self).fail_first > 0:
@@ -168,8 +192,14 @@ def receiver():
 
 def _verify(jwks: dict, headers: dict, body: bytes) -> bool:
     h = {k.lower(): v for k, v in headers.items()}
-    message = "\n".join([h["x-fal-webhook-request-id"], h["x-fal-webhook-user-id"], h["x-fal-webhook-timestamp"],
-                         hashlib.sha256(body).hexdigest()]).encode()
+    message = "\n".join(
+        [
+            h["x-fal-webhook-request-id"],
+            h["x-fal-webhook-user-id"],
+            h["x-fal-webhook-timestamp"],
+            hashlib.sha256(body).hexdigest(),
+        ]
+    ).encode()
     for key in jwks["keys"]:
         raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
         try:
@@ -225,8 +255,11 @@ def test_webhook_reports_errors_and_is_retried(emulator_factory, receiver):
 def _probe(url: str, tmp_path: Path) -> tuple[int, int, Decimal, bool]:
     target = tmp_path / hashlib.sha256(url.encode()).hexdigest()[:12]
     target.write_bytes(httpx.get(url).content)
-    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(target)],
-                                     capture_output=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(target)], capture_output=True, check=True
+        ).stdout
+    )
     v = next(s for s in info["streams"] if s["codec_type"] == "video")
     return v["width"], v["height"], Decimal(v["duration"]), any(s["codec_type"] == "audio" for s in info["streams"])
 
@@ -263,8 +296,12 @@ def test_every_endpoint_renders_the_promised_size_and_length(api, media, tmp_pat
     spec = catalog.expected_output(ep, payload, (64, 36), Decimal(5))
     assert (width, height) == (spec.width, spec.height)
     assert abs(duration - spec.duration) <= Decimal("0.2")
-    assert min(width, height) == catalog.RESOLUTION_SHORT_SIDE_PX[ep.with_defaults(payload).get(
-        "resolution", catalog.DEFAULT_OUTPUT_RESOLUTION)]
+    assert (
+        min(width, height)
+        == catalog.RESOLUTION_SHORT_SIDE_PX[
+            ep.with_defaults(payload).get("resolution", catalog.DEFAULT_OUTPUT_RESOLUTION)
+        ]
+    )
     if ep.output_aspect == "param":
         aw, ah = catalog.parse_aspect(payload.get("aspect_ratio") or ep.with_defaults(payload)["aspect_ratio"])
         assert abs(width / height - aw / ah) < 0.01

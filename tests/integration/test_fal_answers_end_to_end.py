@@ -40,15 +40,19 @@ def _cancel_when_running(emu_url: str, done: threading.Event, answers: list) -> 
         rows = httpx.get(f"{emu_url}/_emulator/requests", timeout=30).json()["requests"]
         running = [r for r in rows if r.get("state") == "IN_PROGRESS"]
         if running:
-            resp = httpx.put(f"{emu_url}/luma/agent/requests/{running[0]['request_id']}/cancel",
-                             headers={"Authorization": "Key another-client"}, timeout=30)
+            resp = httpx.put(
+                f"{emu_url}/luma/agent/requests/{running[0]['request_id']}/cancel",
+                headers={"Authorization": "Key another-client"},
+                timeout=30,
+            )
             answers.append((resp.status_code, resp.json()))
             return
         time.sleep(0.02)
 
 
 def test_a_request_cancelled_at_fal_while_running_ends_the_job_cancelled_and_retry_leaves_it(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     emu = emulator_factory(speed=10)  # about 4.5 s of work: time to cancel it while it runs
     bench = make_bench(tmp_path, media, emu, clips=0, manifest_text=ONE_PROMPT)
     done, answers = threading.Event(), []
@@ -67,8 +71,9 @@ def test_a_request_cancelled_at_fal_while_running_ends_the_job_cancelled_and_ret
 
     env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "cli-test-key"}
     result = CliRunner().invoke(cli, ["retry", "--batch", "b"], env=env, catch_exceptions=False)
-    assert result.exit_code == 0 and result.stdout.strip().endswith("0 job(s) queued again; run `batch-runner "
-                                                                    "run` to process them; at most $0.00 more")
+    assert result.exit_code == 0 and result.stdout.strip().endswith(
+        "0 job(s) queued again; run `batch-runner run` to process them; at most $0.00 more"
+    )
     assert bench.sql("select state from jobs") == [("cancelled",)]
 
 

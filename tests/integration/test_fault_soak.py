@@ -15,9 +15,22 @@ from batch_runner import runner
 from batch_runner.domain import JobState
 from tests.integration.run_helpers import make_bench
 
-EVERY_FAULT = ",".join(f"{name}=0.2" for name in (
-    "rate_limit", "bad_gateway", "gateway_timeout", "drop_after_submit", "fail", "refuse", "slow_download",
-    "truncate_download", "lock", "expire", "stream_unavailable"))
+EVERY_FAULT = ",".join(
+    f"{name}=0.2"
+    for name in (
+        "rate_limit",
+        "bad_gateway",
+        "gateway_timeout",
+        "drop_after_submit",
+        "fail",
+        "refuse",
+        "slow_download",
+        "truncate_download",
+        "lock",
+        "expire",
+        "stream_unavailable",
+    )
+)
 # fal seconds at speed 1000: from 0.8 s to 2.3 s of real time, far longer than one call's retries (~0.1 s)
 OUTAGE = "outage=800+1500"
 TERMINAL_REASONS = re.compile(r"content_policy_violation|after \d+ attempts|result expired|output check failed")
@@ -25,9 +38,12 @@ ROUNDS = 12  # each round can itself meet a fault (20 % of every kind): allow a 
 
 
 def _settled(bench) -> bool:
-    open_states = bench.sql("select count(*) from jobs where state not in ('succeeded','failed','rejected','cancelled')")
-    redeliverable = runner.retry_plan(bench.repo, runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], []),
-                                      [JobState.FAILED])
+    open_states = bench.sql(
+        "select count(*) from jobs where state not in ('succeeded','failed','rejected','cancelled')"
+    )
+    redeliverable = runner.retry_plan(
+        bench.repo, runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], []), [JobState.FAILED]
+    )
     return open_states == [(0,)] and not any(i.how == "redeliver" for i in redeliverable)
 
 

@@ -68,7 +68,7 @@ def test_the_result_call_repeats_a_429_and_never_takes_it_for_the_answer():
         return httpx.Response(200, json={"video": {"url": "http://cdn/v.mp4"}}, headers={"x-fal-request-id": "r"})
 
     client = FalClient(FalHosts.for_url("http://fal.test"), Secret("k"), policy=RetryPolicy(3, 0.001, 0.002, 0.002))
-    client._http._transport = httpx.MockTransport(app)  # noqa: SLF001 - the wire, not our code, is replaced
+    client._http._transport = httpx.MockTransport(app)  # the wire, not our code, is replaced
     result = client.result("http://fal.test/luma/agent/requests/r")
     assert result.ok and result.video_url == "http://cdn/v.mp4" and len(calls) == 2
 
@@ -96,7 +96,8 @@ def test_a_status_outage_pauses_the_pool_and_every_job_still_finishes(tmp_path, 
 
 
 def test_an_unwritable_output_folder_fails_the_job_billed_and_retry_fetches_it_again_free(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     """Reproduction 3: a file where the output folder should be."""
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     (tmp_path / "out").mkdir()
@@ -142,7 +143,7 @@ def test_a_resumed_run_counts_and_bills_the_jobs_an_earlier_run_left_in_flight(t
 
 def test_retry_of_a_job_that_used_its_attempts_grants_a_fresh_set(tmp_path, media, emulator_factory):
     """Reproduction 6 (last part): three more automatic attempts, not one."""
-    one_prompt = T2V.split("  - params: {{prompt: \"a city")[0] + 'output_root: out\noutput: "{{batch}}/{{stem}}.mp4"\n'
+    one_prompt = T2V.split('  - params: {{prompt: "a city')[0] + 'output_root: out\noutput: "{{batch}}/{{stem}}.mp4"\n'
     bench = make_bench(tmp_path, media, emulator_factory(faults="fail=1/4"), clips=0, manifest_text=one_prompt)
     summary = bench.run(max_attempts=3)
     assert summary.counts == {"failed": 1} and "after 3 attempts" in summary.failed[0]["error"]
@@ -171,8 +172,9 @@ def test_cancel_of_an_uncertain_job_finds_its_request_and_keeps_its_cost(tmp_pat
     [job] = runner.select_jobs(bench.repo, ["b"], [JobState.UNCERTAIN], [])
     admin = FalClient(FalHosts.for_url(bench.emulator.url), Secret("admin"))
     deadline = time.monotonic() + 30  # let fal finish it: the cancel then cannot stop it
-    while time.monotonic() < deadline and any(r["state"] != "COMPLETED" for r in bench.emulator_log()
-                                              if r["request_id"]):
+    while time.monotonic() < deadline and any(
+        r["state"] != "COMPLETED" for r in bench.emulator_log() if r["request_id"]
+    ):
         time.sleep(0.05)
     result = runner.cancel_jobs(bench.repo, [job], None, admin)
     admin.close()
@@ -184,7 +186,8 @@ def test_cancel_of_an_uncertain_job_finds_its_request_and_keeps_its_cost(tmp_pat
 
 
 def test_an_output_folder_swapped_for_a_symlink_after_enqueue_is_never_written_through(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     """Reproduction 8: delivery checks the real path, not the plan's."""
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
@@ -197,4 +200,3 @@ def test_an_output_folder_swapped_for_a_symlink_after_enqueue_is_never_written_t
     assert all("outside the output root" in f["error"] for f in summary.failed)
     assert list(elsewhere.iterdir()) == []
     assert ledger(bench) == emulator_bill(bench)
-

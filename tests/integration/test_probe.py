@@ -22,7 +22,7 @@ def run(path: Path, kind: str = "video"):
     return probe.probe(src, kind, probe.fingerprint(src), timeout_s=20)
 
 
-@pytest.mark.parametrize("name,duration", [("c5", "5"), ("c5_04", "5.04"), ("c0_5", "0.5"), ("c30_04", "30.04")])
+@pytest.mark.parametrize(("name", "duration"), [("c5", "5"), ("c5_04", "5.04"), ("c0_5", "0.5"), ("c30_04", "30.04")])
 def test_duration_is_exact(media, name, duration):
     assert run(media[name]).duration == Decimal(duration)
 
@@ -48,11 +48,14 @@ def test_image_probes_as_image(media):
     assert (r.kind, r.duration, r.width) == ("image", None, 64)
 
 
-@pytest.mark.parametrize("name,needle", [
-    ("text", "not a video file"),
-    ("truncated", "truncated or corrupt"),
-    ("image", "is an image, not a video"),
-])
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("text", "not a video file"),
+        ("truncated", "truncated or corrupt"),
+        ("image", "is an image, not a video"),
+    ],
+)
 def test_bad_sources_give_clear_errors(media, name, needle):
     with pytest.raises(ProbeError) as err:
         run(media[name])
@@ -107,7 +110,7 @@ def http_root(tmp_path, media):
 def test_url_source_is_probed_over_http(http_root):
     url = f"{http_root}/clip.mp4"
     fp = probe.fingerprint(url)
-    assert fp.startswith(f"url:{url}:\"v1\":") and probe.cacheable(fp)
+    assert fp.startswith(f'url:{url}:"v1":') and probe.cacheable(fp)
     assert probe.probe(url, "video", fp, timeout_s=20).duration == Decimal("5.04")
 
 

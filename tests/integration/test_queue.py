@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from batch_runner import runner
-from batch_runner.db.queue import Claim, JobQueue, LeaseLost
+from batch_runner.db.queue import Claim, JobQueue
 from batch_runner.domain import Actor, JobState
+from batch_runner.errors import LeaseLostError
 from batch_runner.pricing import load_price_table
 from tests.integration.run_helpers import make_bench
 
@@ -53,27 +54,39 @@ def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim
 
 
 def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
-    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=False)
+    a, ca, _b, cb, _run_id = _stalled_then_taken_over(bench, submitted=False)
     assert (cb.kind, cb.job["id"], cb.attempt["number"]) == ("submit", 1, 2)  # never sent: safely claimed anew
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
         a.sending(ca, "0" * 64)
     assert bench.sql("select number, state from attempts where job_id = 1 order by number") == [
-        (1, "unsent"), (2, "preparing")]
+        (1, "unsent"),
+        (2, "preparing"),
+    ]
     assert bench.sql("select reserved_micro_usd from runs") == [(PRICE,)]  # A's reservation was given back
 
 
 def test_a_stalled_follower_cannot_settle_a_job_another_worker_took_over(bench):
-    a, ca, b, cb, run_id = _stalled_then_taken_over(bench, submitted=True)
+    a, ca, b, cb, _run_id = _stalled_then_taken_over(bench, submitted=True)
     assert (cb.kind, cb.job["id"], cb.attempt["request_id"]) == ("follow", 1, "req-1")
-    with pytest.raises(LeaseLost):
-        a.finish(ca, JobState.SUCCEEDED, None, billed_micro_usd=PRICE,
-                 output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1})
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
+        a.finish(
+            ca,
+            JobState.SUCCEEDED,
+            None,
+            billed_micro_usd=PRICE,
+            output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1},
+        )
+    with pytest.raises(LeaseLostError):
         a.progress(ca, JobState.DOWNLOADING)
     assert bench.sql("select count(*) from outputs") == [(0,)]  # nothing of A's finish was written
     assert bench.sql("select state, lease_owner from jobs where id = 1") == [("submitted", b.worker)]
-    b.finish(cb, JobState.SUCCEEDED, None, billed_micro_usd=PRICE,
-             output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1})
+    b.finish(
+        cb,
+        JobState.SUCCEEDED,
+        None,
+        billed_micro_usd=PRICE,
+        output={"path": "/x.mp4", "sha256": "1" * 64, "size_bytes": 1},
+    )
     assert bench.sql("select state, billed_micro_usd from jobs where id = 1") == [("succeeded", PRICE)]
     assert bench.sql("select count(*) from outputs") == [(1,)]
     assert bench.sql("select reserved_micro_usd from runs") == [(PRICE,)]  # billed once
@@ -87,7 +100,7 @@ def test_a_late_answer_after_the_sweep_is_kept_on_the_attempt(bench):
     time.sleep(SHORT + 0.1)
     b.claim(run.id, None, max_in_flight=10)  # B's sweep: job 1 may have been sent, so it is uncertain
     assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
-    with pytest.raises(LeaseLost, match="request req-9 is recorded"):
+    with pytest.raises(LeaseLostError, match="request req-9 is recorded"):
         a.submitted(ca, "req-9", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
     assert bench.sql("select state, request_id from attempts where job_id = 1") == [("uncertain", "req-9")]
     assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
@@ -163,8 +176,9 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
 
     runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
     (tmp_path / "more").mkdir()
-    more = make_bench(tmp_path / "more", media, SimpleNamespace(url="http://127.0.0.1:9"), clips=4,
-                      db_url=bench.db_url, batch="b")  # the same batch: 8 more jobs
+    more = make_bench(
+        tmp_path / "more", media, SimpleNamespace(url="http://127.0.0.1:9"), clips=4, db_url=bench.db_url, batch="b"
+    )  # the same batch: 8 more jobs
     runner.enqueue(runner.plan(more.manifest, more.settings, load_price_table(), more.repo), more.repo)
     total = bench.sql("select count(*) from jobs")[0][0]
     assert total == 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from click.testing import CliRunner
@@ -15,8 +15,12 @@ from tests.integration.run_helpers import make_bench
 
 
 def _env(bench, key="reconcile-key", fal_prices=None):
-    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": key,
-           "FAL_ADMIN_KEY": None}
+    env = {
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": key,
+        "FAL_ADMIN_KEY": None,
+    }
     if fal_prices is not None:
         env["BATCH_RUNNER_FAL_PRICES"] = str(fal_prices)
     return env
@@ -57,8 +61,13 @@ def test_reconcile_finds_the_paid_duplicate_behind_a_dropped_submit(tmp_path, me
     accepted = {r["request_id"] for r in bench.emulator_log() if r["request_id"]}
     recorded = {rid for (rid,) in bench.sql("select request_id from attempts where request_id is not null")}
     [unrecorded] = accepted - recorded
-    assert explained == {"job": uncertain_job, "attempt": 1, "reserved_usd": "0.30", "confidence": "confirmed",
-                         "request_id": unrecorded}  # matched by request id in fal's own records
+    assert explained == {
+        "job": uncertain_job,
+        "attempt": 1,
+        "reserved_usd": "0.30",
+        "confidence": "confirmed",
+        "request_id": unrecorded,
+    }  # matched by request id in fal's own records
     table = CliRunner().invoke(cli, ["reconcile"], env=_env(bench))
     assert table.exit_code == 10
     assert f"confirmed: fal billed request {unrecorded} for the uncertain submit of job {uncertain_job}" in table.stdout
@@ -70,8 +79,12 @@ def test_reconcile_labels_an_unconfirmed_explanation_possible(tmp_path, media, e
     bench.run()
     first = bench.sql("select min(id) from jobs")[0][0]
     # job 1 looks like an uncertain submit whose input fal never saw; its real spend is unrecorded
-    bench.sql("update attempts set state = 'uncertain', request_id = null, billed_micro_usd = null, "
-              "input_sha256 = ? where job_id = ?", "f" * 64, first)
+    bench.sql(
+        "update attempts set state = 'uncertain', request_id = null, billed_micro_usd = null, "
+        "input_sha256 = ? where job_id = ?",
+        "f" * 64,
+        first,
+    )
     bench.sql("update jobs set state = 'uncertain' where id = ?", first)
     result = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench))
     [diff] = json.loads(result.stdout)["differences"]
@@ -87,8 +100,10 @@ def test_a_price_table_that_differs_from_fal_is_not_drift(tmp_path, media, emula
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     bench.run()
     prices = tmp_path / "ours.yaml"
-    prices.write_text('name: ours\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
-                      '    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n')
+    prices.write_text(
+        'name: ours\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
+        '    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n'
+    )
     result = CliRunner().invoke(cli, ["--prices", str(prices), "reconcile", "--json"], env=_env(bench))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["price_drift"] == []
@@ -96,8 +111,9 @@ def test_a_price_table_that_differs_from_fal_is_not_drift(tmp_path, media, emula
 
 def _sync_from(emulator, path, key="reconcile-key"):
     """`prices sync` against `emulator`, into `path`."""
-    result = CliRunner().invoke(cli, ["prices", "sync", "-o", str(path)],
-                                env={"BATCH_RUNNER_FAL_URL": emulator.url, "FAL_KEY": key})
+    result = CliRunner().invoke(
+        cli, ["prices", "sync", "-o", str(path)], env={"BATCH_RUNNER_FAL_URL": emulator.url, "FAL_KEY": key}
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -105,8 +121,10 @@ def test_reconcile_reports_drift_when_fal_changed_its_price_since_the_sync(tmp_p
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     bench.run()
     cheaper = tmp_path / "cheaper.yaml"
-    cheaper.write_text('name: old\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
-                       '    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n')
+    cheaper.write_text(
+        'name: old\nversion: "1"\nendpoints:\n  ray-3.2/reframe:\n    unit: second\n'
+        '    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n'
+    )
     synced = tmp_path / "fal-prices.json"
     _sync_from(emulator_factory(prices_path=cheaper), synced)  # last week's fal said $0.05
     result = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench, fal_prices=synced))
@@ -115,7 +133,11 @@ def test_reconcile_reports_drift_when_fal_changed_its_price_since_the_sync(tmp_p
     assert data["differences"] == []  # the money agrees; the price moved
     [drift] = data["price_drift"]
     assert (drift["endpoint"], drift["kind"], drift["fal_unit_price_usd"], drift["compared_with_usd"]) == (
-        "luma/agent/ray/v3.2/reframe", "fal changed its price since the last sync", "0.06", "0.05")
+        "luma/agent/ray/v3.2/reframe",
+        "fal changed its price since the last sync",
+        "0.06",
+        "0.05",
+    )
     assert drift["compared_with"].startswith("fal-pricing-api@")
     _sync_from(bench.emulator, synced)  # synced again: fal's numbers agree once more
     again = CliRunner().invoke(cli, ["reconcile", "--json"], env=_env(bench, fal_prices=synced))
@@ -133,7 +155,8 @@ def test_a_unit_we_cannot_map_is_reported_as_unknown_never_as_drift(tmp_path, me
     data = json.loads(result.stdout)
     assert data["price_drift"] == [] and data["clean"] is True
     assert {(n["endpoint"], n["kind"], n["unit"]) for n in data["notes"]} == {
-        ("luma/agent/ray/v3.2/reframe", "unknown unit", "gpu_second")}
+        ("luma/agent/ray/v3.2/reframe", "unknown unit", "gpu_second")
+    }
     table = CliRunner().invoke(cli, ["reconcile"], env=_env(bench, fal_prices=synced))
     assert table.exit_code == 0 and "UNKNOWN UNIT luma/agent/ray/v3.2/reframe" in table.stdout
 
@@ -144,10 +167,13 @@ def test_reconcile_from_mid_day_counts_the_whole_day_on_both_sides(tmp_path, med
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     bench.run()
     [(last,)] = bench.sql("select max(finished_at) from attempts")
-    last = datetime.fromisoformat(str(last)).replace(tzinfo=timezone.utc)
+    last = datetime.fromisoformat(str(last)).replace(tzinfo=UTC)
     since = last + timedelta(seconds=1)
-    result = CliRunner().invoke(cli, ["reconcile", "--json", "--since", since.isoformat(),
-                                      "--until", (since + timedelta(hours=1)).isoformat()], env=_env(bench))
+    result = CliRunner().invoke(
+        cli,
+        ["reconcile", "--json", "--since", since.isoformat(), "--until", (since + timedelta(hours=1)).isoformat()],
+        env=_env(bench),
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["since"] == f"{since.date()}T00:00:00+00:00" and data["requested_since"] == since.isoformat()
@@ -156,9 +182,16 @@ def test_reconcile_from_mid_day_counts_the_whole_day_on_both_sides(tmp_path, med
 
 
 def test_reconcile_without_an_admin_key_names_fal_admin_key(tmp_path):
-    result = CliRunner().invoke(cli, ["reconcile"], env={"BATCH_RUNNER_DB": str(tmp_path / "none.db"),
-                                                         "FAL_KEY": None, "FAL_ADMIN_KEY": None,
-                                                         "BATCH_RUNNER_FAL_URL": None})
+    result = CliRunner().invoke(
+        cli,
+        ["reconcile"],
+        env={
+            "BATCH_RUNNER_DB": str(tmp_path / "none.db"),
+            "FAL_KEY": None,
+            "FAL_ADMIN_KEY": None,
+            "BATCH_RUNNER_FAL_URL": None,
+        },
+    )
     assert result.exit_code == 3 and result.stdout == ""
     assert "FAL_ADMIN_KEY" in result.stderr and result.stderr.count("\n") == 1
 

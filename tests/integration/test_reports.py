@@ -20,8 +20,23 @@ from tests.integration.run_helpers import make_bench
 
 
 def _duration(path: Path) -> Decimal:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=duration",
-                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=duration",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return Decimal(out.strip())
 
 
@@ -32,16 +47,24 @@ def test_report_figures_equal_independent_sums(tmp_path, media, emulator_factory
     cost_at_fal: dict[str, Decimal] = {}
     for night, faults in enumerate(("fail=1/1", "drop_after_submit=1/1", "expire=1")):
         if night:
-            make_clip(tmp_path / "media" / f"new{night}.mp4", duration="5", size="64x36", rate=50,
-                      pattern=("smptebars", "rgbtestsrc")[night - 1], audio=False)
+            make_clip(
+                tmp_path / "media" / f"new{night}.mp4",
+                duration="5",
+                size="64x36",
+                rate=50,
+                pattern=("smptebars", "rgbtestsrc")[night - 1],
+                audio=False,
+            )
             bench.emulator = emulator_factory(faults=faults)
         bench.run()
-        cost_at_fal.update({r["request_id"]: Decimal(r["cost_usd"] or "0") for r in bench.emulator_log()
-                            if r["request_id"]})
+        cost_at_fal.update(
+            {r["request_id"]: Decimal(r["cost_usd"] or "0") for r in bench.emulator_log() if r["request_id"]}
+        )
     planned = runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
     estimated = sum(Decimal(j["estimated_cost_usd"]) for j in planned.to_json()["jobs"])
-    attempts = bench.sql("select a.request_id, a.number, a.state, j.estimate_micro_usd from attempts a "
-                         "join jobs j on j.id = a.job_id")
+    attempts = bench.sql(
+        "select a.request_id, a.number, a.state, j.estimate_micro_usd from attempts a join jobs j on j.id = a.job_id"
+    )
     ours = [(rid, n, state, Decimal(est) / 1_000_000) for rid, n, state, est in attempts]
     billed = sum(cost_at_fal[rid] for rid, _, state, _ in ours if rid and state != "uncertain")
     retry_spend = sum(cost_at_fal[rid] for rid, n, state, _ in ours if rid and n > 1 and state != "uncertain")
@@ -69,16 +92,17 @@ def test_report_figures_equal_independent_sums(tmp_path, media, emulator_factory
     assert Decimal(rows[0]["billed_usd"]) == billed and rows[1]["jobs"] == "6"
 
     for group in ("endpoint", "tag", "day", "batch"):
-        data = json.loads(CliRunner().invoke(cli, ["report", "--group-by", group, "--format", "json"],
-                                             env=env).stdout)
+        data = json.loads(CliRunner().invoke(cli, ["report", "--group-by", group, "--format", "json"], env=env).stdout)
         assert sum(Decimal(g["billed_usd"]) for g in data["groups"].values()) == billed, group
 
     table = CliRunner().invoke(cli, ["report"], env=env).stdout
     assert table.splitlines()[-1].startswith("TOTAL") or "TOTAL" in table
     out = tmp_path / "reports" / "nightly.csv"
     written = CliRunner().invoke(cli, ["report", "--format", "csv", "-o", str(out)], env=env)
-    assert written.exit_code == 0 and out.read_text() == CliRunner().invoke(
-        cli, ["report", "--format", "csv"], env=env).stdout
+    assert (
+        written.exit_code == 0
+        and out.read_text() == CliRunner().invoke(cli, ["report", "--format", "csv"], env=env).stdout
+    )
 
 
 def test_report_time_window_and_bad_dates(tmp_path, media, emulator_factory):

@@ -4,6 +4,7 @@ the right state, with nothing lost and nothing paid twice."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
@@ -37,14 +38,21 @@ def test_happy_path_verifies_every_output_and_bills_exactly(tmp_path, media, emu
 
 
 def test_rate_limits_gateway_errors_and_timeouts_are_retried_transparently(tmp_path, media, emulator_factory, db_url):
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(faults="rate_limit=1/3,bad_gateway=1/2,gateway_timeout=1/1"))
+    bench = make_bench(
+        tmp_path,
+        media,
+        db_url=db_url,
+        emulator=emulator_factory(faults="rate_limit=1/3,bad_gateway=1/2,gateway_timeout=1/1"),
+    )
     summary = bench.run()
     assert summary.counts == {"succeeded": 4}
     refused = [r for r in bench.emulator_log() if not r["request_id"]]
     assert len(refused) >= 1 and len(_accepted(bench)) == 4  # refused submits never created requests
 
 
-def test_dropped_submit_goes_uncertain_and_the_next_run_adopts_it_from_fals_list(tmp_path, media, emulator_factory, db_url):
+def test_dropped_submit_goes_uncertain_and_the_next_run_adopts_it_from_fals_list(
+    tmp_path, media, emulator_factory, db_url
+):
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(faults="drop_after_submit=1/1"))
     summary = bench.run()
     assert summary.counts == {"succeeded": 3, "uncertain": 1}
@@ -108,7 +116,9 @@ def test_locked_account_stops_everything_and_loses_nothing(tmp_path, media, emul
 
 
 def test_truncated_and_slow_downloads_still_deliver(tmp_path, media, emulator_factory, db_url):
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(faults="truncate_download=1/2,slow_download=1/1"))
+    bench = make_bench(
+        tmp_path, media, db_url=db_url, emulator=emulator_factory(faults="truncate_download=1/2,slow_download=1/1")
+    )
     summary = bench.run()
     assert summary.counts == {"succeeded": 4}
     assert len(_accepted(bench)) == 4
@@ -123,7 +133,8 @@ def test_expired_result_is_failed_and_counted_as_billed(tmp_path, media, emulato
 
 
 def test_an_output_longer_than_the_convention_is_delivered_with_a_warning_or_failed_when_strict(
-        tmp_path, media, emulator_factory, db_url):
+    tmp_path, media, emulator_factory, db_url
+):
     # At 1 frame per second a 0.5 s source comes back 1 s long. fal promises no exact length: by
     # default the billed output is delivered with a warning; --strict-verify fails it, kept aside.
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(fps=1), clips=1, clip="c0_5")
@@ -134,8 +145,7 @@ def test_an_output_longer_than_the_convention_is_delivered_with_a_warning_or_fai
     assert bench.sql("select count(*) from events where kind = 'output.check_warning'") == [(2,)]
 
     (tmp_path / "strict").mkdir()
-    strict = make_bench(tmp_path / "strict", media, db_url=None, emulator=emulator_factory(fps=1), clips=1,
-                        clip="c0_5")
+    strict = make_bench(tmp_path / "strict", media, db_url=None, emulator=emulator_factory(fps=1), clips=1, clip="c0_5")
     summary = strict.run(strict_verify=True)
     assert summary.counts == {"failed": 2}
     assert all("output check failed: 1" in f["error"] and "(--strict-verify)" in f["error"] for f in summary.failed)
@@ -159,7 +169,9 @@ def test_source_changed_after_planning_fails_before_paying(tmp_path, media, emul
 
 
 def test_budget_is_never_exceeded_under_concurrency(tmp_path, media, emulator_factory, db_url):
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(concurrency=8), clips=6)  # 12 jobs × $0.30
+    bench = make_bench(
+        tmp_path, media, db_url=db_url, emulator=emulator_factory(concurrency=8), clips=6
+    )  # 12 jobs × $0.30
     with pytest.raises(BudgetExceededError):
         raise bench.run(max_cost=1_000_000, concurrency=8).exit_error()
     billed = sum(Decimal(r["cost_usd"] or "0") for r in bench.emulator_log())
@@ -167,7 +179,8 @@ def test_budget_is_never_exceeded_under_concurrency(tmp_path, media, emulator_fa
     states = _states(bench)
     assert states == {"succeeded": 3, "queued": 9}
     assert bench.sql("select reserved_micro_usd, budget_micro_usd, status from runs") == [
-        (900_000, 1_000_000, "budget_stop")]
+        (900_000, 1_000_000, "budget_stop")
+    ]
 
 
 def test_a_budget_stop_says_what_was_left_and_what_did_not_run(tmp_path, media, emulator_factory, db_url):
@@ -183,8 +196,14 @@ def test_every_step_is_an_audit_event(tmp_path, media, emulator_factory, db_url)
     bench.run()
     kinds = [k for (k,) in bench.sql("select kind from events where job_id = 1 order by id")]
     assert kinds[:1] == ["job.enqueued"]
-    for step in ("job.claimed", "attempt.sending", "job.submitted", "attempt.submitted", "job.downloading",
-                 "job.succeeded"):
+    for step in (
+        "job.claimed",
+        "attempt.sending",
+        "job.submitted",
+        "attempt.submitted",
+        "job.downloading",
+        "job.succeeded",
+    ):
         assert step in kinds
     moves = bench.sql("select from_state, to_state, host, pid from events where job_id = 1 and to_state is not null")
     assert ("queued", "submitting") in [(a, b) for a, b, _, _ in moves]
@@ -216,7 +235,7 @@ def test_in_flight_cap_holds_at_fal(tmp_path, media, emulator_factory, db_url):
 def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
     """Enqueue the manifest, then leave job 1 as a worker on another machine would after dying
     mid-claim: state submitting, an expired lease, and one attempt in `attempt_state`."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from sqlalchemy import insert, update
 
@@ -225,10 +244,13 @@ def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
     from batch_runner.pricing import load_price_table
 
     runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
-    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    past = datetime.now(UTC) - timedelta(seconds=5)
     with bench.engine.begin() as conn:
-        conn.execute(update(Job).where(Job.id == 1).values(state="submitting", attempt_count=1,
-                                                            lease_owner="otherhost:99:dead", lease_expires_at=past))
+        conn.execute(
+            update(Job)
+            .where(Job.id == 1)
+            .values(state="submitting", attempt_count=1, lease_owner="otherhost:99:dead", lease_expires_at=past)
+        )
         conn.execute(insert(Attempt).values(job_id=1, number=1, state=attempt_state, created_at=past))
 
 
@@ -255,19 +277,26 @@ def test_a_failed_attempt_and_its_retry_are_billed_and_recorded(tmp_path, media,
     summary = bench.run(concurrency=4)
     assert summary.counts == {"succeeded": 4} and summary.billed_micro_usd == 4 * 300_000
     assert bench.sql("select state, count(*) from attempts group by state order by state") == [
-        ("failed", 1), ("succeeded", 4)]
+        ("failed", 1),
+        ("succeeded", 4),
+    ]
     assert bench.sql("select reserved_micro_usd, status from runs") == [(1_200_000, "finished")]
     assert len([r for r in bench.emulator_log() if r["request_id"]]) == 5
 
 
-POLICY_MANIFEST = REFRAME_MANIFEST + """budget:
+POLICY_MANIFEST = (
+    REFRAME_MANIFEST
+    + """budget:
   max_usd_per_day: "1.00"
   warn_at_usd: "0.50"
 """
+)
 
 
 def test_per_day_budget_holds_across_runs(tmp_path, media, emulator_factory, db_url):
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=3, manifest_text=POLICY_MANIFEST)  # 6 × $0.30
+    bench = make_bench(
+        tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=3, manifest_text=POLICY_MANIFEST
+    )  # 6 × $0.30
     first = bench.run()
     err = first.exit_error()
     assert isinstance(err, BudgetExceededError) and first.counts == {"succeeded": 3}
@@ -292,7 +321,9 @@ def test_account_per_day_budget_spans_batches(tmp_path, media, emulator_factory,
 
 
 def test_warning_threshold_is_reported_once_and_audited(tmp_path, media, emulator_factory, db_url):
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=1, manifest_text=POLICY_MANIFEST)
+    bench = make_bench(
+        tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=1, manifest_text=POLICY_MANIFEST
+    )
     summary = bench.run()
     assert summary.counts == {"succeeded": 2}
     warnings = [info["message"] for kind, _, info in bench.events if kind == "warning"]
@@ -304,19 +335,23 @@ def test_billed_amounts_record_where_they_came_from(tmp_path, media, emulator_fa
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=1)
     bench.run()
     assert bench.sql("select distinct price_source, unit_price_micro_usd from attempts") == [
-        ("fal pricing API", 60_000)]
+        ("fal pricing API", 60_000)
+    ]
 
 
 def test_without_billable_units_the_verified_output_is_priced(tmp_path, media, emulator_factory, db_url):
     # 5.04 s sources: Ray 3.2 reframe bills 6 started source seconds at $0.06, whatever the
     # rendered output's exact length; without fal's units we must still record what fal billed.
-    bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(send_billable_units=False), clips=1, clip="c5_04")
+    bench = make_bench(
+        tmp_path, media, db_url=db_url, emulator=emulator_factory(send_billable_units=False), clips=1, clip="c5_04"
+    )
     summary = bench.run()
     at_fal = sum(Decimal(r["cost_usd"]) for r in bench.emulator_log() if r["request_id"])
     assert summary.counts == {"succeeded": 2}
     assert Decimal(summary.billed_micro_usd) / 1_000_000 == at_fal == Decimal("0.72")
     assert bench.sql("select distinct price_source from attempts") == [
-        ("provisional: fal-published@2026-11-21 on the verified output",)]
+        ("provisional: fal-published@2026-11-21 on the verified output",)
+    ]
 
 
 def test_a_run_budget_can_come_from_settings(tmp_path, media, emulator_factory, db_url):

@@ -9,9 +9,10 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -44,8 +45,9 @@ def fal_requests(bench) -> int:
 def small_disk(path: Path, size: str) -> Iterator[None]:
     """A real file system of `size` bytes at `path` (tmpfs): writes past it fail with ENOSPC."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()[:200]}")
     try:
@@ -79,13 +81,18 @@ def test_a_full_disk_fails_the_job_billed_leaves_no_part_and_retry_fetches_it_fr
 
 
 def _cli(bench, *args: str, **env: str) -> Any:
-    base = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": "everyday-key",
-            "FAL_ADMIN_KEY": ""}
+    base = {
+        "BATCH_RUNNER_DB": bench.db_url,
+        "BATCH_RUNNER_FAL_URL": bench.emulator.url,
+        "FAL_KEY": "everyday-key",
+        "FAL_ADMIN_KEY": "",
+    }
     return CliRunner().invoke(cli, list(args), env={**base, **env}, catch_exceptions=False)
 
 
 def test_uncertain_jobs_without_an_admin_key_are_left_as_they_are_and_the_hint_names_the_key(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     emu = emulator_factory(faults="drop_after_submit=1/1", admin_keys=frozenset({"the-admin-key"}))
     bench = make_bench(tmp_path, media, emu, clips=1)
     first = bench.run()
@@ -94,8 +101,9 @@ def test_uncertain_jobs_without_an_admin_key_are_left_as_they_are_and_the_hint_n
     # Let fal finish the lost request: a request still running would be adopted from fal's request
     # list, which needs no admin key; an ended one needs its billing events, which do.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(r["state"] != "COMPLETED" for r in bench.emulator_log()
-                                              if r["request_id"]):
+    while time.monotonic() < deadline and any(
+        r["state"] != "COMPLETED" for r in bench.emulator_log() if r["request_id"]
+    ):
         time.sleep(0.05)
 
     # A run settles its own uncertain jobs first: refused, it says so once and carries on.
@@ -126,9 +134,12 @@ def test_uncertain_jobs_without_an_admin_key_are_left_as_they_are_and_the_hint_n
 # --------------------------------------------------------------------------- the warning threshold
 
 
-WARN_MANIFEST = REFRAME_MANIFEST + """budget:
+WARN_MANIFEST = (
+    REFRAME_MANIFEST
+    + """budget:
   warn_at_usd: "0.50"
 """
+)
 
 
 def test_the_warning_threshold_speaks_once_per_run_however_many_jobs_cross_it(tmp_path, media, emulator_factory):
@@ -144,9 +155,16 @@ def test_the_warning_threshold_speaks_once_per_run_however_many_jobs_cross_it(tm
 
     bench.events.clear()
     from batch_runner.media import make_clip
+
     for i in (3, 4):  # tomorrow's sources: a new run, a new warning
-        make_clip(tmp_path / "media" / f"clip{i}.mp4", duration="5", size="64x36", rate=50,
-                  pattern=("pal100bars", "smptehdbars")[i - 3], audio=False)
+        make_clip(
+            tmp_path / "media" / f"clip{i}.mp4",
+            duration="5",
+            size="64x36",
+            rate=50,
+            pattern=("pal100bars", "smptehdbars")[i - 3],
+            audio=False,
+        )
     second = bench.run(concurrency=4)
     assert second.counts == {"succeeded": 4}
     assert len(said()) == 1
@@ -173,9 +191,19 @@ class BuggyDisplay:
 
 
 def _run(bench, reporter: Any, **pool: Any) -> runner.RunSummary:
-    return runner.run_jobs(bench.settings, load_price_table(), bench.repo, Secret("test-key"),
-                           manifest=bench.manifest, batches=None, pool=bench.pool(**pool), max_cost_micro_usd=None,
-                           run_name=None, reporter=reporter, stop=threading.Event())
+    return runner.run_jobs(
+        bench.settings,
+        load_price_table(),
+        bench.repo,
+        Secret("test-key"),
+        manifest=bench.manifest,
+        batches=None,
+        pool=bench.pool(**pool),
+        max_cost_micro_usd=None,
+        run_name=None,
+        reporter=reporter,
+        stop=threading.Event(),
+    )
 
 
 @pytest.mark.parametrize("kind", ["submitted", "succeeded", "queued"])
@@ -193,7 +221,8 @@ def test_a_worker_thread_bug_lets_its_job_go_safely_and_the_run_says_so(tmp_path
 
 
 def test_five_worker_thread_bugs_stop_the_run_and_the_next_run_finishes_without_paying_twice(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     bench = make_bench(tmp_path, media, emulator_factory(speed=200), clips=3)  # 6 jobs
     summary = _run(bench, BuggyDisplay({"submitted"}, times=100))
     assert len(summary.unexpected) == 5 and summary.error is not None
@@ -225,14 +254,16 @@ def test_without_billable_units_the_ledger_comes_from_fals_billing_events(tmp_pa
     price table's figure marked provisional, and fal's billing events (admin key) replace it;
     here fal charges $0.07/s where our table says $0.06/s, so only fal's figure balances."""
     (tmp_path / "fal-prices.yaml").write_text(FAL_CHARGES_MORE)
-    emu = emulator_factory(send_billable_units=False, prices_path=tmp_path / "fal-prices.yaml",
-                           admin_keys=frozenset({"the-admin-key"}))
+    emu = emulator_factory(
+        send_billable_units=False, prices_path=tmp_path / "fal-prices.yaml", admin_keys=frozenset({"the-admin-key"})
+    )
     bench = make_bench(tmp_path, media, emu, clips=1)
     first = bench.run()
     assert first.counts == {"succeeded": 2} and first.billed_micro_usd == 2 * 300_000  # 5 s × $0.06
     assert emulator_bill(bench) == 2 * 350_000
     assert bench.sql("select distinct price_source from attempts") == [
-        ("provisional: fal-published@2026-11-21 on the verified output",)]
+        ("provisional: fal-published@2026-11-21 on the verified output",)
+    ]
 
     # No admin key: resolve says which key it needs and the provisional figures stay, marked.
     assert _cli(bench, "resolve", "--batch", "b").exit_code == 9
@@ -260,6 +291,7 @@ def test_a_run_settles_its_batches_provisional_bills_before_it_starts(tmp_path, 
 
 def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, media, emulator_factory):
     from batch_runner import reports
+
     bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1)
     bench.run()
     report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
@@ -274,8 +306,9 @@ def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, m
 def test_a_key_id_and_secret_pair_is_sent_as_fal_client_sends_it(tmp_path, media, emulator_factory):
     emu = emulator_factory(keys=frozenset({"the-id:the-secret"}))
     bench = make_bench(tmp_path, media, emu, clips=1)
-    done = _cli(bench, "run", str(bench.manifest), "--json", FAL_KEY=None, FAL_KEY_ID="the-id",
-                FAL_KEY_SECRET="the-secret")
+    done = _cli(
+        bench, "run", str(bench.manifest), "--json", FAL_KEY=None, FAL_KEY_ID="the-id", FAL_KEY_SECRET="the-secret"
+    )
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["jobs"] == {"succeeded": 2} and "the-secret" not in done.output
     half = _cli(bench, "run", str(bench.manifest), FAL_KEY=None, FAL_KEY_ID="the-id")
@@ -286,15 +319,18 @@ def test_a_key_id_and_secret_pair_is_sent_as_fal_client_sends_it(tmp_path, media
 
 
 def test_an_output_2px_off_the_convention_is_delivered_with_a_warning_and_retry_leaves_it(
-        tmp_path, media, emulator_factory):
+    tmp_path, media, emulator_factory
+):
     bench = make_bench(tmp_path, media, emulator_factory(output_skew_px=(2, 0)), clips=1)
     summary = bench.run()
     assert summary.counts == {"succeeded": 2} and summary.exit_error() is None
     assert fal_requests(bench) == 2 and ledger(bench) == emulator_bill(bench) == 2 * 300_000
     sidecars = sorted((tmp_path / "out" / "b").glob("*.mp4.json"))
     notes = [json.loads(p.read_text())["check_warnings"] for p in sidecars]
-    assert notes == [["542x540, where the output convention expects 540x540"],
-                     ["542x960, where the output convention expects 540x960"]]
+    assert notes == [
+        ["542x540, where the output convention expects 540x540"],
+        ["542x960, where the output convention expects 540x960"],
+    ]
     assert runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], []) == []  # nothing for retry to pay again
 
 

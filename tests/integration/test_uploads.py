@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -50,10 +50,11 @@ def _small(tmp_path: Path, name: str = "clip.mp4", size: int = 4096) -> Path:
 def test_the_cdn_refuses_an_expired_token_with_401(emulator_factory, tmp_path):
     server = emulator_factory(token_ttl_s=0.5)
     key = {"Authorization": f"Key {EMU_KEY}"}
-    token = httpx.post(f"{server.url}/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={},
-                       headers=key).json()
+    token = httpx.post(
+        f"{server.url}/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={}, headers=key
+    ).json()
     expires = datetime.fromisoformat(token["expires_at"])
-    assert timedelta(0) < expires - datetime.now(timezone.utc) <= timedelta(seconds=0.5)
+    assert timedelta(0) < expires - datetime.now(UTC) <= timedelta(seconds=0.5)
     bearer = {"Authorization": f"Bearer {token['token']}", "X-Fal-File-Name": "a.bin"}
     assert httpx.post(f"{server.url}/files/upload", content=b"x", headers=bearer).status_code == 200
     time.sleep(0.6)
@@ -116,8 +117,11 @@ def test_a_fresh_token_refused_too_fails_that_upload_never_the_key(emulator_fact
 
 def test_initiate_multipart_is_served_as_fal_js_drives_it(api, emu):
     data = os.urandom(250_000)
-    init = api.post("/storage/upload/initiate-multipart", params={"storage_type": "fal-cdn-v3"},
-                    json={"content_type": "video/mp4", "file_name": "big.mp4"})
+    init = api.post(
+        "/storage/upload/initiate-multipart",
+        params={"storage_type": "fal-cdn-v3"},
+        json={"content_type": "video/mp4", "file_name": "big.mp4"},
+    )
     assert init.status_code == 200, init.text
     upload_url, file_url = httpx.URL(init.json()["upload_url"]), init.json()["file_url"]
     assert upload_url.query  # the signed URL's query, which fal-js puts after /{n} and /complete
@@ -181,8 +185,10 @@ def test_fal_clients_lifecycle_headers_are_honoured(emulator_factory):
     pref = {"X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 3600}), **key}
     init = httpx.post(f"{server.url}/storage/upload/initiate", json={"file_name": "a.txt"}, headers=pref).json()
     assert httpx.put(init["upload_url"], content=b"hello").status_code == 200
-    never = {"X-Fal-Object-Lifecycle": json.dumps({"initial_acl": {"default": "allow"},
-                                                   "expiration_duration_seconds": 0}), **key}
+    never = {
+        "X-Fal-Object-Lifecycle": json.dumps({"initial_acl": {"default": "allow"}, "expiration_duration_seconds": 0}),
+        **key,
+    }
     forever = httpx.post(f"{server.url}/files/upload", content=b"x", headers=never).json()["access_url"]
     bad = httpx.post(f"{server.url}/files/upload", content=b"x", headers={"X-Fal-Object-Lifecycle": "7d", **key})
     assert bad.status_code == 422
@@ -193,8 +199,11 @@ def test_fal_clients_lifecycle_headers_are_honoured(emulator_factory):
 def test_a_request_naming_an_expired_upload_fails_with_file_download_error(emulator_factory, media):
     server = emulator_factory(upload_ttl_s=0.5)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=60) as api:
-        url = api.post("/files/upload", content=media["c5"].read_bytes(),
-                       headers={"Content-Type": "video/mp4", "X-Fal-File-Name": "c5.mp4"}).json()["access_url"]
+        url = api.post(
+            "/files/upload",
+            content=media["c5"].read_bytes(),
+            headers={"Content-Type": "video/mp4", "X-Fal-File-Name": "c5.mp4"},
+        ).json()["access_url"]
         time.sleep(0.6)
         assert httpx.get(url).status_code == 404
         body = submit(api, FLASH_REFRAME, {"video_url": url, "aspect_ratio": "9:16"})
@@ -214,13 +223,12 @@ def test_the_runner_reuses_an_upload_only_while_fal_keeps_it(tmp_path, media, em
     assert len(rows) == 2
     for url, reuse_until in rows:
         reuse_until = reuse_until if isinstance(reuse_until, datetime) else datetime.fromisoformat(str(reuse_until))
-        reuse_until = reuse_until if reuse_until.tzinfo else reuse_until.replace(tzinfo=timezone.utc)
+        reuse_until = reuse_until if reuse_until.tzinfo else reuse_until.replace(tzinfo=UTC)
         stored = _state(server).store.get(_file_id(url))
-        fal_until = datetime.fromtimestamp(stored.expires_at, timezone.utc)
+        fal_until = datetime.fromtimestamp(stored.expires_at, UTC)
         assert reuse_until <= fal_until  # never reused after fal deletes it
-        assert fal_until - datetime.now(timezone.utc) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
+        assert fal_until - datetime.now(UTC) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
     assert worker.UPLOAD_TTL_S < worker.UPLOAD_LIFETIME_S
-
 
 
 def test_a_refused_signed_upload_url_starts_over_once_then_fails_the_upload_not_the_key(emulator_factory, tmp_path):

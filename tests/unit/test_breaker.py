@@ -44,7 +44,7 @@ def test_one_probe_after_the_pause_and_the_pause_doubles_up_to_its_cap():
         clock.now += pause
         assert b.acquire(threading.Event()) and b.state == "half_open"
         b.failure("still down")  # the probe failed: open again, longer
-        assert b.state == "open" and b._reopen_at == clock.now + min(pause * 2, 20.0)  # noqa: SLF001
+        assert b.state == "open" and b._reopen_at == clock.now + min(pause * 2, 20.0)
     clock.now += 20.0
     assert b.acquire(threading.Event())
     b.success()

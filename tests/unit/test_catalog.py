@@ -7,12 +7,18 @@ import pytest
 from batch_runner import catalog
 
 SEEDED = [
-    "fal-ai/luma-dream-machine/ray-2-flash/reframe", "fal-ai/luma-dream-machine/ray-2/reframe",
-    "fal-ai/luma-dream-machine/ray-2/image-to-video", "fal-ai/luma-dream-machine/ray-2-flash/image-to-video",
-    "fal-ai/luma-dream-machine/ray-2", "fal-ai/luma-dream-machine/ray-2-flash",
-    "fal-ai/luma-dream-machine/ray-2/modify", "fal-ai/luma-dream-machine/ray-2-flash/modify",
-    "luma/agent/ray/v3.2/text-to-video", "luma/agent/ray/v3.2/image-to-video",
-    "luma/agent/ray/v3.2/video-to-video", "luma/agent/ray/v3.2/reframe",
+    "fal-ai/luma-dream-machine/ray-2-flash/reframe",
+    "fal-ai/luma-dream-machine/ray-2/reframe",
+    "fal-ai/luma-dream-machine/ray-2/image-to-video",
+    "fal-ai/luma-dream-machine/ray-2-flash/image-to-video",
+    "fal-ai/luma-dream-machine/ray-2",
+    "fal-ai/luma-dream-machine/ray-2-flash",
+    "fal-ai/luma-dream-machine/ray-2/modify",
+    "fal-ai/luma-dream-machine/ray-2-flash/modify",
+    "luma/agent/ray/v3.2/text-to-video",
+    "luma/agent/ray/v3.2/image-to-video",
+    "luma/agent/ray/v3.2/video-to-video",
+    "luma/agent/ray/v3.2/reframe",
 ]
 
 
@@ -61,8 +67,12 @@ def test_missing_required_field_is_reported():
 def test_wrong_type_and_unknown_field_are_reported():
     issues = _issues("ray-2-flash/reframe", {"video_url": "v", "aspect_ratio": "1:1", "x_start": "10", "colour": 1})
     assert {(i.field, i.type) for i in issues} == {("x_start", "integer_type"), ("colour", "extra_forbidden")}
-    assert catalog.endpoint("ray-2-flash/reframe").validate(
-        {"video_url": "v", "aspect_ratio": "1:1", "colour": 1}, allow_extra=True) == []
+    assert (
+        catalog.endpoint("ray-2-flash/reframe").validate(
+            {"video_url": "v", "aspect_ratio": "1:1", "colour": 1}, allow_extra=True
+        )
+        == []
+    )
 
 
 def test_booleans_are_not_integers():
@@ -70,29 +80,38 @@ def test_booleans_are_not_integers():
     assert issue.type == "integer_type"
 
 
-@pytest.mark.parametrize("params,field", [
-    ({"hdr": True}, "hdr"),  # hdr needs 720p/1080p (default is 540p)
-    ({"hdr": True, "resolution": "1080p", "duration": "10s"}, "hdr"),
-    ({"exr_export": True, "resolution": "720p"}, "exr_export"),
-    ({"loop": True, "duration": "10s"}, "loop"),
-    ({"loop": True, "hdr": True, "resolution": "720p"}, "loop"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"hdr": True}, "hdr"),  # hdr needs 720p/1080p (default is 540p)
+        ({"hdr": True, "resolution": "1080p", "duration": "10s"}, "hdr"),
+        ({"exr_export": True, "resolution": "720p"}, "exr_export"),
+        ({"loop": True, "duration": "10s"}, "loop"),
+        ({"loop": True, "hdr": True, "resolution": "720p"}, "loop"),
+    ],
+)
 def test_ray32_text_to_video_rules(params, field):
     issues = _issues("ray-3.2/text-to-video", {"prompt": "p", **params})
     assert field in {i.field for i in issues}
 
 
 def test_ray32_hdr_at_720p_is_valid():
-    assert _issues("ray-3.2/text-to-video", {"prompt": "p", "hdr": True, "exr_export": True, "resolution": "720p"}) == []
+    assert (
+        _issues("ray-3.2/text-to-video", {"prompt": "p", "hdr": True, "exr_export": True, "resolution": "720p"}) == []
+    )
 
 
 def test_loop_excludes_an_end_frame():
-    issues = _issues("ray-3.2/image-to-video", {"prompt": "p", "image_url": "a.png", "end_image_url": "b.png", "loop": True})
+    issues = _issues(
+        "ray-3.2/image-to-video", {"prompt": "p", "image_url": "a.png", "end_image_url": "b.png", "loop": True}
+    )
     assert [i.field for i in issues] == ["loop"]
 
 
 def test_edit_strength_excludes_auto_controls():
-    issues = _issues("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "edit_strength": "flex_1", "auto_controls": True})
+    issues = _issues(
+        "ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "edit_strength": "flex_1", "auto_controls": True}
+    )
     assert [i.field for i in issues] == ["edit_strength"]
     assert _issues("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "auto_controls": True}) == []
 
@@ -102,12 +121,15 @@ def test_prompt_length_limit_for_ray32():
     assert [i.type for i in issues] == ["string_too_long"]
 
 
-@pytest.mark.parametrize("pos,bad", [
-    ({"x_norm": 0.1, "y_norm": 0, "w_norm": 0.95, "h_norm": 1}, "source_position.w_norm"),
-    ({"x_norm": 0, "y_norm": 0.5, "w_norm": 1, "h_norm": 0.6}, "source_position.h_norm"),
-    ({"x_norm": -0.1, "y_norm": 0, "w_norm": 0.5, "h_norm": 1}, "source_position.x_norm"),
-    ({"x_norm": 0, "y_norm": 0, "w_norm": 0, "h_norm": 1}, "source_position.w_norm"),
-])
+@pytest.mark.parametrize(
+    ("pos", "bad"),
+    [
+        ({"x_norm": 0.1, "y_norm": 0, "w_norm": 0.95, "h_norm": 1}, "source_position.w_norm"),
+        ({"x_norm": 0, "y_norm": 0.5, "w_norm": 1, "h_norm": 0.6}, "source_position.h_norm"),
+        ({"x_norm": -0.1, "y_norm": 0, "w_norm": 0.5, "h_norm": 1}, "source_position.x_norm"),
+        ({"x_norm": 0, "y_norm": 0, "w_norm": 0, "h_norm": 1}, "source_position.w_norm"),
+    ],
+)
 def test_source_position_must_stay_inside_the_canvas(pos, bad):
     issues = _issues("ray-3.2/reframe", {**REFRAME, "source_position": pos})
     assert bad in {i.field for i in issues}
@@ -118,7 +140,7 @@ def test_source_position_needs_all_four_fractions():
     assert {i.field for i in issues} == {f"source_position.{n}" for n in ("y_norm", "w_norm", "h_norm")}
 
 
-@pytest.mark.parametrize("duration,ok", [("30.0", True), ("30.000000", True), ("30.04", False), ("0.5", True)])
+@pytest.mark.parametrize(("duration", "ok"), [("30.0", True), ("30.000000", True), ("30.04", False), ("0.5", True)])
 def test_ray32_reframe_source_at_most_30_seconds(duration, ok):
     issues = _issues("ray-3.2/reframe", REFRAME, source_duration=Decimal(duration))
     assert (issues == []) is ok

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from batch_runner.api.client import CdnToken, lifecycle_headers
 
-NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def _token(expires_at: object) -> CdnToken:
-    return CdnToken.from_answer({"token": "t", "token_type": "Bearer", "base_url": "https://v3.fal.media",
-                                 "expires_at": expires_at}, NOW)
+    return CdnToken.from_answer(
+        {"token": "t", "token_type": "Bearer", "base_url": "https://v3.fal.media", "expires_at": expires_at}, NOW
+    )
 
 
 def test_a_long_token_is_refreshed_an_hour_before_it_expires():
@@ -49,7 +50,7 @@ def test_lifecycle_goes_under_both_header_names_fal_client_uses():
 
 @pytest.mark.parametrize("lifetime", [0, -5])
 def test_a_lifetime_must_be_positive(lifetime):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive number of seconds"):
         lifecycle_headers(lifetime)
 
 
@@ -57,5 +58,7 @@ def test_multipart_part_urls_keep_the_signed_urls_encoding_as_fal_js_joins_them(
     from batch_runner.api.client import _beside
 
     # fal-js storage.ts: `${url.origin}${url.pathname}/${partNumber}${url.search}`
-    assert _beside("https://u.fal.media/m/ab%2Fcd?sig=1%2B2&x=y", "3") == "https://u.fal.media/m/ab%2Fcd/3?sig=1%2B2&x=y"
+    assert (
+        _beside("https://u.fal.media/m/ab%2Fcd?sig=1%2B2&x=y", "3") == "https://u.fal.media/m/ab%2Fcd/3?sig=1%2B2&x=y"
+    )
     assert _beside("https://u.fal.media/m/id", "complete") == "https://u.fal.media/m/id/complete"

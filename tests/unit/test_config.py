@@ -35,9 +35,10 @@ def test_settings_made_by_hand_name_their_database():
 
 
 def test_the_key_is_found_as_fal_client_finds_it():
+    import pytest
+
     from batch_runner.config import fal_key_from_env
     from batch_runner.errors import ConfigError
-    import pytest
 
     assert fal_key_from_env({"FAL_KEY": "k", "FAL_KEY_ID": "i", "FAL_KEY_SECRET": "s"}).reveal() == "k"
     assert fal_key_from_env({"FAL_KEY_ID": "i", "FAL_KEY_SECRET": "s"}).reveal() == "i:s"

@@ -4,7 +4,7 @@ job reserves the higher of the price table and fal's price."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,12 +17,13 @@ from batch_runner.pricing import load_price_table
 
 TABLE = load_price_table()
 REFRAME = "luma/agent/ray/v3.2/reframe"
-AT = datetime(2026, 11, 21, 21, 30, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 21, 21, 30, tzinfo=UTC)
 
 
 def synced(**prices: tuple[str, str]) -> SyncedPrices:
-    return SyncedPrices(AT, "http://x/v1/models/pricing",
-                        {k: FalPrice(k, Decimal(v), u) for k, (v, u) in prices.items()})
+    return SyncedPrices(
+        AT, "http://x/v1/models/pricing", {k: FalPrice(k, Decimal(v), u) for k, (v, u) in prices.items()}
+    )
 
 
 def estimate(alias: str, params: dict, duration: str | None = None):
@@ -30,9 +31,19 @@ def estimate(alias: str, params: dict, duration: str | None = None):
     return TABLE.estimate(ep, ep.with_defaults(params), Decimal(duration) if duration else None), TABLE.entry(ep.id)
 
 
-@pytest.mark.parametrize("name,unit", [("second", "second"), ("video_second", "second"), ("Seconds", "second"),
-                                       ("video", "video"), ("gpu_second", None), ("image", None), ("", None),
-                                       (None, None)])
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [
+        ("second", "second"),
+        ("video_second", "second"),
+        ("Seconds", "second"),
+        ("video", "video"),
+        ("gpu_second", None),
+        ("image", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_fal_unit_names_map_only_when_known(name, unit):
     assert our_unit(name) == unit
 
@@ -53,9 +64,17 @@ def test_no_file_is_no_synced_prices(tmp_path: Path):
     assert load_synced(tmp_path / "none.json") is None and load_synced(None) is None
 
 
-@pytest.mark.parametrize("body", ['{"format": "other"}', "not json",
-                                  '{"format": "batch-runner/fal-prices/1", "synced_at": "2026-11-21T00:00:00Z", '
-                                  '"prices": {"a": {"unit_price": 0.06, "unit": "second"}}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"format": "other"}',
+        "not json",
+        (
+            '{"format": "batch-runner/fal-prices/1", "synced_at": "2026-11-21T00:00:00Z", '
+            '"prices": {"a": {"unit_price": 0.06, "unit": "second"}}}'
+        ),
+    ],
+)
 def test_a_bad_file_is_a_config_error_naming_it(tmp_path: Path, body):
     path = tmp_path / "fal-prices.json"
     path.write_text(body)
@@ -65,8 +84,9 @@ def test_a_bad_file_is_a_config_error_naming_it(tmp_path: Path, body):
 
 
 def test_a_higher_synced_price_raises_the_estimate_by_the_tables_ratios():
-    table, entry = estimate("ray-3.2/reframe", {"prompt": "p", "video_url": "v", "aspect_ratio": "1:1",
-                                                "resolution": "720p"}, "5")
+    table, entry = estimate(
+        "ray-3.2/reframe", {"prompt": "p", "video_url": "v", "aspect_ratio": "1:1", "resolution": "720p"}, "5"
+    )
     assert table.usd == "0.60"  # $0.12/s at 720p
     higher = reserve(table, entry, synced(**{REFRAME: ("0.07", "second")}))
     assert (higher.usd, higher.unit_price_micro_usd) == ("0.70", 140_000)  # 720p is twice the base

@@ -10,15 +10,33 @@ PKG = Path(__file__).resolve().parents[2] / "batch_runner"
 # Lower number = lower layer. A module imports only from strictly lower layers, except that
 # the db/ package's own modules may import each other.
 LAYERS = {
-    "errors": 0, "domain": 1,
-    "catalog": 2, "config": 2, "logs": 2, "yamlload": 2,
-    "manifest": 3, "pricing": 3, "probe": 3, "media": 3, "db": 3, "api": 3, "progress": 3,
-    "outcome": 4, "output": 4, "emulator": 4, "fal_prices": 4,
+    "errors": 0,
+    "domain": 1,
+    "catalog": 2,
+    "config": 2,
+    "logs": 2,
+    "yamlload": 2,
+    "manifest": 3,
+    "pricing": 3,
+    "probe": 3,
+    "media": 3,
+    "db": 3,
+    "api": 3,
+    "progress": 3,
+    "outcome": 4,
+    "output": 4,
+    "emulator": 4,
+    "fal_prices": 4,
     "worker": 5,
-    "pool": 6, "resolve": 6,
-    "runner": 7, "reports": 7, "reconcile": 7, "price_sync": 7,
+    "pool": 6,
+    "resolve": 6,
+    "runner": 7,
+    "reports": 7,
+    "reconcile": 7,
+    "price_sync": 7,
     "report_html": 8,
-    "cli": 9, "__main__": 10,
+    "cli": 9,
+    "__main__": 10,
 }
 # The emulator is a separate app: besides its own package it may use only these.
 EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}
@@ -36,7 +54,7 @@ def _modules():
 def _internal_imports(parts: tuple[str, ...], tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
-            base = list(parts[:-node.level]) if node.level <= len(parts) - 1 else []
+            base = list(parts[: -node.level]) if node.level <= len(parts) - 1 else []
             target = base + (node.module.split(".") if node.module else [])
             names = [a.name for a in node.names] if not node.module else [None]
             for name in names:
@@ -68,7 +86,9 @@ def test_only_cli_imports_click_and_only_config_reads_the_environment():
         src = ast.unparse(tree)
         name = "/".join(parts)
         imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        imports |= {
+            n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+        }
         if parts[0] != "cli":
             assert "click" not in imports, f"{name} imports click"
         if parts[0] != "config":

@@ -33,7 +33,10 @@ def fails(folder: Path, body: str) -> ManifestError:
 
 
 def test_matrix_sweeps_every_source_in_written_order(files: Path):
-    m = load(files, HEAD + 'matrix:\n  aspect_ratio: [9:16, 1:1]\n  resolution: [540p, 720p]\nsources:\n  - glob: "media/*.mp4"\n')
+    m = load(
+        files,
+        HEAD + 'matrix:\n  aspect_ratio: [9:16, 1:1]\n  resolution: [540p, 720p]\nsources:\n  - glob: "media/*.mp4"\n',
+    )
     assert len(m.jobs) == 3 * 2 * 2
     first = m.jobs[0]
     assert (first.params["aspect_ratio"], first.params["resolution"]) == ("9:16", "540p")
@@ -96,8 +99,10 @@ def test_unknown_placeholder(files: Path):
 
 
 def test_placeholder_without_a_value(files: Path):
-    body = "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\nsources: [media/a.mp4]\n" \
-           'output: "{stem}_{prompt}.mp4"\n'
+    body = (
+        "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\nsources: [media/a.mp4]\n"
+        'output: "{stem}_{prompt}.mp4"\n'
+    )
     err = fails(files, body)
     assert "{prompt} has no value" in str(err)
 
@@ -108,21 +113,28 @@ def test_matrix_key_also_in_defaults(files: Path):
 
 
 def test_overrides_apply_to_matching_sources(files: Path):
-    m = load(files, HEAD + '  aspect_ratio: "1:1"\nsources: ["media/*.mp4"]\noverrides:\n  "b*":\n    prompt: special\n')
+    m = load(
+        files, HEAD + '  aspect_ratio: "1:1"\nsources: ["media/*.mp4"]\noverrides:\n  "b*":\n    prompt: special\n'
+    )
     prompts = {Path(j.source).stem: j.params["prompt"] for j in m.jobs}
     assert prompts == {"a": "extend", "b": "special", "c": "extend"}
 
 
 def test_per_source_params_and_name(files: Path):
-    m = load(files, HEAD + '  aspect_ratio: "1:1"\nsources:\n  - path: media/a.mp4\n    name: hero\n'
-                           '    params: {resolution: 1080p}\n    tags: [vip]\n')
+    m = load(
+        files,
+        HEAD + '  aspect_ratio: "1:1"\nsources:\n  - path: media/a.mp4\n    name: hero\n'
+        "    params: {resolution: 1080p}\n    tags: [vip]\n",
+    )
     [job] = m.jobs
     assert job.params["resolution"] == "1080p" and job.output.endswith("hero.mp4") and "vip" in job.tags
 
 
 def test_relative_paths_resolve_against_the_manifest_folder(files: Path, tmp_path: Path):
     sub = tmp_path / "jobs"
-    m = load_manifest(write(sub / "m.yaml", HEAD + '  aspect_ratio: "1:1"\nsources: [../media/a.mp4]\noutput_root: ../out\n'))
+    m = load_manifest(
+        write(sub / "m.yaml", HEAD + '  aspect_ratio: "1:1"\nsources: [../media/a.mp4]\noutput_root: ../out\n')
+    )
     assert m.jobs[0].source == str(files / "media" / "a.mp4")
     assert m.output_root == files / "out"
 
@@ -139,15 +151,24 @@ def test_glob_without_matches_warns(files: Path):
 
 
 def test_csv_rows_carry_their_own_prompt_and_typed_params(files: Path):
-    write(files / "rows.csv", "source,prompt,x_start,x_end,tags\nmedia/a.mp4,first,0,10,hero;wide\nmedia/b.mp4,second,,,\n")
-    m = load(files, "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '9:16'\nsources:\n  - rows: rows.csv\n")
+    write(
+        files / "rows.csv",
+        "source,prompt,x_start,x_end,tags\nmedia/a.mp4,first,0,10,hero;wide\nmedia/b.mp4,second,,,\n",
+    )
+    m = load(
+        files,
+        "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '9:16'\nsources:\n  - rows: rows.csv\n",
+    )
     assert [(j.params["prompt"], j.params.get("x_end")) for j in m.jobs] == [("first", 10), ("second", None)]
     assert m.jobs[0].tags == ("hero", "wide") and m.jobs[0].origin == f"{files / 'rows.csv'}:2"
 
 
 def test_csv_row_errors_name_the_csv_line(files: Path):
     write(files / "rows.csv", "source,prompt,x_start\nmedia/a.mp4,ok,1\nmedia/b.mp4,bad,ten\n")
-    err = fails(files, "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '9:16'\nsources:\n  - rows: rows.csv\n")
+    err = fails(
+        files,
+        "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '9:16'\nsources:\n  - rows: rows.csv\n",
+    )
     assert err.file == str(files / "rows.csv") and err.line == 3 and err.field == "x_start"
 
 
@@ -190,8 +211,11 @@ def test_invalid_yaml_names_the_line(files: Path):
 
 def test_media_params_resolve_to_absolute_paths(files: Path):
     write(files / "first.png", "x")
-    m = load(files, "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\n  image_url: first.png\n"
-                    "sources: [media/a.mp4]\n")
+    m = load(
+        files,
+        "batch: b\nendpoint: ray-2-flash/reframe\ndefaults:\n  aspect_ratio: '1:1'\n  image_url: first.png\n"
+        "sources: [media/a.mp4]\n",
+    )
     assert m.jobs[0].params["image_url"] == str(files / "first.png")
     assert m.jobs[0].extra_media == {"image_url": str(files / "first.png")}
 
@@ -202,8 +226,11 @@ def test_batch_name_is_checked(files: Path):
 
 
 def test_budget_policies_are_parsed(files: Path):
-    m = load(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd: "25"\n'
-                           '  max_usd_per_day: "40.50"\n  warn_at_usd: "20"\n')
+    m = load(
+        files,
+        HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd: "25"\n'
+        '  max_usd_per_day: "40.50"\n  warn_at_usd: "20"\n',
+    )
     assert (m.budget_micro_usd, m.daily_budget_micro_usd, m.warn_at_micro_usd) == (25_000_000, 40_500_000, 20_000_000)
     err = fails(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd_per_week: "1"\n')
     assert err.line == 8 and "max_usd_per_day" in str(err)

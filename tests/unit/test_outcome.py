@@ -16,51 +16,143 @@ A = Action
 # What one reply does in each phase (not yet exhausted), without / with x-fal-request-id.
 # RESULT 2xx and answers carrying a request id go to decide_result, tested separately below.
 TABLE: dict[Phase, dict[object, tuple[Action, Action]]] = {
-    Phase.UPLOAD: {200: (A.CONTINUE,) * 2, 202: (A.CONTINUE,) * 2, 400: (A.FAILED,) * 2, 401: (A.ACCOUNT,) * 2,
-                   403: (A.ACCOUNT,) * 2, 404: (A.FAILED,) * 2, 408: (A.RETRY_CALL,) * 2, 409: (A.RETRY_CALL,) * 2,
-                   410: (A.FAILED,) * 2, 422: (A.FAILED,) * 2, 429: (A.RETRY_CALL,) * 2, 499: (A.FAILED,) * 2,
-                   500: (A.RETRY_CALL,) * 2, 502: (A.RETRY_CALL,) * 2, 503: (A.RETRY_CALL,) * 2,
-                   504: (A.RETRY_CALL,) * 2, "reset": (A.RETRY_CALL,) * 2, "timeout": (A.RETRY_CALL,) * 2,
-                   "connect": (A.RETRY_CALL,) * 2},
+    Phase.UPLOAD: {
+        200: (A.CONTINUE,) * 2,
+        202: (A.CONTINUE,) * 2,
+        400: (A.FAILED,) * 2,
+        401: (A.ACCOUNT,) * 2,
+        403: (A.ACCOUNT,) * 2,
+        404: (A.FAILED,) * 2,
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.RETRY_CALL,) * 2,
+        410: (A.FAILED,) * 2,
+        422: (A.FAILED,) * 2,
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.FAILED,) * 2,
+        500: (A.RETRY_CALL,) * 2,
+        502: (A.RETRY_CALL,) * 2,
+        503: (A.RETRY_CALL,) * 2,
+        504: (A.RETRY_CALL,) * 2,
+        "reset": (A.RETRY_CALL,) * 2,
+        "timeout": (A.RETRY_CALL,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
     # a submit is repeated only with proof that fal did not take it; anything else may have billed
-    Phase.SUBMIT: {200: (A.CONTINUE,) * 2, 202: (A.CONTINUE,) * 2, 400: (A.REJECTED,) * 2, 401: (A.ACCOUNT,) * 2,
-                   403: (A.ACCOUNT,) * 2, 404: (A.FAILED,) * 2, 408: (A.RETRY_CALL,) * 2, 409: (A.UNCERTAIN,) * 2,
-                   410: (A.FAILED,) * 2, 422: (A.REJECTED,) * 2, 429: (A.RETRY_CALL,) * 2, 499: (A.UNCERTAIN,) * 2,
-                   500: (A.UNCERTAIN,) * 2, 502: (A.UNCERTAIN,) * 2, 503: (A.UNCERTAIN,) * 2,
-                   504: (A.UNCERTAIN,) * 2, "reset": (A.UNCERTAIN,) * 2, "timeout": (A.UNCERTAIN,) * 2,
-                   "connect": (A.RETRY_CALL,) * 2},
+    Phase.SUBMIT: {
+        200: (A.CONTINUE,) * 2,
+        202: (A.CONTINUE,) * 2,
+        400: (A.REJECTED,) * 2,
+        401: (A.ACCOUNT,) * 2,
+        403: (A.ACCOUNT,) * 2,
+        404: (A.FAILED,) * 2,
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.UNCERTAIN,) * 2,
+        410: (A.FAILED,) * 2,
+        422: (A.REJECTED,) * 2,
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.UNCERTAIN,) * 2,
+        500: (A.UNCERTAIN,) * 2,
+        502: (A.UNCERTAIN,) * 2,
+        503: (A.UNCERTAIN,) * 2,
+        504: (A.UNCERTAIN,) * 2,
+        "reset": (A.UNCERTAIN,) * 2,
+        "timeout": (A.UNCERTAIN,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
     # a status that cannot be read is never the job's answer
-    Phase.STATUS: {200: (A.CONTINUE,) * 2, 202: (A.CONTINUE,) * 2, 400: (A.UNCERTAIN,) * 2, 401: (A.ACCOUNT,) * 2,
-                   403: (A.ACCOUNT,) * 2, 404: (A.UNCERTAIN,) * 2, 408: (A.RETRY_CALL,) * 2,
-                   409: (A.RETRY_CALL,) * 2, 410: (A.UNCERTAIN,) * 2, 422: (A.UNCERTAIN,) * 2,
-                   429: (A.RETRY_CALL,) * 2, 499: (A.UNCERTAIN,) * 2, 500: (A.RETRY_CALL,) * 2,
-                   502: (A.RETRY_CALL,) * 2, 503: (A.RETRY_CALL,) * 2, 504: (A.RETRY_CALL,) * 2,
-                   "reset": (A.RETRY_CALL,) * 2, "timeout": (A.RETRY_CALL,) * 2, "connect": (A.RETRY_CALL,) * 2},
+    Phase.STATUS: {
+        200: (A.CONTINUE,) * 2,
+        202: (A.CONTINUE,) * 2,
+        400: (A.UNCERTAIN,) * 2,
+        401: (A.ACCOUNT,) * 2,
+        403: (A.ACCOUNT,) * 2,
+        404: (A.UNCERTAIN,) * 2,
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.RETRY_CALL,) * 2,
+        410: (A.UNCERTAIN,) * 2,
+        422: (A.UNCERTAIN,) * 2,
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.UNCERTAIN,) * 2,
+        500: (A.RETRY_CALL,) * 2,
+        502: (A.RETRY_CALL,) * 2,
+        503: (A.RETRY_CALL,) * 2,
+        504: (A.RETRY_CALL,) * 2,
+        "reset": (A.RETRY_CALL,) * 2,
+        "timeout": (A.RETRY_CALL,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
     # without a request id, a result error is a failed call; with one, it is the model's answer
-    Phase.RESULT: {400: (A.FOLLOW_LATER, A.FAILED), 401: (A.ACCOUNT,) * 2, 403: (A.ACCOUNT,) * 2,
-                   404: (A.FAILED, A.FAILED), 408: (A.RETRY_CALL,) * 2, 409: (A.RETRY_CALL,) * 2,
-                   410: (A.FAILED, A.FAILED), 422: (A.FOLLOW_LATER, A.REJECTED), 429: (A.RETRY_CALL,) * 2,
-                   499: (A.FOLLOW_LATER, A.CANCELLED), 500: (A.RETRY_CALL, A.NEW_ATTEMPT),
-                   502: (A.RETRY_CALL, A.NEW_ATTEMPT), 503: (A.RETRY_CALL, A.NEW_ATTEMPT),
-                   504: (A.RETRY_CALL, A.NEW_ATTEMPT), "reset": (A.RETRY_CALL,) * 2,
-                   "timeout": (A.RETRY_CALL,) * 2, "connect": (A.RETRY_CALL,) * 2},
-    Phase.DOWNLOAD: {200: (A.CONTINUE,) * 2, 202: (A.CONTINUE,) * 2, 400: (A.UNDELIVERED,) * 2,
-                     401: (A.UNDELIVERED,) * 2, 403: (A.UNDELIVERED,) * 2, 404: (A.UNDELIVERED,) * 2,
-                     408: (A.RETRY_CALL,) * 2, 409: (A.RETRY_CALL,) * 2, 410: (A.UNDELIVERED,) * 2,
-                     422: (A.UNDELIVERED,) * 2, 429: (A.RETRY_CALL,) * 2, 499: (A.UNDELIVERED,) * 2,
-                     500: (A.RETRY_CALL,) * 2, 502: (A.RETRY_CALL,) * 2, 503: (A.RETRY_CALL,) * 2,
-                     504: (A.RETRY_CALL,) * 2, "reset": (A.RETRY_CALL,) * 2, "timeout": (A.RETRY_CALL,) * 2,
-                     "connect": (A.RETRY_CALL,) * 2},
-    Phase.CANCEL: {200: (A.CONTINUE,) * 2, 202: (A.CONTINUE,) * 2, 400: (A.CONTINUE,) * 2, 401: (A.ACCOUNT,) * 2,
-                   403: (A.ACCOUNT,) * 2, 404: (A.CONTINUE,) * 2, 408: (A.RETRY_CALL,) * 2,
-                   409: (A.RETRY_CALL,) * 2, 410: (A.FOLLOW_LATER,) * 2, 422: (A.FOLLOW_LATER,) * 2,
-                   429: (A.RETRY_CALL,) * 2, 499: (A.FOLLOW_LATER,) * 2, 500: (A.RETRY_CALL,) * 2,
-                   502: (A.RETRY_CALL,) * 2, 503: (A.RETRY_CALL,) * 2, 504: (A.RETRY_CALL,) * 2,
-                   "reset": (A.RETRY_CALL,) * 2, "timeout": (A.RETRY_CALL,) * 2, "connect": (A.RETRY_CALL,) * 2},
+    Phase.RESULT: {
+        400: (A.FOLLOW_LATER, A.FAILED),
+        401: (A.ACCOUNT,) * 2,
+        403: (A.ACCOUNT,) * 2,
+        404: (A.FAILED, A.FAILED),
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.RETRY_CALL,) * 2,
+        410: (A.FAILED, A.FAILED),
+        422: (A.FOLLOW_LATER, A.REJECTED),
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.FOLLOW_LATER, A.CANCELLED),
+        500: (A.RETRY_CALL, A.NEW_ATTEMPT),
+        502: (A.RETRY_CALL, A.NEW_ATTEMPT),
+        503: (A.RETRY_CALL, A.NEW_ATTEMPT),
+        504: (A.RETRY_CALL, A.NEW_ATTEMPT),
+        "reset": (A.RETRY_CALL,) * 2,
+        "timeout": (A.RETRY_CALL,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
+    Phase.DOWNLOAD: {
+        200: (A.CONTINUE,) * 2,
+        202: (A.CONTINUE,) * 2,
+        400: (A.UNDELIVERED,) * 2,
+        401: (A.UNDELIVERED,) * 2,
+        403: (A.UNDELIVERED,) * 2,
+        404: (A.UNDELIVERED,) * 2,
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.RETRY_CALL,) * 2,
+        410: (A.UNDELIVERED,) * 2,
+        422: (A.UNDELIVERED,) * 2,
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.UNDELIVERED,) * 2,
+        500: (A.RETRY_CALL,) * 2,
+        502: (A.RETRY_CALL,) * 2,
+        503: (A.RETRY_CALL,) * 2,
+        504: (A.RETRY_CALL,) * 2,
+        "reset": (A.RETRY_CALL,) * 2,
+        "timeout": (A.RETRY_CALL,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
+    Phase.CANCEL: {
+        200: (A.CONTINUE,) * 2,
+        202: (A.CONTINUE,) * 2,
+        400: (A.CONTINUE,) * 2,
+        401: (A.ACCOUNT,) * 2,
+        403: (A.ACCOUNT,) * 2,
+        404: (A.CONTINUE,) * 2,
+        408: (A.RETRY_CALL,) * 2,
+        409: (A.RETRY_CALL,) * 2,
+        410: (A.FOLLOW_LATER,) * 2,
+        422: (A.FOLLOW_LATER,) * 2,
+        429: (A.RETRY_CALL,) * 2,
+        499: (A.FOLLOW_LATER,) * 2,
+        500: (A.RETRY_CALL,) * 2,
+        502: (A.RETRY_CALL,) * 2,
+        503: (A.RETRY_CALL,) * 2,
+        504: (A.RETRY_CALL,) * 2,
+        "reset": (A.RETRY_CALL,) * 2,
+        "timeout": (A.RETRY_CALL,) * 2,
+        "connect": (A.RETRY_CALL,) * 2,
+    },
 }
 #: After its retries are used up, a call that kept failing becomes:
-EXHAUSTED = {Phase.UPLOAD: A.REQUEUE_UNSENT, Phase.SUBMIT: A.REQUEUE_UNSENT, Phase.STATUS: A.FOLLOW_LATER,
-             Phase.RESULT: A.FOLLOW_LATER, Phase.DOWNLOAD: A.UNDELIVERED, Phase.CANCEL: A.FOLLOW_LATER}
+EXHAUSTED = {
+    Phase.UPLOAD: A.REQUEUE_UNSENT,
+    Phase.SUBMIT: A.REQUEUE_UNSENT,
+    Phase.STATUS: A.FOLLOW_LATER,
+    Phase.RESULT: A.FOLLOW_LATER,
+    Phase.DOWNLOAD: A.UNDELIVERED,
+    Phase.CANCEL: A.FOLLOW_LATER,
+}
 
 
 def _reply(code: object, rid: bool, units: Decimal | None, ingress: bool = False) -> Reply:
@@ -69,11 +161,17 @@ def _reply(code: object, rid: bool, units: Decimal | None, ingress: bool = False
     return Reply(status=int(code), request_id="r" if rid else None, billable_units=units, ingress=ingress)
 
 
-CASES = [(phase, code, rid, units) for phase, row in TABLE.items() for code in CODES if code in row
-         for rid in (False, True) for units in (None, Decimal(0), Decimal(5))]
+CASES = [
+    (phase, code, rid, units)
+    for phase, row in TABLE.items()
+    for code in CODES
+    if code in row
+    for rid in (False, True)
+    for units in (None, Decimal(0), Decimal(5))
+]
 
 
-@pytest.mark.parametrize("phase,code,rid,units", CASES)
+@pytest.mark.parametrize(("phase", "code", "rid", "units"), CASES)
 def test_every_reply_in_every_phase_has_one_decision(phase: Phase, code: object, rid: bool, units: Decimal | None):
     reply = _reply(code, rid, units)
     first = decide(phase, reply, result=Result(reply, {"detail": "x"}))
@@ -87,7 +185,7 @@ def test_every_reply_in_every_phase_has_one_decision(phase: Phase, code: object,
         assert decide(phase, reply, exhausted=True).action == EXHAUSTED[phase]
 
 
-@pytest.mark.parametrize("phase,code,rid,units", CASES)
+@pytest.mark.parametrize(("phase", "code", "rid", "units"), CASES)
 def test_a_reply_that_may_have_billed_never_ends_the_job_at_no_cost(phase, code, rid, units):
     reply = _reply(code, rid, units)
     for exhausted in (False, True):
@@ -127,17 +225,20 @@ def test_an_expired_result_of_a_success_records_the_estimate():
     assert (d.action, d.bill) == (A.FAILED, Bill.ESTIMATE)
 
 
-@pytest.mark.parametrize("error_type,status,units,action,bill", [
-    ("runner_disconnected", 503, None, A.NEW_ATTEMPT, Bill.NOTHING),
-    ("client_cancelled", 499, None, A.CANCELLED, Bill.ASK),  # it may have run: fal's billing events say
-    ("client_cancelled", 499, Decimal(0), A.CANCELLED, Bill.NOTHING),
-    ("request_cancelled", 400, None, A.CANCELLED, Bill.ASK),
-    ("content_policy_violation", 422, None, A.FAILED, Bill.ASK),
-    ("content_policy_violation", 422, Decimal(0), A.FAILED, Bill.NOTHING),
-    ("content_policy_violation", 422, Decimal(3), A.FAILED, Bill.UNITS),
-    ("missing", 422, None, A.REJECTED, Bill.ASK),
-    ("file_download_error", 422, Decimal(2), A.REJECTED, Bill.UNITS),
-])
+@pytest.mark.parametrize(
+    ("error_type", "status", "units", "action", "bill"),
+    [
+        ("runner_disconnected", 503, None, A.NEW_ATTEMPT, Bill.NOTHING),
+        ("client_cancelled", 499, None, A.CANCELLED, Bill.ASK),  # it may have run: fal's billing events say
+        ("client_cancelled", 499, Decimal(0), A.CANCELLED, Bill.NOTHING),
+        ("request_cancelled", 400, None, A.CANCELLED, Bill.ASK),
+        ("content_policy_violation", 422, None, A.FAILED, Bill.ASK),
+        ("content_policy_violation", 422, Decimal(0), A.FAILED, Bill.NOTHING),
+        ("content_policy_violation", 422, Decimal(3), A.FAILED, Bill.UNITS),
+        ("missing", 422, None, A.REJECTED, Bill.ASK),
+        ("file_download_error", 422, Decimal(2), A.REJECTED, Bill.UNITS),
+    ],
+)
 def test_a_failed_run_by_fals_error_type(error_type, status, units, action, bill):
     completed = Completed((), "it failed", error_type)
     d = decide_result(completed, Result(Reply(status=status, request_id="r", billable_units=units), {"detail": "x"}))

@@ -18,15 +18,16 @@ def price(alias, params, duration=None, table=TABLE):
     return table.estimate(ep, ep.with_defaults(params), Decimal(duration) if duration else None)
 
 
-@pytest.mark.parametrize("resolution,five_s,ten_s", [("540p", "0.30", "0.60"), ("720p", "0.60", "1.20"),
-                                                      ("1080p", "1.80", "3.60")])
+@pytest.mark.parametrize(
+    ("resolution", "five_s", "ten_s"), [("540p", "0.30", "0.60"), ("720p", "0.60", "1.20"), ("1080p", "1.80", "3.60")]
+)
 def test_ray32_reframe_published_examples(resolution, five_s, ten_s):
     params = {"prompt": "p", "video_url": "v", "aspect_ratio": "9:16", "resolution": resolution}
     assert price("ray-3.2/reframe", params, "5").usd == five_s
     assert price("ray-3.2/reframe", params, "10").usd == ten_s
 
 
-@pytest.mark.parametrize("duration,units", [("5.000", 5), ("5.04", 6), ("0.5", 1), ("5.000001", 6), ("30.0", 30)])
+@pytest.mark.parametrize(("duration", "units"), [("5.000", 5), ("5.04", 6), ("0.5", 1), ("5.000001", 6), ("30.0", 30)])
 def test_started_seconds_round_up(duration, units):
     est = price("ray-3.2/reframe", {"prompt": "p", "video_url": "v", "aspect_ratio": "1:1"}, duration)
     assert est.billable_units == units
@@ -39,21 +40,40 @@ def test_per_second_endpoint_has_one_price_for_every_resolution():
     assert (est.billable_units, est.usd, est.verified) == (6, "0.36", True)
 
 
-@pytest.mark.parametrize("alias,params,usd", [
-    ("ray-2/text-to-video", {"prompt": "p"}, "0.50"),
-    ("ray-2/text-to-video", {"prompt": "p", "resolution": "1080p", "duration": "9s"}, "4.00"),
-    ("ray-2-flash/text-to-video", {"prompt": "p", "resolution": "720p"}, "0.40"),
-    ("ray-3.2/text-to-video", {"prompt": "p", "resolution": "1080p", "duration": "10s"}, "4.00"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v"}, "0.72"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "720p", "duration": "10s"}, "2.16"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "720p", "hdr": True}, "2.16"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "1080p", "hdr": True,
-                                "duration": "10s"}, "8.64"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "720p", "hdr": True,
-                                "exr_export": True}, "3.24"),
-    ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "1080p", "hdr": True,
-                                "exr_export": True, "duration": "10s"}, "12.96"),
-])
+@pytest.mark.parametrize(
+    ("alias", "params", "usd"),
+    [
+        ("ray-2/text-to-video", {"prompt": "p"}, "0.50"),
+        ("ray-2/text-to-video", {"prompt": "p", "resolution": "1080p", "duration": "9s"}, "4.00"),
+        ("ray-2-flash/text-to-video", {"prompt": "p", "resolution": "720p"}, "0.40"),
+        ("ray-3.2/text-to-video", {"prompt": "p", "resolution": "1080p", "duration": "10s"}, "4.00"),
+        ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v"}, "0.72"),
+        ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "720p", "duration": "10s"}, "2.16"),
+        ("ray-3.2/video-to-video", {"prompt": "p", "video_url": "v", "resolution": "720p", "hdr": True}, "2.16"),
+        (
+            "ray-3.2/video-to-video",
+            {"prompt": "p", "video_url": "v", "resolution": "1080p", "hdr": True, "duration": "10s"},
+            "8.64",
+        ),
+        (
+            "ray-3.2/video-to-video",
+            {"prompt": "p", "video_url": "v", "resolution": "720p", "hdr": True, "exr_export": True},
+            "3.24",
+        ),
+        (
+            "ray-3.2/video-to-video",
+            {
+                "prompt": "p",
+                "video_url": "v",
+                "resolution": "1080p",
+                "hdr": True,
+                "exr_export": True,
+                "duration": "10s",
+            },
+            "12.96",
+        ),
+    ],
+)
 def test_per_video_prices_follow_the_reference(alias, params, usd):
     est = price(alias, params)
     assert (est.usd, est.billable_units, est.unit) == (usd, 1, "video")
@@ -82,10 +102,13 @@ def test_only_prices_a_fal_page_we_hold_states_are_verified():
     assert not any(m.verified for m in v2v.modifiers)
 
 
-@pytest.mark.parametrize("entry,needle", [
-    ('{unit: second, prices: {"*": "1"}, evidence: hearsay}', "evidence must be one of"),
-    ('{unit: second, prices: {"*": "1"}, evidence: inferred, verified: true}', "needs evidence: fal-page"),
-])
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ('{unit: second, prices: {"*": "1"}, evidence: hearsay}', "evidence must be one of"),
+        ('{unit: second, prices: {"*": "1"}, evidence: inferred, verified: true}', "needs evidence: fal-page"),
+    ],
+)
 def test_evidence_is_checked(tmp_path: Path, entry, needle):
     f = tmp_path / "p.yaml"
     f.write_text(f'name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {entry}\n')
@@ -99,8 +122,10 @@ def test_estimates_name_the_table():
 
 def test_price_file_overrides_one_endpoint_and_keeps_the_rest(tmp_path: Path):
     f = tmp_path / "acme.yaml"
-    f.write_text('name: acme-negotiated\nversion: "7"\nendpoints:\n  ray-3.2/reframe:\n'
-                 '    unit: second\n    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n')
+    f.write_text(
+        'name: acme-negotiated\nversion: "7"\nendpoints:\n  ray-3.2/reframe:\n'
+        '    unit: second\n    prices: {540p: "0.05", 720p: "0.10", 1080p: "0.30"}\n'
+    )
     table = load_price_table(f)
     reframe = price("ray-3.2/reframe", {"prompt": "p", "video_url": "v", "aspect_ratio": "1:1"}, "5", table)
     assert (reframe.usd, reframe.price_table) == ("0.25", "acme-negotiated@7")
@@ -109,13 +134,22 @@ def test_price_file_overrides_one_endpoint_and_keeps_the_rest(tmp_path: Path):
     assert table.label == "acme-negotiated@7"
 
 
-@pytest.mark.parametrize("body,needle", [
-    ('name: x\nversion: "1"\nendpoints:\n  ray-9/reframe: {unit: second, prices: {"*": "1"}}\n', "unknown endpoint"),
-    ('name: x\nversion: "1"\nendpoints:\n  ray-3.2/reframe: {unit: second, prices: {540p: "1"}}\n', "720p"),
-    ('name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {unit: minute, prices: {"*": "1"}}\n', "unit must be"),
-    ('name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {unit: second, prices: {"*": "0.0000001"}}\n', "bad price"),
-    ('version: "1"\nendpoints: {}\n', "missing 'name'"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            'name: x\nversion: "1"\nendpoints:\n  ray-9/reframe: {unit: second, prices: {"*": "1"}}\n',
+            "unknown endpoint",
+        ),
+        ('name: x\nversion: "1"\nendpoints:\n  ray-3.2/reframe: {unit: second, prices: {540p: "1"}}\n', "720p"),
+        ('name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {unit: minute, prices: {"*": "1"}}\n', "unit must be"),
+        (
+            'name: x\nversion: "1"\nendpoints:\n  ray-2/reframe: {unit: second, prices: {"*": "0.0000001"}}\n',
+            "bad price",
+        ),
+        ('version: "1"\nendpoints: {}\n', "missing 'name'"),
+    ],
+)
 def test_bad_price_files_are_config_errors(tmp_path: Path, body, needle):
     f = tmp_path / "p.yaml"
     f.write_text(body)
@@ -132,7 +166,9 @@ def test_money_is_never_float():
     assert usd_to_micro(Decimal("12.34")) == 12_340_000
 
 
-@pytest.mark.parametrize("micro,text", [(360_000, "0.36"), (0, "0.00"), (12_960_000, "12.96"), (1_000_000, "1.00"),
-                                        (302_400, "0.3024"), (5, "0.000005")])
+@pytest.mark.parametrize(
+    ("micro", "text"),
+    [(360_000, "0.36"), (0, "0.00"), (12_960_000, "12.96"), (1_000_000, "1.00"), (302_400, "0.3024"), (5, "0.000005")],
+)
 def test_format_usd(micro, text):
     assert format_usd(micro) == text

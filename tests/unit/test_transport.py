@@ -5,7 +5,12 @@ import pytest
 
 from batch_runner.api.transport import RetryPolicy, error_for, is_ingress_error
 from batch_runner.errors import (
-    AccountLockedError, AuthError, InputRejectedError, RateLimitedError, RemoteError, TransientRemoteError,
+    AccountLockedError,
+    AuthError,
+    InputRejectedError,
+    RateLimitedError,
+    RemoteError,
+    TransientRemoteError,
 )
 
 
@@ -30,15 +35,18 @@ def _resp(code, body=None, headers=None, text=None):
     return httpx.Response(code, json=body, headers=headers, request=req)
 
 
-@pytest.mark.parametrize("resp,kind", [
-    (_resp(401, {"detail": "Invalid key"}), AuthError),
-    (_resp(403, {"detail": "User is locked. Reason: Exhausted balance."}), AccountLockedError),
-    (_resp(403, {"detail": "Forbidden"}), AuthError),
-    (_resp(429, {"detail": "slow down"}, {"Retry-After": "3"}), RateLimitedError),
-    (_resp(422, {"detail": [{"loc": ["body", "aspect_ratio"], "msg": "bad", "type": "enum"}]}), InputRejectedError),
-    (_resp(503, text="<html>nginx</html>"), TransientRemoteError),
-    (_resp(400, {"detail": "nope"}), RemoteError),
-])
+@pytest.mark.parametrize(
+    ("resp", "kind"),
+    [
+        (_resp(401, {"detail": "Invalid key"}), AuthError),
+        (_resp(403, {"detail": "User is locked. Reason: Exhausted balance."}), AccountLockedError),
+        (_resp(403, {"detail": "Forbidden"}), AuthError),
+        (_resp(429, {"detail": "slow down"}, {"Retry-After": "3"}), RateLimitedError),
+        (_resp(422, {"detail": [{"loc": ["body", "aspect_ratio"], "msg": "bad", "type": "enum"}]}), InputRejectedError),
+        (_resp(503, text="<html>nginx</html>"), TransientRemoteError),
+        (_resp(400, {"detail": "nope"}), RemoteError),
+    ],
+)
 def test_error_translation(resp, kind):
     err = error_for(resp, "submit")
     assert type(err) is kind and err.status == resp.status_code
@@ -46,8 +54,18 @@ def test_error_translation(resp, kind):
 
 
 def test_422_message_names_the_field_and_rate_limit_keeps_retry_after():
-    err = error_for(_resp(422, {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"},
-                                           {"loc": ["body", "x"], "msg": "y", "type": "z"}]}), "submit")
+    err = error_for(
+        _resp(
+            422,
+            {
+                "detail": [
+                    {"loc": ["body", "prompt"], "msg": "field required", "type": "missing"},
+                    {"loc": ["body", "x"], "msg": "y", "type": "z"},
+                ]
+            },
+        ),
+        "submit",
+    )
     assert "prompt: field required (and 1 more)" in err.message
     assert error_for(_resp(429, {}, {"Retry-After": "3"}), "status").retry_after_s == 3.0
 
