@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from . import runner
+from . import planner, runner
 from .config import ENV_DB, ENV_FAL_PRICES, ENV_FAL_URL, ENV_PRICES, Secret, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
@@ -153,7 +153,7 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
 @click.pass_obj
 def endpoints(app: _App, as_json: bool) -> None:
     """List every supported endpoint with its billing unit and prices."""
-    rows = runner.endpoint_prices(app.prices)
+    rows = planner.endpoint_prices(app.prices)
     if as_json:
         _emit_json({"price_table": app.prices.label, "endpoints": rows})
         return
@@ -193,8 +193,8 @@ def endpoints(app: _App, as_json: bool) -> None:
 @click.pass_obj
 def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool, show_diff: bool) -> None:
     """Expand MANIFEST, probe its sources and price every job. Writes no jobs, calls no API."""
-    result = runner.plan(manifest, app.settings, app.prices, app.repo)
-    diff = runner.diff_plan(result, app.repo) if show_diff else None
+    result = planner.plan(manifest, app.settings, app.prices, app.repo)
+    diff = planner.diff_plan(result, app.repo) if show_diff else None
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:
@@ -210,7 +210,7 @@ def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_in
     _check_plan(result, max_cost, skip_invalid)
 
 
-def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -> None:
+def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) -> None:
     budget = result.manifest.budget_micro_usd
     total = result.total_micro_usd
     if budget is not None and total > budget:
@@ -220,7 +220,7 @@ def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -
             err=True,
         )
     if result.invalid and not skip_invalid:
-        raise runner.invalid_items_error(result)
+        raise planner.invalid_items_error(result)
     if max_cost is not None and total > max_cost:
         raise BudgetExceededError(
             f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
@@ -228,7 +228,7 @@ def _check_plan(result: runner.Plan, max_cost: int | None, skip_invalid: bool) -
         )
 
 
-def _print_diff(result: runner.Plan, diff: runner.PlanDiff) -> None:
+def _print_diff(result: planner.Plan, diff: planner.PlanDiff) -> None:
     root = result.manifest.output_root
 
     def rel(path: str) -> str:
@@ -258,7 +258,7 @@ def _print_diff(result: runner.Plan, diff: runner.PlanDiff) -> None:
     )
 
 
-def _print_plan(result: runner.Plan) -> None:
+def _print_plan(result: planner.Plan) -> None:
     m = result.manifest
     root = m.output_root
     click.echo(
@@ -309,10 +309,10 @@ def _print_plan(result: runner.Plan) -> None:
 @click.pass_obj
 def enqueue(app: _App, manifest: Path, skip_invalid: bool, as_json: bool) -> None:
     """Write MANIFEST's jobs into the job table; jobs already there are left as they are."""
-    result = runner.plan(manifest, app.settings, app.prices, app.repo)
+    result = planner.plan(manifest, app.settings, app.prices, app.repo)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
-    added = runner.enqueue(result, app.repo, skip_invalid=skip_invalid)
+    added = planner.enqueue(result, app.repo, skip_invalid=skip_invalid)
     if as_json:
         _emit_json(
             {"batch": added.batch, "added": added.added, "existing": added.existing, "invalid": len(result.invalid)}
@@ -367,7 +367,7 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
                 + (f"  ({r['last_error']})" if r["last_error"] else "")
             )
         return
-    counts = runner.status(app.repo, batch)
+    counts = planner.status(app.repo, batch)
     if batch is not None and not counts and batch not in app.repo.batch_names():
         raise ConfigError(f'no batch named "{batch}"', hint="run `batch-runner status` to list batches")
     batches: dict[str, dict[str, Any]] = {}

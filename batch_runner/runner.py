@@ -1,371 +1,38 @@
-"""Use cases: plan a manifest (expand, probe, price), enqueue it, count jobs, list endpoints."""
+"""Use cases that talk to fal: run and work (enqueue, then the worker pool), resolve uncertain
+submits, retry and cancel jobs, and a job's history."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import secrets
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from . import catalog, fal_prices, probe
+from . import fal_prices
 from .api.client import FalClient
 from .config import Secret, Settings
 from .db.queue import JobQueue
-from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import FOLLOW_STATES, Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
+from .db.repo import Repository
+from .domain import FOLLOW_STATES, Actor, JobState, ProbeResult, format_usd
 from .errors import (
     BatchRunnerError,
     BudgetExceededError,
     ConfigError,
-    InvalidItemsError,
     JobsFailedError,
-    ManifestError,
     RemoteError,
     RunInterruptedError,
 )
-from .manifest import Manifest, load_manifest
 from .output import CheckSettings, Delivery
+from .planner import enqueue, plan
 from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
 from .pricing import PriceTable
 from .resolve import LISTING_LAG_S, Resolver, ResolveReport
 from .worker import Reporter, Worker, settle_cancel
-
-
-@dataclass(frozen=True)
-class InvalidItem:
-    source: str
-    reason: str
-    origin: str
-
-
-@dataclass
-class Plan:
-    """A priced, probed manifest: valid jobs, invalid sources and totals."""
-
-    manifest: Manifest
-    price_table: str
-    jobs: list[JobSpec]
-    invalid: list[InvalidItem]
-    probes_run: int = 0
-    probes_cached: int = 0
-    warnings: list[str] = field(default_factory=list)
-    fal_prices: str | None = None  # the synced fal prices jobs reserve against too (the higher wins)
-
-    @property
-    def total_micro_usd(self) -> int:
-        return sum(j.estimate.micro_usd for j in self.jobs if j.estimate)
-
-    def totals_by(self, what: str) -> dict[str, tuple[int, int]]:
-        """(jobs, micro-USD) grouped by "endpoint" or "resolution"."""
-        out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for j in self.jobs:
-            k = j.endpoint if what == "endpoint" else str(j.params.get("resolution", "n/a"))
-            out[k][0] += 1
-            out[k][1] += j.estimate.micro_usd if j.estimate else 0
-        return {k: (v[0], v[1]) for k, v in sorted(out.items())}
-
-    def to_json(self) -> dict[str, Any]:
-        """The stable `plan --json` shape (money as decimal strings)."""
-        return {
-            "batch": self.manifest.batch,
-            "price_table": self.price_table,
-            "fal_prices": self.fal_prices,
-            "jobs": [_job_json(j) for j in self.jobs],
-            "invalid": [{"source": i.source, "reason": i.reason, "origin": i.origin} for i in self.invalid],
-            "total_estimated_cost_usd": format_usd(self.total_micro_usd),
-            "by_endpoint": {
-                k: {"jobs": n, "estimated_cost_usd": format_usd(c)} for k, (n, c) in self.totals_by("endpoint").items()
-            },
-            "by_resolution": {
-                k: {"jobs": n, "estimated_cost_usd": format_usd(c)}
-                for k, (n, c) in self.totals_by("resolution").items()
-            },
-            "budget_usd": format_usd(self.manifest.budget_micro_usd)
-            if self.manifest.budget_micro_usd is not None
-            else None,
-            "unverified_prices": sorted({j.endpoint for j in self.jobs if j.estimate and not j.estimate.verified}),
-            "warnings": self.warnings,
-        }
-
-
-@dataclass
-class PlanDiff:
-    """What tonight's plan adds to the job table: new jobs, changed ones (they bill again),
-    unchanged ones (with their state) and jobs the manifest no longer produces."""
-
-    new: list[JobSpec]
-    changed: list[tuple[JobSpec, dict[str, Any]]]  # the planned job and the table row it replaces
-    unchanged: list[tuple[JobSpec, str]]  # with the job's state in the table
-    removed: list[dict[str, Any]]
-
-    @property
-    def added_micro_usd(self) -> int:
-        return sum(j.estimate.micro_usd for j in self.new if j.estimate) + sum(
-            j.estimate.micro_usd for j, _ in self.changed if j.estimate
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "new": [j.key for j in self.new],
-            "changed": [
-                {
-                    "key": j.key,
-                    "replaces": old["key"],
-                    "output": j.output,
-                    "estimated_cost_usd": j.estimate.usd if j.estimate else None,
-                }
-                for j, old in self.changed
-            ],
-            "unchanged": [{"key": j.key, "state": state} for j, state in self.unchanged],
-            "removed": [{"key": r["key"], "output": r["output_path"], "state": r["state"]} for r in self.removed],
-            "added_cost_usd": format_usd(self.added_micro_usd),
-        }
-
-
-def diff_plan(plan_: Plan, repo: Repository) -> PlanDiff:
-    """Compare a plan with the job table (by job key, and by output path for changed jobs)."""
-    rows = repo.batch_jobs(plan_.manifest.batch)
-    by_key = {r["key"]: r for r in rows}
-    by_output: dict[str, dict[str, Any]] = {}
-    for r in rows:  # the newest job for each output path
-        by_output[r["output_path"]] = r
-    new, changed, unchanged = [], [], []
-    planned_keys, planned_outputs = set(), set()
-    for job in plan_.jobs:
-        planned_keys.add(job.key)
-        planned_outputs.add(job.output)
-        if job.key in by_key:
-            unchanged.append((job, by_key[job.key]["state"]))
-        elif job.output in by_output:
-            changed.append((job, by_output[job.output]))
-        else:
-            new.append(job)
-    replaced = {old["key"] for _, old in changed}
-    removed = [
-        r
-        for r in rows
-        if r["key"] not in planned_keys and r["key"] not in replaced and r["output_path"] not in planned_outputs
-    ]
-    return PlanDiff(new, changed, unchanged, removed)
-
-
-def _job_json(j: JobSpec) -> dict[str, Any]:
-    est = j.estimate
-    assert est is not None
-    return {
-        "key": j.key,
-        "endpoint": j.endpoint,
-        "source": j.source,
-        "params": j.params,
-        "output": j.output,
-        "duration_s": float(j.probe.duration) if j.probe and j.probe.duration is not None else None,
-        "billable_units": str(est.billable_units),
-        "unit": est.unit,
-        "estimated_cost_usd": est.usd,
-        "priced_by": est.price_table,
-        "price_verified": est.verified,
-        "tags": list(j.tags),
-    }
-
-
-def job_key(job: JobSpec, fingerprints: dict[str, str]) -> str:
-    """Deterministic identity: endpoint + canonical input + fingerprints of its local media."""
-    media = sorted(
-        {fingerprints.get(v, v) for v in ([job.source] if job.source else []) + list(job.extra_media.values())}
-    )
-    canonical = json.dumps(
-        {"endpoint": job.endpoint, "input": job.params, "media": media},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repository | None) -> Plan:
-    """Expand, probe (through the cache) and price a manifest. Writes no jobs, calls no API."""
-    manifest = load_manifest(manifest_path)
-    ep = manifest.endpoint
-    synced = fal_prices.load_synced(settings.fal_prices_path)  # fal's prices from the last `prices sync`
-    sources = sorted({j.source for j in manifest.jobs if j.source and ep.source_kind})
-    extras = sorted({p for j in manifest.jobs for p in j.extra_media.values()})
-
-    fingerprints, failed = _fingerprint_all([*sources, *extras], settings)
-    cached = repo.cached_probes(fp for fp in fingerprints.values() if probe.cacheable(fp)) if repo else {}
-    probes: dict[str, ProbeResult] = {}
-    misses = []
-    hits = 0
-    for src in sources:
-        if src in failed:
-            continue
-        hit = cached.get(fingerprints[src])
-        if hit is not None and hit.kind == ep.source_kind:
-            probes[src] = hit
-            hits += 1
-        else:
-            misses.append(src)
-    if misses:
-        probe.require_ffprobe()
-        results = probe.run_parallel(
-            lambda s: probe.probe(s, ep.source_kind or "video", fingerprints[s], timeout_s=settings.probe_timeout_s),
-            misses,
-            settings.probe_concurrency,
-        )
-        fresh = []
-        for src, res in zip(misses, results, strict=True):
-            if isinstance(res, BatchRunnerError):
-                failed[src] = res.message
-            else:
-                probes[src] = res
-                if probe.cacheable(res.fingerprint):
-                    fresh.append(res)
-        if repo:
-            repo.store_probes(fresh)
-
-    jobs: list[JobSpec] = []
-    invalid: dict[tuple[str, str], InvalidItem] = {}
-    seen_keys: dict[str, JobSpec] = {}
-    for job in manifest.jobs:
-        bad = next((failed[m] for m in [job.source, *job.extra_media.values()] if m in failed), None)
-        if bad:
-            invalid.setdefault(
-                (job.source or "", bad), InvalidItem(job.source or "", _strip(bad, job.source), job.origin)
-            )
-            continue
-        pr = probes.get(job.source) if job.source else None
-        duration = pr.duration if pr else None
-        issues = ep.validate(job.params, source_duration=duration)
-        if issues:
-            reason = f"{issues[0].field}: {issues[0].msg}" + (f" ({issues[0].hint})" if issues[0].hint else "")
-            invalid.setdefault((job.source or "", reason), InvalidItem(job.source or "", reason, job.origin))
-            continue
-        job.probe = pr
-        job.fingerprint = fingerprints.get(job.source, "") if job.source else ""
-        job.estimate = fal_prices.reserve(prices.estimate(ep, job.params, duration), prices.entry(ep.id), synced)
-        job.key = job_key(job, fingerprints)
-        if job.key in seen_keys:
-            raise ManifestError(
-                f"the same job appears twice ({seen_keys[job.key].origin} and {job.origin})",
-                file=str(manifest_path),
-                field="sources",
-                hint="list each source once",
-            )
-        seen_keys[job.key] = job
-        jobs.append(job)
-    return Plan(
-        manifest,
-        prices.label,
-        jobs,
-        list(invalid.values()),
-        probes_run=len(misses),
-        probes_cached=hits,
-        warnings=list(manifest.warnings),
-        fal_prices=synced.label if synced else None,
-    )
-
-
-def _strip(reason: str, source: str | None) -> str:
-    if source and reason.startswith(f"{source}: "):
-        return reason[len(source) + 2 :]
-    return reason
-
-
-def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    urls = [s for s in items if is_remote(s, data_uri=False)]
-    client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True) if urls else None
-    try:
-        results = probe.run_parallel(lambda s: probe.fingerprint(s, client), items, settings.probe_concurrency)
-    finally:
-        if client:
-            client.close()
-    ok, failed = {}, {}
-    for item, res in zip(items, results, strict=True):
-        if isinstance(res, BatchRunnerError):
-            failed[item] = res.message
-        else:
-            ok[item] = res
-    return ok, failed
-
-
-def enqueue(plan_: Plan, repo: Repository, *, skip_invalid: bool = False) -> EnqueueResult:
-    """Write the plan's jobs into the job table; with invalid sources, write nothing unless told."""
-    if plan_.invalid and not skip_invalid:
-        raise invalid_items_error(plan_)
-    m = plan_.manifest
-    return repo.enqueue(
-        m.batch,
-        str(m.path.resolve()),
-        m.budget_micro_usd,
-        plan_.jobs,
-        Actor.current(),
-        daily_budget_micro_usd=m.daily_budget_micro_usd,
-        warn_at_micro_usd=m.warn_at_micro_usd,
-    )
-
-
-def invalid_items_error(plan_: Plan) -> InvalidItemsError:
-    first = plan_.invalid[0]
-    more = f" and {len(plan_.invalid) - 1} more" if len(plan_.invalid) > 1 else ""
-    return InvalidItemsError(
-        f"{len(plan_.invalid)} invalid source(s): {first.origin}: {first.source}: {first.reason}{more}",
-        hint="fix them, or pass --skip-invalid to leave them out",
-    )
-
-
-def status(repo: Repository, batch: str | None = None) -> list[StateCount]:
-    return repo.state_counts(batch)
-
-
-def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:
-    """Every endpoint with its billing rule and its price per resolution and duration."""
-    out = []
-    for ep in catalog.ENDPOINTS:
-        entry = prices.entry(ep.id)
-        rows = []
-        for res in catalog.RESOLUTIONS if ep.has_resolution else (None,):
-            for dur in (ep.durations or (None,)) if ep.billing == catalog.PER_VIDEO else (None,):
-                params = ep.with_defaults({k: v for k, v in (("resolution", res), ("duration", dur)) if v})
-                est = prices.estimate(ep, params, None if ep.billing == catalog.PER_VIDEO else Decimal(1))
-                rows.append(
-                    {
-                        "resolution": res,
-                        "duration": dur,
-                        "usd": est.usd,
-                        "per": "video" if ep.billing == catalog.PER_VIDEO else "second",
-                    }
-                )
-        out.append(
-            {
-                "id": ep.id,
-                "alias": ep.alias,
-                "model": ep.model,
-                "family": ep.family,
-                "billing": ep.billing,
-                "unit": entry.unit,
-                "price_table": entry.table,
-                "verified": entry.verified,
-                "evidence": entry.evidence,
-                "source": entry.source,
-                "prices": rows,
-                "modifiers": [
-                    {"when": m.when, "multiplier": str(m.multiplier), "verified": m.verified} for m in entry.modifiers
-                ],
-                "media_inputs": ep.media_fields,
-                "max_source_s": str(ep.max_source_s) if ep.max_source_s else None,
-            }
-        )
-    return out
-
 
 # --------------------------------------------------------------------------- run and work
 

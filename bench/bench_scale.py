@@ -111,7 +111,7 @@ def contender(manifest: Path, backend: str, processes: int, threads: int, speed:
 def claim_ms(manifest: Path, backend: str, claims: int = 200) -> float:
     """Mean wall time of one claim transaction (dispatch lock, sweep, pick, reserve, attempt,
     audit event), measured in-process with nothing else running."""
-    from batch_runner import runner
+    from batch_runner import planner
     from batch_runner.config import Settings
     from batch_runner.db import engine as db_engine
     from batch_runner.db.queue import Claim, JobQueue
@@ -123,7 +123,7 @@ def claim_ms(manifest: Path, backend: str, claims: int = 200) -> float:
     try:
         repo = Repository(db_engine.open_engine(url, auto_migrate=True))
         settings = Settings(db_url=url)
-        runner.enqueue(runner.plan(manifest, settings, load_price_table(), repo), repo)
+        planner.enqueue(planner.plan(manifest, settings, load_price_table(), repo), repo)
         queue = JobQueue(repo.engine, Actor.current(), 60)
         run = queue.start_run("claims", "bench", None)
         start = time.perf_counter()

@@ -11,7 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from batch_runner import runner
+from batch_runner import planner, runner
 from batch_runner.api.client import FalClient
 from batch_runner.api.transport import RetryPolicy
 from batch_runner.config import FalHosts, Secret
@@ -190,7 +190,7 @@ def test_an_output_folder_swapped_for_a_symlink_after_enqueue_is_never_written_t
 ):
     """Reproduction 8: delivery checks the real path, not the plan's."""
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
-    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    planner.enqueue(planner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "out").mkdir()

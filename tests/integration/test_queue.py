@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from batch_runner import runner
+from batch_runner import planner
 from batch_runner.db.queue import Claim, JobQueue
 from batch_runner.domain import Actor, JobState
 from batch_runner.errors import LeaseLostError
@@ -24,7 +24,7 @@ PRICE = 300_000  # one 5 s reframe at 540p
 def bench(tmp_path, media, db_url):
     """Two queued jobs (one clip × two aspect ratios); nothing talks to fal here."""
     b = make_bench(tmp_path, media, SimpleNamespace(url="http://127.0.0.1:9"), clips=1, db_url=db_url)
-    runner.enqueue(runner.plan(b.manifest, b.settings, load_price_table(), b.repo), b.repo)
+    planner.enqueue(planner.plan(b.manifest, b.settings, load_price_table(), b.repo), b.repo)
     return b
 
 
@@ -174,12 +174,12 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
     in flight, never more reserved than the budget."""
     import threading
 
-    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    planner.enqueue(planner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
     (tmp_path / "more").mkdir()
     more = make_bench(
         tmp_path / "more", media, SimpleNamespace(url="http://127.0.0.1:9"), clips=4, db_url=bench.db_url, batch="b"
     )  # the same batch: 8 more jobs
-    runner.enqueue(runner.plan(more.manifest, more.settings, load_price_table(), more.repo), more.repo)
+    planner.enqueue(planner.plan(more.manifest, more.settings, load_price_table(), more.repo), more.repo)
     total = bench.sql("select count(*) from jobs")[0][0]
     assert total == 10
     workers = [_worker(bench, f"m{i % 6}", pid=100 + i) for i in range(12)]

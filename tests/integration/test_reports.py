@@ -12,7 +12,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from batch_runner import runner
+from batch_runner import planner
 from batch_runner.cli import cli
 from batch_runner.media import make_clip
 from batch_runner.pricing import load_price_table
@@ -60,7 +60,7 @@ def test_report_figures_equal_independent_sums(tmp_path, media, emulator_factory
         cost_at_fal.update(
             {r["request_id"]: Decimal(r["cost_usd"] or "0") for r in bench.emulator_log() if r["request_id"]}
         )
-    planned = runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
+    planned = planner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
     estimated = sum(Decimal(j["estimated_cost_usd"]) for j in planned.to_json()["jobs"])
     attempts = bench.sql(
         "select a.request_id, a.number, a.state, j.estimate_micro_usd from attempts a join jobs j on j.id = a.job_id"

@@ -155,12 +155,12 @@ def test_an_output_longer_than_the_convention_is_delivered_with_a_warning_or_fai
 
 
 def test_source_changed_after_planning_fails_before_paying(tmp_path, media, emulator_factory, db_url):
-    from batch_runner import runner
+    from batch_runner import planner
     from batch_runner.pricing import load_price_table
 
     bench = make_bench(tmp_path, media, db_url=db_url, emulator=emulator_factory(), clips=1)
-    planned = runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
-    runner.enqueue(planned, bench.repo)
+    planned = planner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo)
+    planner.enqueue(planned, bench.repo)
     (tmp_path / "media" / "clip0.mp4").write_bytes(media["c5_04"].read_bytes())
     summary = bench.run(manifest=False, batches=["b"])
     assert summary.counts == {"failed": 2} and summary.billed_micro_usd == 0
@@ -239,11 +239,11 @@ def _dead_worker_claimed_job_1(bench, attempt_state: str) -> None:
 
     from sqlalchemy import insert, update
 
-    from batch_runner import runner
+    from batch_runner import planner
     from batch_runner.db.models import Attempt, Job
     from batch_runner.pricing import load_price_table
 
-    runner.enqueue(runner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
+    planner.enqueue(planner.plan(bench.manifest, bench.settings, load_price_table(), bench.repo), bench.repo)
     past = datetime.now(UTC) - timedelta(seconds=5)
     with bench.engine.begin() as conn:
         conn.execute(

@@ -28,6 +28,7 @@ LAYERS = {
     "emulator": 4,
     "fal_prices": 4,
     "worker": 5,
+    "planner": 5,
     "pool": 6,
     "resolve": 6,
     "runner": 7,
