@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from ..config import FalHosts, Secret
 from ..errors import AmbiguousSubmitError, AuthError, RemoteError, TransientRemoteError
@@ -197,15 +198,18 @@ class FalClient:
             ) as resp:
                 if resp.status_code != 200:
                     raise TransientRemoteError(f"status stream: HTTP {resp.status_code}")
-                for line in resp.iter_lines():
+                # httpx-sse parses the stream as the SSE spec says (comment keep-alives skipped,
+                # multi-line data joined), as fal-js's eventsource-parser does (streaming.ts)
+                for sse in EventSource(resp).iter_sse():
                     if self.stop.is_set():
                         return
-                    if line.startswith("data:"):
-                        event = parse_status(json.loads(line[5:].strip()))
-                        yield event
-                        if isinstance(event, Completed):
-                            return
-        except (httpx.TransportError, json.JSONDecodeError, RemoteError) as exc:
+                    if not sse.data:
+                        continue
+                    event = parse_status(json.loads(sse.data))
+                    yield event
+                    if isinstance(event, Completed):
+                        return
+        except (httpx.TransportError, json.JSONDecodeError, SSEError, RemoteError) as exc:
             if isinstance(exc, TransientRemoteError):
                 raise
             raise TransientRemoteError(f"status stream: {type(exc).__name__}") from exc
