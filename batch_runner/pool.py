@@ -16,7 +16,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from .api.transport import RetryPolicy
-from .db.queue import BudgetStop, Claim, JobQueue, RunInfo
+from .budget import BudgetStop
+from .db.dispatch import RunInfo
+from .db.queue import JobQueue
+from .db.transition import Claim
 from .domain import JobState
 from .errors import AccountLockedError, AuthError, BatchRunnerError
 from .logs import get_logger
@@ -280,16 +283,6 @@ class Pool:
         return True
 
 
-def pid_namespace() -> str | None:
-    """This process's pid namespace (Linux), e.g. 4026531836; None where there is none to read."""
-    try:
-        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
-    except OSError:
-        return None
-    digits = "".join(ch for ch in link if ch.isdigit())
-    return digits or None
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -300,4 +293,4 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["CircuitBreaker", "Pool", "PoolOutcome", "PoolSettings", "pid_alive", "pid_namespace"]
+__all__ = ["CircuitBreaker", "Pool", "PoolOutcome", "PoolSettings", "pid_alive"]

@@ -17,9 +17,8 @@ from typing import Any
 from . import catalog
 from .api.client import FalClient, malformed
 from .db.ledger import ledger
-from .db.queue import JobQueue
 from .db.repo import Repository
-from .domain import Actor, AttemptState, format_usd, usd_to_micro
+from .domain import AttemptState, format_usd, usd_to_micro
 from .errors import RemoteError
 from .fal_prices import SyncedPrices, our_unit
 from .pricing import PriceTable
@@ -286,10 +285,9 @@ def _confirm(repo: Repository, client: FalClient, differences: list[Difference])
     confirmed: dict[int, str] = {}
     wanted = {u["id"] for d in differences for u in d.explained_by}
     if wanted:
-        queue = JobQueue(repo.engine, Actor.current(), 60)
-        pairs = [(j, a) for j, a in queue.uncertain_jobs(None) if a["id"] in wanted]
+        pairs = [(j, a) for j, a in repo.settler.uncertain_jobs(None) if a["id"] in wanted]
         try:
-            resolver = Resolver(queue, client)
+            resolver = Resolver(repo.settler, client)
             found = resolver.lookup(pairs)
             billed = {e.request_id for e in resolver.billed_events(pairs, found)}
         except RemoteError:

@@ -16,7 +16,7 @@ from typing import Any
 from .api.answers import input_sha256
 from .api.client import FalClient
 from .api.platform import BillingEvent, FalRequestRecord, billing_events, list_requests
-from .db.queue import JobQueue
+from .db.settle import Settler
 from .domain import PENDING_BILLING_EVENTS, format_usd
 from .errors import AuthError, RemoteError
 
@@ -68,15 +68,15 @@ class Resolver:
     """Looks uncertain submits and pending bills up in fal's records, and records what it finds."""
 
     def __init__(
-        self, queue: JobQueue, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S, now: datetime | None = None
+        self, settler: Settler, client: FalClient, *, listing_lag_s: float = LISTING_LAG_S, now: datetime | None = None
     ) -> None:
-        self.queue, self.client, self.lag = queue, client, timedelta(seconds=listing_lag_s)
+        self.settler, self.client, self.lag = settler, client, timedelta(seconds=listing_lag_s)
         self.now = now or datetime.now(UTC)
 
     def run(self, batches: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> ResolveReport:
         report = ResolveReport()
         try:
-            uncertain = self.queue.uncertain_jobs(batches, job_ids)
+            uncertain = self.settler.uncertain_jobs(batches, job_ids)
             found = self.lookup(uncertain)
             events = self._events([a for _, a in uncertain], found)
             for job, attempt in uncertain:
@@ -100,7 +100,7 @@ class Resolver:
             start = min(_sent(a) for a in attempts) - SLACK
             end = max(self.now, max(_sent(a) for a in attempts) + SLACK)
             records = list_requests(self.client.transport, self.client.hosts.api, endpoint, start, end)
-            known = self.queue.known_request_ids(r.request_id for r in records)
+            known = self.settler.known_request_ids(r.request_id for r in records)
             taken: set[str] = set()
             for attempt in sorted(attempts, key=_sent):
                 hit = self._match(attempt, records, known | taken)
@@ -161,7 +161,7 @@ class Resolver:
                     f"not in fal's request list yet; settled after "
                     f"{self.lag.total_seconds() / 60:g} min from the submit",
                 )
-            if self.queue.settle_unsent(job, attempt, "fal has no request for this submit: queued again"):
+            if self.settler.settle_unsent(job, attempt, "fal has no request for this submit: queued again"):
                 return Settlement(jid, "requeued", "fal never created the request")
             return Settlement(jid, "left", "changed meanwhile")
         rid = record.request_id
@@ -169,13 +169,13 @@ class Resolver:
         if record.ended_at is None or record.status_code == 200 or event is not None:
             urls = self.client.request_urls(job["endpoint"], rid)
             how = "running at fal" if record.ended_at is None else f"ended with HTTP {record.status_code}"
-            if self.queue.adopt(job, attempt, rid, urls.status_url, urls.response_url, urls.cancel_url, how):
+            if self.settler.adopt(job, attempt, rid, urls.status_url, urls.response_url, urls.cancel_url, how):
                 return Settlement(
                     jid, "adopted", f"fal has it ({how}); the next run follows it and records its cost", rid
                 )
             return Settlement(jid, "left", "changed meanwhile", rid)
         reason = f"fal ran request {rid} and it failed (HTTP {record.status_code}) without billing: queued again"
-        if self.queue.settle_unsent(job, attempt, reason, request_id=rid, price_source=BILLING_EVENTS_SOURCE):
+        if self.settler.settle_unsent(job, attempt, reason, request_id=rid, price_source=BILLING_EVENTS_SOURCE):
             return Settlement(jid, "requeued", reason, rid)
         return Settlement(jid, "left", "changed meanwhile", rid)
 
@@ -188,7 +188,7 @@ class Resolver:
         missing event is not proof that fal charged nothing for output it delivered."""
         # fal's billing events answer at most 90 days per call (docs: platform-apis/v1/models/billing-events);
         # older bills stay as they are, marked, and are no longer asked about
-        pending = [a for a in self.queue.pending_bills(batches) if self.now - a["created_at"] < BILLING_LOOKBACK]
+        pending = [a for a in self.settler.pending_bills(batches) if self.now - a["created_at"] < BILLING_LOOKBACK]
         if not pending:
             return []
         start = min(a["created_at"] for a in pending) - SLACK
@@ -222,7 +222,7 @@ class Resolver:
                 continue
             billed = event.cost_micro_usd if event else 0
             units = f"{event.output_units:f}" if event and event.output_units is not None else None
-            self.queue.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)
+            self.settler.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)
             out.append(
                 Settlement(attempt["job_id"], "billed", f"fal billed ${format_usd(billed)}", attempt["request_id"])
             )
@@ -236,7 +236,7 @@ class Resolver:
         Never created: cancelled here. Not findable yet: left as it is, and said so."""
         report = ResolveReport()
         try:
-            uncertain = self.queue.uncertain_jobs(batches, job_ids)
+            uncertain = self.settler.uncertain_jobs(batches, job_ids)
             found = self.lookup(uncertain)
             for job, attempt in uncertain:
                 report.settled.append(self._cancel_one(job, attempt, found.get(attempt["id"])))
@@ -253,15 +253,15 @@ class Resolver:
                     "left",
                     "not cancelled: fal's request list does not show it yet, so it may still run; try again later",
                 )
-            if self.queue.cancel_uncertain(job, attempt, "cancelled: fal never created the request"):
+            if self.settler.cancel_uncertain(job, attempt, "cancelled: fal never created the request"):
                 return Settlement(jid, "cancelled", "fal never created the request")
             return Settlement(jid, "left", "changed meanwhile")
         urls = self.client.request_urls(job["endpoint"], record.request_id)
         answer = self.client.cancel(urls.cancel_url) if record.ended_at is None else "ALREADY_COMPLETED"
         if answer == "OK":
-            self.queue.cancel_uncertain(job, attempt, f"cancelled at fal while queued ({answer})", record.request_id)
+            self.settler.cancel_uncertain(job, attempt, f"cancelled at fal while queued ({answer})", record.request_id)
             return Settlement(jid, "cancelled", "cancelled at fal before it ran: nothing billed", record.request_id)
-        self.queue.adopt(
+        self.settler.adopt(
             job,
             attempt,
             record.request_id,

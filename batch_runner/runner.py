@@ -15,9 +15,12 @@ from typing import Any
 
 from . import fal_prices
 from .api.client import FalClient
+from .budget import STOP_HINT, stop_message
 from .config import Secret, Settings
+from .db.plumbing import pid_namespace
 from .db.queue import JobQueue
 from .db.repo import Repository
+from .db.settle import Settler
 from .domain import FOLLOW_STATES, Actor, JobState, ProbeResult, format_usd
 from .errors import (
     BatchRunnerError,
@@ -29,7 +32,7 @@ from .errors import (
 )
 from .output import CheckSettings, Delivery
 from .planner import enqueue, plan
-from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive, pid_namespace
+from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive
 from .pricing import PriceTable
 from .resolve import LISTING_LAG_S, Resolver, ResolveReport
 from .worker import Reporter, Worker, settle_cancel
@@ -70,13 +73,11 @@ class RunSummary:
                 "recorded and the next run resumes them"
             )
         if self.stopped_by == "budget":
-            window = " in the last 24 h" if self.budget_stop_scope != "run" else ""
-            left = format_usd(max(0, self.budget_left_micro_usd or 0))
             return BudgetExceededError(
-                f"budget stop ({self.budget_stop_scope} budget): ${left} "
-                f"of ${format_usd(self.budget_stop_limit_micro_usd or 0)} left{window}, not enough for the next job; "
-                f"{self.not_run} job(s) did not run",
-                hint="raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) and run again",
+                stop_message(
+                    self.budget_stop_scope, self.budget_left_micro_usd, self.budget_stop_limit_micro_usd, self.not_run
+                ),
+                hint=STOP_HINT,
             )
         if self.failed:
             return JobsFailedError(
@@ -148,7 +149,7 @@ def run_jobs(
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
     queue.expire_dead_local_leases(pid_alive)  # a killed predecessor on this machine: settle its work now
     queue.sweep(batches, run.id)
-    _settle_own(queue, settings, key, batches, pool, reporter, stop)
+    _settle_own(repo.settler, settings, key, batches, pool, reporter, stop)
     reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
     probes_cache: dict[str, ProbeResult | None] = {}
 
@@ -247,7 +248,7 @@ def run_jobs(
 
 
 def _settle_own(
-    queue: JobQueue,
+    settler: Settler,
     settings: Settings,
     key: Secret,
     batches: list[str] | None,
@@ -259,7 +260,7 @@ def _settle_own(
     Without an admin key they stay as they are, and the run says so once."""
     admin = FalClient(settings.hosts, settings.fal_admin_key or key, pool=1, policy=pool.retry_policy, stop=stop)
     try:
-        report = Resolver(queue, admin, listing_lag_s=pool.settle_after_s).run(batches)
+        report = Resolver(settler, admin, listing_lag_s=pool.settle_after_s).run(batches)
     except RemoteError as exc:
         reporter.event("warning", {}, message=f"uncertain jobs not settled: {exc}")
         return
@@ -288,7 +289,7 @@ def resolve_jobs(
         )
     client = FalClient(settings.hosts, key or Secret("local"), pool=1)
     try:
-        resolver = Resolver(_queue(repo), client, listing_lag_s=listing_lag_s)
+        resolver = Resolver(repo.settler, client, listing_lag_s=listing_lag_s)
         if cancel_ids is not None:
             return resolver.cancel(batches, cancel_ids)
         return resolver.run(batches)
@@ -299,21 +300,15 @@ def resolve_jobs(
 # --------------------------------------------------------------------------- manage jobs
 
 
-def _queue(repo: Repository) -> JobQueue:
-    """Queue access for the management commands (they hold no leases)."""
-    return JobQueue(repo.engine, Actor.current(), 60, pid_namespace=pid_namespace())
-
-
 def select_jobs(
     repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]
 ) -> list[dict[str, Any]]:
-    queue = _queue(repo)
     if refs:
-        found = queue.find_jobs(refs)
+        found = repo.find_jobs(refs)
         if not found:
             raise ConfigError(f"no job matches {', '.join(refs)}", hint="use a job id or a key prefix from `status`")
         return [j for j in found if not states or j["state"] in {s.value for s in states}]
-    return queue.jobs_in(batches, states)
+    return repo.jobs_in(batches, states)
 
 
 @dataclass(frozen=True)
@@ -340,14 +335,13 @@ class RetryItem:
 
 def retry_plan(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> list[RetryItem]:
     """What `retry` would queue, and what each may pay again (nothing for a re-download)."""
-    return [RetryItem(job, how) for job, how in _queue(repo).retry_plan([j["id"] for j in jobs], states)]
+    return [RetryItem(job, how) for job, how in repo.retry_plan([j["id"] for j in jobs], states)]
 
 
 def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> int:
     """Queue failed, cancelled or uncertain jobs again: a paid output that never arrived is fetched
     again (free); any other job gets a new attempt and a fresh set of automatic attempts."""
-    queue = _queue(repo)
-    return queue.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
+    return repo.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
 
 
 @dataclass
@@ -368,7 +362,6 @@ def cancel_jobs(
 ) -> CancelResult:
     """Cancel queued jobs here, in-flight ones through fal's API, and uncertain ones after finding
     their request at fal. Refuses before changing anything when it lacks the key it needs."""
-    queue = _queue(repo)
     in_flight = [j for j in jobs if JobState(j["state"]) in FOLLOW_STATES]
     uncertain = [j["id"] for j in jobs if j["state"] == JobState.UNCERTAIN.value]
     if in_flight and client is None:
@@ -384,13 +377,13 @@ def cancel_jobs(
         )
     result = CancelResult()
     if uncertain and admin is not None:
-        result.uncertain = Resolver(queue, admin, listing_lag_s=listing_lag_s).cancel(None, uncertain)
+        result.uncertain = Resolver(repo.settler, admin, listing_lag_s=listing_lag_s).cancel(None, uncertain)
     ids = [j["id"] for j in jobs]
-    result.queued = queue.cancel_queued(ids, "cancel requested")
-    claims = queue.lease_for_cancel([j["id"] for j in in_flight])
+    result.queued = repo.cancel_queued(ids, "cancel requested")
+    claims = repo.lease_for_cancel([j["id"] for j in in_flight])
     for claim in claims:
         answer = client.cancel(claim.attempt["cancel_url"]) if client else "?"
-        if settle_cancel(queue, claim, answer):
+        if settle_cancel(repo, claim, answer):
             result.at_fal += 1
         else:
             result.running += 1
@@ -398,11 +391,10 @@ def cancel_jobs(
 
 
 def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    queue = _queue(repo)
-    found = queue.find_jobs([ref])
+    found = repo.find_jobs([ref])
     if not found:
         raise ConfigError(f"no job matches {ref!r}", hint="use a job id or a key prefix from `status --state …`")
     if len(found) > 1:
         raise ConfigError(f"{ref!r} matches {len(found)} jobs", hint="give more of the key")
-    attempts, events = queue.history(found[0]["id"])
+    attempts, events = repo.history(found[0]["id"])
     return found[0], attempts, events

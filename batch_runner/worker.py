@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from . import catalog, probe
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
-from .db.queue import Claim, JobQueue
+from .db.queue import JobQueue
+from .db.transition import Claim, Transitions
 from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, is_remote, usd_to_micro
 from .errors import AccountLockedError, AuthError, LeaseLostError, ProbeError, RemoteError
 from .fal_prices import SyncedPrices, reserve
@@ -459,7 +460,7 @@ class Worker:
         )
 
 
-def settle_cancel(queue: JobQueue, claim: Claim, answer: str) -> bool:
+def settle_cancel(queue: Transitions, claim: Claim, answer: str) -> bool:
     """Record fal's answer to a cancel (outcome.decide_cancel): `OK` ends the job now; any other
     answer leaves it to be followed to its real end."""
     if decide_cancel(answer).action == Action.CANCELLED:

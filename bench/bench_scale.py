@@ -114,8 +114,9 @@ def claim_ms(manifest: Path, backend: str, claims: int = 200) -> float:
     from batch_runner import planner
     from batch_runner.config import Settings
     from batch_runner.db import engine as db_engine
-    from batch_runner.db.queue import Claim, JobQueue
+    from batch_runner.db.queue import JobQueue
     from batch_runner.db.repo import Repository
+    from batch_runner.db.transition import Claim
     from batch_runner.domain import Actor
     from batch_runner.pricing import load_price_table
 

@@ -1,4 +1,5 @@
-"""All SQL of batch_runner: the probe cache, enqueueing, counting; one place for writes."""
+"""The commands' face of the database: enqueueing, the probe cache, counts, finding jobs, their
+history, retry and cancel, and settling with fal's records (`settler`). Workers use `JobQueue`."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.engine import Connection
 
-from ..domain import Actor, JobSpec, JobState, ProbeResult, ceil_decimal
-from ..errors import DatabaseError
-from .engine import safe_url, write_lock
-from .models import Batch, Event, Job, Probe, table, utcnow
+from ..domain import FOLLOW_STATES, Actor, AttemptState, JobSpec, JobState, ProbeResult, ceil_decimal
+from .models import Attempt, Batch, Event, Job, Probe, table, utcnow
+from .plumbing import event_row, insert_events, pid_namespace, upsert
+from .settle import Settler
+from .transition import Claim, Transitions
+
+J, A = table(Job), table(Attempt)
+CANCEL_LEASE_S = 60.0  # how long `cancel` holds the in-flight jobs it is cancelling at fal
 
 _CHUNK = 500  # rows per IN (...) lookup, well under SQLite's variable limit
 
@@ -46,45 +49,35 @@ class StateCount:
     estimated_micro_usd: int
 
 
-class Repository:
-    """The database operations the use cases need; translates driver errors at this boundary."""
+class Repository(Transitions):
+    """The database operations the commands need; driver errors are translated in `plumbing`."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _fail(self, action: str, exc: SQLAlchemyError) -> DatabaseError:
-        orig = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return DatabaseError(
-            f"{action} failed on {safe_url(str(self.engine.url))}: {orig[0] if orig else type(exc).__name__}",
-            hint="nothing was written; check the database and retry",
-        )
+    def __init__(self, engine: Engine, actor: Actor | None = None) -> None:
+        super().__init__(engine, actor or Actor.current(), CANCEL_LEASE_S, pid_namespace=pid_namespace())
+        self.settler = Settler(engine, self.actor, CANCEL_LEASE_S, pid_namespace=pid_namespace())
 
     # ----------------------------------------------------------------------- probes
 
     def cached_probes(self, fingerprints: Iterable[str]) -> dict[str, ProbeResult]:
         """Cached probe results by fingerprint."""
         keys = {fingerprint_key(fp): fp for fp in fingerprints}
-        found: dict[str, ProbeResult] = {}
-        try:
-            with self.engine.connect() as conn:
-                for chunk in _chunks(list(keys)):
-                    rows = conn.execute(select(Probe).where(Probe.fingerprint_sha256.in_(chunk)))
-                    for row in rows.mappings():
-                        fp = keys[row["fingerprint_sha256"]]
-                        found[fp] = _probe_from_row(row)
-        except SQLAlchemyError as exc:
-            raise self._fail("reading the probe cache", exc) from exc
-        return found
+
+        def go(conn: Connection) -> dict[str, ProbeResult]:
+            found: dict[str, ProbeResult] = {}
+            for chunk in _chunks(list(keys)):
+                for row in conn.execute(select(Probe).where(Probe.fingerprint_sha256.in_(chunk))).mappings():
+                    found[keys[row["fingerprint_sha256"]]] = _probe_from_row(row)
+            return found
+
+        return self._read("reading the probe cache", go)
 
     def store_probes(self, results: Iterable[ProbeResult]) -> None:
         rows = [_probe_row(r) for r in results]
-        if not rows:
-            return
-        try:
-            with write_lock(self.engine), self.engine.begin() as conn:
-                conn.execute(_insert_ignore(self.engine, Probe, ["fingerprint_sha256"]), rows)
-        except SQLAlchemyError as exc:
-            raise self._fail("writing the probe cache", exc) from exc
+        if rows:
+            self._tx(
+                "writing the probe cache",
+                lambda conn: conn.execute(upsert(conn.dialect.name, Probe, ["fingerprint_sha256"]), rows),
+            )
 
     # ----------------------------------------------------------------------- jobs
 
@@ -105,45 +98,32 @@ class Repository:
         concurrent enqueue of the same manifest cannot create duplicates.
         """
         now = utcnow()
-        try:
-            with write_lock(self.engine), self.engine.begin() as conn:
-                batch_id = self._batch_id(
-                    conn, batch, manifest_path, budget_micro_usd, now, daily_budget_micro_usd, warn_at_micro_usd
+
+        def go(conn: Connection) -> EnqueueResult:
+            batch_id = self._batch_id(
+                conn, batch, manifest_path, budget_micro_usd, now, daily_budget_micro_usd, warn_at_micro_usd
+            )
+            rows = [_job_row(j, batch_id, now) for j in jobs]
+            inserted: list[tuple[int, str]] = []
+            stmt = upsert(conn.dialect.name, Job, ["key"]).returning(Job.id, Job.key)
+            for chunk in _chunks(rows):
+                inserted.extend(conn.execute(stmt, list(chunk)).all())
+            enqueued = [
+                event_row(
+                    actor, "job.enqueued", at=now, batch_id=batch_id, job_id=job_id, to_state=JobState.QUEUED.value
                 )
-                rows = [_job_row(j, batch_id, now) for j in jobs]
-                inserted: list[tuple[int, str]] = []
-                stmt = _insert_ignore(self.engine, Job, ["key"]).returning(Job.id, Job.key)
-                for chunk in _chunks(rows):
-                    inserted.extend(conn.execute(stmt, list(chunk)).all())
-                events = [
-                    _event(actor, now, "job.enqueued", batch_id=batch_id, job_id=job_id, to_state=JobState.QUEUED.value)
-                    for job_id, _ in inserted
-                ]
-                if events:
-                    conn.execute(insert(Event), events)
-                conn.execute(
-                    insert(Event),
-                    [
-                        _event(
-                            actor,
-                            now,
-                            "batch.enqueued",
-                            batch_id=batch_id,
-                            details={
-                                "manifest": manifest_path,
-                                "added": len(inserted),
-                                "existing": len(rows) - len(inserted),
-                            },
-                        )
-                    ],
-                )
-        except SQLAlchemyError as exc:
-            raise self._fail("enqueueing", exc) from exc
-        return EnqueueResult(batch, len(inserted), len(rows) - len(inserted))
+                for job_id, _ in inserted
+            ]
+            insert_events(conn, enqueued)
+            added = {"manifest": manifest_path, "added": len(inserted), "existing": len(rows) - len(inserted)}
+            insert_events(conn, [event_row(actor, "batch.enqueued", at=now, batch_id=batch_id, details=added)])
+            return EnqueueResult(batch, len(inserted), len(rows) - len(inserted))
+
+        return self._tx("enqueueing", go)
 
     def _batch_id(
         self,
-        conn: Any,
+        conn: Connection,
         name: str,
         manifest_path: str | None,
         budget: int | None,
@@ -152,7 +132,7 @@ class Repository:
         warn_at: int | None,
     ) -> int:
         conn.execute(
-            _insert_ignore(self.engine, Batch, ["name"]),
+            upsert(conn.dialect.name, Batch, ["name"]),
             [
                 {
                     "name": name,
@@ -178,6 +158,8 @@ class Repository:
         )
         return batch_id
 
+    # ----------------------------------------------------------------------- counts and batches
+
     def state_counts(self, batch: str | None = None) -> list[StateCount]:
         """Jobs and estimated cost per batch and state."""
         stmt = (
@@ -188,11 +170,9 @@ class Repository:
         )
         if batch is not None:
             stmt = stmt.where(Batch.name == batch)
-        try:
-            with self.engine.connect() as conn:
-                return [StateCount(b, s, int(n), int(c)) for b, s, n, c in conn.execute(stmt)]
-        except SQLAlchemyError as exc:
-            raise self._fail("counting jobs", exc) from exc
+        return self._read(
+            "counting jobs", lambda conn: [StateCount(b, s, int(n), int(c)) for b, s, n, c in conn.execute(stmt)]
+        )
 
     def batch_jobs(self, batch: str) -> list[dict[str, Any]]:
         """Every job of a batch: key, output path, state, estimate (for `plan --diff`)."""
@@ -202,63 +182,142 @@ class Repository:
             .where(Batch.name == batch)
             .order_by(Job.id)
         )
-        try:
-            with self.engine.connect() as conn:
-                return [dict(r) for r in conn.execute(stmt).mappings()]
-        except SQLAlchemyError as exc:
-            raise self._fail("reading the batch", exc) from exc
+        return self._read("reading the batch", lambda conn: [dict(r) for r in conn.execute(stmt).mappings()])
 
     def batch_budgets(self, name: str) -> tuple[int | None, int | None, int | None]:
         """The batch's budget policies: per run, per rolling day, warning threshold."""
-        try:
-            with self.engine.connect() as conn:
-                row = conn.execute(
-                    select(Batch.budget_micro_usd, Batch.daily_budget_micro_usd, Batch.warn_at_micro_usd).where(
-                        Batch.name == name
-                    )
-                ).first()
-        except SQLAlchemyError as exc:
-            raise self._fail("reading the batch", exc) from exc
+        stmt = select(Batch.budget_micro_usd, Batch.daily_budget_micro_usd, Batch.warn_at_micro_usd).where(
+            Batch.name == name
+        )
+        row = self._read("reading the batch", lambda conn: conn.execute(stmt).first())
         return (row[0], row[1], row[2]) if row else (None, None, None)
 
     def batch_names(self) -> list[str]:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(select(Batch.name).order_by(Batch.name)).scalars())
-        except SQLAlchemyError as exc:
-            raise self._fail("listing batches", exc) from exc
+        stmt = select(Batch.name).order_by(Batch.name)
+        return self._read("listing batches", lambda conn: list(conn.execute(stmt).scalars()))
 
+    # ----------------------------------------------------------------------- find, history, retry, cancel
 
-def _insert_ignore(engine: Engine, model: Any, conflict_cols: list[str]) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING on either backend."""
-    make = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    return make(model).on_conflict_do_nothing(index_elements=conflict_cols)
+    def jobs_in(self, batches: Sequence[str] | None, states: Iterable[JobState]) -> list[dict[str, Any]]:
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            return [
+                dict(r)
+                for r in conn.execute(
+                    select(J).where(J.c.state.in_([s.value for s in states]), *self._scope(batches)).order_by(J.c.id)
+                ).mappings()
+            ]
 
+        return self._read("listing jobs", go)
 
-def _event(
-    actor: Actor,
-    now: Any,
-    kind: str,
-    *,
-    batch_id: int | None = None,
-    job_id: int | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "at": now,
-        "batch_id": batch_id,
-        "job_id": job_id,
-        "attempt_id": None,
-        "host": actor.host,
-        "pid": actor.pid,
-        "user": actor.user,
-        "kind": kind,
-        "from_state": from_state,
-        "to_state": to_state,
-        "details_json": json.dumps(details or {}, sort_keys=True),
-    }
+    def find_jobs(self, refs: Sequence[str]) -> list[dict[str, Any]]:
+        """Jobs by id or key prefix (at least 6 characters)."""
+
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for ref in refs:
+                cond = J.c.id == int(ref) if ref.isdigit() else J.c.key.like(f"{ref}%")
+                rows = conn.execute(select(J).where(cond)).mappings().all()
+                out.extend(dict(r) for r in rows)
+            return out
+
+        return self._read("finding jobs", go)
+
+    def history(self, job_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def go(conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            attempts = [
+                dict(r) for r in conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number)).mappings()
+            ]
+            events = [
+                dict(r)
+                for r in conn.execute(select(table(Event)).where(Event.job_id == job_id).order_by(Event.id)).mappings()
+            ]
+            return attempts, events
+
+        return self._read("reading a job's history", go)
+
+    def retry_plan(self, job_ids: Sequence[int], from_states: Iterable[JobState]) -> list[tuple[dict[str, Any], str]]:
+        """What `retry` would do with each job: "redeliver" (fal's paid output is fetched again,
+        free) or "resubmit" (a new attempt, which fal bills again if it succeeds)."""
+        allowed = [s.value for s in from_states]
+
+        def go(conn: Connection) -> list[tuple[dict[str, Any], str]]:
+            out = []
+            for job in conn.execute(
+                select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(allowed)).order_by(J.c.id)
+            ).mappings():
+                last = self._latest_attempt(conn, job["id"]) if job["attempt_count"] else None
+                again = (
+                    last is not None
+                    and last["output_url"]
+                    and last["billed_micro_usd"] is not None
+                    and last["state"] == AttemptState.FAILED.value
+                    and job["state"] == JobState.FAILED.value
+                )
+                out.append((dict(job), "redeliver" if again else "resubmit"))
+            return out
+
+        return self._read("planning a retry", go)
+
+    def requeue_jobs(self, job_ids: Sequence[int], from_states: Iterable[JobState], reason: str) -> int:
+        """Put jobs back on purpose (`retry`): history is kept. A paid output that was never
+        delivered is fetched again (free); any other job gets a new attempt, with a fresh set of
+        automatic attempts."""
+        plan = self.retry_plan(job_ids, from_states)
+
+        def go(conn: Connection) -> int:
+            for job, how in plan:
+                if how == "redeliver":
+                    last = self._latest_attempt(conn, job["id"])
+                    conn.execute(update(A).where(A.c.id == last["id"]).values(state=AttemptState.DOWNLOADING.value))
+                    self._set_job(
+                        conn,
+                        job,
+                        JobState.DOWNLOADING,
+                        f"{reason}: fetching the paid output again",
+                        attempt_id=last["id"],
+                        next_attempt_at=None,
+                    )
+                else:
+                    self._set_job(
+                        conn, job, JobState.QUEUED, reason, next_attempt_at=None, retry_base=job["attempt_count"]
+                    )
+            return len(plan)
+
+        return self._tx("requeueing jobs", go)
+
+    def cancel_queued(self, job_ids: Sequence[int], reason: str) -> int:
+        def go(conn: Connection) -> int:
+            n = 0
+            for job in conn.execute(
+                select(J).where(J.c.id.in_(list(job_ids)), J.c.state == JobState.QUEUED.value)
+            ).mappings():
+                self._set_job(conn, dict(job), JobState.CANCELLED, reason)
+                n += 1
+            return n
+
+        return self._tx("cancelling jobs", go)
+
+    def lease_for_cancel(self, job_ids: Sequence[int]) -> list[Claim]:
+        """In-flight jobs with a request id, taken over for cancellation."""
+
+        def go(conn: Connection) -> list[Claim]:
+            out = []
+            now = self._clock(conn)
+            rows = (
+                conn.execute(
+                    select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_([s.value for s in FOLLOW_STATES]))
+                )
+                .mappings()
+                .all()
+            )
+            for job in rows:
+                attempt = self._latest_attempt(conn, job["id"])
+                if attempt.get("cancel_url"):
+                    self._lease(conn, job["id"], now)
+                    out.append(Claim("follow", dict(job), attempt))
+            return out
+
+        return self._tx("taking jobs to cancel", go)
 
 
 def _job_row(j: JobSpec, batch_id: int, now: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from batch_runner import planner
-from batch_runner.db.queue import Claim, JobQueue
+from batch_runner.db.queue import JobQueue
+from batch_runner.db.transition import Claim
 from batch_runner.domain import Actor, JobState
 from batch_runner.errors import LeaseLostError
 from batch_runner.pricing import load_price_table

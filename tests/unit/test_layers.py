@@ -16,6 +16,7 @@ LAYERS = {
     "config": 2,
     "logs": 2,
     "yamlload": 2,
+    "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
     "manifest": 3,
     "pricing": 3,
     "probe": 3,

@@ -1,0 +1,340 @@
+"""Dispatch under one lock: runs and their budget reservations, claims, and the sweep of what dead
+workers left half-sent.
+
+Every claim takes the `dispatch` lock row first, so the in-flight cap and the budget rules
+(`budget.py`) are decided one claim at a time across threads, processes and machines; on
+PostgreSQL the job rows are then picked with `FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from .. import budget
+from ..budget import BudgetStop
+from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, AttemptState, JobState
+from .models import Attempt, Batch, Job, Run, table, utcnow
+from .transition import Claim, Transitions
+
+J, A, R = table(Job), table(Attempt), table(Run)
+DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    name: str
+    budget_micro_usd: int | None
+    reserved_micro_usd: int
+    batch_id: int | None = None
+    daily_budget_micro_usd: int | None = None
+    warn_at_micro_usd: int | None = None
+
+
+class Dispatch(Transitions):
+    """Runs, claims and the stale-submit sweep: everything that takes the dispatch lock."""
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(
+        self,
+        name: str,
+        batch: str | None,
+        budget_micro_usd: int | None,
+        daily_budget_micro_usd: int | None = None,
+        warn_at_micro_usd: int | None = None,
+    ) -> RunInfo:
+        """Create the named run, or join it (budgets given later replace earlier ones)."""
+        policies: dict[str, Any] = {
+            "budget_micro_usd": budget_micro_usd,
+            "daily_budget_micro_usd": daily_budget_micro_usd,
+            "warn_at_micro_usd": warn_at_micro_usd,
+        }
+
+        def go(conn: Connection) -> RunInfo:
+            self._serialize(conn)  # workers on several machines may join the same run at once
+            batch_id = conn.execute(select(Batch.id).where(Batch.name == batch)).scalar() if batch else None
+            row = conn.execute(select(R).where(R.c.name == name)).mappings().first()
+            if row is None:
+                conn.execute(
+                    insert(R).values(
+                        name=name,
+                        batch_id=batch_id,
+                        reserved_micro_usd=0,
+                        status="running",
+                        started_at=utcnow(),
+                        host=self.actor.host,
+                        pid=self.actor.pid,
+                        **policies,
+                    )
+                )
+            else:
+                given = {k: v for k, v in policies.items() if v is not None}
+                if given:
+                    conn.execute(update(R).where(R.c.name == name).values(**given))
+            self._event(conn, "run.started", batch_id=batch_id, run=name, **policies)
+            return self._run_info(conn, name)
+
+        return self._tx("starting the run", go)
+
+    def _run_info(self, conn: Connection, name: str) -> RunInfo:
+        row = conn.execute(select(R).where(R.c.name == name)).mappings().one()
+        return RunInfo(
+            row["id"],
+            name,
+            row["budget_micro_usd"],
+            row["reserved_micro_usd"],
+            row["batch_id"],
+            row["daily_budget_micro_usd"],
+            row["warn_at_micro_usd"],
+        )
+
+    def spent_since(self, conn: Connection, since: datetime, batch_id: int | None) -> int:
+        """Money committed by attempts created since `since`: what fal billed, or, while the
+        outcome is open (in flight, uncertain), what was reserved for it."""
+        committed = func.coalesce(A.c.billed_micro_usd, A.c.reserved_micro_usd, 0)
+        stmt = select(func.coalesce(func.sum(committed), 0)).where(A.c.created_at >= since)
+        if batch_id is not None:
+            stmt = stmt.where(A.c.batch_id == batch_id)
+        return int(conn.execute(stmt).scalar_one())
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        def go(conn: Connection) -> None:
+            conn.execute(
+                update(R)
+                .where(R.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), summary_json=json.dumps(summary, sort_keys=True))
+            )
+            self._event(conn, "run.finished", status=status, run_id=run_id)
+
+        self._tx("finishing the run", go)
+
+    # ------------------------------------------------------------------ claiming
+
+    def claim(
+        self,
+        run_id: int,
+        batches: Sequence[str] | None,
+        max_in_flight: int,
+        follow_only: bool = False,
+        account_daily_micro_usd: int | None = None,
+    ) -> Claim | BudgetStop | None:
+        """The next job for this worker: a live request to follow first, else a queued job to
+        submit (if the in-flight cap and the budgets allow). None when there is nothing."""
+
+        def go(conn: Connection) -> Claim | BudgetStop | None:
+            self._serialize(conn)
+            now = self._clock(conn)
+            self._sweep_stale_submits(conn, now, batches, run_id)
+            followed = self._claim_follow(conn, now, batches, run_id)
+            if followed is not None or follow_only:
+                return followed
+            in_flight = conn.execute(
+                select(func.count()).select_from(J).where(J.c.state.in_([s.value for s in IN_FLIGHT_STATES]))
+            ).scalar_one()
+            if in_flight >= max_in_flight:
+                return None
+            job = (
+                conn.execute(
+                    select(J)
+                    .where(
+                        J.c.state == JobState.QUEUED.value,
+                        or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now),
+                        *self._scope(batches),
+                    )
+                    .order_by(J.c.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                .mappings()
+                .first()
+            )
+            if job is None:
+                return None
+            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+            stop = self._budget_stop(conn, now, dict(job), dict(run), account_daily_micro_usd)
+            if stop is not None:
+                return stop
+            warning = self._warn(conn, dict(job), dict(run))
+            return self._submit(conn, now, dict(job), run_id, warning)
+
+        return self._tx("claiming a job", go)
+
+    def _claim_follow(
+        self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int
+    ) -> Claim | None:
+        """A live request whose lease is free and whose next look is due, leased to this worker."""
+        free = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < now)
+        due = or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now)
+        follow = (
+            conn.execute(
+                select(J)
+                .where(J.c.state.in_([s.value for s in FOLLOW_STATES]), free, due, *self._scope(batches))
+                .order_by(J.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            .mappings()
+            .first()
+        )
+        if follow is None:
+            return None
+        attempt = self._latest_attempt(conn, follow["id"])
+        self._lease(conn, follow["id"], now)
+        self._event(
+            conn,
+            "job.followed",
+            job=dict(follow),
+            attempt_id=attempt["id"],
+            request_id=attempt["request_id"],
+            worker=self.worker,
+        )
+        return Claim("follow", dict(follow), attempt, run_id=run_id)
+
+    def _budget_stop(
+        self, conn: Connection, now: datetime, job: dict[str, Any], run: dict[str, Any], account_daily: int | None
+    ) -> BudgetStop | None:
+        """Ask the budget rules about the next job, with the numbers read under the dispatch lock;
+        when every rule lets it through, reserve its estimate on the run."""
+        est = job["estimate_micro_usd"]
+        for limit, scope_batch, scope in (
+            (run["daily_budget_micro_usd"], job["batch_id"], budget.BATCH_PER_DAY),
+            (account_daily, None, budget.ACCOUNT_PER_DAY),
+        ):
+            if limit is not None:  # the 24 h sums are read only for a budget that exists
+                stop = budget.daily_stop(job["id"], est, limit, self.spent_since(conn, now - DAY, scope_batch), scope)
+                if stop is not None:
+                    return stop
+        stop = budget.run_stop(job["id"], est, run["reserved_micro_usd"], run["budget_micro_usd"])
+        if stop is not None:
+            return stop
+        # The reservation repeats the run rule as its WHERE: a bill settled since the read (outside
+        # the dispatch lock) may have raised what the run has committed.
+        reserved = conn.execute(
+            update(R)
+            .where(
+                R.c.id == run["id"],
+                or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd),
+            )
+            .values(reserved_micro_usd=R.c.reserved_micro_usd + est)
+        )
+        if reserved.rowcount != 1:
+            limit = run["budget_micro_usd"] or 0
+            return BudgetStop(job["id"], est, limit - run["reserved_micro_usd"], limit, budget.RUN)
+        return None
+
+    def _warn(self, conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> str | None:
+        """The warning, once per run, for the claim that crosses the run's warning threshold."""
+        committed = run["reserved_micro_usd"] + job["estimate_micro_usd"]
+        warn_at = run["warn_at_micro_usd"]
+        if warn_at is None or not budget.crosses_warning(committed, warn_at, bool(run["warned"])):
+            return None
+        conn.execute(update(R).where(R.c.id == run["id"]).values(warned=True))  # once per run
+        self._event(
+            conn,
+            "run.budget_warning",
+            batch_id=job["batch_id"],
+            run=run["name"],
+            committed_micro_usd=committed,
+            warn_at_micro_usd=warn_at,
+        )
+        return budget.warning_message(run["name"], committed, warn_at)
+
+    def _submit(self, conn: Connection, now: datetime, job: dict[str, Any], run_id: int, warning: str | None) -> Claim:
+        """A new attempt for the job (its estimate reserved), leased to this worker to submit."""
+        est = job["estimate_micro_usd"]
+        number = job["attempt_count"] + 1
+        key = conn.execute(
+            insert(A).values(
+                job_id=job["id"],
+                number=number,
+                run_id=run_id,
+                batch_id=job["batch_id"],
+                worker=self.worker,
+                state=AttemptState.PREPARING.value,
+                reserved_micro_usd=est,
+                created_at=now,
+            )
+        ).inserted_primary_key
+        assert key is not None  # a single-row INSERT always reports its primary key
+        attempt_id = key[0]
+        conn.execute(
+            update(J)
+            .where(J.c.id == job["id"])
+            .values(
+                state=JobState.SUBMITTING.value,
+                attempt_count=number,
+                lease_owner=self.worker,
+                lease_expires_at=now + timedelta(seconds=self.lease_s),
+                updated_at=now,
+                next_attempt_at=None,
+            )
+        )
+        self._event(
+            conn,
+            "job.claimed",
+            job=job,
+            attempt_id=attempt_id,
+            from_state=job["state"],
+            to_state=JobState.SUBMITTING.value,
+            attempt=number,
+            reserved_micro_usd=est,
+            worker=self.worker,
+        )
+        created = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
+        return Claim("submit", {**job, "attempt_count": number}, dict(created), warning, run_id)
+
+    def sweep(self, batches: Sequence[str] | None, run_id: int | None) -> None:
+        """Settle now what dead workers left half-sent (see `_sweep_stale_submits`), so a run can
+        ask fal about them before it starts."""
+
+        def go(conn: Connection) -> None:
+            self._serialize(conn)
+            self._sweep_stale_submits(conn, self._clock(conn), batches, run_id)
+
+        self._tx("sweeping stale submits", go)
+
+    def _sweep_stale_submits(
+        self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int | None = None
+    ) -> None:
+        """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
+        what may have been sent as uncertain (never resubmitted automatically)."""
+        stale = (
+            conn.execute(
+                select(J).where(
+                    J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now, *self._scope(batches)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        for job in stale:
+            attempt = self._latest_attempt(conn, job["id"])
+            if attempt["state"] == AttemptState.PREPARING.value:
+                self._end_attempt(conn, attempt, AttemptState.UNSENT, "the worker stopped before sending", billed=0)
+                self._set_job(
+                    conn,
+                    dict(job),
+                    JobState.QUEUED,
+                    "worker stopped before sending; requeued",
+                    attempt_id=attempt["id"],
+                )
+            else:
+                self._end_attempt(
+                    conn, attempt, AttemptState.UNCERTAIN, "the worker stopped while sending the submit", billed=None
+                )
+                conn.execute(update(A).where(A.c.id == attempt["id"]).values(settled_run_id=run_id))
+                self._set_job(
+                    conn,
+                    dict(job),
+                    JobState.UNCERTAIN,
+                    "worker stopped while sending the submit",
+                    attempt_id=attempt["id"],
+                )

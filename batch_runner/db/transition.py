@@ -1,0 +1,173 @@
+"""Job and attempt transitions that both faces of db/ make: a job's state change with its event,
+an attempt's close with its money, the lease fence, and recording fal's answer to a cancel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+
+from ..domain import AttemptState, JobState
+from ..errors import LeaseLostError
+from .models import Attempt, Job, Run, table, utcnow
+from .plumbing import Plumbing
+
+J, A, R = table(Job), table(Attempt), table(Run)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now holds the lease on, and what to do with it."""
+
+    kind: str  # "submit" (a new attempt) or "follow" (a live request id)
+    job: dict[str, Any]
+    attempt: dict[str, Any]
+    warning: str | None = None  # set once, on the claim that crosses the run's warning threshold
+    run_id: int | None = None  # the run this claim works for (it settles the attempt)
+
+
+class Transitions(Plumbing):
+    """State changes shared by the worker's queue, the commands and settling with fal's records."""
+
+    def _set_job(
+        self,
+        conn: Connection,
+        job: dict[str, Any],
+        state: JobState,
+        reason: str | None = None,
+        *,
+        attempt_id: int | None = None,
+        keep_lease: bool = False,
+        **values: Any,
+    ) -> None:
+        now = utcnow()
+        new = {"state": state.value, "updated_at": now, **values}
+        if state == JobState.SUCCEEDED:
+            new["last_error"] = None
+        elif reason is not None:
+            new["last_error"] = reason
+        if not keep_lease:
+            new.update(lease_owner=None, lease_expires_at=None)
+        conn.execute(update(J).where(J.c.id == job["id"]).values(**new))
+        self._event(
+            conn,
+            f"job.{state.value}",
+            job=job,
+            attempt_id=attempt_id,
+            from_state=job["state"],
+            to_state=state.value,
+            reason=reason,
+            worker=self.worker,
+        )
+        job["state"] = state.value
+
+    def _end_attempt(
+        self,
+        conn: Connection,
+        attempt: dict[str, Any],
+        state: AttemptState,
+        error: str | None,
+        *,
+        billed: int | None,
+        run_id: int | None = None,
+        keep_billed: bool = False,
+        **values: Any,
+    ) -> None:
+        """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it).
+        `run_id`: the run that settles it. `keep_billed`: billed and settled before (a paid output
+        delivered again), so the money is left as it was."""
+        # a paid output delivered again keeps its money and the time it was billed (reconcile dates it)
+        money: dict[str, Any] = {} if keep_billed else {"billed_micro_usd": billed, "finished_at": utcnow()}
+        if run_id is not None and not keep_billed:
+            money["settled_run_id"] = run_id
+        conn.execute(update(A).where(A.c.id == attempt["id"]).values(state=state.value, error=error, **money, **values))
+        if (
+            not keep_billed
+            and billed is not None
+            and attempt.get("run_id") is not None
+            and attempt.get("reserved_micro_usd") is not None
+            and attempt.get("billed_micro_usd") is None
+        ):
+            conn.execute(
+                update(R)
+                .where(R.c.id == attempt["run_id"])
+                .values(reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt["reserved_micro_usd"])
+            )
+        attempt["state"] = state.value
+        if not keep_billed:
+            attempt["billed_micro_usd"] = billed
+
+    @staticmethod
+    def _latest_attempt(conn: Connection, job_id: int) -> dict[str, Any]:
+        return dict(
+            conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number.desc()).limit(1)).mappings().one()
+        )
+
+    @staticmethod
+    def _job_billed(conn: Connection, job_id: int) -> int:
+        """A job's billed total: the sum over its attempts."""
+        return int(
+            conn.execute(
+                select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == job_id)
+            ).scalar_one()
+        )
+
+    def _lease(self, conn: Connection, job_id: int, now: datetime) -> None:
+        conn.execute(
+            update(J)
+            .where(J.c.id == job_id)
+            .values(lease_owner=self.worker, lease_expires_at=now + timedelta(seconds=self.lease_s))
+        )
+
+    def _hold(self, conn: Connection, claim: Claim) -> None:
+        """Fence a change to a claimed job: renew the lease if this worker still holds it, else
+        raise LeaseLostError (the transaction rolls back, so nothing of the change is written)."""
+        held = conn.execute(
+            update(J)
+            .where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+            .values(lease_expires_at=self._lease_end(conn))
+        ).rowcount
+        if held != 1:
+            raise LeaseLostError(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
+
+    # ------------------------------------------------------------------ fal's answer to a cancel
+
+    def cancel_followed(self, claim: Claim, answer: str) -> None:
+        """An in-flight job cancelled through the API: it ends cancelled, unbilled unless it finishes."""
+
+        def go(conn: Connection) -> None:
+            self._hold(conn, claim)
+            self._end_attempt(conn, claim.attempt, AttemptState.CANCELLED, f"cancel requested: {answer}", billed=0)
+            self._set_job(
+                conn,
+                claim.job,
+                JobState.CANCELLED,
+                f"cancelled through the API ({answer})",
+                attempt_id=claim.attempt["id"],
+            )
+
+        self._tx("cancelling a job", go)
+
+    def cancel_requested(self, claim: Claim, answer: str) -> None:
+        """fal was asked to cancel a running request and may still finish (and bill) it: the
+        job stays in flight, unleased, for the next worker to follow to its real end."""
+
+        def go(conn: Connection) -> None:
+            conn.execute(
+                update(J)
+                .where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            self._event(
+                conn,
+                "job.cancel_requested",
+                job=claim.job,
+                attempt_id=claim.attempt["id"],
+                answer=answer,
+                worker=self.worker,
+            )
+
+        self._tx("recording a cancel request", go)
