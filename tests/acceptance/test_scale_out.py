@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bench._load import ASPECTS, write_load_batch
 from tests.integration.run_helpers import Bench
@@ -27,10 +26,6 @@ SOURCES = 8
 GRID_X = list(range(0, 100, 10))  # 8 sources × 5 aspect ratios × 10 positions = 400 jobs
 JOBS = SOURCES * len(ASPECTS) * len(GRID_X)
 IN_FLIGHT = 16  # the fal account's limit, shared by every worker
-
-# Under pytest-xdist both tests run in one test process, one after the other: each starts four
-# worker processes, and two such batches at once on two cores would only slow each other down.
-pytestmark = pytest.mark.xdist_group("scale_out")
 
 
 def _bench(tmp_path: Path, pg_url: str, emulator) -> Bench:
