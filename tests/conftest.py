@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,30 +75,81 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'jobs.db'}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def _pg_admin():
+    """An autocommit connection to the server's `postgres` database (skips or fails when it is down)."""
     try:
         import psycopg
 
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+        return psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
     except Exception as exc:  # noqa: BLE001
         skip_or_fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
-    name = f"br_test_{uuid.uuid4().hex[:12]}"
+
+
+def _pg_dsn(name: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+@pytest.fixture(scope="session")
+def _pg_template() -> Iterator[str]:
+    """One database per test run, migrated to head once with the product's own migrations; the
+    `pg_url` databases are cloned from it. Its name is unique, so concurrent runs (a CI run, the
+    xdist workers of one run) never share it; it is dropped at the end of the session."""
+    from batch_runner.db.engine import open_engine
+
+    admin = _pg_admin()
+    name = f"br_tmpl_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        open_engine(_pg_dsn(name), auto_migrate=True).dispose()  # CREATE … TEMPLATE needs no open sessions
+        yield name
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 
 
+@contextmanager
+def _pg_database(template: str | None) -> Iterator[str]:
+    admin = _pg_admin()
+    name = f"br_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    try:
+        yield _pg_dsn(name)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def pg_url(_pg_template: str) -> Iterator[str]:
+    """A PostgreSQL database for one test, already migrated to head (cloned from the session's
+    template, as `batch-runner db upgrade` would have left it), dropped afterwards."""
+    with _pg_database(_pg_template) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A fresh, EMPTY PostgreSQL database for one test (no tables: for tests of migrating, of a
+    database behind the code, of `db upgrade`), dropped afterwards."""
+    with _pg_database(None) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each database test runs on both backends."""
+    """Each database test runs on both backends. A SQLite file that does not exist yet (the
+    test or `make_bench` migrates it), a PostgreSQL database already migrated (from the template)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both backends with no tables at all, for the tests of migrations themselves."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return request.getfixturevalue("pg_empty_url")
 
 
 def write(path: Path, text: str) -> Path:

@@ -256,17 +256,17 @@ def test_dead_database_exits_6(br, project):
     assert code == 6 and out == "" and "cannot open database" in err and "hunter2" not in err
 
 
-def test_db_upgrade_and_current_on_postgres(br, pg_url):
-    code, _, err = br("--db", pg_url, "status")
+def test_db_upgrade_and_current_on_postgres(br, pg_empty_url):
+    code, _, err = br("--db", pg_empty_url, "status")
     assert code == 6 and "batch-runner db upgrade" in err
     from batch_runner.db.engine import head_revision
 
     head = head_revision()
-    code, out, _ = br("--db", pg_url, "db", "upgrade")
+    code, out, _ = br("--db", pg_empty_url, "db", "upgrade")
     assert code == 0 and f"revision {head}" in out
-    code, out, _ = br("--db", pg_url, "db", "current")
+    code, out, _ = br("--db", pg_empty_url, "db", "current")
     assert out.strip() == f"current {head}   head {head}"
-    assert br("--db", pg_url, "status")[0] == 0
+    assert br("--db", pg_empty_url, "status")[0] == 0
 
 
 def test_fal_key_never_appears_in_output_or_database(br, project):

@@ -99,7 +99,8 @@ def test_kill_9_mid_batch_then_restart_submits_every_job_once(tmp_path, media, e
 
 
 def test_ctrl_c_leaves_resumable_state_and_exits_130(tmp_path, media, emulator_factory):
-    bench = make_bench(tmp_path, media, emulator_factory(speed=10, concurrency=4), clips=3)
+    # about 3 s a job: Ctrl-C comes within a poll of the second submit, long before the 6 jobs are done
+    bench = make_bench(tmp_path, media, emulator_factory(speed=20, concurrency=4), clips=3)
     env = _env(bench)
     proc = subprocess.Popen(
         [str(EXE), "run", str(bench.manifest), "--concurrency", "2"],

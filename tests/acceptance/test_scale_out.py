@@ -117,8 +117,8 @@ def _peak_open(bench: Bench) -> int:
     return httpx.get(f"{bench.emulator.url}/_emulator/health", timeout=30).json()["peak_open_requests"]
 
 
-def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path, media, emulator_factory, pg_url):
-    bench = _bench(tmp_path, pg_url, emulator_factory(speed=300, concurrency=64, reuse_renders=True))
+def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path, media, emulator_factory, pg_empty_url):
+    bench = _bench(tmp_path, pg_empty_url, emulator_factory(speed=300, concurrency=64, reuse_renders=True))
     total = _plan_and_enqueue(bench, machines=WORKERS)
     added = bench.sql("select details_json from events where kind = 'batch.enqueued'")
     assert sorted(json.loads(d)["added"] for (d,) in added) == [0] * (WORKERS - 1) + [JOBS]
@@ -154,8 +154,10 @@ def test_four_workers_share_the_batch_its_budget_and_the_in_flight_cap(tmp_path,
     assert not list((tmp_path / "out" / "scale").glob(".*.part"))
 
 
-def test_two_workers_killed_mid_batch_and_the_other_two_finish_everything(tmp_path, media, emulator_factory, pg_url):
-    bench = _bench(tmp_path, pg_url, emulator_factory(speed=100, concurrency=64, reuse_renders=True))
+def test_two_workers_killed_mid_batch_and_the_other_two_finish_everything(
+    tmp_path, media, emulator_factory, pg_empty_url
+):
+    bench = _bench(tmp_path, pg_empty_url, emulator_factory(speed=100, concurrency=64, reuse_renders=True))
     total = _plan_and_enqueue(bench)
     procs = _start_workers(bench, WORKERS, env=_env(bench, BATCH_RUNNER_LEASE_S="6"))
     deadline = time.monotonic() + 300

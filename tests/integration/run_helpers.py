@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import threading
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -127,6 +129,25 @@ DURATIONS = {"c5": "5", "c0_5": "0.5", "c5_04": "5.04"}
 PATTERNS = ("testsrc2", "smptebars", "rgbtestsrc", "testsrc", "pal100bars", "smptehdbars", "yuvtestsrc")
 
 
+def _clip(media: dict[str, Path], clip: str, pattern: str) -> Path:
+    """One clip per (length, picture), made with ffmpeg once per test session next to the session's
+    `media` and copied into each bench (a test may change or delete its copy). ffmpeg writes the
+    same bytes for the same arguments, so every bench gets what it would have made itself."""
+    cache = media["c5"].parent / "bench-clips"
+    path = cache / f"{clip}-{pattern}.mp4"
+    if not path.exists():
+        part = make_clip(
+            cache / f".{clip}-{pattern}.{uuid.uuid4().hex}.mp4",
+            duration=DURATIONS[clip],
+            size="64x36",
+            rate=50,
+            pattern=pattern,
+            audio=False,
+        )
+        part.replace(path)
+    return path
+
+
 def make_bench(
     tmp_path: Path,
     media: dict[str, Path],
@@ -143,14 +164,7 @@ def make_bench(
     here, as `batch-runner db upgrade` would (the CLI never creates an explicit --db by itself)."""
     (tmp_path / "media").mkdir(exist_ok=True)
     for i in range(clips):
-        make_clip(
-            tmp_path / "media" / f"clip{i}.mp4",
-            duration=DURATIONS[clip],
-            size="64x36",
-            rate=50,
-            pattern=PATTERNS[i % len(PATTERNS)],
-            audio=False,
-        )
+        shutil.copyfile(_clip(media, clip, PATTERNS[i % len(PATTERNS)]), tmp_path / "media" / f"clip{i}.mp4")
     manifest = tmp_path / "m.yaml"
     manifest.write_text(manifest_text.format(batch=batch))
     url = db_url or f"sqlite:///{tmp_path / 'jobs.db'}"

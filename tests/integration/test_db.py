@@ -36,8 +36,8 @@ def _spec(i: int, **params) -> JobSpec:
     return job
 
 
-def test_migrations_match_the_models_on_an_empty_database(db_url):
-    engine = db_engine.open_engine(db_url, auto_migrate=True)
+def test_migrations_match_the_models_on_an_empty_database(empty_db_url):
+    engine = db_engine.open_engine(empty_db_url, auto_migrate=True)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
@@ -51,12 +51,12 @@ def test_sqlite_default_is_created_in_wal_mode(tmp_path: Path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_postgres_behind_asks_for_db_upgrade(pg_url):
+def test_postgres_behind_asks_for_db_upgrade(pg_empty_url):
     with pytest.raises(DatabaseBehindError) as err:
-        db_engine.open_engine(pg_url)
+        db_engine.open_engine(pg_empty_url)
     assert "batch-runner db upgrade" in str(err.value) and err.value.exit_code == 6
-    db_engine.open_engine(pg_url, auto_migrate=True)
-    db_engine.open_engine(pg_url)  # now current: no error
+    db_engine.open_engine(pg_empty_url, auto_migrate=True)
+    db_engine.open_engine(pg_empty_url)  # now current: no error
 
 
 def test_postgres_ahead_asks_for_a_newer_batch_runner_and_changes_nothing(pg_url):
@@ -225,13 +225,13 @@ def _at_0002_with_data(url: str | Path) -> None:
     engine.dispose()
 
 
-def test_every_migration_runs_up_with_data_down_and_up_again(db_url):
+def test_every_migration_runs_up_with_data_down_and_up_again(empty_db_url):
     """On both backends: 0002 with data → head (data kept, new columns backfilled) → every
     downgrade to an empty database → head again, matching the models."""
     from alembic import command
 
-    _at_0002_with_data(db_url)
-    engine = db_engine.create(db_url)
+    _at_0002_with_data(empty_db_url)
+    engine = db_engine.create(empty_db_url)
     db_engine.upgrade(engine)
     with engine.connect() as conn:
         assert tuple(conn.execute(text("select batch_id, billed_micro_usd from attempts")).one()) == (1, 600000)

@@ -243,7 +243,7 @@ def test_webhook_reports_errors_and_is_retried(emulator_factory, receiver):
         payload = json.loads(handler.received[1][1])
         assert payload["status"] == "ERROR" and payload["error"] == "Invalid status code: 422"
         assert payload["payload"]["detail"][0]["type"] == "content_policy_violation"
-        # the emulator records a delivery once the receiver has answered it: wait for both records
+        # the emulator logs an attempt once our receiver's answer is back, a moment after it arrived
         _wait_for(lambda: len(api.get("/_emulator/requests").json()["webhooks"]) >= 2)
         attempts = api.get("/_emulator/requests").json()["webhooks"]
         assert [a["status_code"] for a in attempts] == [500, 200]
