@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from . import planner, runner
+from . import display, planner, runner
 from .config import ENV_DB, ENV_FAL_PRICES, ENV_FAL_URL, ENV_PRICES, Secret, Settings
 from .db import engine as db_engine
 from .db.repo import Repository
@@ -157,21 +157,7 @@ def endpoints(app: _App, as_json: bool) -> None:
     if as_json:
         _emit_json({"price_table": app.prices.label, "endpoints": rows})
         return
-    click.echo(f"price table: {app.prices.label}   (* = unverified price)")
-    for ep in rows:
-        flag = "" if ep["verified"] else " *"
-        click.echo(
-            f"\n{ep['id']}{flag}\n  alias {ep['alias']}   billing {ep['billing']}   unit {ep['unit']}"
-            + (f"   max source {ep['max_source_s']} s" if ep["max_source_s"] else "")
-        )
-        for p in ep["prices"]:
-            what = " ".join(x for x in (p["resolution"], p["duration"]) if x) or "any"
-            click.echo(f"    {what:<14} ${p['usd']} per {p['per']}")
-        for m in ep["modifiers"]:
-            cond = ", ".join(f"{k}={json.dumps(v)}" for k, v in m["when"].items())
-            click.echo(f"    × {m['multiplier']} when {cond}" + ("" if m["verified"] else " *"))
-        if not ep["verified"]:
-            click.echo(f"    * {ep['evidence'] or 'unverified'}: {ep['source']}")
+    click.echo(display.endpoints(app.prices.label, rows))
 
 
 # --------------------------------------------------------------------------- plan / enqueue
@@ -202,11 +188,9 @@ def plan(app: _App, manifest: Path, as_json: bool, max_cost: int | None, skip_in
         if diff is not None:
             data["diff"] = diff.to_json()
         _emit_json(data)
-    elif diff is not None:
-        _print_diff(result, diff)
     else:
-        _print_plan(result)
-    click.echo(f"probed {result.probes_run} source(s), {result.probes_cached} from cache", err=True)
+        click.echo(display.plan(result) if diff is None else display.plan_diff(result, diff))
+    click.echo(display.probed(result), err=True)
     _check_plan(result, max_cost, skip_invalid)
 
 
@@ -214,91 +198,13 @@ def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) 
     budget = result.manifest.budget_micro_usd
     total = result.total_micro_usd
     if budget is not None and total > budget:
-        click.echo(
-            f"warning: estimate ${format_usd(total)} is over the manifest budget ${format_usd(budget)}; "
-            "a run will stop dispatching at the budget",
-            err=True,
-        )
+        click.echo(display.plan_over_budget(total, budget), err=True)
     if result.invalid and not skip_invalid:
         raise planner.invalid_items_error(result)
     if max_cost is not None and total > max_cost:
         raise BudgetExceededError(
             f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
             hint="reduce the matrix or the sources, or raise --max-cost",
-        )
-
-
-def _print_diff(result: planner.Plan, diff: planner.PlanDiff) -> None:
-    root = result.manifest.output_root
-
-    def rel(path: str) -> str:
-        p = Path(path)
-        return str(p.relative_to(root)) if p.is_relative_to(root) else path
-
-    click.echo(f"batch {result.manifest.batch}: plan against the job table   price table {result.price_table}")
-    for job in diff.new:
-        click.echo(f"  new        {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}")
-    for job, old in diff.changed:
-        click.echo(
-            f"  changed    {job.key[:10]}  ${job.estimate.usd if job.estimate else '?':>8}  {rel(job.output)}"
-            f"  (replaces {old['key'][:10]}, {old['state']}: bills again)"
-        )
-    for row in diff.removed:
-        click.echo(
-            f"  removed    {row['key'][:10]}  {'':>9}  {rel(row['output_path'])}  ({row['state']}; still in the table)"
-        )
-    states: dict[str, int] = {}
-    for _, state in diff.unchanged:
-        states[state] = states.get(state, 0) + 1
-    unchanged = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
-    click.echo(f"  unchanged  {len(diff.unchanged)} job(s): {unchanged}")
-    click.echo(
-        f"  tonight adds {len(diff.new)} new and {len(diff.changed)} changed job(s): "
-        f"${format_usd(diff.added_micro_usd)}"
-    )
-
-
-def _print_plan(result: planner.Plan) -> None:
-    m = result.manifest
-    root = m.output_root
-    click.echo(
-        f"batch {m.batch}   endpoint {m.endpoint.id}   price table {result.price_table}"
-        + (f"   fal prices {result.fal_prices} (the higher is reserved)" if result.fal_prices else "")
-    )
-    header = f"{'key':<10} {'source':<28} {'parameters':<30} {'dur s':>7} {'units':>6} {'cost $':>9}  output"
-    click.echo(header)
-    click.echo("-" * len(header))
-    swept = [
-        k for k in ("aspect_ratio", "resolution", "duration", "mode", "edit_strength") if k in m.endpoint.field_map
-    ]
-    lines = []
-    for j in result.jobs:
-        est = j.estimate
-        assert est is not None
-        src = Path(j.source).name if j.source else "-"
-        params = " ".join(str(j.params[k]) for k in swept if k in j.params)
-        dur = f"{j.probe.duration:.2f}" if j.probe and j.probe.duration is not None else "-"
-        out = Path(j.output)
-        out_s = str(out.relative_to(root)) if out.is_relative_to(root) else str(out)
-        flag = "" if est.verified else "*"
-        lines.append(
-            f"{j.key[:10]:<10} {src[:28]:<28} {params[:30]:<30} {dur:>7} {est.billable_units!s:>6} "
-            f"{est.usd + flag:>9}  {out_s}"
-        )
-    click.echo("\n".join(lines))
-    for item in result.invalid:
-        click.echo(f"INVALID    {item.source}: {item.reason}  ({item.origin})")
-    click.echo("")
-    for what in ("endpoint", "resolution"):
-        for k, (n, c) in result.totals_by(what).items():
-            click.echo(f"  by {what:<11} {k:<48} {n:>6} jobs  ${format_usd(c)}")
-    click.echo(f"  {'total':<62} {len(result.jobs):>6} jobs  ${format_usd(result.total_micro_usd)}")
-    if m.budget_micro_usd is not None:
-        click.echo(f"  budget per run ${format_usd(m.budget_micro_usd)}")
-    if any(j.estimate and not j.estimate.verified for j in result.jobs):
-        click.echo(
-            "  * unverified price: no fal page we hold states it; see `batch-runner endpoints`, "
-            "and `batch-runner prices sync` for fal's own"
         )
 
 
@@ -318,10 +224,7 @@ def enqueue(app: _App, manifest: Path, skip_invalid: bool, as_json: bool) -> Non
             {"batch": added.batch, "added": added.added, "existing": added.existing, "invalid": len(result.invalid)}
         )
     else:
-        click.echo(
-            f"batch {added.batch}: {added.added} job(s) added, {added.existing} already in the table"
-            + (f", {len(result.invalid)} invalid source(s) skipped" if result.invalid else "")
-        )
+        click.echo(display.enqueued(added.batch, added.added, added.existing, len(result.invalid)))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -361,11 +264,8 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
                 }
             )
             return
-        for r in rows:
-            click.echo(
-                f"{r['id']:>6} {r['key'][:12]} {r['state']:<11} {r['source'] or '-'} → {r['output_path']}"
-                + (f"  ({r['last_error']})" if r["last_error"] else "")
-            )
+        if rows:
+            click.echo(display.job_list(rows))
         return
     counts = planner.status(app.repo, batch)
     if batch is not None and not counts and batch not in app.repo.batch_names():
@@ -391,14 +291,7 @@ def status(app: _App, batch: str | None, states: tuple[str, ...], as_json: bool)
             }
         )
         return
-    if not batches:
-        click.echo("no jobs yet: `batch-runner enqueue MANIFEST` adds some")
-        return
-    for b in batches.values():
-        by_state = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
-        click.echo(
-            f"{b['batch']:<30} {b['jobs']:>7} jobs  ${format_usd(b['estimated_micro']):>10} estimated  {by_state}"
-        )
+    click.echo(display.batch_status(list(batches.values())))
 
 
 # --------------------------------------------------------------------------- db and samples
@@ -561,26 +454,10 @@ def _run_command(
     if as_json:
         _emit_json(summary.to_json())
     else:
-        _print_summary(summary)
+        click.echo(display.run_summary(summary))
     err = summary.exit_error()
     if err is not None:
         raise err
-
-
-def _print_summary(summary: runner.RunSummary) -> None:
-    counts = "  ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
-    click.echo(f"run {summary.run}: {counts}")
-    budget = f" of a ${format_usd(summary.budget_micro_usd)} budget" if summary.budget_micro_usd is not None else ""
-    click.echo(
-        f"  estimated ${format_usd(summary.estimated_micro_usd)}   billed ${format_usd(summary.billed_micro_usd)}"
-        f"{budget}   {summary.elapsed_s:.1f} s"
-    )
-    for f in summary.failed:
-        click.echo(f"  {f['state'].upper():<10} job {f['job']} {f['source'] or ''} → {f['output']}: {f['error']}")
-    if summary.not_run and summary.stopped_by:
-        click.echo(f"  {summary.not_run} job(s) still queued")
-    for u in summary.unexpected:
-        click.echo(f"  BUG        {u} (the job was let go safely; please report this)")
 
 
 _RUN_OPTIONS = [
@@ -714,27 +591,7 @@ def show(app: _App, job: str, as_json: bool) -> None:
     if as_json:
         _emit_json({"job": row, "attempts": attempts, "events": events})
         return
-    click.echo(f"job {row['id']}  key {row['key']}  state {row['state']}")
-    click.echo(f"  endpoint {row['endpoint']}\n  source   {row['source']}\n  output   {row['output_path']}")
-    billed = format_usd(row["billed_micro_usd"]) if row["billed_micro_usd"] is not None else "-"
-    click.echo(f"  estimate ${format_usd(row['estimate_micro_usd'])} ({row['price_table']})   billed ${billed}")
-    if row["last_error"]:
-        click.echo(f"  last error: {row['last_error']}")
-    click.echo(f"  input    {row['input_json']}")
-    click.echo("attempts:")
-    for a in attempts:
-        click.echo(
-            f"  #{a['number']} {a['state']:<11} request {a['request_id'] or '-'}  worker {a['worker']}  "
-            f"billed {format_usd(a['billed_micro_usd']) if a['billed_micro_usd'] is not None else '-'}"
-            + (f"  error: {a['error']}" if a["error"] else "")
-        )
-    click.echo("events:")
-    for e in events:
-        move = f"{e['from_state'] or ''} → {e['to_state']}" if e["to_state"] else ""
-        click.echo(
-            f"  {e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<18} {move:<26} {e['user']}@{e['host']}:{e['pid']}  "
-            f"{e['details_json'] if e['details_json'] != '{}' else ''}"
-        )
+    click.echo(display.job_history(row, attempts, events))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -780,15 +637,7 @@ def retry(
             }
         )
         return
-    for item in plan:
-        what = (
-            "download the paid output again: $0"
-            if item.how == "redeliver"
-            else f"new attempt: may pay ${format_usd(item.may_pay_micro_usd)}"
-        )
-        click.echo(f"{item.job['id']:>6} {item.job['key'][:12]} {item.job['state']:<10} {what}")
-    verb = "would be queued again" if dry_run else "queued again; run `batch-runner run` to process them"
-    click.echo(f"{n} job(s) {verb}; at most ${format_usd(may_pay)} more")
+    click.echo(display.retry_plan(plan, n, may_pay, dry_run))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -815,14 +664,7 @@ def cancel(app: _App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
         for c in (client, admin):
             if c:
                 c.close()
-    click.echo(f"cancelled {result.queued} queued job(s) and {result.at_fal} request(s) still queued at fal")
-    if result.running:
-        click.echo(
-            f"{result.running} request(s) were already running: fal was asked to stop them but may still "
-            f"finish and bill them; the next `run` or `work` follows them to their end and records it"
-        )
-    for s in result.uncertain.settled if result.uncertain else []:
-        click.echo(f"uncertain job {s.job_id}: {s.outcome}: {s.detail}")
+    click.echo(display.cancelled(result))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -851,10 +693,7 @@ def resolve(app: _App, batches: tuple[str, ...], settle_after: float, as_json: b
     if as_json:
         _emit_json(report.as_dict())
         return
-    for s in report.settled:
-        click.echo(f"job {s.job_id:>6}  {s.outcome:<9} {s.detail}" + (f"  [{s.request_id}]" if s.request_id else ""))
-    counts = report.as_dict()["counts"]
-    click.echo("  ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing to settle")
+    click.echo(display.resolved(report))
 
 
 # --------------------------------------------------------------------------- report
@@ -905,6 +744,8 @@ def report(
         from .report_html import render_html
 
         text = render_html(built)
+    elif fmt == "table":
+        text = display.report_table(built, wrap=output is None) + "\n"
     else:
         text = reports.render(built, fmt)
     if output is None:
@@ -966,7 +807,7 @@ def reconcile(app: _App, since: Any, until: Any, as_json: bool) -> None:
         ) from exc
     finally:
         client.close()
-    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else rec_module.render(result).rstrip("\n"))
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else display.reconciliation(result))
     if not result.clean:
         raise ReconcileMismatchError(
             f"{len(result.differences)} difference(s) and {len(result.drift)} price "
@@ -1017,21 +858,7 @@ def prices_sync(app: _App, output: Path | None, as_json: bool) -> None:
     if as_json:
         _emit_json(report.as_dict())
         return
-    click.echo(f"wrote {len(report.synced.prices)} fal price(s) to {path} ({report.synced.label})")
-    for old, new in report.changed:
-        click.echo(f"  changed   {new.endpoint}: ${old.unit_price} per {old.unit} → ${new.unit_price} per {new.unit}")
-    for endpoint in report.missing:
-        click.echo(f"  missing   {endpoint}: fal's pricing API gave no price; the price table stands")
-    for p in report.unknown_units:
-        click.echo(
-            f"  unknown unit  {p.endpoint}: fal prices it per {p.unit!r}, which batch-runner cannot map; "
-            "the price table stands"
-        )
-    for p, unit in report.other_units:
-        click.echo(
-            f"  other unit    {p.endpoint}: fal prices it per {p.unit}, the price table per {unit}; "
-            "the price table stands"
-        )
+    click.echo(display.prices_synced(report, path))
 
 
 # --------------------------------------------------------------------------- emulator

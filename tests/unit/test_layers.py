@@ -36,8 +36,9 @@ LAYERS = {
     "reconcile": 7,
     "price_sync": 7,
     "report_html": 8,
-    "cli": 9,
-    "__main__": 10,
+    "display": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 # The emulator is a separate app: besides its own package it may use only these.
 EMULATOR_MAY_IMPORT = {"catalog", "pricing", "domain"}
