@@ -430,3 +430,53 @@ def prices_synced(report: SyncReport, path: Path) -> str:
             "the price table stands"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- notices (stderr) and one-liners
+
+
+def warning(text_: str) -> str:
+    return f"warning: {text_}"
+
+
+def wrote(path: Path) -> str:
+    return f"wrote {path}"
+
+
+INTERRUPTED = "interrupted"
+STOPPING = (
+    "\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
+    "(Ctrl-C again to exit at once)"
+)
+EMULATOR_STOPPED = "fal emulator stopped"
+
+
+def embedded_emulator(url: str) -> str:
+    return (
+        f"EMULATOR: every fal call goes to a local emulator at {url}. Nothing real is called "
+        "and nothing is billed; the outputs are real files made with ffmpeg."
+    )
+
+
+def emulator_listening(url: str) -> str:
+    return (
+        f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
+        f"Point batch-runner at it with --fal-url {url}"
+    )
+
+
+def schema_change(shown_url: str, before: str | None, after: str | None) -> str | None:
+    """What `db upgrade` changed (stderr), or None when the database was already at head."""
+    if before is None:
+        return f"created the batch-runner schema in {shown_url}"
+    if before != after:
+        return f"migrated {shown_url} from revision {before}"
+    return None
+
+
+def schema_revision(shown_url: str, revision: str | None) -> str:
+    return f"{shown_url} is at revision {revision}"
+
+
+def schema_revisions(current: str | None, head: str | None) -> str:
+    return f"current {current or 'none'}   head {head}"

@@ -77,7 +77,7 @@ def report(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {output}: {exc.strerror}", hint="check the folder and free space") from exc
-    click.echo(f"wrote {output}", err=True)
+    click.echo(display.wrote(output), err=True)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

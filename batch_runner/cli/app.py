@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .. import display
 from ..config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Settings
 from ..db import engine as db_engine
 from ..db.repo import Repository
@@ -139,7 +140,7 @@ def main() -> None:
     try:
         code = cli.main(prog_name="batch-runner", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted", err=True)
+        click.echo(display.INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -55,7 +55,7 @@ def plan(app: App, manifest: Path, as_json: bool, max_cost: int | None, skip_inv
     result = planner.plan(manifest, app.settings, app.prices, app.repo)
     diff = planner.diff_plan(result, app.repo) if show_diff else None
     for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(display.warning(w), err=True)
     if as_json:
         data = result.to_json()
         if diff is not None:
@@ -90,7 +90,7 @@ def enqueue(app: App, manifest: Path, skip_invalid: bool, as_json: bool) -> None
     """Write MANIFEST's jobs into the job table; jobs already there are left as they are."""
     result = planner.plan(manifest, app.settings, app.prices, app.repo)
     for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(display.warning(w), err=True)
     added = planner.enqueue(result, app.repo, skip_invalid=skip_invalid)
     if as_json:
         emit_json(

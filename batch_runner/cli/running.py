@@ -33,11 +33,7 @@ class _Interrupts:
         if self.stop.is_set():
             os._exit(130)  # the state is already safe: every step is recorded before it happens
         self.stop.set()
-        click.echo(
-            "\nstopping: no new jobs; in-flight requests stay recorded and resume on the next run "
-            "(Ctrl-C again to exit at once)",
-            err=True,
-        )
+        click.echo(display.STOPPING, err=True)
 
     def __enter__(self) -> _Interrupts:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,11 +52,7 @@ def _fal_access(app: App, emulator: bool, concurrency: int) -> Iterator[tuple[Se
         from ..emulator.server import start_emulator
 
         server = start_emulator(concurrency=max(2, concurrency), speed=EMULATOR_SPEED)
-        click.echo(
-            f"EMULATOR: every fal call goes to a local emulator at {server.url}. Nothing real is called "
-            "and nothing is billed; the outputs are real files made with ffmpeg.",
-            err=True,
-        )
+        click.echo(display.embedded_emulator(server.url), err=True)
         try:
             yield settings.with_overrides(fal_url=server.url), Secret("emulator")
         finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .. import display
 from ..db import engine as db_engine
 from ..errors import ConfigError
 from .app import EXIT_CODES_HELP, App, Group, cli
@@ -32,11 +33,10 @@ def db_upgrade(app: App) -> None:
     engine = db_engine.open_engine(url, auto_migrate=True, allow_new=True)
     after = db_engine.current_revision(engine)
     engine.dispose()
-    if before is None:
-        click.echo(f"created the batch-runner schema in {shown}", err=True)
-    elif before != after:
-        click.echo(f"migrated {shown} from revision {before}", err=True)
-    click.echo(f"{shown} is at revision {after}")
+    change = display.schema_change(shown, before, after)
+    if change:
+        click.echo(change, err=True)
+    click.echo(display.schema_revision(shown, after))
 
 
 @db.command("current", epilog=EXIT_CODES_HELP)
@@ -44,7 +44,7 @@ def db_upgrade(app: App) -> None:
 def db_current(app: App) -> None:
     """Show the database's schema revision and the one this version needs; creates and changes nothing."""
     current = db_engine.stored_revision(app.settings.db_url)
-    click.echo(f"current {current or 'none'}   head {db_engine.head_revision()}")
+    click.echo(display.schema_revisions(current, db_engine.head_revision()))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -171,12 +171,8 @@ def emulator_serve(
 
     def ready(url: str) -> None:
         click.echo(url)
-        click.echo(
-            f"fal emulator listening on {url}: nothing real is called, nothing is billed. "
-            f"Point batch-runner at it with --fal-url {url}",
-            err=True,
-        )
+        click.echo(display.emulator_listening(url), err=True)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops the server: a clean exit
         serve(config, on_ready=ready)
-    click.echo("fal emulator stopped", err=True)
+    click.echo(display.EMULATOR_STOPPED, err=True)
