@@ -295,37 +295,3 @@ def _confirm(repo: Repository, client: FalClient, differences: list[Difference])
         confirmed = {aid: r.request_id for aid, r in found.items() if r.request_id in billed}
     for d in differences:
         d.label(confirmed)
-
-
-def render(rec: Reconciliation) -> str:
-    lines = [f"reconcile {rec.since:%Y-%m-%d %H:%M} → {rec.until:%Y-%m-%d %H:%M} UTC (whole days, on both sides)"]
-    for endpoint, day, amount in rec.matched:
-        lines.append(f"  ok          {day}  {endpoint:<48} ${format_usd(amount)}")
-    for d in rec.differences:
-        x = d.as_dict()
-        lines.append(
-            f"  DIFFERENT   {d.day}  {d.endpoint:<48} ours ${x['ours_usd']}  fal ${x['fal_usd']}  "
-            f"({x['kind']}: ${x['difference_usd']})"
-        )
-        for u in x["explained_by_uncertain_submits"]:
-            if u["confidence"] == "confirmed":
-                lines.append(
-                    f"              confirmed: fal billed request {u['request_id']} for the uncertain submit "
-                    f"of job {u['job']} (attempt {u['attempt']}, ${u['reserved_usd']}): "
-                    "`batch-runner resolve` records it"
-                )
-            else:
-                lines.append(
-                    f"              possibly the uncertain submit of job {u['job']} (attempt {u['attempt']}, "
-                    f"${u['reserved_usd']}); fal's records could not confirm it"
-                )
-    for p in rec.drift:
-        lines.append(
-            f"  PRICE DRIFT {p['endpoint']}: {p['kind']}: ${p['fal_unit_price_usd']} per {p['unit']}, "
-            f"{p['compared_with']} says ${p['compared_with_usd']} per {p['compared_with_unit']}"
-        )
-    for n in rec.notes:
-        lines.append(f"  {n['kind'].upper()}{' ' + n['endpoint'] if n['endpoint'] else ''}: {n['detail']}")
-    if rec.clean:
-        lines.append("  our ledger and fal's usage agree")
-    return "\n".join(lines) + "\n"

@@ -174,45 +174,21 @@ COLUMNS = (
 
 
 def render(report: Report, fmt: str) -> str:
-    rows = [(k, v.as_dict()) for k, v in sorted(report.groups.items())] + [("TOTAL", report.total.as_dict())]
+    """The machine formats, "json" and "csv"; the table is `display.report_table`."""
     if fmt == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([report.group_by, *COLUMNS, "outcomes"])
-        for key, d in rows:
-            writer.writerow(
-                [
-                    key,
-                    *[d[c] if d[c] is not None else "" for c in COLUMNS],
-                    ";".join(f"{s}={n}" for s, n in d["outcomes"].items()),
-                ]
-            )
-        return buf.getvalue()
-    head = (
-        f"{report.group_by:<44} {'jobs':>6} {'estimated':>10} {'billed':>10} {'retries':>9} {'waste':>9} "
-        f"{'at risk':>9} {'out s':>9} {'$/out s':>8}  outcomes"
-    )
-    lines = [head, "-" * len(head)]
+    if fmt != "csv":
+        raise ValueError(f"{fmt!r} is not a machine format (json, csv)")
+    rows = [(k, v.as_dict()) for k, v in sorted(report.groups.items())] + [("TOTAL", report.total.as_dict())]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([report.group_by, *COLUMNS, "outcomes"])
     for key, d in rows:
-        per = d["cost_per_delivered_second_usd"] or "-"
-        outcomes = " ".join(f"{s} {n}" for s, n in d["outcomes"].items())
-        lines.append(
-            f"{key[:44]:<44} {d['jobs']:>6} {d['estimated_usd']:>10} {d['billed_usd']:>10} "
-            f"{d['retry_spend_usd']:>9} {d['waste_usd']:>9} {d['at_risk_usd']:>9} "
-            f"{Decimal(d['delivered_seconds']):>9.1f} {per:>8}  {outcomes}"
+        writer.writerow(
+            [
+                key,
+                *[d[c] if d[c] is not None else "" for c in COLUMNS],
+                ";".join(f"{s}={n}" for s, n in d["outcomes"].items()),
+            ]
         )
-    if report.total.unconfirmed:
-        lines.append(
-            f"billed includes ${format_usd(report.total.unconfirmed)} priced from our price table because "
-            "fal's answers carried no billable units; `batch-runner resolve` (admin key) replaces it with "
-            "fal's billing events"
-        )
-    for b in report.runs:
-        if b["budget_usd"]:
-            lines.append(
-                f"budget: run {b['run']} committed ${b['committed_usd']} of ${b['budget_usd']} "
-                f"({b['used_percent']} %), {b['status']}"
-            )
-    return "\n".join(lines) + "\n"
+    return buf.getvalue()

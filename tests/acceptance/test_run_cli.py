@@ -156,7 +156,7 @@ def test_run_summary_json_and_the_management_commands(tmp_path, media, emulator_
 
     code, out, _ = _invoke(["retry", "--batch", "b"], env)
     lines = out.strip().splitlines()
-    assert code == 0 and "failed     new attempt: may pay $0.30" in lines[0]
+    assert code == 0 and "failed new attempt: may pay $0.30" in lines[0]
     assert lines[-1] == "1 job(s) queued again; run `batch-runner run` to process them; at most $0.30 more"
     code, out, _ = _invoke(["run", "--batch", "b", "--json"], env)
     assert code == 0 and json.loads(out)["jobs"] == {"succeeded": 1}

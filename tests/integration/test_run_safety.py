@@ -292,17 +292,17 @@ def test_a_run_settles_its_batches_provisional_bills_before_it_starts(tmp_path, 
 
 
 def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, media, emulator_factory):
-    from batch_runner import reports
+    from batch_runner import display, reports
 
     bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1)
     bench.run()
     report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
     assert report.total.unconfirmed == report.total.billed == 2 * 300_000
-    assert "$0.60 priced from our price table" in reports.render(report, "table")
+    assert "$0.60 priced from our price table" in display.report_table(report)
     assert json.loads(reports.render(report, "json"))["total"]["unconfirmed_usd"] == "0.60"
     runner.resolve_jobs(bench.settings, bench.repo, ["b"])
     report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
-    assert report.total.unconfirmed == 0 and "price table because" not in reports.render(report, "table")
+    assert report.total.unconfirmed == 0 and "price table because" not in display.report_table(report)
 
 
 def test_a_key_id_and_secret_pair_is_sent_as_fal_client_sends_it(tmp_path, media, emulator_factory):

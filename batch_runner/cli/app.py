@@ -1,0 +1,148 @@
+"""The click group, its per-invocation state, the shared option callbacks and the entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import display
+from ..config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Settings
+from ..db import engine as db_engine
+from ..db.repo import Repository
+from ..domain import usd_to_micro
+from ..errors import EXIT_CODES, BatchRunnerError
+from ..logs import setup_logging
+from ..pricing import PriceTable, load_price_table
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+
+
+class CliError(click.ClickException):
+    """Our error, shown as `Error: …` on stderr with its documented exit code."""
+
+    def __init__(self, err: BatchRunnerError) -> None:
+        super().__init__(str(err))
+        # click types exit_code as a ClassVar; ours is the error's, so it is set per instance
+        self.exit_code = err.exit_code  # type: ignore[misc]
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchRunnerError as err:
+            raise CliError(err) from err
+
+
+class App:
+    """Per-invocation state: settings, and the price table and database opened on first use."""
+
+    def __init__(self, settings: Settings, verbose: int = 0) -> None:
+        self.settings = settings
+        self.verbose = verbose
+        self.pool_size: int | None = None  # run/work size the connection pool to their threads
+        self._prices: PriceTable | None = None
+        self._repo: Repository | None = None
+
+    @property
+    def prices(self) -> PriceTable:
+        if self._prices is None:
+            self._prices = load_price_table(self.settings.prices_path)
+        return self._prices
+
+    @property
+    def repo(self) -> Repository:
+        """The job database. Only the default location is created by itself: a --db that names no
+        database is an error (exit 6), not a new empty ledger that would pay for everything again."""
+        if self._repo is None:
+            self._repo = Repository(
+                db_engine.open_engine(
+                    self.settings.db_url, pool_size=self.pool_size, allow_new=self.settings.db_is_default
+                )
+            )
+        return self._repo
+
+
+def parse_usd(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        micro = usd_to_micro(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a USD amount like 25.00") from None
+    if micro < 0:
+        raise click.BadParameter("must not be negative")
+    return micro
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)  # Decimal and the like: exact, as a string
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+
+
+@click.group(cls=Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    "db_url",
+    envvar=ENV_DB,
+    show_envvar=True,
+    metavar="URL",
+    help="Job database: sqlite:///PATH, a file path, or postgresql://user@host/db. Only the default "
+    "location is created by itself; `db upgrade` creates one elsewhere "
+    "[default: $XDG_DATA_HOME/batch-runner/batch-runner.db, else ~/.local/share/…].",
+)
+@click.option(
+    "--prices",
+    "prices_path",
+    envvar=ENV_PRICES,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your own price file, laid over the defaults.",
+)
+@click.option(
+    "--fal-url",
+    envvar=ENV_FAL_URL,
+    show_envvar=True,
+    metavar="URL",
+    help="Send every fal call (queue, storage, platform API) to this base URL, e.g. an emulator.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="batch-runner")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_url: str | None, verbose: int) -> None:
+    """Run batches of Luma Ray video jobs on fal.ai and account for every cent.
+
+    FAL_KEY is read from the environment and never printed, logged or stored.
+
+    \b
+    Environment: FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET), FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES,
+      BATCH_RUNNER_FAL_PRICES, BATCH_RUNNER_FAL_URL,
+      BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
+      BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
+      BATCH_RUNNER_WARN_AT_USD
+    """
+    settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
+    setup_logging(verbose, [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k])
+    ctx.obj = App(settings, verbose)
+
+
+def main() -> None:
+    """Console entry point. Click would turn Ctrl-C into exit 1; we exit 130 as documented."""
+    try:
+        code = cli.main(prog_name="batch-runner", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo(display.INTERRUPTED, err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,167 @@
+"""Commands that price and queue work: endpoints, plan, enqueue, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import display, planner, runner
+from ..domain import JobState, format_usd
+from ..errors import BudgetExceededError, ConfigError
+from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+
+_STATE_CHOICE = click.Choice([s.value for s in JobState])
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def endpoints(app: App, as_json: bool) -> None:
+    """List every supported endpoint with its billing unit and prices."""
+    rows = planner.endpoint_prices(app.prices)
+    if as_json:
+        emit_json({"price_table": app.prices.label, "endpoints": rows})
+        return
+    click.echo(display.endpoints(app.prices.label, rows))
+
+
+# --------------------------------------------------------------------------- plan / enqueue
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a stable interface).")
+@click.option(
+    "--max-cost",
+    callback=parse_usd,
+    metavar="USD",
+    help="Exit with code 5 when the estimated total is over this amount.",
+)
+@click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
+@click.option(
+    "--diff",
+    "show_diff",
+    is_flag=True,
+    help="Compare with the job table: new, changed (they bill again), unchanged and removed jobs.",
+)
+@click.pass_obj
+def plan(app: App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool, show_diff: bool) -> None:
+    """Expand MANIFEST, probe its sources and price every job. Writes no jobs, calls no API."""
+    result = planner.plan(manifest, app.settings, app.prices, app.repo)
+    diff = planner.diff_plan(result, app.repo) if show_diff else None
+    for w in result.warnings:
+        click.echo(display.warning(w), err=True)
+    if as_json:
+        data = result.to_json()
+        if diff is not None:
+            data["diff"] = diff.to_json()
+        emit_json(data)
+    else:
+        click.echo(display.plan(result) if diff is None else display.plan_diff(result, diff))
+    click.echo(display.probed(result), err=True)
+    _check_plan(result, max_cost, skip_invalid)
+
+
+def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) -> None:
+    budget = result.manifest.budget_micro_usd
+    total = result.total_micro_usd
+    if budget is not None and total > budget:
+        click.echo(display.plan_over_budget(total, budget), err=True)
+    if result.invalid and not skip_invalid:
+        raise planner.invalid_items_error(result)
+    if max_cost is not None and total > max_cost:
+        raise BudgetExceededError(
+            f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
+            hint="reduce the matrix or the sources, or raise --max-cost",
+        )
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def enqueue(app: App, manifest: Path, skip_invalid: bool, as_json: bool) -> None:
+    """Write MANIFEST's jobs into the job table; jobs already there are left as they are."""
+    result = planner.plan(manifest, app.settings, app.prices, app.repo)
+    for w in result.warnings:
+        click.echo(display.warning(w), err=True)
+    added = planner.enqueue(result, app.repo, skip_invalid=skip_invalid)
+    if as_json:
+        emit_json(
+            {"batch": added.batch, "added": added.added, "existing": added.existing, "invalid": len(result.invalid)}
+        )
+    else:
+        click.echo(display.enqueued(added.batch, added.added, added.existing, len(result.invalid)))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--batch", help="Only this batch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=_STATE_CHOICE,
+    help="List the jobs in this state (repeatable) instead of counting.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(app: App, batch: str | None, states: tuple[str, ...], as_json: bool) -> None:
+    """Count jobs by batch and state, or list the jobs in some states."""
+    if states:
+        rows = runner.select_jobs(app.repo, [batch] if batch else None, [JobState(s) for s in states], [])
+        if as_json:
+            emit_json(
+                {
+                    "jobs": [
+                        {
+                            k: r[k]
+                            for k in (
+                                "id",
+                                "key",
+                                "state",
+                                "endpoint",
+                                "source",
+                                "output_path",
+                                "last_error",
+                                "attempt_count",
+                            )
+                        }
+                        for r in rows
+                    ]
+                }
+            )
+            return
+        if rows:
+            click.echo(display.job_list(rows))
+        return
+    counts = planner.status(app.repo, batch)
+    if batch is not None and not counts and batch not in app.repo.batch_names():
+        raise ConfigError(f'no batch named "{batch}"', hint="run `batch-runner status` to list batches")
+    batches: dict[str, dict[str, Any]] = {}
+    for c in counts:
+        b = batches.setdefault(c.batch, {"batch": c.batch, "jobs": 0, "states": {}, "estimated_micro": 0})
+        b["states"][c.state] = c.jobs
+        b["jobs"] += c.jobs
+        b["estimated_micro"] += c.estimated_micro_usd
+    if as_json:
+        emit_json(
+            {
+                "batches": [
+                    {
+                        "batch": b["batch"],
+                        "jobs": b["jobs"],
+                        "states": b["states"],
+                        "estimated_cost_usd": format_usd(b["estimated_micro"]),
+                    }
+                    for b in batches.values()
+                ]
+            }
+        )
+        return
+    click.echo(display.batch_status(list(batches.values())))
