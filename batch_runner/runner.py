@@ -32,7 +32,7 @@ from .errors import (
 )
 from .output import CheckSettings, Delivery
 from .planner import enqueue, plan
-from .pool import CircuitBreaker, Pool, PoolSettings, pid_alive
+from .pool import CircuitBreaker, Pool, PoolOutcome, PoolSettings, pid_alive
 from .pricing import PriceTable
 from .resolve import LISTING_LAG_S, Resolver, ResolveReport
 from .worker import Reporter, Worker, settle_cancel
@@ -123,22 +123,11 @@ def run_jobs(
 ) -> RunSummary:
     """Enqueue the manifest (if any), then process until nothing is left (or forever for `work`)."""
     started = time.monotonic()
-    budget, daily, warn_at = max_cost_micro_usd, None, settings.warn_at_micro
     if manifest is not None:
         planned = plan(manifest, settings, prices, repo)
         enqueue(planned, repo, skip_invalid=skip_invalid)
         batches = batches or [planned.manifest.batch]
-    if batches:
-        known = set(repo.batch_names())
-        missing = [b for b in batches if b not in known]
-        if missing:
-            raise ConfigError(f'no batch named "{missing[0]}"', hint="enqueue its manifest first")
-        if len(batches) == 1:  # the batch's own policies (from its manifest) apply
-            run_b, daily, batch_warn = repo.batch_budgets(batches[0])
-            budget = budget if budget is not None else run_b
-            warn_at = batch_warn if batch_warn is not None else warn_at
-    if budget is None:
-        budget = settings.max_usd_per_run_micro
+    budget, daily, warn_at = _policies(settings, repo, batches, max_cost_micro_usd)
     queue = JobQueue(repo.engine, Actor.current(), pool.lease_s, pid_namespace=pid_namespace())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     # Only a name given on purpose (`work --run NAME`) joins an existing run and its budget.
@@ -151,6 +140,47 @@ def run_jobs(
     queue.sweep(batches, run.id)
     _settle_own(repo.settler, settings, key, batches, pool, reporter, stop)
     reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
+    worker, breaker = _worker(settings, prices, repo, queue, client, pool, reporter, stop)
+    try:
+        outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
+    finally:
+        client.close()
+    summary = _summary(queue, run.id, name, batches, outcome, time.monotonic() - started)
+    queue.finish_run(run.id, _run_status(outcome), summary.to_json())
+    return summary
+
+
+def _policies(
+    settings: Settings, repo: Repository, batches: list[str] | None, max_cost_micro_usd: int | None
+) -> tuple[int | None, int | None, int | None]:
+    """The run's budget, the batch's daily budget and the warning threshold: --max-cost, else the
+    batch's own policies (one batch: its manifest's), else the settings."""
+    budget, daily, warn_at = max_cost_micro_usd, None, settings.warn_at_micro
+    if batches:
+        known = set(repo.batch_names())
+        missing = [b for b in batches if b not in known]
+        if missing:
+            raise ConfigError(f'no batch named "{missing[0]}"', hint="enqueue its manifest first")
+        if len(batches) == 1:  # the batch's own policies (from its manifest) apply
+            run_b, daily, batch_warn = repo.batch_budgets(batches[0])
+            budget = budget if budget is not None else run_b
+            warn_at = batch_warn if batch_warn is not None else warn_at
+    if budget is None:
+        budget = settings.max_usd_per_run_micro
+    return budget, daily, warn_at
+
+
+def _worker(
+    settings: Settings,
+    prices: PriceTable,
+    repo: Repository,
+    queue: JobQueue,
+    client: FalClient,
+    pool: PoolSettings,
+    reporter: Reporter,
+    stop: threading.Event,
+) -> tuple[Worker, CircuitBreaker]:
+    """The per-job worker with its delivery, and the circuit breaker the pool shares with it."""
     probes_cache: dict[str, ProbeResult | None] = {}
 
     def source_probe(job: dict[str, Any]) -> ProbeResult | None:
@@ -170,28 +200,18 @@ def run_jobs(
             reporter.event("warning", {}, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
-    delivery = Delivery(
-        client,
-        prices,
-        CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s, strict=pool.strict_verify),
-        source_probe,
-    )
-    worker = Worker(
-        queue,
-        client,
-        prices,
-        pool,
-        reporter,
-        delivery,
-        stop,
-        breaker,
-        synced=fal_prices.load_synced(settings.fal_prices_path),
-    )
-    try:
-        outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
-    finally:
-        client.close()
-    report = queue.run_report(run.id, batches)
+    check = CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s, strict=pool.strict_verify)
+    delivery = Delivery(client, prices, check, source_probe)
+    synced = fal_prices.load_synced(settings.fal_prices_path)
+    worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker, synced=synced)
+    return worker, breaker
+
+
+def _summary(
+    queue: JobQueue, run_id: int, name: str, batches: list[str] | None, outcome: PoolOutcome, elapsed_s: float
+) -> RunSummary:
+    """What the run did to the jobs it touched, what it cost and how it ended."""
+    report = queue.run_report(run_id, batches)
     jobs = report["jobs"]
     counts: dict[str, int] = defaultdict(int)
     for j in jobs:
@@ -208,15 +228,18 @@ def run_jobs(
         for j in jobs
         if j["state"] in {s.value for s in FAILED_STATES}
     ]
-    stopped_by = None
     error = outcome.fatal
-    if error is not None:
-        stopped_by = error.message
-    elif outcome.interrupted:
-        stopped_by = "interrupt"
-    elif outcome.budget_stop is not None:
-        stopped_by = "budget"
-    summary = RunSummary(
+    stopped_by = (
+        error.message
+        if error is not None
+        else "interrupt"
+        if outcome.interrupted
+        else "budget"
+        if outcome.budget_stop is not None
+        else None
+    )
+    stop = outcome.budget_stop
+    return RunSummary(
         run=name,
         batches=batches,
         counts=dict(counts),
@@ -225,26 +248,24 @@ def run_jobs(
         budget_micro_usd=report["budget_micro_usd"],
         failed=failed,
         batch_states=report["batch_states"],
-        elapsed_s=time.monotonic() - started,
+        elapsed_s=elapsed_s,
         stopped_by=stopped_by,
-        budget_left_micro_usd=(outcome.budget_stop.left_micro_usd if outcome.budget_stop else None),
-        budget_stop_scope=(outcome.budget_stop.scope if outcome.budget_stop else None),
-        budget_stop_limit_micro_usd=(outcome.budget_stop.budget_micro_usd if outcome.budget_stop else None),
+        budget_left_micro_usd=stop.left_micro_usd if stop else None,
+        budget_stop_scope=stop.scope if stop else None,
+        budget_stop_limit_micro_usd=stop.budget_micro_usd if stop else None,
         not_run=report["batch_states"].get(JobState.QUEUED.value, 0),
         error=error,
         unexpected=list(outcome.unexpected),
     )
-    status = (
-        "interrupted"
-        if outcome.interrupted
-        else "failed"
-        if error is not None
-        else "budget_stop"
-        if outcome.budget_stop is not None
-        else "finished"
-    )  # the why is in the summary
-    queue.finish_run(run.id, status, summary.to_json())
-    return summary
+
+
+def _run_status(outcome: PoolOutcome) -> str:
+    """The run's recorded status (the why is in its summary)."""
+    if outcome.interrupted:
+        return "interrupted"
+    if outcome.fatal is not None:
+        return "failed"
+    return "budget_stop" if outcome.budget_stop is not None else "finished"
 
 
 def _settle_own(
