@@ -302,10 +302,8 @@ class FalClient:
         try:
             return self._upload_whole(path, ctype, lifecycle, self._token(stale=token))
         except AuthError as exc:  # a fresh token refused too: this file's upload fails, not every worker
-            reply = exc.reply if isinstance(exc.reply, Reply) else Reply(status=exc.status)
-            raise RemoteError(
-                f"upload {path.name}: fal's storage refused a fresh upload token ({exc.message})",
-                reply=replace(reply, keyless=True),
+            raise _not_our_key(
+                exc, f"upload {path.name}: fal's storage refused a fresh upload token ({exc.message})"
             ) from None
 
     def _upload_whole(self, path: Path, ctype: str, lifecycle: dict[str, str], token: CdnToken) -> str:
@@ -378,11 +376,11 @@ class FalClient:
             if not resp.is_success:
                 err = error_for(resp, what)
                 if isinstance(err, AuthError):  # our key was not sent: the signed URL was refused, not the key
-                    raise RemoteError(
+                    raise _not_our_key(
+                        err,
                         f"{what}: the signed upload URL was refused (HTTP {resp.status_code})",
                         hint="it may have expired; the upload is started again",
-                        reply=replace(reply_of(resp), keyless=True),
-                    ) from None
+                    )
                 raise err
             return resp
 
@@ -463,6 +461,13 @@ class FalClient:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _not_our_key(err: AuthError, message: str, *, hint: str | None = None) -> RemoteError:
+    """A 401/403 on a call our key did not authorise (a CDN token, a signed URL): that call's
+    failure (`Reply.keyless`, see outcome.decide), never an account stop for every worker."""
+    reply = err.reply if isinstance(err.reply, Reply) else Reply(status=err.status)
+    return RemoteError(message, hint=hint, reply=replace(reply, keyless=True))
 
 
 @contextmanager
