@@ -188,7 +188,7 @@ class Resolver:
         missing event is not proof that fal charged nothing for output it delivered."""
         # fal's billing events answer at most 90 days per call (docs: platform-apis/v1/models/billing-events);
         # older bills stay as they are, marked, and are no longer asked about
-        pending = [a for a in self.settler.pending_bills(batches) if self.now - a["created_at"] < BILLING_LOOKBACK]
+        pending = self.settler.pending_bills(batches, self.now - BILLING_LOOKBACK)
         if not pending:
             return []
         start = min(a["created_at"] for a in pending) - SLACK

@@ -4,6 +4,7 @@ waited on fal's billing events recorded. Each change is fenced, so two settlers 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -150,9 +151,9 @@ class Settler(Transitions):
 
         return self._settle_uncertain("cancelling an uncertain job", job, attempt, change)
 
-    def pending_bills(self, batches: Sequence[str] | None) -> list[dict[str, Any]]:
-        """Attempts whose bill waits on fal's billing events: recorded as $0 pending fal's word (a
-        refused run fal may have billed), or provisional (our price table's figure)."""
+    def pending_bills(self, batches: Sequence[str] | None, since: datetime) -> list[dict[str, Any]]:
+        """Attempts made since `since` whose bill waits on fal's billing events: recorded as $0
+        pending fal's word (a refused run fal may have billed), or provisional (our price table's figure)."""
 
         def go(conn: Connection) -> list[dict[str, Any]]:
             return [
@@ -163,6 +164,7 @@ class Settler(Transitions):
                     .where(
                         or_(A.c.price_source == PENDING_BILLING_EVENTS, A.c.price_source.startswith(PROVISIONAL)),
                         A.c.request_id.is_not(None),
+                        A.c.created_at > since,
                         *self._scope(batches),
                     )
                     .order_by(A.c.id)
