@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .domain import format_usd
+from .records import AttemptRecord, EventRecord, JobRecord
 
 if TYPE_CHECKING:
-    from .planner import Plan, PlanDiff
+    from .planner import BatchStatus, Plan, PlanDiff
     from .price_sync import SyncReport
     from .reconcile import Reconciliation
     from .reports import Report
@@ -169,15 +170,15 @@ def plan_diff(result: Plan, diff: PlanDiff) -> str:
         rows.add_row("new", job.key[:10], f"${job.estimate.usd if job.estimate else '?'}", _rel(job.output, root), "")
     for job, old in diff.changed:
         usd = f"${job.estimate.usd if job.estimate else '?'}"
-        note = f"(replaces {old['key'][:10]}, {old['state']}: bills again)"
+        note = f"(replaces {old.key[:10]}, {old.state.value}: bills again)"
         rows.add_row("changed", job.key[:10], usd, _rel(job.output, root), note)
     for row in diff.removed:
         rows.add_row(
-            "removed", row["key"][:10], "", _rel(row["output_path"], root), f"({row['state']}; still in the table)"
+            "removed", row.key[:10], "", _rel(row.output_path, root), f"({row.state.value}; still in the table)"
         )
     states: dict[str, int] = {}
     for _, state in diff.unchanged:
-        states[state] = states.get(state, 0) + 1
+        states[state.value] = states.get(state.value, 0) + 1
     unchanged = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
     rows.add_row("unchanged", f"{len(diff.unchanged)} job(s): {unchanged}", "", "", "")
     return text(
@@ -209,22 +210,22 @@ def enqueued(batch: str, added: int, existing: int, invalid: int) -> str:
     )
 
 
-def job_list(rows: list[dict[str, Any]]) -> str:
+def job_list(rows: list[JobRecord]) -> str:
     table = _table(">", "", "", "", header=False, gap=1)
     for r in rows:
-        error = f"({r['last_error']})" if r["last_error"] else ""
-        table.add_row(str(r["id"]), r["key"][:12], r["state"], f"{r['source'] or '-'} → {r['output_path']}", error)
+        error = f"({r.last_error})" if r.last_error else ""
+        table.add_row(str(r.id), r.key[:12], r.state.value, f"{r.source or '-'} → {r.output_path}", error)
     return text([table])
 
 
-def batch_status(batches: list[dict[str, Any]]) -> str:
-    """Jobs per batch: `batches` holds batch, jobs, states and estimated_micro for each."""
+def batch_status(batches: list[BatchStatus]) -> str:
+    """Jobs per batch, by state, with their estimated cost."""
     if not batches:
         return "no jobs yet: `batch-runner enqueue MANIFEST` adds some"
     table = _table("", ">", ">", "", header=False)
     for b in batches:
-        by_state = "  ".join(f"{s} {n}" for s, n in sorted(b["states"].items()))
-        table.add_row(b["batch"], f"{b['jobs']} jobs", f"${format_usd(b['estimated_micro'])} estimated", by_state)
+        by_state = "  ".join(f"{s} {n}" for s, n in sorted(b.states.items()))
+        table.add_row(b.batch, f"{b.jobs} jobs", f"${format_usd(b.estimated_micro_usd)} estimated", by_state)
     return text([table])
 
 
@@ -253,33 +254,33 @@ def run_summary(summary: RunSummary) -> str:
     return text(parts)
 
 
-def job_history(row: dict[str, Any], attempts: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
+def job_history(row: JobRecord, attempts: list[AttemptRecord], events: list[EventRecord]) -> str:
     facts = _table("", "", header=False, gap=1)
-    facts.add_row("endpoint", row["endpoint"])
-    facts.add_row("source", row["source"])
-    facts.add_row("output", row["output_path"])
-    estimate = f"${format_usd(row['estimate_micro_usd'])} ({row['price_table']})"
-    facts.add_row("estimate", f"{estimate}   billed ${_usd_or_dash(row['billed_micro_usd'])}")
-    if row["last_error"]:
-        facts.add_row("last error:", row["last_error"])
-    facts.add_row("input", row["input_json"])
+    facts.add_row("endpoint", row.endpoint)
+    facts.add_row("source", row.source)
+    facts.add_row("output", row.output_path)
+    estimate = f"${format_usd(row.estimate_micro_usd)} ({row.price_table})"
+    facts.add_row("estimate", f"{estimate}   billed ${_usd_or_dash(row.billed_micro_usd)}")
+    if row.last_error:
+        facts.add_row("last error:", row.last_error)
+    facts.add_row("input", row.input_json)
     tried = _table("", "", "", "", "", header=False, gap=1)
     for a in attempts:
         tried.add_row(
-            f"#{a['number']}",
-            a["state"],
-            f"request {a['request_id'] or '-'}",
-            f"worker {a['worker']}",
-            f"billed {_usd_or_dash(a['billed_micro_usd'])}" + (f"  error: {a['error']}" if a["error"] else ""),
+            f"#{a.number}",
+            a.state.value,
+            f"request {a.request_id or '-'}",
+            f"worker {a.worker}",
+            f"billed {_usd_or_dash(a.billed_micro_usd)}" + (f"  error: {a.error}" if a.error else ""),
         )
     trail = _table("", "", "", "", "", header=False)
     for e in events:
-        move = f"{e['from_state'] or ''} → {e['to_state']}" if e["to_state"] else ""
-        details = e["details_json"] if e["details_json"] != "{}" else ""
-        trail.add_row(f"{e['at']:%Y-%m-%d %H:%M:%S}", e["kind"], move, f"{e['user']}@{e['host']}:{e['pid']}", details)
+        move = f"{e.from_state or ''} → {e.to_state}" if e.to_state else ""
+        details = json.dumps(e.details, sort_keys=True) if e.details else ""
+        trail.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.kind, move, f"{e.user}@{e.host}:{e.pid}", details)
     return text(
         [
-            f"job {row['id']}  key {row['key']}  state {row['state']}",
+            f"job {row.id}  key {row.key}  state {row.state.value}",
             (2, facts),
             "attempts:",
             (2, tried),
@@ -297,7 +298,7 @@ def retry_plan(plan: list[RetryItem], queued: int, may_pay_micro_usd: int, dry_r
             if item.how == "redeliver"
             else f"new attempt: may pay ${format_usd(item.may_pay_micro_usd)}"
         )
-        table.add_row(str(item.job["id"]), item.job["key"][:12], item.job["state"], what)
+        table.add_row(str(item.job.id), item.job.key[:12], item.job.state.value, what)
     verb = "would be queued again" if dry_run else "queued again; run `batch-runner run` to process them"
     return text([*([table] if plan else []), f"{queued} job(s) {verb}; at most ${format_usd(may_pay_micro_usd)} more"])
 

@@ -53,6 +53,27 @@ class AttemptState(str, enum.Enum):
     UNCERTAIN = "uncertain"
 
 
+class RunEvent(str, enum.Enum):
+    """What a run tells its display (the reporter), job by job and about the run as a whole."""
+
+    START = "start"  # the run begins: its name, jobs to do and budget
+    SUBMITTED = "submitted"
+    QUEUED = "queued"  # fal's queue position
+    LOG = "log"  # a log line of the model (verbose)
+    RETRY = "retry"  # back to the queue for a new attempt, after a delay
+    FOLLOW_LATER = "follow_later"  # fal could not be read now; followed again later
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    UNCERTAIN = "uncertain"
+    ERROR = "error"  # a job hit trouble it was let go from (a bug, a cancel that failed)
+    LOST = "lost"  # another worker took the job over
+    WARNING = "warning"
+    OUTAGE = "outage"  # fal unreachable: the circuit breaker opened
+    RESUMED = "resumed"  # fal reachable again
+
+
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED})
 
 

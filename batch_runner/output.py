@@ -21,6 +21,7 @@ from .api.client import FalClient
 from .domain import Estimate, ProbeResult, format_usd
 from .errors import ProbeError, RemoteError
 from .pricing import PriceTable
+from .records import AttemptRecord, JobRecord
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,15 @@ class Delivery:
         client: FalClient,
         prices: PriceTable,
         check: CheckSettings,
-        source_probe: Callable[[dict[str, Any]], ProbeResult | None],
+        source_probe: Callable[[JobRecord], ProbeResult | None],
     ) -> None:
         self.client, self.prices, self.check, self.source_probe = client, prices, check, source_probe
 
-    def fetch(self, job: dict[str, Any], attempt_number: int, url: str) -> Delivered | NotDelivered:
+    def fetch(self, job: JobRecord, attempt_number: int, url: str) -> Delivered | NotDelivered:
         """Download and verify into a `.part` file beside the target (nothing is left on disk
         when it was not delivered)."""
-        target = Path(job["output_path"])
-        root = Path(job["output_root"]) if job.get("output_root") else target.parent
+        target = Path(job.output_path)
+        root = Path(job.output_root) if job.output_root else target.parent
         # per attempt and process: a worker that took this job over never writes into a dead one's file
         tmp = target.with_name(f".{target.name}.{attempt_number}.{os.getpid()}.part")
         try:
@@ -152,11 +153,11 @@ class Delivery:
             _unlink_quietly(stale)
         return None
 
-    def price_delivered(self, job: dict[str, Any], measured: ProbeResult) -> Estimate:
+    def price_delivered(self, job: JobRecord, measured: ProbeResult) -> Estimate:
         """The price table applied to a verified delivery, by the endpoint's billing unit: per
         started source second on the source's probed length (as fal bills it), per second on
         the output's measured length, per video on its parameters alone."""
-        ep = catalog.endpoint(job["endpoint"])
+        ep = catalog.endpoint(job.endpoint)
         src = self.source_probe(job)
         if ep.billing == catalog.PER_STARTED_SOURCE_SECOND and src is not None:
             duration = src.duration
@@ -164,9 +165,9 @@ class Delivery:
             duration = None
         else:
             duration = measured.duration
-        return self.prices.estimate(ep, json.loads(job["input_json"]), duration)
+        return self.prices.estimate(ep, job.params, duration)
 
-    def _verify(self, job: dict[str, Any], path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
+    def _verify(self, job: JobRecord, path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
         """ffprobe the download: (what breaks fal's promise, what differs from our convention, figures)."""
         try:
             got = probe.probe(str(path), "video", f"file:{path}", timeout_s=self.check.probe_timeout_s)
@@ -176,8 +177,8 @@ class Delivery:
         width, height = got.display_size
         if not width or not height or not got.duration or got.duration <= 0:
             return f"not a playable video ({width}x{height}, {got.duration} s)", (), got
-        ep = catalog.endpoint(job["endpoint"])
-        params = ep.with_defaults(json.loads(job["input_json"]))
+        ep = catalog.endpoint(job.endpoint)
+        params = ep.with_defaults(job.params)
         src = self.source_probe(job)
         broken: list[str] = []
         if "aspect_ratio" in params and ep.output_aspect == "param":
@@ -204,8 +205,8 @@ class Delivery:
 
 
 def sidecar(
-    job: dict[str, Any],
-    attempt: dict[str, Any],
+    job: JobRecord,
+    attempt: AttemptRecord,
     delivered: Delivered,
     billed_micro_usd: int,
     units: str | None,
@@ -214,23 +215,23 @@ def sidecar(
     """The provenance written beside every output."""
     m = delivered.measured
     return {
-        "endpoint": job["endpoint"],
-        "input": json.loads(job["input_json"]),
-        "request_id": attempt["request_id"],
-        "attempt": attempt["number"],
-        "job_key": job["key"],
-        "source": job["source"],
-        "source_fingerprint": job["source_fingerprint"],
+        "endpoint": job.endpoint,
+        "input": job.params,
+        "request_id": attempt.request_id,
+        "attempt": attempt.number,
+        "job_key": job.key,
+        "source": job.source,
+        "source_fingerprint": job.source_fingerprint,
         "output": str(delivered.path),
         "sha256": delivered.sha256,
         "size_bytes": delivered.size_bytes,
         "width": m.width,
         "height": m.height,
         "duration_s": str(m.duration) if m.duration is not None else None,
-        "estimated_cost_usd": format_usd(job["estimate_micro_usd"]),
+        "estimated_cost_usd": format_usd(job.estimate_micro_usd),
         "billed_cost_usd": format_usd(billed_micro_usd),
         "billable_units": units,
-        "price_table": job["price_table"],
+        "price_table": job.price_table,
         "billed_price_source": price_source,
         "check_warnings": list(delivered.warnings),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -16,14 +17,16 @@ import httpx
 from . import catalog, fal_prices, probe
 from .config import Settings
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import Actor, JobSpec, ProbeResult, format_usd, is_remote
+from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
 from .errors import (
     BatchRunnerError,
+    ConfigError,
     InvalidItemsError,
     ManifestError,
 )
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
+from .records import JobOutline
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,9 @@ class PlanDiff:
     unchanged ones (with their state) and jobs the manifest no longer produces."""
 
     new: list[JobSpec]
-    changed: list[tuple[JobSpec, dict[str, Any]]]  # the planned job and the table row it replaces
-    unchanged: list[tuple[JobSpec, str]]  # with the job's state in the table
-    removed: list[dict[str, Any]]
+    changed: list[tuple[JobSpec, JobOutline]]  # the planned job and the stored job it replaces
+    unchanged: list[tuple[JobSpec, JobState]]  # with the job's state in the table
+    removed: list[JobOutline]
 
     @property
     def added_micro_usd(self) -> int:
@@ -105,41 +108,47 @@ class PlanDiff:
             "changed": [
                 {
                     "key": j.key,
-                    "replaces": old["key"],
+                    "replaces": old.key,
                     "output": j.output,
                     "estimated_cost_usd": j.estimate.usd if j.estimate else None,
                 }
                 for j, old in self.changed
             ],
-            "unchanged": [{"key": j.key, "state": state} for j, state in self.unchanged],
-            "removed": [{"key": r["key"], "output": r["output_path"], "state": r["state"]} for r in self.removed],
+            "unchanged": [{"key": j.key, "state": state.value} for j, state in self.unchanged],
+            "removed": [{"key": r.key, "output": r.output_path, "state": r.state.value} for r in self.removed],
             "added_cost_usd": format_usd(self.added_micro_usd),
         }
 
 
 def diff_plan(plan_: Plan, repo: Repository) -> PlanDiff:
-    """Compare a plan with the job table (by job key, and by output path for changed jobs)."""
-    rows = repo.batch_jobs(plan_.manifest.batch)
-    by_key = {r["key"]: r for r in rows}
-    by_output: dict[str, dict[str, Any]] = {}
-    for r in rows:  # the newest job for each output path
-        by_output[r["output_path"]] = r
-    new, changed, unchanged = [], [], []
+    """Compare a plan with the job table of its batch."""
+    return diff_jobs(plan_.jobs, repo.batch_jobs(plan_.manifest.batch))
+
+
+def diff_jobs(planned: Sequence[JobSpec], stored: Sequence[JobOutline]) -> PlanDiff:
+    """Compare planned jobs with the stored ones (in the order they were stored): the same key is
+    unchanged; the same output path under another key is changed (the newest stored job for that
+    path is the one replaced); a stored job neither planned nor replaced is removed."""
+    by_key = {r.key: r for r in stored}
+    by_output = {r.output_path: r for r in stored}  # the newest job for each output path wins
+    new: list[JobSpec] = []
+    changed: list[tuple[JobSpec, JobOutline]] = []
+    unchanged: list[tuple[JobSpec, JobState]] = []
     planned_keys, planned_outputs = set(), set()
-    for job in plan_.jobs:
+    for job in planned:
         planned_keys.add(job.key)
         planned_outputs.add(job.output)
         if job.key in by_key:
-            unchanged.append((job, by_key[job.key]["state"]))
+            unchanged.append((job, by_key[job.key].state))
         elif job.output in by_output:
             changed.append((job, by_output[job.output]))
         else:
             new.append(job)
-    replaced = {old["key"] for _, old in changed}
+    replaced = {old.key for _, old in changed}
     removed = [
         r
-        for r in rows
-        if r["key"] not in planned_keys and r["key"] not in replaced and r["output_path"] not in planned_outputs
+        for r in stored
+        if r.key not in planned_keys and r.key not in replaced and r.output_path not in planned_outputs
     ]
     return PlanDiff(new, changed, unchanged, removed)
 
@@ -307,8 +316,41 @@ def invalid_items_error(plan_: Plan) -> InvalidItemsError:
     )
 
 
-def status(repo: Repository, batch: str | None = None) -> list[StateCount]:
-    return repo.state_counts(batch)
+@dataclass(frozen=True)
+class BatchStatus:
+    """One batch's jobs: how many, by state, and their estimated cost."""
+
+    batch: str
+    jobs: int
+    states: dict[str, int]
+    estimated_micro_usd: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "jobs": self.jobs,
+            "states": self.states,
+            "estimated_cost_usd": format_usd(self.estimated_micro_usd),
+        }
+
+
+def status(repo: Repository, batch: str | None = None) -> list[BatchStatus]:
+    """Jobs per batch and state (one batch, or all); a batch that does not exist is an error."""
+    counts = repo.state_counts(batch)
+    if batch is not None and not counts and batch not in repo.batch_names():
+        raise ConfigError(f'no batch named "{batch}"', hint="run `batch-runner status` to list batches")
+    by_batch: dict[str, list[StateCount]] = defaultdict(list)
+    for c in counts:
+        by_batch[c.batch].append(c)
+    return [
+        BatchStatus(
+            name,
+            sum(c.jobs for c in cs),
+            {c.state: c.jobs for c in cs},
+            sum(c.estimated_micro_usd for c in cs),
+        )
+        for name, cs in by_batch.items()
+    ]
 
 
 def endpoint_prices(prices: PriceTable) -> list[dict[str, Any]]:

@@ -17,12 +17,12 @@ from decimal import Decimal
 
 from .api.transport import RetryPolicy
 from .budget import BudgetStop
-from .db.dispatch import RunInfo
 from .db.queue import JobQueue
 from .db.transition import Claim
-from .domain import JobState
+from .domain import JobState, RunEvent
 from .errors import AccountLockedError, AuthError, BatchRunnerError
 from .logs import get_logger
+from .records import RunRecord
 from .worker import Worker
 
 log = get_logger("pool")
@@ -145,7 +145,7 @@ class Pool:
         self,
         queue: JobQueue,
         worker: Worker,
-        run: RunInfo,
+        run: RunRecord,
         batches: list[str] | None,
         settings: PoolSettings,
         stop: threading.Event,
@@ -218,7 +218,7 @@ class Pool:
                 continue
             idle = 0
             if claim.warning:
-                self.worker.reporter.event("warning", claim.job, message=claim.warning)
+                self.worker.reporter.event(RunEvent.WARNING, claim.job, message=claim.warning)
             if not self._process(claim):
                 return
 
@@ -233,16 +233,16 @@ class Pool:
             self._fail(exc)
             return False
         except Exception as exc:  # a bug: the job is let go, the run says so and goes on
-            log.exception("job %s: unexpected error", claim.job.get("id"))
+            log.exception("job %s: unexpected error", claim.job.id)
             reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
-            self.worker.reporter.event("error", claim.job, error=reason)
+            self.worker.reporter.event(RunEvent.ERROR, claim.job, error=reason)
             try:
                 self.queue.abandon(claim, reason, delay_s=self.settings.follow_later_s)
             except BatchRunnerError as db_exc:
                 self._fail(db_exc)
                 return False
             with self._lock:
-                self.outcome.unexpected.append(f"job {claim.job.get('id')}: {reason}")
+                self.outcome.unexpected.append(f"job {claim.job.id}: {reason}")
                 if len(self.outcome.unexpected) >= UNEXPECTED_ERRORS_MAX:
                     self._fail(
                         BatchRunnerError(

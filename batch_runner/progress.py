@@ -10,9 +10,10 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .domain import format_usd
+from .domain import RunEvent, format_usd
+from .records import JobRecord
 
-FINAL = {"succeeded", "failed", "rejected", "uncertain", "cancelled"}
+FINAL = {RunEvent.SUCCEEDED, RunEvent.FAILED, RunEvent.REJECTED, RunEvent.UNCERTAIN, RunEvent.CANCELLED}
 
 
 class ProgressReporter:
@@ -49,9 +50,9 @@ class ProgressReporter:
         budget = f" of ${format_usd(self.budget)}" if self.budget is not None else ""
         return f"failed {self.failed}  in flight {len(self._flying)}  spent ${format_usd(self.spent)}{budget}"
 
-    def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
+    def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None:
         with self.lock:
-            if kind == "start":
+            if kind == RunEvent.START:
                 self.total, self.budget = info["total"], info.get("budget_micro_usd")
                 if self.live:
                     self._progress = Progress(
@@ -72,43 +73,46 @@ class ProgressReporter:
                         + (f", budget ${format_usd(self.budget)}" if self.budget is not None else "")
                     )
                 return
-            name = f"job {job.get('id')} ({_short(job)})"
-            if kind == "submitted":
-                self._flying.add(job.get("id"))
+            job_id = job.id if job else None
+            name = f"job {job_id} ({_short(job)})" if job else "run"
+            if kind == RunEvent.SUBMITTED:
+                self._flying.add(job_id)
                 if self.verbose:
                     self._line(f"{name}: submitted as {info.get('request_id')}")
             elif kind in FINAL:
-                self._flying.discard(job.get("id"))
-                if kind == "succeeded":
+                self._flying.discard(job_id)
+                if kind == RunEvent.SUCCEEDED:
                     self.done += 1
                     self.spent += info.get("billed_micro_usd", 0)
                 else:
                     self.failed += 1
-                if not self.live or kind != "succeeded":
+                if not self.live or kind != RunEvent.SUCCEEDED:
                     extra = f": {info['error']}" if info.get("error") else ""
-                    self._line(f"{name} {kind}{extra}  [{self.done + self.failed}/{self.total}, {self._status()}]")
-            elif kind == "retry":
-                self._flying.discard(job.get("id"))
+                    self._line(
+                        f"{name} {kind.value}{extra}  [{self.done + self.failed}/{self.total}, {self._status()}]"
+                    )
+            elif kind == RunEvent.RETRY:
+                self._flying.discard(job_id)
                 self._line(f"{name}: will retry in {info.get('delay_s', 0):.0f} s: {info.get('error')}")
-            elif kind == "queued" and self.verbose:
+            elif kind == RunEvent.QUEUED and self.verbose:
                 self._line(f"{name}: queue position {info.get('position')}")
-            elif kind == "log" and self.verbose:
+            elif kind == RunEvent.LOG and self.verbose:
                 self._line(f"{name}: {info.get('message')}")
-            elif kind in ("error", "lost"):
-                self._flying.discard(job.get("id"))
+            elif kind in (RunEvent.ERROR, RunEvent.LOST):
+                self._flying.discard(job_id)
                 self._line(f"{name}: {info.get('error')}")
-            elif kind == "warning":
+            elif kind == RunEvent.WARNING:
                 self._line(f"warning: {info.get('message')}")
-            elif kind == "outage":  # once per outage (the pool's circuit breaker opened)
+            elif kind == RunEvent.OUTAGE:  # once per outage (the pool's circuit breaker opened)
                 self._line(f"fal unreachable: {info.get('message')}")
-            elif kind == "resumed":
+            elif kind == RunEvent.RESUMED:
                 self._line(f"fal reachable again: {info.get('message')}; resuming")
-            elif kind == "follow_later" and self.verbose:
+            elif kind == RunEvent.FOLLOW_LATER and self.verbose:
                 self._line(f"{name}: followed again later: {info.get('error')}")
             if self._progress is not None:
                 self._progress.update(self._task, completed=self.done + self.failed, status=self._status())
 
 
-def _short(job: dict[str, Any]) -> str:
-    src = job.get("source") or job.get("output_path") or ""
-    return src.rsplit("/", 1)[-1] or str(job.get("key", ""))[:10]
+def _short(job: JobRecord) -> str:
+    src = job.source or job.output_path or ""
+    return src.rsplit("/", 1)[-1] or job.key[:10]

@@ -22,6 +22,7 @@ from .domain import AttemptState, format_usd, usd_to_micro
 from .errors import RemoteError
 from .fal_prices import SyncedPrices, our_unit
 from .pricing import PriceTable
+from .records import AttemptRecord
 from .resolve import Resolver
 
 TOLERANCE_MICRO_USD = 10_000  # one cent: fal reports floats
@@ -35,7 +36,9 @@ class Difference:
     day: str
     ours_micro_usd: int
     theirs_micro_usd: int
-    explained_by: list[dict[str, Any]] = field(default_factory=list)  # our uncertain submits
+    explained_by: list[AttemptRecord] = field(default_factory=list)  # our uncertain submits
+    # attempt id → the request fal billed for it, by fal's own records; the others are only possible
+    confirmed: dict[int, str] = field(default_factory=dict)
 
     @property
     def delta_micro_usd(self) -> int:
@@ -44,15 +47,13 @@ class Difference:
     def label(self, confirmed: dict[int, str]) -> None:
         """Mark each explanation confirmed (fal's records name the request it billed for that
         submit) or only possible (an uncertain submit on that endpoint and day)."""
-        for u in self.explained_by:
-            rid = confirmed.get(u["id"])
-            u["confidence"], u["request_id"] = ("confirmed", rid) if rid else ("possible", None)
+        self.confirmed = {u.id: confirmed[u.id] for u in self.explained_by if u.id in confirmed}
 
     @property
     def explained(self) -> bool:
         return (
             self.delta_micro_usd > 0
-            and abs(self.delta_micro_usd - sum(u["reserved_micro_usd"] for u in self.explained_by))
+            and abs(self.delta_micro_usd - sum(u.reserved_micro_usd or 0 for u in self.explained_by))
             <= TOLERANCE_MICRO_USD
         )
 
@@ -67,11 +68,11 @@ class Difference:
             "difference_usd": format_usd(self.delta_micro_usd),
             "explained_by_uncertain_submits": [
                 {
-                    "job": u["job_id"],
-                    "attempt": u["number"],
-                    "reserved_usd": format_usd(u["reserved_micro_usd"]),
-                    "confidence": u.get("confidence", "possible"),
-                    "request_id": u.get("request_id"),
+                    "job": u.job_id,
+                    "attempt": u.number,
+                    "reserved_usd": format_usd(u.reserved_micro_usd or 0),
+                    "confidence": "confirmed" if u.id in self.confirmed else "possible",
+                    "request_id": self.confirmed.get(u.id),
                 }
                 for u in self.explained_by
             ],
@@ -156,13 +157,14 @@ def reconcile(
     days = {_day(start + DAY * i) for i in range((end - start) // DAY)}
     _, attempts, _ = ledger(repo.engine, None, start - DAY, end)
     ours: dict[tuple[str, str], int] = defaultdict(int)
-    uncertain: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    uncertain: dict[tuple[str, str], list[AttemptRecord]] = defaultdict(list)
     for a in attempts:
-        if a["state"] == AttemptState.UNCERTAIN.value:
-            uncertain[(a["endpoint"], _day(a["created_at"]))].append(a)
-        when = a["finished_at"] or a["created_at"]
-        if a["billed_micro_usd"] and start <= when < end:
-            ours[(a["endpoint"], _day(when))] += a["billed_micro_usd"]
+        endpoint = a.endpoint or ""
+        if a.state == AttemptState.UNCERTAIN:
+            uncertain[(endpoint, _day(a.created_at))].append(a)
+        when = a.finished_at or a.created_at
+        if a.billed_micro_usd and start <= when < end:
+            ours[(endpoint, _day(when))] += a.billed_micro_usd
     ids = [e.id for e in catalog.ENDPOINTS]
     theirs: dict[tuple[str, str], int] = defaultdict(int)
     rows = client.usage(_iso(start), _iso(end), ids, timeframe="day", bound_to_timeframe=False, tz="UTC")
@@ -205,47 +207,66 @@ def _prices(
     the pricing API's, which the ledger bills by (x-fal-billable-units × that price). The price
     table is not compared: fal gives one unit price per endpoint, and what it means for each
     resolution and duration is not documented. A unit name we cannot map is a note, never drift."""
-    drift: dict[tuple[str, str], dict[str, Any]] = {}
-    notes: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def unknown(endpoint: str, unit: Any, where: str) -> None:
-        notes[(endpoint, where)] = {
-            "endpoint": endpoint,
-            "kind": "unknown unit",
-            "unit": unit,
-            "where": where,
-            "detail": f"fal's {where} names the unit {unit!r}, which batch-runner cannot "
-            "map to a second or a video; its price is not compared",
-        }
-
+    found = _PriceFindings()
     try:
         now = client.unit_prices([e.id for e in catalog.ENDPOINTS])
     except RemoteError as exc:
-        notes[("*", "pricing API")] = {
-            "endpoint": None,
-            "kind": "prices not checked",
-            "unit": None,
-            "where": "pricing API",
-            "detail": f"fal's pricing API failed: {exc.message}",
-        }
+        found.note(
+            ("*", "pricing API"),
+            None,
+            "prices not checked",
+            None,
+            "pricing API",
+            f"fal's pricing API failed: {exc.message}",
+        )
         now = {}
     for endpoint, (price, unit) in sorted(now.items()):
+        found.quoted(endpoint, price, unit, table, synced)
+    for row in rows:
+        endpoint = str(row["endpoint_id"])
+        found.billed(endpoint, row.get("unit"), row, now.get(endpoint))
+    return ([found.drift[k] for k in sorted(found.drift)], [found.notes[k] for k in sorted(found.notes)])
+
+
+@dataclass
+class _PriceFindings:
+    """What `_prices` finds, keyed so each finding is said once: drift and notes."""
+
+    drift: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    notes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def note(self, key: tuple[str, str], endpoint: str | None, kind: str, unit: Any, where: str, detail: str) -> None:
+        self.notes[key] = {"endpoint": endpoint, "kind": kind, "unit": unit, "where": where, "detail": detail}
+
+    def unknown(self, endpoint: str, unit: Any, where: str) -> None:
+        self.note(
+            (endpoint, where),
+            endpoint,
+            "unknown unit",
+            unit,
+            where,
+            f"fal's {where} names the unit {unit!r}, which batch-runner cannot "
+            "map to a second or a video; its price is not compared",
+        )
+
+    def quoted(self, endpoint: str, price: Decimal, unit: str, table: PriceTable, synced: SyncedPrices | None) -> None:
+        """The pricing API's price now: against the price table's unit and the last sync."""
         if our_unit(unit) is None:
-            unknown(endpoint, unit, "pricing API")
-            continue
+            self.unknown(endpoint, unit, "pricing API")
+            return
         entry = table.entries.get(endpoint)
         if entry is not None and our_unit(unit) != entry.unit:
-            notes[(endpoint, "table")] = {
-                "endpoint": endpoint,
-                "kind": "unit differs from the price table",
-                "unit": unit,
-                "where": "pricing API",
-                "detail": f"fal prices it per {unit}, the price table per {entry.unit}; "
-                "plans and budgets use the table for it",
-            }
+            self.note(
+                (endpoint, "table"),
+                endpoint,
+                "unit differs from the price table",
+                unit,
+                "pricing API",
+                f"fal prices it per {unit}, the price table per {entry.unit}; plans and budgets use the table for it",
+            )
         was = synced.prices.get(endpoint) if synced else None
         if was is not None and synced is not None and (not _same(was.unit_price, price) or was.unit != unit):
-            drift[(endpoint, "sync")] = {
+            self.drift[(endpoint, "sync")] = {
                 "endpoint": endpoint,
                 "kind": "fal changed its price since the last sync",
                 "unit": unit,
@@ -254,38 +275,38 @@ def _prices(
                 "compared_with_unit": was.unit,
                 "compared_with_usd": _price_text(was.unit_price),
             }
-    for row in rows:
-        endpoint, billed_unit = str(row["endpoint_id"]), row.get("unit")
+
+    def billed(self, endpoint: str, billed_unit: Any, row: dict[str, Any], quoted: tuple[Decimal, str] | None) -> None:
+        """A usage row's price against what the pricing API quotes today."""
         if our_unit(billed_unit) is None:
-            unknown(endpoint, billed_unit, "usage API")
-            continue
+            self.unknown(endpoint, billed_unit, "usage API")
+            return
         billed = Decimal(str(row["unit_price"]))
-        quoted = now.get(endpoint)
         if quoted is None or our_unit(quoted[1]) is None:
-            continue
+            return
         if quoted[1] != billed_unit or not _same(quoted[0], billed):
             # A note, not drift: a usage row carries the price of its day (fal may have changed it
             # since), and the pricing API may quote a discounted or per-resolution price ("Custom
             # pricing or discounts may be applied", docs: platform-apis/v1/models/pricing).
-            notes[(endpoint, f"billed {billed} {billed_unit}")] = {
-                "endpoint": endpoint,
-                "kind": "fal billed a price its pricing API does not quote today",
-                "unit": billed_unit,
-                "where": "usage API",
-                "detail": f"billed ${_price_text(billed)} per {billed_unit}; the pricing API quotes "
+            self.note(
+                (endpoint, f"billed {billed} {billed_unit}"),
+                endpoint,
+                "fal billed a price its pricing API does not quote today",
+                billed_unit,
+                "usage API",
+                f"billed ${_price_text(billed)} per {billed_unit}; the pricing API quotes "
                 f"${_price_text(quoted[0])} per {quoted[1]} (a price change in the window, a discount or "
                 "a per-resolution price); the amounts above are fal's own",
-            }
-    return ([drift[k] for k in sorted(drift)], [notes[k] for k in sorted(notes)])
+            )
 
 
 def _confirm(repo: Repository, client: FalClient, differences: list[Difference]) -> None:
     """Look each uncertain submit up in fal's request list and billing events (admin key): the
     ones fal billed by request id are confirmed; without those records every one stays possible."""
     confirmed: dict[int, str] = {}
-    wanted = {u["id"] for d in differences for u in d.explained_by}
+    wanted = {u.id for d in differences for u in d.explained_by}
     if wanted:
-        pairs = [(j, a) for j, a in repo.settler.uncertain_jobs(None) if a["id"] in wanted]
+        pairs = [(j, a) for j, a in repo.settler.uncertain_jobs(None) if a.id in wanted]
         try:
             resolver = Resolver(repo.settler, client)
             found = resolver.lookup(pairs)

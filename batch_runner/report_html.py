@@ -16,6 +16,7 @@ from typing import Any
 
 from .domain import format_usd, is_remote
 from .media import thumbnail
+from .records import JobRecord
 from .reports import Report
 
 MAX_CARDS = 400
@@ -86,24 +87,24 @@ def _bars(values: dict[str, int], *, horizontal: bool, title: str) -> str:
     )
 
 
-def _card(job: dict[str, Any]) -> str:
-    state = job["state"]
-    out = job["output_path"]
+def _card(job: JobRecord) -> str:
+    state = job.state.value
+    out = job.output_path
     out_path = Path(out)
     rejected = out_path.with_name(f"{out_path.stem}.rejected{out_path.suffix}")
     shown = out if out_path.exists() else (str(rejected) if rejected.exists() else None)
-    billed = job.get("billed_micro_usd")
-    cost = f"${format_usd(billed)} billed" if billed is not None else f"${format_usd(job['estimate_micro_usd'])} est."
+    billed = job.billed_micro_usd
+    cost = f"${format_usd(billed)} billed" if billed is not None else f"${format_usd(job.estimate_micro_usd)} est."
     reason = ""
-    if state in ("failed", "rejected", "uncertain", "cancelled") and job.get("last_error"):
-        reason = f'<div class="reason">{_esc(job["last_error"])}</div>'
-    source = job.get("source")
+    if state in ("failed", "rejected", "uncertain", "cancelled") and job.last_error:
+        reason = f'<div class="reason">{_esc(job.last_error)}</div>'
+    source = job.source
     local_source = source if source and not is_remote(source, data_uri=False) else None
     return (
-        f'<div class="card {_esc(state)}" data-job="{job["id"]}">'
+        f'<div class="card {_esc(state)}" data-job="{job.id}">'
         f'<div class="pair">{_img(local_source, "source")}<span>→</span>'
         f"{_img(shown, 'rejected output' if shown and shown.endswith('.rejected' + out_path.suffix) else 'output')}"
-        f"</div><div><b>job {job['id']}</b> · {_esc(state)} · {cost}</div>"
+        f"</div><div><b>job {job.id}</b> · {_esc(state)} · {cost}</div>"
         f'<div class="muted">{_esc(Path(source).name if source else "-")} → {_esc(out_path.name)}</div>{reason}</div>'
     )
 

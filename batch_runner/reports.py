@@ -26,15 +26,16 @@ from typing import Any
 from .db.ledger import ledger
 from .db.repo import Repository
 from .domain import PROVISIONAL, AttemptState, format_usd
+from .records import AttemptRecord, JobRecord
 
 GROUPINGS = ("endpoint", "resolution", "tag", "day", "batch")
 FORMATS = ("table", "csv", "json", "html")
 OPEN_ATTEMPTS = {
-    AttemptState.SENDING.value,
-    AttemptState.SUBMITTED.value,
-    AttemptState.IN_PROGRESS.value,
-    AttemptState.DOWNLOADING.value,
-    AttemptState.UNCERTAIN.value,
+    AttemptState.SENDING,
+    AttemptState.SUBMITTED,
+    AttemptState.IN_PROGRESS,
+    AttemptState.DOWNLOADING,
+    AttemptState.UNCERTAIN,
 }
 
 
@@ -81,7 +82,7 @@ class Report:
     groups: dict[str, Line]
     total: Line
     runs: list[dict[str, Any]]
-    jobs: list[dict[str, Any]] = field(default_factory=list)  # for the HTML contact sheet
+    jobs: list[JobRecord] = field(default_factory=list)  # for the HTML contact sheet
     billed_by_day: dict[str, int] = field(default_factory=dict)
     billed_by_endpoint: dict[str, int] = field(default_factory=dict)
 
@@ -94,65 +95,63 @@ class Report:
         }
 
 
-def _keys(group_by: str, job: dict[str, Any], when: datetime | None) -> list[str]:
+def _keys(group_by: str, job: JobRecord, when: datetime | None) -> list[str]:
     if group_by == "endpoint":
-        return [job["endpoint"]]
+        return [job.endpoint]
     if group_by == "resolution":
-        return [str(json.loads(job["input_json"]).get("resolution", "n/a"))]
+        return [str(job.params.get("resolution", "n/a"))]
     if group_by == "tag":
-        return json.loads(job["tags_json"] or "[]") or ["(untagged)"]
+        return list(job.tags) or ["(untagged)"]
     if group_by == "batch":
-        return [job["batch"]]
-    return [(when or job["created_at"]).date().isoformat()]
+        return [job.batch or ""]
+    return [(when or job.created_at).date().isoformat()]
 
 
 def build(
     repo: Repository, *, batches: list[str] | None, since: datetime | None, until: datetime | None, group_by: str
 ) -> Report:
     jobs, attempts, runs = ledger(repo.engine, batches, since, until)
-    by_job: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
     for a in attempts:
-        by_job[a["job_id"]].append(a)
+        by_job[a.job_id].append(a)
     groups: dict[str, Line] = defaultdict(Line)
     total = Line()
     for job in jobs:
-        mine = by_job.get(job["id"], [])
-        last = mine[-1]["created_at"] if mine else None
+        mine = by_job.get(job.id, [])
+        last = mine[-1].created_at if mine else None
         # job-level figures go where its latest attempt ran (or where it was created)
         for line in [groups[k] for k in _keys(group_by, job, last)] + [total]:
             line.jobs += 1
-            line.outcomes[job["state"]] += 1
-            line.estimated += job["estimate_micro_usd"]
+            line.outcomes[job.state.value] += 1
+            line.estimated += job.estimate_micro_usd
         for a in mine:  # money goes where each attempt ran
-            for line in [groups[k] for k in _keys(group_by, job, a["created_at"])] + [total]:
-                billed = a["billed_micro_usd"] or 0
+            for line in [groups[k] for k in _keys(group_by, job, a.created_at)] + [total]:
+                billed = a.billed_micro_usd or 0
                 line.billed += billed
-                if a["number"] > 1:
+                if a.number > 1:
                     line.retry_spend += billed
-                if billed and a["state"] != AttemptState.SUCCEEDED.value:
+                if billed and a.state != AttemptState.SUCCEEDED:
                     line.waste += billed
-                if a["state"] in OPEN_ATTEMPTS:
-                    line.at_risk += a["reserved_micro_usd"] or 0
-                if (a["price_source"] or "").startswith(PROVISIONAL):
+                if a.state in OPEN_ATTEMPTS:
+                    line.at_risk += a.reserved_micro_usd or 0
+                if (a.price_source or "").startswith(PROVISIONAL):
                     line.unconfirmed += billed
-                if a["state"] == AttemptState.SUCCEEDED.value and a["duration_us"]:
-                    line.delivered_us += a["duration_us"]
+                if a.state == AttemptState.SUCCEEDED and a.duration_us:
+                    line.delivered_us += a.duration_us
     by_day: dict[str, int] = defaultdict(int)
     by_endpoint: dict[str, int] = defaultdict(int)
     for job in jobs:
-        for a in by_job.get(job["id"], []):
-            by_day[_keys("day", job, a["created_at"])[0]] += a["billed_micro_usd"] or 0
-            by_endpoint[job["endpoint"]] += a["billed_micro_usd"] or 0
+        for a in by_job.get(job.id, []):
+            by_day[_keys("day", job, a.created_at)[0]] += a.billed_micro_usd or 0
+            by_endpoint[job.endpoint] += a.billed_micro_usd or 0
     budgets = [
         {
-            "run": r["name"],
-            "budget_usd": format_usd(r["budget_micro_usd"]) if r["budget_micro_usd"] else None,
-            "committed_usd": format_usd(r["reserved_micro_usd"]),
-            "status": r["status"],
+            "run": r.name,
+            "budget_usd": format_usd(r.budget_micro_usd) if r.budget_micro_usd else None,
+            "committed_usd": format_usd(r.reserved_micro_usd),
+            "status": r.status,
             "used_percent": (
-                f"{Decimal(r['reserved_micro_usd']) * 100 / r['budget_micro_usd']:.1f}"
-                if r["budget_micro_usd"]
-                else None
+                f"{Decimal(r.reserved_micro_usd) * 100 / r.budget_micro_usd:.1f}" if r.budget_micro_usd else None
             ),
         }
         for r in runs

@@ -19,6 +19,7 @@ from .api.platform import BillingEvent, FalRequestRecord, billing_events, list_r
 from .db.settle import Settler
 from .domain import PENDING_BILLING_EVENTS, format_usd
 from .errors import AuthError, RemoteError
+from .records import AttemptRecord, JobRecord
 
 #: How long after a submit its request may take to show in fal's listing. fal documents no such
 #: delay; until this has passed, "not found" is not proof, and the job stays uncertain.
@@ -59,9 +60,8 @@ def admin_key_error(exc: RemoteError) -> AuthError:
     )
 
 
-def _sent(attempt: dict[str, Any]) -> datetime:
-    sent: datetime = attempt.get("sent_at") or attempt["created_at"]
-    return sent
+def _sent(attempt: AttemptRecord) -> datetime:
+    return attempt.sent_at or attempt.created_at
 
 
 class Resolver:
@@ -80,7 +80,7 @@ class Resolver:
             found = self.lookup(uncertain)
             events = self._events([a for _, a in uncertain], found)
             for job, attempt in uncertain:
-                report.settled.append(self._settle(job, attempt, found.get(attempt["id"]), events))
+                report.settled.append(self._settle(job, attempt, found.get(attempt.id), events))
             if job_ids is None:
                 report.settled.extend(self._settle_bills(batches))
         except AuthError as exc:
@@ -89,12 +89,12 @@ class Resolver:
 
     # ------------------------------------------------------------------ look-ups
 
-    def lookup(self, uncertain: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[int, FalRequestRecord]:
+    def lookup(self, uncertain: list[tuple[JobRecord, AttemptRecord]]) -> dict[int, FalRequestRecord]:
         """Match each uncertain attempt with the request fal lists for it, if any: by request id
         when one is known, else by endpoint, time window and input hash (each request once)."""
-        by_endpoint: dict[str, list[dict[str, Any]]] = {}
+        by_endpoint: dict[str, list[AttemptRecord]] = {}
         for job, attempt in uncertain:
-            by_endpoint.setdefault(job["endpoint"], []).append(attempt)
+            by_endpoint.setdefault(job.endpoint, []).append(attempt)
         matches: dict[int, FalRequestRecord] = {}
         for endpoint, attempts in by_endpoint.items():
             start = min(_sent(a) for a in attempts) - SLACK
@@ -105,15 +105,15 @@ class Resolver:
             for attempt in sorted(attempts, key=_sent):
                 hit = self._match(attempt, records, known | taken)
                 if hit is not None:
-                    matches[attempt["id"]] = hit
+                    matches[attempt.id] = hit
                     taken.add(hit.request_id)
         return matches
 
     @staticmethod
-    def _match(attempt: dict[str, Any], records: list[FalRequestRecord], taken: set[str]) -> FalRequestRecord | None:
-        if attempt.get("request_id"):
-            return next((r for r in records if r.request_id == attempt["request_id"]), None)
-        digest = attempt.get("input_sha256")
+    def _match(attempt: AttemptRecord, records: list[FalRequestRecord], taken: set[str]) -> FalRequestRecord | None:
+        if attempt.request_id:
+            return next((r for r in records if r.request_id == attempt.request_id), None)
+        digest = attempt.input_sha256
         if not digest:
             return None
         sent = _sent(attempt)
@@ -128,12 +128,12 @@ class Resolver:
         return min(candidates, key=lambda r: r.sent_at or sent) if candidates else None
 
     def billed_events(
-        self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], found: dict[int, FalRequestRecord]
+        self, pairs: list[tuple[JobRecord, AttemptRecord]], found: dict[int, FalRequestRecord]
     ) -> list[BillingEvent]:
         """fal's billing events for the requests found for these uncertain submits."""
         return list(self._events([a for _, a in pairs], found).values())
 
-    def _events(self, attempts: list[dict[str, Any]], found: dict[int, FalRequestRecord]) -> dict[str, BillingEvent]:
+    def _events(self, attempts: list[AttemptRecord], found: dict[int, FalRequestRecord]) -> dict[str, BillingEvent]:
         """fal's billing events for the requests found that have ended."""
         ended = [r for r in found.values() if r.ended_at is not None]
         if not ended:
@@ -147,12 +147,12 @@ class Resolver:
 
     def _settle(
         self,
-        job: dict[str, Any],
-        attempt: dict[str, Any],
+        job: JobRecord,
+        attempt: AttemptRecord,
         record: FalRequestRecord | None,
         events: dict[str, BillingEvent],
     ) -> Settlement:
-        jid = job["id"]
+        jid = job.id
         if record is None:
             if self.now - _sent(attempt) < self.lag:
                 return Settlement(
@@ -167,7 +167,7 @@ class Resolver:
         rid = record.request_id
         event = events.get(rid)
         if record.ended_at is None or record.status_code == 200 or event is not None:
-            urls = self.client.request_urls(job["endpoint"], rid)
+            urls = self.client.request_urls(job.endpoint, rid)
             how = "running at fal" if record.ended_at is None else f"ended with HTTP {record.status_code}"
             if self.settler.adopt(job, attempt, rid, urls.status_url, urls.response_url, urls.cancel_url, how):
                 return Settlement(
@@ -191,7 +191,7 @@ class Resolver:
         pending = self.settler.pending_bills(batches, self.now - BILLING_LOOKBACK)
         if not pending:
             return []
-        start = min(a["created_at"] for a in pending) - SLACK
+        start = min(a.created_at for a in pending) - SLACK
         got = {
             e.request_id: e
             for e in billing_events(
@@ -199,33 +199,29 @@ class Resolver:
                 self.client.hosts.api,
                 start,
                 self.now + SLACK,
-                sorted({a["endpoint"] for a in pending}),
+                sorted({a.endpoint for a in pending if a.endpoint}),
             )
         }
         out = []
         for attempt in pending:
-            event = got.get(attempt["request_id"])
-            provisional = attempt["price_source"] != PENDING_BILLING_EVENTS
-            if event is None and (
-                provisional or self.now - (attempt["finished_at"] or attempt["created_at"]) < self.lag
-            ):
+            event = got.get(attempt.request_id or "")
+            provisional = attempt.price_source != PENDING_BILLING_EVENTS
+            if event is None and (provisional or self.now - (attempt.finished_at or attempt.created_at) < self.lag):
                 out.append(
                     Settlement(
-                        attempt["job_id"],
+                        attempt.job_id,
                         "left",
                         "fal's billing events do not show it yet; "
-                        f"${format_usd(attempt['billed_micro_usd'] or 0)} stays recorded as "
-                        f"{attempt['price_source']}",
-                        attempt["request_id"],
+                        f"${format_usd(attempt.billed_micro_usd or 0)} stays recorded as "
+                        f"{attempt.price_source}",
+                        attempt.request_id,
                     )
                 )
                 continue
             billed = event.cost_micro_usd if event else 0
             units = f"{event.output_units:f}" if event and event.output_units is not None else None
             self.settler.settle_bill(attempt, billed, units, BILLING_EVENTS_SOURCE)
-            out.append(
-                Settlement(attempt["job_id"], "billed", f"fal billed ${format_usd(billed)}", attempt["request_id"])
-            )
+            out.append(Settlement(attempt.job_id, "billed", f"fal billed ${format_usd(billed)}", attempt.request_id))
         return out
 
     # ------------------------------------------------------------------ cancel
@@ -239,13 +235,13 @@ class Resolver:
             uncertain = self.settler.uncertain_jobs(batches, job_ids)
             found = self.lookup(uncertain)
             for job, attempt in uncertain:
-                report.settled.append(self._cancel_one(job, attempt, found.get(attempt["id"])))
+                report.settled.append(self._cancel_one(job, attempt, found.get(attempt.id)))
         except AuthError as exc:
             raise admin_key_error(exc) from exc
         return report
 
-    def _cancel_one(self, job: dict[str, Any], attempt: dict[str, Any], record: FalRequestRecord | None) -> Settlement:
-        jid = job["id"]
+    def _cancel_one(self, job: JobRecord, attempt: AttemptRecord, record: FalRequestRecord | None) -> Settlement:
+        jid = job.id
         if record is None:
             if self.now - _sent(attempt) < self.lag:
                 return Settlement(
@@ -256,7 +252,7 @@ class Resolver:
             if self.settler.cancel_uncertain(job, attempt, "cancelled: fal never created the request"):
                 return Settlement(jid, "cancelled", "fal never created the request")
             return Settlement(jid, "left", "changed meanwhile")
-        urls = self.client.request_urls(job["endpoint"], record.request_id)
+        urls = self.client.request_urls(job.endpoint, record.request_id)
         answer = self.client.cancel(urls.cancel_url) if record.ended_at is None else "ALREADY_COMPLETED"
         if answer == "OK":
             self.settler.cancel_uncertain(job, attempt, f"cancelled at fal while queued ({answer})", record.request_id)

@@ -21,7 +21,7 @@ from .db.plumbing import pid_namespace
 from .db.queue import JobQueue
 from .db.repo import Repository
 from .db.settle import Settler
-from .domain import FOLLOW_STATES, Actor, JobState, ProbeResult, format_usd
+from .domain import FOLLOW_STATES, Actor, JobState, ProbeResult, RunEvent, format_usd
 from .errors import (
     BatchRunnerError,
     BudgetExceededError,
@@ -34,6 +34,7 @@ from .output import CheckSettings, Delivery
 from .planner import enqueue, plan
 from .pool import CircuitBreaker, Pool, PoolOutcome, PoolSettings, pid_alive
 from .pricing import PriceTable
+from .records import AttemptRecord, EventRecord, JobRecord
 from .resolve import LISTING_LAG_S, Resolver, ResolveReport
 from .worker import Reporter, Worker, settle_cancel
 
@@ -52,7 +53,7 @@ class RunSummary:
     estimated_micro_usd: int
     billed_micro_usd: int
     budget_micro_usd: int | None
-    failed: list[dict[str, Any]]
+    failed: list[dict[str, Any]]  # the JSON of each job that did not succeed
     batch_states: dict[str, int]
     elapsed_s: float
     stopped_by: str | None = None  # "budget", "interrupt", or an error message
@@ -139,7 +140,9 @@ def run_jobs(
     queue.expire_dead_local_leases(pid_alive)  # a killed predecessor on this machine: settle its work now
     queue.sweep(batches, run.id)
     _settle_own(repo.settler, settings, key, batches, pool, reporter, stop)
-    reporter.event("start", {}, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget)
+    reporter.event(
+        RunEvent.START, None, run=name, total=sum(queue.remaining(batches).values()), budget_micro_usd=budget
+    )
     worker, breaker = _worker(settings, prices, repo, queue, client, pool, reporter, stop)
     try:
         outcome = Pool(queue, worker, run, batches, pool, stop, breaker).run_until_done()
@@ -183,8 +186,8 @@ def _worker(
     """The per-job worker with its delivery, and the circuit breaker the pool shares with it."""
     probes_cache: dict[str, ProbeResult | None] = {}
 
-    def source_probe(job: dict[str, Any]) -> ProbeResult | None:
-        fp = job.get("source_fingerprint")
+    def source_probe(job: JobRecord) -> ProbeResult | None:
+        fp = job.source_fingerprint
         if not fp:
             return None
         if fp not in probes_cache:
@@ -193,11 +196,11 @@ def _worker(
 
     def outage(state: str, message: str) -> None:  # said once per outage, on stderr and in the audit trail
         kind = "fal.unreachable" if state == "open" else "fal.reachable"
-        reporter.event("outage" if state == "open" else "resumed", {}, message=message)
+        reporter.event(RunEvent.OUTAGE if state == "open" else RunEvent.RESUMED, None, message=message)
         try:
             queue.record_event(kind, message=message)
         except BatchRunnerError as exc:
-            reporter.event("warning", {}, message=f"could not record {kind}: {exc.message}")
+            reporter.event(RunEvent.WARNING, None, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
     check = CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s, strict=pool.strict_verify)
@@ -212,21 +215,21 @@ def _summary(
 ) -> RunSummary:
     """What the run did to the jobs it touched, what it cost and how it ended."""
     report = queue.run_report(run_id, batches)
-    jobs = report["jobs"]
+    jobs = report.jobs
     counts: dict[str, int] = defaultdict(int)
     for j in jobs:
-        counts[j["state"]] += 1
+        counts[j.state.value] += 1
     failed = [
         {
-            "job": j["id"],
-            "key": j["key"][:12],
-            "state": j["state"],
-            "source": j["source"],
-            "output": j["output_path"],
-            "error": j["last_error"],
+            "job": j.id,
+            "key": j.key[:12],
+            "state": j.state.value,
+            "source": j.source,
+            "output": j.output_path,
+            "error": j.last_error,
         }
         for j in jobs
-        if j["state"] in {s.value for s in FAILED_STATES}
+        if j.state in FAILED_STATES
     ]
     error = outcome.fatal
     stopped_by = (
@@ -243,17 +246,17 @@ def _summary(
         run=name,
         batches=batches,
         counts=dict(counts),
-        estimated_micro_usd=sum(j["estimate_micro_usd"] for j in jobs),
-        billed_micro_usd=report["billed_micro_usd"],
-        budget_micro_usd=report["budget_micro_usd"],
+        estimated_micro_usd=sum(j.estimate_micro_usd for j in jobs),
+        billed_micro_usd=report.billed_micro_usd,
+        budget_micro_usd=report.budget_micro_usd,
         failed=failed,
-        batch_states=report["batch_states"],
+        batch_states=report.batch_states,
         elapsed_s=elapsed_s,
         stopped_by=stopped_by,
         budget_left_micro_usd=stop.left_micro_usd if stop else None,
         budget_stop_scope=stop.scope if stop else None,
         budget_stop_limit_micro_usd=stop.budget_micro_usd if stop else None,
-        not_run=report["batch_states"].get(JobState.QUEUED.value, 0),
+        not_run=report.batch_states.get(JobState.QUEUED.value, 0),
         error=error,
         unexpected=list(outcome.unexpected),
     )
@@ -283,13 +286,13 @@ def _settle_own(
     try:
         report = Resolver(settler, admin, listing_lag_s=pool.settle_after_s).run(batches)
     except RemoteError as exc:
-        reporter.event("warning", {}, message=f"uncertain jobs not settled: {exc}")
+        reporter.event(RunEvent.WARNING, None, message=f"uncertain jobs not settled: {exc}")
         return
     finally:
         admin.close()
     for s in report.settled:
         if s.outcome != "left":
-            reporter.event("warning", {"id": s.job_id}, message=f"job {s.job_id} {s.outcome}: {s.detail}")
+            reporter.event(RunEvent.WARNING, None, message=f"job {s.job_id} {s.outcome}: {s.detail}")
 
 
 def resolve_jobs(
@@ -323,12 +326,12 @@ def resolve_jobs(
 
 def select_jobs(
     repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]
-) -> list[dict[str, Any]]:
+) -> list[JobRecord]:
     if refs:
         found = repo.find_jobs(refs)
         if not found:
             raise ConfigError(f"no job matches {', '.join(refs)}", hint="use a job id or a key prefix from `status`")
-        return [j for j in found if not states or j["state"] in {s.value for s in states}]
+        return [j for j in found if not states or j.state in states]
     return repo.jobs_in(batches, states)
 
 
@@ -336,33 +339,33 @@ def select_jobs(
 class RetryItem:
     """What `retry` does with one job: fetch its paid output again (free) or resubmit (may bill)."""
 
-    job: dict[str, Any]
+    job: JobRecord
     how: str  # "redeliver" or "resubmit"
 
     @property
     def may_pay_micro_usd(self) -> int:
-        return 0 if self.how == "redeliver" else int(self.job["estimate_micro_usd"])
+        return 0 if self.how == "redeliver" else self.job.estimate_micro_usd
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "job": self.job["id"],
-            "key": self.job["key"][:12],
-            "state": self.job["state"],
+            "job": self.job.id,
+            "key": self.job.key[:12],
+            "state": self.job.state.value,
             "how": self.how,
-            "output": self.job["output_path"],
+            "output": self.job.output_path,
             "may_pay_usd": format_usd(self.may_pay_micro_usd),
         }
 
 
-def retry_plan(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> list[RetryItem]:
+def retry_plan(repo: Repository, jobs: list[JobRecord], states: list[JobState]) -> list[RetryItem]:
     """What `retry` would queue, and what each may pay again (nothing for a re-download)."""
-    return [RetryItem(job, how) for job, how in repo.retry_plan([j["id"] for j in jobs], states)]
+    return [RetryItem(job, how) for job, how in repo.retry_plan([j.id for j in jobs], states)]
 
 
-def retry_jobs(repo: Repository, jobs: list[dict[str, Any]], states: list[JobState]) -> int:
+def retry_jobs(repo: Repository, jobs: list[JobRecord], states: list[JobState]) -> int:
     """Queue failed, cancelled or uncertain jobs again: a paid output that never arrived is fetched
     again (free); any other job gets a new attempt and a fresh set of automatic attempts."""
-    return repo.requeue_jobs([j["id"] for j in jobs], states, "retry requested")
+    return repo.requeue_jobs([j.id for j in jobs], states, "retry requested")
 
 
 @dataclass
@@ -375,7 +378,7 @@ class CancelResult:
 
 def cancel_jobs(
     repo: Repository,
-    jobs: list[dict[str, Any]],
+    jobs: list[JobRecord],
     client: FalClient | None,
     admin: FalClient | None = None,
     *,
@@ -383,8 +386,8 @@ def cancel_jobs(
 ) -> CancelResult:
     """Cancel queued jobs here, in-flight ones through fal's API, and uncertain ones after finding
     their request at fal. Refuses before changing anything when it lacks the key it needs."""
-    in_flight = [j for j in jobs if JobState(j["state"]) in FOLLOW_STATES]
-    uncertain = [j["id"] for j in jobs if j["state"] == JobState.UNCERTAIN.value]
+    in_flight = [j for j in jobs if j.state in FOLLOW_STATES]
+    uncertain = [j.id for j in jobs if j.state == JobState.UNCERTAIN]
     if in_flight and client is None:
         raise ConfigError(
             f"{len(in_flight)} job(s) are in flight at fal and need the API to cancel; nothing was cancelled",
@@ -399,11 +402,9 @@ def cancel_jobs(
     result = CancelResult()
     if uncertain and admin is not None:
         result.uncertain = Resolver(repo.settler, admin, listing_lag_s=listing_lag_s).cancel(None, uncertain)
-    ids = [j["id"] for j in jobs]
-    result.queued = repo.cancel_queued(ids, "cancel requested")
-    claims = repo.lease_for_cancel([j["id"] for j in in_flight])
-    for claim in claims:
-        answer = client.cancel(claim.attempt["cancel_url"]) if client else "?"
+    result.queued = repo.cancel_queued([j.id for j in jobs], "cancel requested")
+    for claim in repo.lease_for_cancel([j.id for j in in_flight]):
+        answer = client.cancel(claim.attempt.cancel_url) if client and claim.attempt.cancel_url else "?"
         if settle_cancel(repo, claim, answer):
             result.at_fal += 1
         else:
@@ -411,11 +412,11 @@ def cancel_jobs(
     return result
 
 
-def job_history(repo: Repository, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def job_history(repo: Repository, ref: str) -> tuple[JobRecord, list[AttemptRecord], list[EventRecord]]:
     found = repo.find_jobs([ref])
     if not found:
         raise ConfigError(f"no job matches {ref!r}", hint="use a job id or a key prefix from `status --state …`")
     if len(found) > 1:
         raise ConfigError(f"{ref!r} matches {len(found)} jobs", hint="give more of the key")
-    attempts, events = repo.history(found[0]["id"])
+    attempts, events = repo.history(found[0].id)
     return found[0], attempts, events

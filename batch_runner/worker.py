@@ -7,9 +7,9 @@ Every fal answer, and every call that failed after its retries, goes through `ou
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -19,14 +19,15 @@ from . import catalog, probe
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
 from .db.queue import JobQueue
-from .db.transition import Claim, Transitions
-from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, is_remote, usd_to_micro
+from .db.transition import Claim, ClaimKind, Transitions
+from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, RunEvent, is_remote, usd_to_micro
 from .errors import AccountLockedError, AuthError, LeaseLostError, ProbeError, RemoteError
 from .fal_prices import SyncedPrices, reserve
 from .logs import get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
 from .output import Delivered, Delivery, NotDelivered, sidecar
 from .pricing import PriceTable
+from .records import JobRecord
 
 log = get_logger("worker")
 
@@ -59,11 +60,11 @@ class WorkerSettings(Protocol):
 
 
 class Reporter(Protocol):
-    def event(self, kind: str, job: dict[str, Any], **info: Any) -> None: ...
+    def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None: ...
 
 
 class NullReporter:
-    def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
+    def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None:
         pass
 
 
@@ -73,6 +74,14 @@ class OutageSignal(Protocol):
     def failure(self, reason: str) -> None: ...
 
     def success(self) -> None: ...
+
+
+class _StatusFailedError(Exception):
+    """fal's status could not be read after its retries, with the claim as it was then."""
+
+    def __init__(self, claim: Claim, error: RemoteError) -> None:
+        super().__init__(error.message)
+        self.claim, self.error = claim, error
 
 
 @dataclass(frozen=True)
@@ -112,12 +121,15 @@ class Worker:
 
     def process(self, claim: Claim) -> None:
         try:
-            if claim.kind == "submit" and not self._submit(claim):
-                return
+            if claim.kind == ClaimKind.SUBMIT:
+                submitted = self._submit(claim)
+                if submitted is None:
+                    return
+                claim = submitted
             self._follow(claim)
         except LeaseLostError as exc:  # this worker stalled past its lease and another took the job over
             log.warning("%s", exc)
-            self.reporter.event("lost", claim.job, error=str(exc))
+            self.reporter.event(RunEvent.LOST, claim.job, error=str(exc))
 
     # ------------------------------------------------------------------ recording: one place
 
@@ -132,16 +144,16 @@ class Worker:
             action, reason = decision.action, decision.reason
         if action in (Action.NEW_ATTEMPT, Action.REQUEUE_UNSENT):
             sent = action == Action.NEW_ATTEMPT
-            tries = claim.attempt["number"] - job.get("retry_base", 0)
+            tries = claim.attempt.number - job.retry_base
             delay = self.settings.retry_delay_s * 2 ** max(0, tries - 1) if sent else self.settings.follow_later_s
             self.queue.requeue(claim, reason, delay_s=delay, sent=sent)
-            self.reporter.event("retry", job, error=reason, delay_s=delay)
+            self.reporter.event(RunEvent.RETRY, job, error=reason, delay_s=delay)
         elif action == Action.FOLLOW_LATER:
             self.queue.follow_later(claim, reason, delay_s=self.settings.follow_later_s)
-            self.reporter.event("follow_later", job, error=reason)
+            self.reporter.event(RunEvent.FOLLOW_LATER, job, error=reason)
         elif action == Action.UNCERTAIN:
             self.queue.uncertain(claim, reason)
-            self.reporter.event("uncertain", job, error=reason)
+            self.reporter.event(RunEvent.UNCERTAIN, job, error=reason)
         elif action in (Action.FAILED, Action.REJECTED, Action.CANCELLED, Action.UNDELIVERED):
             state = {Action.REJECTED: JobState.REJECTED, Action.CANCELLED: JobState.CANCELLED}.get(
                 action, JobState.FAILED
@@ -157,7 +169,7 @@ class Worker:
                 output_url=output_url,
                 keep_billed=decision.bill == Bill.KEEP,
             )
-            self.reporter.event(state.value, job, error=reason, billed_micro_usd=bill.micro_usd)
+            self.reporter.event(RunEvent(state.value), job, error=reason, billed_micro_usd=bill.micro_usd)
         elif action == Action.ACCOUNT:
             raise AssertionError("account decisions are raised, not recorded")
 
@@ -188,14 +200,16 @@ class Worker:
 
     # ------------------------------------------------------------------ submit
 
-    def _submit(self, claim: Claim) -> bool:
+    def _submit(self, claim: Claim) -> Claim | None:
+        """Upload the job's media and submit it; the claim as submitted, or None when it ended here."""
         job = claim.job
-        ep = catalog.endpoint(job["endpoint"])
+        ep = catalog.endpoint(job.endpoint)
         try:
             if (
-                job["source_fingerprint"]
-                and not is_remote(job["source"] or "", data_uri=False)
-                and probe.fingerprint(job["source"]) != job["source_fingerprint"]
+                job.source_fingerprint
+                and job.source
+                and not is_remote(job.source, data_uri=False)
+                and probe.fingerprint(job.source) != job.source_fingerprint
             ):
                 self._record(
                     claim,
@@ -205,31 +219,31 @@ class Worker:
                         "enqueue the manifest again to plan the new version",
                     ),
                 )
-                return False
-            payload = self._with_uploads(ep, json.loads(job["input_json"]))
+                return None
+            payload = self._with_uploads(ep, job.params)
         except (OSError, ProbeError) as exc:
             self._record(claim, Decision(Action.FAILED, f"source unreadable: {_plain(exc)}"))
-            return False
+            return None
         except RemoteError as exc:
             self._record(claim, self._failed_call(claim, Phase.UPLOAD, exc, sent=False))
-            return False
+            return None
         if self.stop.is_set():
             self.queue.release(claim, unsent=True)
-            return False
+            return None
         digest = input_sha256(payload)
-        self.queue.sending(claim, digest)
+        claim = self.queue.sending(claim, digest)
         try:
             sub = self.client.submit(ep.id, payload)
         except RemoteError as exc:
             # a key refused or an account locked on submit: fal created no request
             self._record(claim, self._failed_call(claim, Phase.SUBMIT, exc, sent=False))
-            return False
-        self.queue.submitted(claim, sub.request_id, sub.status_url, sub.response_url, sub.cancel_url, digest)
+            return None
+        claim = self.queue.submitted(claim, sub.request_id, sub.status_url, sub.response_url, sub.cancel_url, digest)
         self._fal_answered()
-        self.reporter.event("submitted", job, request_id=sub.request_id, position=sub.queue_position)
-        return True
+        self.reporter.event(RunEvent.SUBMITTED, claim.job, request_id=sub.request_id, position=sub.queue_position)
+        return claim
 
-    def _with_uploads(self, ep: catalog.Endpoint, payload: dict[str, Any]) -> dict[str, Any]:
+    def _with_uploads(self, ep: catalog.Endpoint, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Local media paths become fal storage URLs, each file uploaded once (by content hash)."""
         out = dict(payload)
         for name in ep.media_fields:
@@ -275,30 +289,27 @@ class Worker:
 
     def _follow(self, claim: Claim) -> None:
         job, attempt = claim.job, claim.attempt
-        if (
-            job["state"] == JobState.DOWNLOADING.value
-            and attempt.get("billed_micro_usd") is not None
-            and attempt.get("output_url")
-        ):
-            self._deliver(claim, attempt["output_url"], None, keep=True)  # a paid output fetched again: free
+        if job.state == JobState.DOWNLOADING and attempt.billed_micro_usd is not None and attempt.output_url:
+            self._deliver(claim, attempt.output_url, None, keep=True)  # a paid output fetched again: free
             return
-        if job["state"] == JobState.DOWNLOADING.value:
+        if job.state == JobState.DOWNLOADING:
             completed: Completed | None = Completed((), None, None)  # it had completed before a restart
         else:
             try:
-                completed = self._wait_completed(claim)
-            except RemoteError as exc:
-                self._record(claim, self._failed_call(claim, Phase.STATUS, exc, sent=True))
+                claim, completed = self._wait_completed(claim)
+            except _StatusFailedError as failed:
+                self._record(failed.claim, self._failed_call(failed.claim, Phase.STATUS, failed.error, sent=True))
                 return
         if completed is None:  # stopping
             self._leave(claim)
             return
+        assert attempt.response_url is not None  # a followed attempt has fal's URLs
         try:
-            result = self.client.result(attempt["response_url"])
+            result = self.client.result(attempt.response_url)
         except RemoteError as exc:
             decision = self._failed_call(claim, Phase.RESULT, exc, sent=True, completed=completed)
-            if decision.bill == Bill.ESTIMATE and attempt.get("output_url"):  # result gone, output still there
-                self._deliver(claim, attempt["output_url"], None, bill=Bill.ESTIMATE)
+            if decision.bill == Bill.ESTIMATE and attempt.output_url:  # result gone, output still there
+                self._deliver(claim, attempt.output_url, None, bill=Bill.ESTIMATE)
                 return
             self._record(claim, decision, self._bill(job, decision.bill, None))
             return
@@ -309,9 +320,12 @@ class Worker:
             return
         self._record(claim, decision, self._bill(job, decision.bill, result.billable_units))
 
-    def _wait_completed(self, claim: Claim) -> Completed | None:
-        """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks."""
-        url = claim.attempt["status_url"]
+    def _wait_completed(self, claim: Claim) -> tuple[Claim, Completed | None]:
+        """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks.
+        Returns the claim as it now is (in progress) and fal's COMPLETED, or None when stopping;
+        a status that cannot be read raises _StatusFailedError with the claim as it was then."""
+        url = claim.attempt.status_url
+        assert url is not None  # a followed attempt has fal's URLs
         verbose = log.isEnabledFor(20)
         answered = False
         try:
@@ -319,55 +333,58 @@ class Worker:
                 if not answered:  # fal answers: a half-open breaker may close before this job ends
                     self._fal_answered()
                     answered = True
-                self._on_status(claim, event)
+                claim = self._on_status(claim, event)
                 if isinstance(event, Completed):
-                    return event
+                    return claim, event
             if self.stop.is_set():
-                return None
+                return claim, None
         except RemoteError as exc:
-            log.info("job %s: status stream unavailable (%s); polling", claim.job["id"], exc.message)
+            log.info("job %s: status stream unavailable (%s); polling", claim.job.id, exc.message)
         interval, last = self.settings.poll_min_s, None
         while not self.stop.is_set():
-            event = self.client.status(url, logs=verbose)
+            try:
+                event = self.client.status(url, logs=verbose)
+            except RemoteError as exc:
+                raise _StatusFailedError(claim, exc) from exc
             if not answered:
                 self._fal_answered()
                 answered = True
-            self._on_status(claim, event)
+            claim = self._on_status(claim, event)
             if isinstance(event, Completed):
-                return event
+                return claim, event
             now = (type(event), event.position if isinstance(event, Queued) else None)
             interval = self.settings.poll_min_s if now != last else min(interval * 1.5, self.settings.poll_max_s)
             last = now
             self.stop.wait(interval)
-        return None
+        return claim, None
 
-    def _on_status(self, claim: Claim, event: Status) -> None:
+    def _on_status(self, claim: Claim, event: Status) -> Claim:
         if isinstance(event, Queued):
-            self.reporter.event("queued", claim.job, position=event.position)
+            self.reporter.event(RunEvent.QUEUED, claim.job, position=event.position)
         elif isinstance(event, InProgress):
-            self.queue.progress(claim, JobState.IN_PROGRESS)
+            claim = self.queue.progress(claim, JobState.IN_PROGRESS)
             for entry in event.logs:
-                self.reporter.event("log", claim.job, message=entry.get("message"))
+                self.reporter.event(RunEvent.LOG, claim.job, message=entry.get("message"))
+        return claim
 
     def _leave(self, claim: Claim) -> None:
         """Stopping: cancel the remote request if asked to, else leave it to be followed later."""
-        if not (self.settings.cancel_on_exit and claim.attempt.get("cancel_url")):
+        cancel_url = claim.attempt.cancel_url
+        if not (self.settings.cancel_on_exit and cancel_url):
             self.queue.release(claim)
             return
         try:
-            answer = self.client.cancel(claim.attempt["cancel_url"])
+            answer = self.client.cancel(cancel_url)
         except RemoteError as exc:  # still running at fal, and may bill: leave it to be followed
-            self.reporter.event("error", claim.job, error=f"cancel failed, left to follow: {exc.message}")
+            self.reporter.event(RunEvent.ERROR, claim.job, error=f"cancel failed, left to follow: {exc.message}")
             self.queue.release(claim)
             return
         if settle_cancel(self.queue, claim, answer):
-            self.reporter.event("cancelled", claim.job)
+            self.reporter.event(RunEvent.CANCELLED, claim.job)
 
     # ------------------------------------------------------------------ money
 
-    def _bill(
-        self, job: dict[str, Any], bill: Bill, units: Decimal | None, delivered: Delivered | None = None
-    ) -> Billing:
+    def _bill(self, job: JobRecord, bill: Bill, units: Decimal | None, delivered: Delivered | None = None) -> Billing:
         """What to record as billed, by the decision's rule (see outcome.Bill)."""
         units_s = f"{units:f}" if units is not None else None
         if bill == Bill.NOTHING:
@@ -375,7 +392,7 @@ class Worker:
         if bill == Bill.ASK:
             return Billing(0, units_s, source=PENDING_BILLING_EVENTS)
         if bill == Bill.UNITS and units is not None:
-            price = self._unit_price(job["endpoint"])
+            price = self._unit_price(job.endpoint)
             if price is not None:
                 return Billing(int((units * price).to_integral_value()), units_s, price, PRICING_API)
         # Not fal's figure (x-fal-billable-units is not documented for API users, fal's pricing
@@ -383,9 +400,9 @@ class Worker:
         # (admin key) confirm or correct it (resolve.Resolver._settle_bills).
         if bill == Bill.UNITS and delivered is not None:  # price what was delivered, as the plan reserved
             table = self.delivery.price_delivered(job, delivered.measured)
-            est = reserve(table, self.prices.entry(job["endpoint"]), self.synced)
+            est = reserve(table, self.prices.entry(job.endpoint), self.synced)
             return Billing(est.micro_usd, units_s, source=f"{PROVISIONAL}{est.price_table} on the verified output")
-        return Billing(job["estimate_micro_usd"], units_s, source=f"{PROVISIONAL}{job['price_table']} (estimate)")
+        return Billing(job.estimate_micro_usd, units_s, source=f"{PROVISIONAL}{job.price_table} (estimate)")
 
     def _unit_price(self, endpoint_id: str) -> int | None:
         with self._lock:
@@ -403,14 +420,11 @@ class Worker:
     def _deliver(
         self, claim: Claim, url: str, units: Decimal | None, *, keep: bool = False, bill: Bill = Bill.UNITS
     ) -> None:
+        claim = self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
         job, attempt = claim.job, claim.attempt
-        self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
-        got = self.delivery.fetch(job, attempt["number"], url)
+        got = self.delivery.fetch(job, attempt.number, url)
         kept = Billing(
-            attempt.get("billed_micro_usd") or 0,
-            attempt.get("billable_units"),
-            attempt.get("unit_price_micro_usd"),
-            attempt.get("price_source"),
+            attempt.billed_micro_usd or 0, attempt.billable_units, attempt.unit_price_micro_usd, attempt.price_source
         )
         if isinstance(got, NotDelivered):
             decision = self._undelivered(got, keep)
@@ -439,9 +453,9 @@ class Worker:
             keep_billed=keep,
         )
         for warning in got.warnings:  # delivered and billed; it differs only from our convention
-            self.queue.record_event("output.check_warning", job=job, attempt_id=claim.attempt["id"], warning=warning)
-            self.reporter.event("warning", job, message=f"job {job['id']} delivered, but {warning}")
-        self.reporter.event("succeeded", job, billed_micro_usd=0 if keep else money.micro_usd)
+            self.queue.record_event("output.check_warning", job=job, attempt_id=attempt.id, warning=warning)
+            self.reporter.event(RunEvent.WARNING, job, message=f"job {job.id} delivered, but {warning}")
+        self.reporter.event(RunEvent.SUCCEEDED, job, billed_micro_usd=0 if keep else money.micro_usd)
 
     @staticmethod
     def _undelivered(got: NotDelivered, keep: bool) -> Decision:

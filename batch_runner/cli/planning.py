@@ -9,8 +9,24 @@ import click
 
 from .. import display, planner, runner
 from ..domain import JobState, format_usd
-from ..errors import BudgetExceededError, ConfigError
+from ..errors import BudgetExceededError
+from ..records import JobRecord
 from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+
+
+def job_listing(job: JobRecord) -> dict[str, Any]:
+    """A job as `status --state … --json` lists it."""
+    return {
+        "id": job.id,
+        "key": job.key,
+        "state": job.state.value,
+        "endpoint": job.endpoint,
+        "source": job.source,
+        "output_path": job.output_path,
+        "last_error": job.last_error,
+        "attempt_count": job.attempt_count,
+    }
+
 
 _STATE_CHOICE = click.Choice([s.value for s in JobState])
 
@@ -116,52 +132,12 @@ def status(app: App, batch: str | None, states: tuple[str, ...], as_json: bool) 
     if states:
         rows = runner.select_jobs(app.repo, [batch] if batch else None, [JobState(s) for s in states], [])
         if as_json:
-            emit_json(
-                {
-                    "jobs": [
-                        {
-                            k: r[k]
-                            for k in (
-                                "id",
-                                "key",
-                                "state",
-                                "endpoint",
-                                "source",
-                                "output_path",
-                                "last_error",
-                                "attempt_count",
-                            )
-                        }
-                        for r in rows
-                    ]
-                }
-            )
-            return
-        if rows:
+            emit_json({"jobs": [job_listing(r) for r in rows]})
+        elif rows:
             click.echo(display.job_list(rows))
         return
-    counts = planner.status(app.repo, batch)
-    if batch is not None and not counts and batch not in app.repo.batch_names():
-        raise ConfigError(f'no batch named "{batch}"', hint="run `batch-runner status` to list batches")
-    batches: dict[str, dict[str, Any]] = {}
-    for c in counts:
-        b = batches.setdefault(c.batch, {"batch": c.batch, "jobs": 0, "states": {}, "estimated_micro": 0})
-        b["states"][c.state] = c.jobs
-        b["jobs"] += c.jobs
-        b["estimated_micro"] += c.estimated_micro_usd
+    batches = planner.status(app.repo, batch)
     if as_json:
-        emit_json(
-            {
-                "batches": [
-                    {
-                        "batch": b["batch"],
-                        "jobs": b["jobs"],
-                        "states": b["states"],
-                        "estimated_cost_usd": format_usd(b["estimated_micro"]),
-                    }
-                    for b in batches.values()
-                ]
-            }
-        )
-        return
-    click.echo(display.batch_status(list(batches.values())))
+        emit_json({"batches": [b.to_json() for b in batches]})
+    else:
+        click.echo(display.batch_status(batches))

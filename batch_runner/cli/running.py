@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,9 @@ def show(app: App, job: str, as_json: bool) -> None:
     """Show JOB (an id or a key prefix): its input, attempts and whole audit trail."""
     row, attempts, events = runner.job_history(app.repo, job)
     if as_json:
-        emit_json({"job": row, "attempts": attempts, "events": events})
+        emit_json(
+            {"job": asdict(row), "attempts": [asdict(a) for a in attempts], "events": [asdict(e) for e in events]}
+        )
         return
     click.echo(display.job_history(row, attempts, events))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,22 +19,12 @@ from sqlalchemy.engine import Connection
 from .. import budget
 from ..budget import BudgetStop
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, AttemptState, JobState
+from ..records import AttemptRecord, JobRecord, RunRecord
 from .models import Attempt, Batch, Job, Run, table, utcnow
-from .transition import Claim, Transitions
+from .transition import Claim, ClaimKind, Transitions
 
 J, A, R = table(Job), table(Attempt), table(Run)
 DAY = timedelta(hours=24)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    id: int
-    name: str
-    budget_micro_usd: int | None
-    reserved_micro_usd: int
-    batch_id: int | None = None
-    daily_budget_micro_usd: int | None = None
-    warn_at_micro_usd: int | None = None
 
 
 class Dispatch(Transitions):
@@ -50,7 +39,7 @@ class Dispatch(Transitions):
         budget_micro_usd: int | None,
         daily_budget_micro_usd: int | None = None,
         warn_at_micro_usd: int | None = None,
-    ) -> RunInfo:
+    ) -> RunRecord:
         """Create the named run, or join it (budgets given later replace earlier ones)."""
         policies: dict[str, Any] = {
             "budget_micro_usd": budget_micro_usd,
@@ -58,7 +47,7 @@ class Dispatch(Transitions):
             "warn_at_micro_usd": warn_at_micro_usd,
         }
 
-        def go(conn: Connection) -> RunInfo:
+        def go(conn: Connection) -> RunRecord:
             self._serialize(conn)  # workers on several machines may join the same run at once
             batch_id = conn.execute(select(Batch.id).where(Batch.name == batch)).scalar() if batch else None
             row = conn.execute(select(R).where(R.c.name == name)).mappings().first()
@@ -84,17 +73,8 @@ class Dispatch(Transitions):
 
         return self._tx("starting the run", go)
 
-    def _run_info(self, conn: Connection, name: str) -> RunInfo:
-        row = conn.execute(select(R).where(R.c.name == name)).mappings().one()
-        return RunInfo(
-            row["id"],
-            name,
-            row["budget_micro_usd"],
-            row["reserved_micro_usd"],
-            row["batch_id"],
-            row["daily_budget_micro_usd"],
-            row["warn_at_micro_usd"],
-        )
+    def _run_info(self, conn: Connection, name: str) -> RunRecord:
+        return RunRecord.from_row(conn.execute(select(R).where(R.c.name == name)).mappings().one())
 
     def spent_since(self, conn: Connection, since: datetime, batch_id: int | None) -> int:
         """Money committed by attempts created since `since`: what fal billed, or, while the
@@ -158,12 +138,13 @@ class Dispatch(Transitions):
             )
             if job is None:
                 return None
-            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
-            stop = self._budget_stop(conn, now, dict(job), dict(run), account_daily_micro_usd)
+            run = RunRecord.from_row(conn.execute(select(R).where(R.c.id == run_id)).mappings().one())
+            queued = JobRecord.from_row(job)
+            stop = self._budget_stop(conn, now, queued, run, account_daily_micro_usd)
             if stop is not None:
                 return stop
-            warning = self._warn(conn, dict(job), dict(run))
-            return self._submit(conn, now, dict(job), run_id, warning)
+            warning = self._warn(conn, queued, run)
+            return self._submit(conn, now, queued, run_id, warning)
 
         return self._tx("claiming a job", go)
 
@@ -186,33 +167,29 @@ class Dispatch(Transitions):
         )
         if follow is None:
             return None
-        attempt = self._latest_attempt(conn, follow["id"])
-        self._lease(conn, follow["id"], now)
+        job = JobRecord.from_row(follow)
+        attempt = self._latest_attempt(conn, job.id)
+        self._lease(conn, job.id, now)
         self._event(
-            conn,
-            "job.followed",
-            job=dict(follow),
-            attempt_id=attempt["id"],
-            request_id=attempt["request_id"],
-            worker=self.worker,
+            conn, "job.followed", job=job, attempt_id=attempt.id, request_id=attempt.request_id, worker=self.worker
         )
-        return Claim("follow", dict(follow), attempt, run_id=run_id)
+        return Claim(ClaimKind.FOLLOW, job, attempt, run_id=run_id)
 
     def _budget_stop(
-        self, conn: Connection, now: datetime, job: dict[str, Any], run: dict[str, Any], account_daily: int | None
+        self, conn: Connection, now: datetime, job: JobRecord, run: RunRecord, account_daily: int | None
     ) -> BudgetStop | None:
         """Ask the budget rules about the next job, with the numbers read under the dispatch lock;
         when every rule lets it through, reserve its estimate on the run."""
-        est = job["estimate_micro_usd"]
+        est = job.estimate_micro_usd
         for limit, scope_batch, scope in (
-            (run["daily_budget_micro_usd"], job["batch_id"], budget.BATCH_PER_DAY),
+            (run.daily_budget_micro_usd, job.batch_id, budget.BATCH_PER_DAY),
             (account_daily, None, budget.ACCOUNT_PER_DAY),
         ):
             if limit is not None:  # the 24 h sums are read only for a budget that exists
-                stop = budget.daily_stop(job["id"], est, limit, self.spent_since(conn, now - DAY, scope_batch), scope)
+                stop = budget.daily_stop(job.id, est, limit, self.spent_since(conn, now - DAY, scope_batch), scope)
                 if stop is not None:
                     return stop
-        stop = budget.run_stop(job["id"], est, run["reserved_micro_usd"], run["budget_micro_usd"])
+        stop = budget.run_stop(job.id, est, run.reserved_micro_usd, run.budget_micro_usd)
         if stop is not None:
             return stop
         # The reservation repeats the run rule as its WHERE: a bill settled since the read (outside
@@ -220,43 +197,44 @@ class Dispatch(Transitions):
         reserved = conn.execute(
             update(R)
             .where(
-                R.c.id == run["id"],
+                R.c.id == run.id,
                 or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd),
             )
             .values(reserved_micro_usd=R.c.reserved_micro_usd + est)
         )
         if reserved.rowcount != 1:
-            limit = run["budget_micro_usd"] or 0
-            return BudgetStop(job["id"], est, limit - run["reserved_micro_usd"], limit, budget.RUN)
+            limit = run.budget_micro_usd or 0
+            return BudgetStop(job.id, est, limit - run.reserved_micro_usd, limit, budget.RUN)
         return None
 
-    def _warn(self, conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> str | None:
+    def _warn(self, conn: Connection, job: JobRecord, run: RunRecord) -> str | None:
         """The warning, once per run, for the claim that crosses the run's warning threshold."""
-        committed = run["reserved_micro_usd"] + job["estimate_micro_usd"]
-        warn_at = run["warn_at_micro_usd"]
-        if warn_at is None or not budget.crosses_warning(committed, warn_at, bool(run["warned"])):
+        committed = run.reserved_micro_usd + job.estimate_micro_usd
+        warn_at = run.warn_at_micro_usd
+        if warn_at is None or not budget.crosses_warning(committed, warn_at, bool(run.warned)):
             return None
-        conn.execute(update(R).where(R.c.id == run["id"]).values(warned=True))  # once per run
+        conn.execute(update(R).where(R.c.id == run.id).values(warned=True))  # once per run
         self._event(
             conn,
             "run.budget_warning",
-            batch_id=job["batch_id"],
-            run=run["name"],
+            batch_id=job.batch_id,
+            run=run.name,
             committed_micro_usd=committed,
             warn_at_micro_usd=warn_at,
         )
-        return budget.warning_message(run["name"], committed, warn_at)
+        return budget.warning_message(run.name, committed, warn_at)
 
-    def _submit(self, conn: Connection, now: datetime, job: dict[str, Any], run_id: int, warning: str | None) -> Claim:
+    def _submit(self, conn: Connection, now: datetime, job: JobRecord, run_id: int, warning: str | None) -> Claim:
         """A new attempt for the job (its estimate reserved), leased to this worker to submit."""
-        est = job["estimate_micro_usd"]
-        number = job["attempt_count"] + 1
+        est = job.estimate_micro_usd
+        number = job.attempt_count + 1
+        lease_end = now + timedelta(seconds=self.lease_s)
         key = conn.execute(
             insert(A).values(
-                job_id=job["id"],
+                job_id=job.id,
                 number=number,
                 run_id=run_id,
-                batch_id=job["batch_id"],
+                batch_id=job.batch_id,
                 worker=self.worker,
                 state=AttemptState.PREPARING.value,
                 reserved_micro_usd=est,
@@ -267,12 +245,12 @@ class Dispatch(Transitions):
         attempt_id = key[0]
         conn.execute(
             update(J)
-            .where(J.c.id == job["id"])
+            .where(J.c.id == job.id)
             .values(
                 state=JobState.SUBMITTING.value,
                 attempt_count=number,
                 lease_owner=self.worker,
-                lease_expires_at=now + timedelta(seconds=self.lease_s),
+                lease_expires_at=lease_end,
                 updated_at=now,
                 next_attempt_at=None,
             )
@@ -282,14 +260,22 @@ class Dispatch(Transitions):
             "job.claimed",
             job=job,
             attempt_id=attempt_id,
-            from_state=job["state"],
+            from_state=job.state.value,
             to_state=JobState.SUBMITTING.value,
             attempt=number,
             reserved_micro_usd=est,
             worker=self.worker,
         )
-        created = conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one()
-        return Claim("submit", {**job, "attempt_count": number}, dict(created), warning, run_id)
+        created = AttemptRecord.from_row(conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one())
+        claimed = job.evolve(
+            state=JobState.SUBMITTING,
+            attempt_count=number,
+            lease_owner=self.worker,
+            lease_expires_at=lease_end,
+            updated_at=now,
+            next_attempt_at=None,
+        )
+        return Claim(ClaimKind.SUBMIT, claimed, created, warning, run_id)
 
     def sweep(self, batches: Sequence[str] | None, run_id: int | None) -> None:
         """Settle now what dead workers left half-sent (see `_sweep_stale_submits`), so a run can
@@ -306,35 +292,29 @@ class Dispatch(Transitions):
     ) -> None:
         """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
         what may have been sent as uncertain (never resubmitted automatically)."""
-        stale = (
-            conn.execute(
-                select(J).where(
-                    J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now, *self._scope(batches)
-                )
-            )
-            .mappings()
-            .all()
-        )
-        for job in stale:
-            attempt = self._latest_attempt(conn, job["id"])
-            if attempt["state"] == AttemptState.PREPARING.value:
+        stale = conn.execute(
+            select(J).where(J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now, *self._scope(batches))
+        ).mappings()
+        for job in [JobRecord.from_row(r) for r in stale]:
+            attempt = self._latest_attempt(conn, job.id)
+            if attempt.state == AttemptState.PREPARING.value:
                 self._end_attempt(conn, attempt, AttemptState.UNSENT, "the worker stopped before sending", billed=0)
                 self._set_job(
                     conn,
-                    dict(job),
+                    job,
                     JobState.QUEUED,
                     "worker stopped before sending; requeued",
-                    attempt_id=attempt["id"],
+                    attempt_id=attempt.id,
                 )
             else:
                 self._end_attempt(
                     conn, attempt, AttemptState.UNCERTAIN, "the worker stopped while sending the submit", billed=None
                 )
-                conn.execute(update(A).where(A.c.id == attempt["id"]).values(settled_run_id=run_id))
+                conn.execute(update(A).where(A.c.id == attempt.id).values(settled_run_id=run_id))
                 self._set_job(
                     conn,
-                    dict(job),
+                    job,
                     JobState.UNCERTAIN,
                     "worker stopped while sending the submit",
-                    attempt_id=attempt["id"],
+                    attempt_id=attempt.id,
                 )

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..domain import Actor
 from ..errors import DatabaseError
+from ..records import JobRecord
 from .engine import safe_url, write_lock
 from .models import Batch, Event, Job, Lock, table, utcnow
 
@@ -138,7 +139,8 @@ class Plumbing:
         conn: Connection,
         kind: str,
         *,
-        job: dict[str, Any] | None = None,
+        job: JobRecord | None = None,
+        job_id: int | None = None,
         attempt_id: int | None = None,
         batch_id: int | None = None,
         from_state: str | None = None,
@@ -149,8 +151,8 @@ class Plumbing:
         row = event_row(
             self.actor,
             kind,
-            batch_id=batch_id or (job or {}).get("batch_id"),
-            job_id=(job or {}).get("id"),
+            batch_id=batch_id or (job.batch_id if job else None),
+            job_id=job_id or (job.id if job else None),
             attempt_id=attempt_id,
             from_state=from_state,
             to_state=to_state,

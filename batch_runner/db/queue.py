@@ -9,6 +9,7 @@ the change is refused and rolled back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, TERMINAL_STATES, AttemptState, JobState
 from ..errors import LeaseLostError
+from ..records import JobRecord, RunRecord
 from .dispatch import Dispatch
 from .models import Attempt, Event, Job, Output, Run, Upload, table, utcnow
 from .plumbing import owner_pid, upsert
@@ -25,10 +27,21 @@ from .transition import Claim
 J, A, R = table(Job), table(Attempt), table(Run)
 
 
+@dataclass(frozen=True)
+class RunTally:
+    """What a run did, from the database: the jobs it touched and what it was billed."""
+
+    jobs: list[JobRecord]
+    billed_micro_usd: int
+    attempts: int
+    budget_micro_usd: int | None
+    batch_states: dict[str, int]  # every job in the run's scope, by state
+
+
 class JobQueue(Dispatch):
     """Queue operations for one worker process, safe to share across its threads."""
 
-    def sending(self, claim: Claim, input_sha256: str) -> None:
+    def sending(self, claim: Claim, input_sha256: str) -> Claim:
         """Write-ahead: committed before the submit goes out, with the hash of what is sent (it
         finds the request in fal's listing if the answer is lost). Refused (LeaseLostError) when the
         claim was swept or taken over meanwhile, so a stalled worker never submits a job twice."""
@@ -37,101 +50,83 @@ class JobQueue(Dispatch):
             self._hold(conn, claim)
             moved = conn.execute(
                 update(A)
-                .where(A.c.id == claim.attempt["id"], A.c.state == AttemptState.PREPARING.value)
+                .where(A.c.id == claim.attempt.id, A.c.state == AttemptState.PREPARING.value)
                 .values(state=AttemptState.SENDING.value, input_sha256=input_sha256, sent_at=self._clock(conn))
             ).rowcount
             if moved != 1:
-                raise LeaseLostError(
-                    f"job {claim.job['id']}: attempt {claim.attempt['number']} was closed by another worker"
-                )
-            self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt["id"])
+                raise LeaseLostError(f"job {claim.job.id}: attempt {claim.attempt.number} was closed by another worker")
+            self._event(conn, "attempt.sending", job=claim.job, attempt_id=claim.attempt.id)
 
         self._tx("recording the submit", go)
-        claim.attempt.update(state=AttemptState.SENDING.value, input_sha256=input_sha256)
+        return claim.moved(attempt=claim.attempt.evolve(state=AttemptState.SENDING, input_sha256=input_sha256))
 
     def submitted(
         self, claim: Claim, request_id: str, status_url: str, response_url: str, cancel_url: str, payload_sha256: str
-    ) -> None:
+    ) -> Claim:
         """Committed the moment fal answers: from now on the job is followed, never resubmitted.
         A worker that lost its lease meanwhile still records the request id on its attempt (the
         request exists and may bill), then lets the job go."""
 
-        def go(conn: Connection) -> bool:
+        request = {
+            "request_id": request_id,
+            "status_url": status_url,
+            "response_url": response_url,
+            "cancel_url": cancel_url,
+            "submitted_at": utcnow(),
+        }
+
+        def go(conn: Connection) -> Claim | None:
             try:
                 self._hold(conn, claim)
             except LeaseLostError:
-                conn.execute(
-                    update(A)
-                    .where(A.c.id == claim.attempt["id"])
-                    .values(
-                        request_id=request_id,
-                        status_url=status_url,
-                        response_url=response_url,
-                        cancel_url=cancel_url,
-                        submitted_at=utcnow(),
-                    )
-                )
+                conn.execute(update(A).where(A.c.id == claim.attempt.id).values(**request))
                 self._event(
                     conn,
                     "attempt.submitted_after_lease_lost",
                     job=claim.job,
-                    attempt_id=claim.attempt["id"],
+                    attempt_id=claim.attempt.id,
                     request_id=request_id,
                     worker=self.worker,
                 )
-                return False
+                return None
             conn.execute(
-                update(A)
-                .where(A.c.id == claim.attempt["id"])
-                .values(
-                    state=AttemptState.SUBMITTED.value,
-                    request_id=request_id,
-                    status_url=status_url,
-                    response_url=response_url,
-                    cancel_url=cancel_url,
-                    submitted_at=utcnow(),
-                )
+                update(A).where(A.c.id == claim.attempt.id).values(state=AttemptState.SUBMITTED.value, **request)
             )
-            self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt["id"], keep_lease=True)
+            job = self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt.id, keep_lease=True)
             self._event(
                 conn,
                 "attempt.submitted",
                 job=claim.job,
-                attempt_id=claim.attempt["id"],
+                attempt_id=claim.attempt.id,
                 request_id=request_id,
                 input_sha256=payload_sha256,
             )
-            return True
+            return claim.moved(job, claim.attempt.evolve(state=AttemptState.SUBMITTED, **request))
 
-        if not self._tx("recording the request id", go):
+        moved = self._tx("recording the request id", go)
+        if moved is None:
             raise LeaseLostError(
-                f"job {claim.job['id']}: its lease was taken over while submitting; "
+                f"job {claim.job.id}: its lease was taken over while submitting; "
                 f"request {request_id} is recorded on its attempt"
             )
-        claim.attempt.update(
-            state=AttemptState.SUBMITTED.value,
-            request_id=request_id,
-            status_url=status_url,
-            response_url=response_url,
-            cancel_url=cancel_url,
-        )
+        return moved
 
-    def progress(self, claim: Claim, state: JobState, *, output_url: str | None = None) -> None:
+    def progress(self, claim: Claim, state: JobState, *, output_url: str | None = None) -> Claim:
         """in_progress / downloading (with fal's output URL, kept for a later re-download): the
         job keeps its lease."""
-        if claim.job["state"] == state.value and (output_url is None or claim.attempt.get("output_url") == output_url):
-            return
+        if claim.job.state == state and (output_url is None or claim.attempt.output_url == output_url):
+            return claim
+        extra = {"output_url": output_url} if output_url else {}
 
-        def go(conn: Connection) -> None:
+        def go(conn: Connection) -> Claim:
             self._hold(conn, claim)
-            extra = {"output_url": output_url} if output_url else {}
-            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(state=state.value, **extra))
-            if claim.job["state"] != state.value:
-                self._set_job(conn, claim.job, state, attempt_id=claim.attempt["id"], keep_lease=True)
+            conn.execute(update(A).where(A.c.id == claim.attempt.id).values(state=state.value, **extra))
+            job = claim.job
+            if job.state != state:
+                job = self._set_job(conn, job, state, attempt_id=claim.attempt.id, keep_lease=True)
+            return claim.moved(job, claim.attempt.evolve(state=AttemptState(state.value), **extra))
 
-        self._tx("recording progress", go)
-        if output_url:
-            claim.attempt["output_url"] = output_url
+        return self._tx("recording progress", go)
 
     def requeue(self, claim: Claim, reason: str, *, delay_s: float, sent: bool) -> None:
         """A retryable failure that billed nothing: the job waits `delay_s` and gets a new attempt."""
@@ -151,7 +146,7 @@ class JobQueue(Dispatch):
                 claim.job,
                 JobState.QUEUED,
                 reason,
-                attempt_id=claim.attempt["id"],
+                attempt_id=claim.attempt.id,
                 next_attempt_at=self._clock(conn) + timedelta(seconds=delay_s),
             )
 
@@ -165,7 +160,7 @@ class JobQueue(Dispatch):
             self._hold(conn, claim)
             conn.execute(
                 update(J)
-                .where(J.c.id == claim.job["id"])
+                .where(J.c.id == claim.job.id)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -177,7 +172,7 @@ class JobQueue(Dispatch):
                 conn,
                 "job.follow_later",
                 job=claim.job,
-                attempt_id=claim.attempt["id"],
+                attempt_id=claim.attempt.id,
                 reason=reason,
                 delay_s=delay_s,
                 worker=self.worker,
@@ -188,11 +183,11 @@ class JobQueue(Dispatch):
     def abandon(self, claim: Claim, reason: str, *, delay_s: float) -> None:
         """A worker hit an unexpected error (a bug) on this job: let it go in a safe state. Never
         sent: back to the queue. Maybe sent: uncertain. In flight: followed again later."""
-        state = claim.attempt.get("state")
+        state = self._read("reading an attempt", lambda conn: self._latest_attempt(conn, claim.job.id).state)
         try:
-            if state == AttemptState.PREPARING.value:
+            if state == AttemptState.PREPARING:
                 self.requeue(claim, reason, delay_s=delay_s, sent=False)
-            elif state == AttemptState.SENDING.value:
+            elif state == AttemptState.SENDING:
                 self.uncertain(claim, reason)
             else:
                 self.follow_later(claim, reason, delay_s=delay_s)
@@ -208,8 +203,8 @@ class JobQueue(Dispatch):
                     select(func.count())
                     .select_from(A)
                     .where(
-                        A.c.job_id == claim.job["id"],
-                        A.c.number > claim.job.get("retry_base", 0),
+                        A.c.job_id == claim.job.id,
+                        A.c.number > claim.job.retry_base,
                         A.c.state.in_(
                             [
                                 AttemptState.FAILED.value,
@@ -238,16 +233,14 @@ class JobQueue(Dispatch):
             if unsent:
                 self._hold(conn, claim)
                 self._end_attempt(conn, claim.attempt, AttemptState.UNSENT, "stopped before sending", billed=0)
-                self._set_job(
-                    conn, claim.job, JobState.QUEUED, "stopped before sending", attempt_id=claim.attempt["id"]
-                )
+                self._set_job(conn, claim.job, JobState.QUEUED, "stopped before sending", attempt_id=claim.attempt.id)
             else:
                 conn.execute(
                     update(J)
-                    .where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+                    .where(J.c.id == claim.job.id, J.c.lease_owner == self.worker)
                     .values(lease_owner=None, lease_expires_at=None)
                 )
-                self._event(conn, "job.released", job=claim.job, attempt_id=claim.attempt["id"], worker=self.worker)
+                self._event(conn, "job.released", job=claim.job, attempt_id=claim.attempt.id, worker=self.worker)
 
         self._tx("releasing a job", go)
 
@@ -255,8 +248,8 @@ class JobQueue(Dispatch):
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
-            conn.execute(update(A).where(A.c.id == claim.attempt["id"]).values(settled_run_id=claim.run_id))
-            self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt["id"])
+            conn.execute(update(A).where(A.c.id == claim.attempt.id).values(settled_run_id=claim.run_id))
+            self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt.id)
 
         self._tx("marking a job uncertain", go)
 
@@ -303,14 +296,14 @@ class JobQueue(Dispatch):
                 **({"output_url": output_url} if output_url else {}),
                 **money,
             )
-            total = self._job_billed(conn, claim.job["id"])
+            total = self._job_billed(conn, claim.job.id)
             if output is not None:
                 conn.execute(
                     insert(Output).values(
-                        job_id=claim.job["id"], attempt_id=claim.attempt["id"], created_at=utcnow(), **output
+                        job_id=claim.job.id, attempt_id=claim.attempt.id, created_at=utcnow(), **output
                     )
                 )
-            self._set_job(conn, claim.job, state, reason, attempt_id=claim.attempt["id"], billed_micro_usd=total)
+            self._set_job(conn, claim.job, state, reason, attempt_id=claim.attempt.id, billed_micro_usd=total)
 
         self._tx("finishing a job", go)
 
@@ -382,25 +375,25 @@ class JobQueue(Dispatch):
 
         return self._read("reading retry times", go)
 
-    def run_report(self, run_id: int, batches: Sequence[str] | None) -> dict[str, Any]:
+    def run_report(self, run_id: int, batches: Sequence[str] | None) -> RunTally:
         """What a run did: the jobs its attempts touched, by final state, and what it was billed."""
 
-        def go(conn: Connection) -> dict[str, Any]:
-            run = conn.execute(select(R).where(R.c.id == run_id)).mappings().one()
+        def go(conn: Connection) -> RunTally:
+            run = RunRecord.from_row(conn.execute(select(R).where(R.c.id == run_id)).mappings().one())
             ran = select(A.c.job_id).where(or_(A.c.run_id == run_id, A.c.settled_run_id == run_id))
             # Jobs this process ended during the run without an attempt of it: half-sent ones a
             # dead worker left (marked uncertain), paid outputs delivered again, settled submits.
             ended = [f"job.{s.value}" for s in (*TERMINAL_STATES, JobState.UNCERTAIN)]
             swept = select(Event.job_id).where(
                 Event.kind.in_(ended),
-                Event.at >= run["started_at"],
+                Event.at >= run.started_at,
                 Event.host == self.actor.host,
                 Event.pid == self.actor.pid,
                 Event.job_id.is_not(None),
             )
             touched = ran.union(swept).subquery()
             rows = [
-                dict(r)
+                JobRecord.from_row(r)
                 for r in conn.execute(select(J).where(J.c.id.in_(select(touched.c.job_id))).order_by(J.c.id)).mappings()
             ]
             billed = conn.execute(
@@ -408,14 +401,7 @@ class JobQueue(Dispatch):
             ).scalar_one()
             attempts = conn.execute(select(func.count()).select_from(A).where(A.c.run_id == run_id)).scalar_one()
             scope = conn.execute(select(J.c.state, func.count()).where(*self._scope(batches)).group_by(J.c.state)).all()
-            return {
-                "jobs": rows,
-                "billed_micro_usd": int(billed),
-                "attempts": int(attempts),
-                "budget_micro_usd": run["budget_micro_usd"],
-                "reserved_micro_usd": run["reserved_micro_usd"],
-                "batch_states": dict(scope),
-            }
+            return RunTally(rows, int(billed), int(attempts), run.budget_micro_usd, {s: int(n) for s, n in scope})
 
         return self._read("reporting the run", go)
 

@@ -14,10 +14,11 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain import FOLLOW_STATES, Actor, AttemptState, JobSpec, JobState, ProbeResult, ceil_decimal
+from ..records import AttemptRecord, EventRecord, JobOutline, JobRecord
 from .models import Attempt, Batch, Event, Job, Probe, table, utcnow
 from .plumbing import event_row, insert_events, pid_namespace, upsert
 from .settle import Settler
-from .transition import Claim, Transitions
+from .transition import Claim, ClaimKind, Transitions
 
 J, A = table(Job), table(Attempt)
 CANCEL_LEASE_S = 60.0  # how long `cancel` holds the in-flight jobs it is cancelling at fal
@@ -174,7 +175,7 @@ class Repository(Transitions):
             "counting jobs", lambda conn: [StateCount(b, s, int(n), int(c)) for b, s, n, c in conn.execute(stmt)]
         )
 
-    def batch_jobs(self, batch: str) -> list[dict[str, Any]]:
+    def batch_jobs(self, batch: str) -> list[JobOutline]:
         """Every job of a batch: key, output path, state, estimate (for `plan --diff`)."""
         stmt = (
             select(Job.key, Job.output_path, Job.state, Job.estimate_micro_usd, Job.source)
@@ -182,7 +183,10 @@ class Repository(Transitions):
             .where(Batch.name == batch)
             .order_by(Job.id)
         )
-        return self._read("reading the batch", lambda conn: [dict(r) for r in conn.execute(stmt).mappings()])
+        return self._read(
+            "reading the batch",
+            lambda conn: [JobOutline(k, o, JobState(s), e, src) for k, o, s, e, src in conn.execute(stmt)],
+        )
 
     def batch_budgets(self, name: str) -> tuple[int | None, int | None, int | None]:
         """The batch's budget policies: per run, per rolling day, warning threshold."""
@@ -198,10 +202,10 @@ class Repository(Transitions):
 
     # ----------------------------------------------------------------------- find, history, retry, cancel
 
-    def jobs_in(self, batches: Sequence[str] | None, states: Iterable[JobState]) -> list[dict[str, Any]]:
-        def go(conn: Connection) -> list[dict[str, Any]]:
+    def jobs_in(self, batches: Sequence[str] | None, states: Iterable[JobState]) -> list[JobRecord]:
+        def go(conn: Connection) -> list[JobRecord]:
             return [
-                dict(r)
+                JobRecord.from_row(r)
                 for r in conn.execute(
                     select(J).where(J.c.state.in_([s.value for s in states]), *self._scope(batches)).order_by(J.c.id)
                 ).mappings()
@@ -209,51 +213,53 @@ class Repository(Transitions):
 
         return self._read("listing jobs", go)
 
-    def find_jobs(self, refs: Sequence[str]) -> list[dict[str, Any]]:
+    def find_jobs(self, refs: Sequence[str]) -> list[JobRecord]:
         """Jobs by id or key prefix (at least 6 characters)."""
 
-        def go(conn: Connection) -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
+        def go(conn: Connection) -> list[JobRecord]:
+            out: list[JobRecord] = []
             for ref in refs:
                 cond = J.c.id == int(ref) if ref.isdigit() else J.c.key.like(f"{ref}%")
                 rows = conn.execute(select(J).where(cond)).mappings().all()
-                out.extend(dict(r) for r in rows)
+                out.extend(JobRecord.from_row(r) for r in rows)
             return out
 
         return self._read("finding jobs", go)
 
-    def history(self, job_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        def go(conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def history(self, job_id: int) -> tuple[list[AttemptRecord], list[EventRecord]]:
+        def go(conn: Connection) -> tuple[list[AttemptRecord], list[EventRecord]]:
             attempts = [
-                dict(r) for r in conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number)).mappings()
+                AttemptRecord.from_row(r)
+                for r in conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number)).mappings()
             ]
             events = [
-                dict(r)
+                EventRecord.from_row(r)
                 for r in conn.execute(select(table(Event)).where(Event.job_id == job_id).order_by(Event.id)).mappings()
             ]
             return attempts, events
 
         return self._read("reading a job's history", go)
 
-    def retry_plan(self, job_ids: Sequence[int], from_states: Iterable[JobState]) -> list[tuple[dict[str, Any], str]]:
+    def retry_plan(self, job_ids: Sequence[int], from_states: Iterable[JobState]) -> list[tuple[JobRecord, str]]:
         """What `retry` would do with each job: "redeliver" (fal's paid output is fetched again,
         free) or "resubmit" (a new attempt, which fal bills again if it succeeds)."""
         allowed = [s.value for s in from_states]
 
-        def go(conn: Connection) -> list[tuple[dict[str, Any], str]]:
+        def go(conn: Connection) -> list[tuple[JobRecord, str]]:
             out = []
-            for job in conn.execute(
+            for row in conn.execute(
                 select(J).where(J.c.id.in_(list(job_ids)), J.c.state.in_(allowed)).order_by(J.c.id)
             ).mappings():
-                last = self._latest_attempt(conn, job["id"]) if job["attempt_count"] else None
+                job = JobRecord.from_row(row)
+                last = self._latest_attempt(conn, job.id) if job.attempt_count else None
                 again = (
                     last is not None
-                    and last["output_url"]
-                    and last["billed_micro_usd"] is not None
-                    and last["state"] == AttemptState.FAILED.value
-                    and job["state"] == JobState.FAILED.value
+                    and last.output_url
+                    and last.billed_micro_usd is not None
+                    and last.state == AttemptState.FAILED
+                    and job.state == JobState.FAILED
                 )
-                out.append((dict(job), "redeliver" if again else "resubmit"))
+                out.append((job, "redeliver" if again else "resubmit"))
             return out
 
         return self._read("planning a retry", go)
@@ -267,19 +273,19 @@ class Repository(Transitions):
         def go(conn: Connection) -> int:
             for job, how in plan:
                 if how == "redeliver":
-                    last = self._latest_attempt(conn, job["id"])
-                    conn.execute(update(A).where(A.c.id == last["id"]).values(state=AttemptState.DOWNLOADING.value))
+                    last = self._latest_attempt(conn, job.id)
+                    conn.execute(update(A).where(A.c.id == last.id).values(state=AttemptState.DOWNLOADING.value))
                     self._set_job(
                         conn,
                         job,
                         JobState.DOWNLOADING,
                         f"{reason}: fetching the paid output again",
-                        attempt_id=last["id"],
+                        attempt_id=last.id,
                         next_attempt_at=None,
                     )
                 else:
                     self._set_job(
-                        conn, job, JobState.QUEUED, reason, next_attempt_at=None, retry_base=job["attempt_count"]
+                        conn, job, JobState.QUEUED, reason, next_attempt_at=None, retry_base=job.attempt_count
                     )
             return len(plan)
 
@@ -291,7 +297,7 @@ class Repository(Transitions):
             for job in conn.execute(
                 select(J).where(J.c.id.in_(list(job_ids)), J.c.state == JobState.QUEUED.value)
             ).mappings():
-                self._set_job(conn, dict(job), JobState.CANCELLED, reason)
+                self._set_job(conn, JobRecord.from_row(job), JobState.CANCELLED, reason)
                 n += 1
             return n
 
@@ -310,11 +316,11 @@ class Repository(Transitions):
                 .mappings()
                 .all()
             )
-            for job in rows:
-                attempt = self._latest_attempt(conn, job["id"])
-                if attempt.get("cancel_url"):
-                    self._lease(conn, job["id"], now)
-                    out.append(Claim("follow", dict(job), attempt))
+            for job in map(JobRecord.from_row, rows):
+                attempt = self._latest_attempt(conn, job.id)
+                if attempt.cancel_url:
+                    self._lease(conn, job.id, now)
+                    out.append(Claim(ClaimKind.FOLLOW, job, attempt))
             return out
 
         return self._tx("taking jobs to cancel", go)

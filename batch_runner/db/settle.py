@@ -11,6 +11,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain import PENDING_BILLING_EVENTS, PROVISIONAL, AttemptState, JobState
+from ..records import AttemptRecord, JobRecord
 from .models import Attempt, Job, Run, table, utcnow
 from .transition import Transitions
 
@@ -22,10 +23,10 @@ class Settler(Transitions):
 
     def uncertain_jobs(
         self, batches: Sequence[str] | None, job_ids: Sequence[int] | None = None
-    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    ) -> list[tuple[JobRecord, AttemptRecord]]:
         """Uncertain jobs with their uncertain attempt (the one to settle)."""
 
-        def go(conn: Connection) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        def go(conn: Connection) -> list[tuple[JobRecord, AttemptRecord]]:
             cond = [J.c.id.in_(list(job_ids))] if job_ids is not None else []
             rows = (
                 conn.execute(
@@ -36,7 +37,7 @@ class Settler(Transitions):
                 .mappings()
                 .all()
             )
-            return [(dict(r), self._latest_attempt(conn, r["id"])) for r in rows]
+            return [(JobRecord.from_row(r), self._latest_attempt(conn, r["id"])) for r in rows]
 
         return self._read("listing uncertain jobs", go)
 
@@ -53,15 +54,15 @@ class Settler(Transitions):
         return self._read("reading request ids", go) if ids else set()
 
     def _settle_uncertain(
-        self, action: str, job: dict[str, Any], attempt: dict[str, Any], change: Callable[[Connection], None]
+        self, action: str, job: JobRecord, attempt: AttemptRecord, change: Callable[[Connection], None]
     ) -> bool:
         """Apply `change` to an uncertain job in one transaction, fenced: only if the job is still
         uncertain on that attempt (no other resolve, retry or cancel settled it meanwhile)."""
 
         def go(conn: Connection) -> bool:
             self._serialize(conn)
-            state = conn.execute(select(J.c.state).where(J.c.id == job["id"]).with_for_update()).scalar()
-            if state != JobState.UNCERTAIN.value or self._latest_attempt(conn, job["id"])["id"] != attempt["id"]:
+            state = conn.execute(select(J.c.state).where(J.c.id == job.id).with_for_update()).scalar()
+            if state != JobState.UNCERTAIN.value or self._latest_attempt(conn, job.id).id != attempt.id:
                 return False
             change(conn)
             return True
@@ -70,8 +71,8 @@ class Settler(Transitions):
 
     def adopt(
         self,
-        job: dict[str, Any],
-        attempt: dict[str, Any],
+        job: JobRecord,
+        attempt: AttemptRecord,
         request_id: str,
         status_url: str,
         response_url: str,
@@ -84,14 +85,14 @@ class Settler(Transitions):
         def change(conn: Connection) -> None:
             conn.execute(
                 update(A)
-                .where(A.c.id == attempt["id"])
+                .where(A.c.id == attempt.id)
                 .values(
                     state=AttemptState.SUBMITTED.value,
                     request_id=request_id,
                     status_url=status_url,
                     response_url=response_url,
                     cancel_url=cancel_url,
-                    submitted_at=attempt.get("sent_at") or utcnow(),
+                    submitted_at=attempt.sent_at or utcnow(),
                     error=None,
                     finished_at=None,
                 )
@@ -101,17 +102,17 @@ class Settler(Transitions):
                 job,
                 JobState.SUBMITTED,
                 f"adopted request {request_id} ({how})",
-                attempt_id=attempt["id"],
+                attempt_id=attempt.id,
                 next_attempt_at=None,
             )
-            self._event(conn, "attempt.adopted", job=job, attempt_id=attempt["id"], request_id=request_id, how=how)
+            self._event(conn, "attempt.adopted", job=job, attempt_id=attempt.id, request_id=request_id, how=how)
 
         return self._settle_uncertain("adopting a request", job, attempt, change)
 
     def settle_unsent(
         self,
-        job: dict[str, Any],
-        attempt: dict[str, Any],
+        job: JobRecord,
+        attempt: AttemptRecord,
         reason: str,
         *,
         request_id: str | None = None,
@@ -131,33 +132,33 @@ class Settler(Transitions):
                 job,
                 JobState.QUEUED,
                 reason,
-                attempt_id=attempt["id"],
+                attempt_id=attempt.id,
                 next_attempt_at=None,
-                billed_micro_usd=self._job_billed(conn, job["id"]),
-                retry_base=job["attempt_count"],
+                billed_micro_usd=self._job_billed(conn, job.id),
+                retry_base=job.attempt_count,
             )
 
         return self._settle_uncertain("settling an uncertain submit", job, attempt, change)
 
     def cancel_uncertain(
-        self, job: dict[str, Any], attempt: dict[str, Any], reason: str, request_id: str | None = None
+        self, job: JobRecord, attempt: AttemptRecord, reason: str, request_id: str | None = None
     ) -> bool:
         """An uncertain job that fal never ran (cancelled while queued, or never created): cancelled, $0."""
 
         def change(conn: Connection) -> None:
             extra: dict[str, Any] = {"request_id": request_id} if request_id else {}
             self._end_attempt(conn, attempt, AttemptState.CANCELLED, reason, billed=0, **extra)
-            self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt["id"])
+            self._set_job(conn, job, JobState.CANCELLED, reason, attempt_id=attempt.id)
 
         return self._settle_uncertain("cancelling an uncertain job", job, attempt, change)
 
-    def pending_bills(self, batches: Sequence[str] | None, since: datetime) -> list[dict[str, Any]]:
+    def pending_bills(self, batches: Sequence[str] | None, since: datetime) -> list[AttemptRecord]:
         """Attempts made since `since` whose bill waits on fal's billing events: recorded as $0
         pending fal's word (a refused run fal may have billed), or provisional (our price table's figure)."""
 
-        def go(conn: Connection) -> list[dict[str, Any]]:
+        def go(conn: Connection) -> list[AttemptRecord]:
             return [
-                dict(r)
+                AttemptRecord.from_row(r)
                 for r in conn.execute(
                     select(A, J.c.endpoint)
                     .select_from(A.join(J, J.c.id == A.c.job_id))
@@ -173,37 +174,36 @@ class Settler(Transitions):
 
         return self._read("reading pending bills", go)
 
-    def settle_bill(self, attempt: dict[str, Any], billed_micro_usd: int, units: str | None, source: str) -> None:
+    def settle_bill(self, attempt: AttemptRecord, billed_micro_usd: int, units: str | None, source: str) -> None:
         """Record what fal's billing events say an attempt cost (it was recorded as $0, pending)."""
 
         def go(conn: Connection) -> None:
             moved = conn.execute(
                 update(A)
-                .where(A.c.id == attempt["id"], A.c.price_source == attempt["price_source"])
+                .where(A.c.id == attempt.id, A.c.price_source == attempt.price_source)
                 .values(billed_micro_usd=billed_micro_usd, billable_units=units, price_source=source)
             ).rowcount
             if moved != 1:  # settled meanwhile by another process: nothing to do
                 return
             conn.execute(
                 update(J)
-                .where(J.c.id == attempt["job_id"])
-                .values(billed_micro_usd=self._job_billed(conn, attempt["job_id"]))
+                .where(J.c.id == attempt.job_id)
+                .values(billed_micro_usd=self._job_billed(conn, attempt.job_id))
             )
-            if attempt.get("run_id") is not None:  # the run's committed figure follows fal's
+            if attempt.run_id is not None:  # the run's committed figure follows fal's
                 conn.execute(
                     update(R)
-                    .where(R.c.id == attempt["run_id"])
+                    .where(R.c.id == attempt.run_id)
                     .values(
-                        reserved_micro_usd=R.c.reserved_micro_usd
-                        + billed_micro_usd
-                        - (attempt["billed_micro_usd"] or 0)
+                        reserved_micro_usd=R.c.reserved_micro_usd + billed_micro_usd - (attempt.billed_micro_usd or 0)
                     )
                 )
             self._event(
                 conn,
                 "attempt.bill_settled",
-                job={"id": attempt["job_id"], "batch_id": attempt["batch_id"]},
-                attempt_id=attempt["id"],
+                job_id=attempt.job_id,
+                batch_id=attempt.batch_id,
+                attempt_id=attempt.id,
                 billed_micro_usd=billed_micro_usd,
                 source=source,
             )

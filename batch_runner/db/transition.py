@@ -3,7 +3,8 @@ an attempt's close with its money, the lease fence, and recording fal's answer t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,21 +13,31 @@ from sqlalchemy.engine import Connection
 
 from ..domain import AttemptState, JobState
 from ..errors import LeaseLostError
+from ..records import AttemptRecord, JobRecord
 from .models import Attempt, Job, Run, table, utcnow
 from .plumbing import Plumbing
 
 J, A, R = table(Job), table(Attempt), table(Run)
 
 
+class ClaimKind(str, enum.Enum):
+    SUBMIT = "submit"  # a new attempt, to be sent
+    FOLLOW = "follow"  # a live request id, to be followed to its end
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A job this worker now holds the lease on, and what to do with it."""
+    """A job this worker now holds the lease on, and what to do with it. Each recorded change
+    returns a new claim with the records as they now are."""
 
-    kind: str  # "submit" (a new attempt) or "follow" (a live request id)
-    job: dict[str, Any]
-    attempt: dict[str, Any]
+    kind: ClaimKind
+    job: JobRecord
+    attempt: AttemptRecord
     warning: str | None = None  # set once, on the claim that crosses the run's warning threshold
     run_id: int | None = None  # the run this claim works for (it settles the attempt)
+
+    def moved(self, job: JobRecord | None = None, attempt: AttemptRecord | None = None) -> Claim:
+        return replace(self, job=job or self.job, attempt=attempt or self.attempt)
 
 
 class Transitions(Plumbing):
@@ -35,14 +46,15 @@ class Transitions(Plumbing):
     def _set_job(
         self,
         conn: Connection,
-        job: dict[str, Any],
+        job: JobRecord,
         state: JobState,
         reason: str | None = None,
         *,
         attempt_id: int | None = None,
         keep_lease: bool = False,
         **values: Any,
-    ) -> None:
+    ) -> JobRecord:
+        """The job moves to `state`, with its event; returns the job as it now is."""
         now = utcnow()
         new = {"state": state.value, "updated_at": now, **values}
         if state == JobState.SUCCEEDED:
@@ -51,23 +63,24 @@ class Transitions(Plumbing):
             new["last_error"] = reason
         if not keep_lease:
             new.update(lease_owner=None, lease_expires_at=None)
-        conn.execute(update(J).where(J.c.id == job["id"]).values(**new))
+        conn.execute(update(J).where(J.c.id == job.id).values(**new))
         self._event(
             conn,
             f"job.{state.value}",
             job=job,
             attempt_id=attempt_id,
-            from_state=job["state"],
+            from_state=job.state.value,
             to_state=state.value,
             reason=reason,
             worker=self.worker,
         )
-        job["state"] = state.value
+        kept = {k: v for k, v in new.items() if k in JobRecord.__dataclass_fields__}
+        return job.evolve(**{**kept, "state": state})
 
     def _end_attempt(
         self,
         conn: Connection,
-        attempt: dict[str, Any],
+        attempt: AttemptRecord,
         state: AttemptState,
         error: str | None,
         *,
@@ -75,34 +88,32 @@ class Transitions(Plumbing):
         run_id: int | None = None,
         keep_billed: bool = False,
         **values: Any,
-    ) -> None:
+    ) -> AttemptRecord:
         """Close an attempt; settle its budget reservation: billed replaces reserved (None keeps it).
         `run_id`: the run that settles it. `keep_billed`: billed and settled before (a paid output
-        delivered again), so the money is left as it was."""
+        delivered again), so the money is left as it was. Returns the attempt as it now is."""
         # a paid output delivered again keeps its money and the time it was billed (reconcile dates it)
         money: dict[str, Any] = {} if keep_billed else {"billed_micro_usd": billed, "finished_at": utcnow()}
         if run_id is not None and not keep_billed:
             money["settled_run_id"] = run_id
-        conn.execute(update(A).where(A.c.id == attempt["id"]).values(state=state.value, error=error, **money, **values))
+        conn.execute(update(A).where(A.c.id == attempt.id).values(state=state.value, error=error, **money, **values))
         if (
             not keep_billed
             and billed is not None
-            and attempt.get("run_id") is not None
-            and attempt.get("reserved_micro_usd") is not None
-            and attempt.get("billed_micro_usd") is None
+            and attempt.run_id is not None
+            and attempt.reserved_micro_usd is not None
+            and attempt.billed_micro_usd is None
         ):
             conn.execute(
                 update(R)
-                .where(R.c.id == attempt["run_id"])
-                .values(reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt["reserved_micro_usd"])
+                .where(R.c.id == attempt.run_id)
+                .values(reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt.reserved_micro_usd)
             )
-        attempt["state"] = state.value
-        if not keep_billed:
-            attempt["billed_micro_usd"] = billed
+        return attempt.evolve(state=state, error=error, **money, **values)
 
     @staticmethod
-    def _latest_attempt(conn: Connection, job_id: int) -> dict[str, Any]:
-        return dict(
+    def _latest_attempt(conn: Connection, job_id: int) -> AttemptRecord:
+        return AttemptRecord.from_row(
             conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number.desc()).limit(1)).mappings().one()
         )
 
@@ -127,11 +138,11 @@ class Transitions(Plumbing):
         raise LeaseLostError (the transaction rolls back, so nothing of the change is written)."""
         held = conn.execute(
             update(J)
-            .where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+            .where(J.c.id == claim.job.id, J.c.lease_owner == self.worker)
             .values(lease_expires_at=self._lease_end(conn))
         ).rowcount
         if held != 1:
-            raise LeaseLostError(f"job {claim.job['id']}: its lease was taken over; this worker lets it go")
+            raise LeaseLostError(f"job {claim.job.id}: its lease was taken over; this worker lets it go")
 
     # ------------------------------------------------------------------ fal's answer to a cancel
 
@@ -146,7 +157,7 @@ class Transitions(Plumbing):
                 claim.job,
                 JobState.CANCELLED,
                 f"cancelled through the API ({answer})",
-                attempt_id=claim.attempt["id"],
+                attempt_id=claim.attempt.id,
             )
 
         self._tx("cancelling a job", go)
@@ -158,14 +169,14 @@ class Transitions(Plumbing):
         def go(conn: Connection) -> None:
             conn.execute(
                 update(J)
-                .where(J.c.id == claim.job["id"], J.c.lease_owner == self.worker)
+                .where(J.c.id == claim.job.id, J.c.lease_owner == self.worker)
                 .values(lease_owner=None, lease_expires_at=None)
             )
             self._event(
                 conn,
                 "job.cancel_requested",
                 job=claim.job,
-                attempt_id=claim.attempt["id"],
+                attempt_id=claim.attempt.id,
                 answer=answer,
                 worker=self.worker,
             )

@@ -122,7 +122,7 @@ class _Recorder:
 
     def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
         with self.lock:
-            self.events.append((kind, job.get("id"), info))
+            self.events.append((kind, job.id if job else None, info))
 
 
 DURATIONS = {"c5": "5", "c0_5": "0.5", "c5_04": "5.04"}

@@ -45,7 +45,7 @@ def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim
     a, b = _worker(bench, "a", lease_s=SHORT), _worker(bench, "b")
     run = a.start_run("shared", "b", None)
     ca = _claim(a, run.id)
-    assert ca.job["id"] == 1
+    assert ca.job.id == 1
     if submitted:
         a.sending(ca, "0" * 64)
         a.submitted(ca, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
@@ -56,7 +56,7 @@ def _stalled_then_taken_over(bench, *, submitted: bool) -> tuple[JobQueue, Claim
 
 def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
     a, ca, _b, cb, _run_id = _stalled_then_taken_over(bench, submitted=False)
-    assert (cb.kind, cb.job["id"], cb.attempt["number"]) == ("submit", 1, 2)  # never sent: safely claimed anew
+    assert (cb.kind, cb.job.id, cb.attempt.number) == ("submit", 1, 2)  # never sent: safely claimed anew
     with pytest.raises(LeaseLostError):
         a.sending(ca, "0" * 64)
     assert bench.sql("select number, state from attempts where job_id = 1 order by number") == [
@@ -68,7 +68,7 @@ def test_a_stalled_worker_whose_claim_was_swept_never_sends(bench):
 
 def test_a_stalled_follower_cannot_settle_a_job_another_worker_took_over(bench):
     a, ca, b, cb, _run_id = _stalled_then_taken_over(bench, submitted=True)
-    assert (cb.kind, cb.job["id"], cb.attempt["request_id"]) == ("follow", 1, "req-1")
+    assert (cb.kind, cb.job.id, cb.attempt.request_id) == ("follow", 1, "req-1")
     with pytest.raises(LeaseLostError):
         a.finish(
             ca,
@@ -117,7 +117,7 @@ def test_heartbeats_keep_a_slow_job_from_being_taken_over(bench):
         time.sleep(0.3)
         assert a.heartbeat() == 1
     other = b.claim(run.id, None, max_in_flight=10)
-    assert isinstance(other, Claim) and other.job["id"] == 2  # job 1 is still A's
+    assert isinstance(other, Claim) and other.job.id == 2  # job 1 is still A's
     a.finish(ca, JobState.SUCCEEDED, None, billed_micro_usd=PRICE)
 
 
@@ -136,7 +136,7 @@ def test_dead_workers_on_this_machine_are_found_at_once(bench):
     live = _worker(bench, host, pid=2, pid_namespace=ns)
     assert live.expire_dead_local_leases(lambda pid: True) == 0  # a live pid on this host keeps its leases
     taken = [restarted.claim(run.id, None, max_in_flight=10) for _ in range(2)]
-    assert {c.job["id"] for c in taken} == {1, 2} and all(c.attempt["number"] == 2 for c in taken)
+    assert {c.job.id for c in taken} == {1, 2} and all(c.attempt.number == 2 for c in taken)
 
 
 def test_a_worker_in_another_pid_namespace_is_not_judged_by_pid(bench):
@@ -209,7 +209,7 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
                     mine = []
             for q, c in mine[:1]:
                 q.sending(c, "0" * 64)
-                q.submitted(c, f"req-{c.job['id']}", "s", "r", "c", "0" * 64)
+                q.submitted(c, f"req-{c.job.id}", "s", "r", "c", "0" * 64)
                 q.finish(c, JobState.SUCCEEDED, None, billed_micro_usd=PRICE)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in workers]

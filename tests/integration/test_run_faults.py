@@ -76,7 +76,7 @@ def test_retry_uncertain_resubmits_on_purpose_and_keeps_history(tmp_path, media,
     assert runner.retry_jobs(bench.repo, jobs, [JobState.UNCERTAIN]) == 1
     summary = bench.run(manifest=False, batches=["b"])
     assert summary.counts == {"succeeded": 1}
-    attempts = bench.sql("select number, state from attempts where job_id = ? order by number", jobs[0]["id"])
+    attempts = bench.sql("select number, state from attempts where job_id = ? order by number", jobs[0].id)
     assert attempts == [(1, "uncertain"), (2, "succeeded")]
     assert len(_accepted(bench)) == 5
 

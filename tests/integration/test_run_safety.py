@@ -184,7 +184,7 @@ class BuggyDisplay:
 
     def event(self, kind: str, job: dict[str, Any], **info: Any) -> None:
         with self.lock:
-            self.events.append((kind, job.get("id"), info))
+            self.events.append((kind, job.id if job else None, info))
             if kind in self.kinds and self.left > 0:
                 self.left -= 1
                 raise RuntimeError("display bug")

@@ -16,6 +16,7 @@ LAYERS = {
     "config": 2,
     "logs": 2,
     "yamlload": 2,
+    "records": 2,  # rows as frozen records, built once in db/
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
     "manifest": 3,
     "pricing": 3,
