@@ -124,7 +124,10 @@ class FalClient:
         pool: int = 32,
         policy: RetryPolicy | None = None,
         stop: threading.Event | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the wire for both clients (tests pass an httpx.MockTransport);
+        None keeps httpx's own network transport."""
         self.hosts = hosts
         limits = httpx.Limits(max_connections=pool * 2 + 4, max_keepalive_connections=pool * 2 + 4)
         self._http = httpx.Client(
@@ -132,10 +135,15 @@ class FalClient:
             limits=limits,
             follow_redirects=True,
             headers={"Authorization": f"Key {key.reveal()}", "User-Agent": "batch-runner/0.1"},
+            transport=transport,
         )
         # Output files live on CDN hosts: fetch them without our key, so it never leaves for them.
         self._plain = httpx.Client(
-            timeout=TIMEOUT, limits=limits, follow_redirects=True, headers={"User-Agent": "batch-runner/0.1"}
+            timeout=TIMEOUT,
+            limits=limits,
+            follow_redirects=True,
+            headers={"User-Agent": "batch-runner/0.1"},
+            transport=transport,
         )
         self.stop = stop or threading.Event()
         self.transport = Transport(self._http, policy or RetryPolicy(), self.stop)
