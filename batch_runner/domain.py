@@ -162,9 +162,9 @@ class Estimate:
         return format_usd(self.micro_usd)
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSpec:
-    """One expanded job from a manifest, before it is priced or written."""
+    """One expanded job from a manifest; planning makes a probed, priced copy (never edits it)."""
 
     batch: str
     endpoint: str

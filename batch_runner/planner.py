@@ -3,6 +3,7 @@ the job table, enqueue it idempotently, count jobs, list endpoints and their pri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import defaultdict
@@ -189,25 +190,66 @@ def job_key(job: JobSpec, fingerprints: dict[str, str]) -> str:
 def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repository | None) -> Plan:
     """Expand, probe (through the cache) and price a manifest. Writes no jobs, calls no API."""
     manifest = load_manifest(manifest_path)
-    ep = manifest.endpoint
     synced = fal_prices.load_synced(settings.fal_prices_path)  # fal's prices from the last `prices sync`
+    probed = _probe_sources(manifest, settings, repo)
+    jobs: list[JobSpec] = []
+    invalid: dict[tuple[str, str], InvalidItem] = {}
+    seen_keys: dict[str, JobSpec] = {}
+    for spec in manifest.jobs:
+        priced = _price(spec, manifest, probed, prices, synced)
+        if isinstance(priced, InvalidItem):
+            invalid.setdefault((priced.source, priced.reason), priced)
+            continue
+        if priced.key in seen_keys:
+            raise ManifestError(
+                f"the same job appears twice ({seen_keys[priced.key].origin} and {priced.origin})",
+                file=str(manifest_path),
+                field="sources",
+                hint="list each source once",
+            )
+        seen_keys[priced.key] = priced
+        jobs.append(priced)
+    return Plan(
+        manifest,
+        prices.label,
+        jobs,
+        list(invalid.values()),
+        probes_run=probed.run,
+        probes_cached=probed.cached,
+        warnings=list(manifest.warnings),
+        fal_prices=synced.label if synced else None,
+    )
+
+
+@dataclass(frozen=True)
+class _Probed:
+    """What planning learnt of the manifest's media: fingerprints, probes, and what failed why."""
+
+    fingerprints: dict[str, str]
+    probes: dict[str, ProbeResult]
+    failed: dict[str, str]
+    run: int  # probes run now
+    cached: int  # probes found in the cache
+
+
+def _probe_sources(manifest: Manifest, settings: Settings, repo: Repository | None) -> _Probed:
+    """Fingerprint every source and extra media file; probe the sources, through the cache."""
+    ep = manifest.endpoint
     sources = sorted({j.source for j in manifest.jobs if j.source and ep.source_kind})
     extras = sorted({p for j in manifest.jobs for p in j.extra_media.values()})
-
     fingerprints, failed = _fingerprint_all([*sources, *extras], settings)
     cached = repo.cached_probes(fp for fp in fingerprints.values() if probe.cacheable(fp)) if repo else {}
     probes: dict[str, ProbeResult] = {}
     misses = []
-    hits = 0
     for src in sources:
         if src in failed:
             continue
         hit = cached.get(fingerprints[src])
         if hit is not None and hit.kind == ep.source_kind:
             probes[src] = hit
-            hits += 1
         else:
             misses.append(src)
+    hits = len(probes)
     if misses:
         probe.require_ffprobe()
         results = probe.run_parallel(
@@ -225,47 +267,27 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
                     fresh.append(res)
         if repo:
             repo.store_probes(fresh)
+    return _Probed(fingerprints, probes, failed, len(misses), hits)
 
-    jobs: list[JobSpec] = []
-    invalid: dict[tuple[str, str], InvalidItem] = {}
-    seen_keys: dict[str, JobSpec] = {}
-    for job in manifest.jobs:
-        bad = next((failed[m] for m in [job.source, *job.extra_media.values()] if m in failed), None)
-        if bad:
-            invalid.setdefault(
-                (job.source or "", bad), InvalidItem(job.source or "", _strip(bad, job.source), job.origin)
-            )
-            continue
-        pr = probes.get(job.source) if job.source else None
-        duration = pr.duration if pr else None
-        issues = ep.validate(job.params, source_duration=duration)
-        if issues:
-            reason = f"{issues[0].field}: {issues[0].msg}" + (f" ({issues[0].hint})" if issues[0].hint else "")
-            invalid.setdefault((job.source or "", reason), InvalidItem(job.source or "", reason, job.origin))
-            continue
-        job.probe = pr
-        job.fingerprint = fingerprints.get(job.source, "") if job.source else ""
-        job.estimate = fal_prices.reserve(prices.estimate(ep, job.params, duration), prices.entry(ep.id), synced)
-        job.key = job_key(job, fingerprints)
-        if job.key in seen_keys:
-            raise ManifestError(
-                f"the same job appears twice ({seen_keys[job.key].origin} and {job.origin})",
-                file=str(manifest_path),
-                field="sources",
-                hint="list each source once",
-            )
-        seen_keys[job.key] = job
-        jobs.append(job)
-    return Plan(
-        manifest,
-        prices.label,
-        jobs,
-        list(invalid.values()),
-        probes_run=len(misses),
-        probes_cached=hits,
-        warnings=list(manifest.warnings),
-        fal_prices=synced.label if synced else None,
-    )
+
+def _price(
+    spec: JobSpec, manifest: Manifest, probed: _Probed, prices: PriceTable, synced: fal_prices.SyncedPrices | None
+) -> JobSpec | InvalidItem:
+    """The manifest's job, probed and priced with its key (a new value), or why it is invalid."""
+    ep = manifest.endpoint
+    bad = next((probed.failed[m] for m in [spec.source, *spec.extra_media.values()] if m in probed.failed), None)
+    if bad:
+        return InvalidItem(spec.source or "", _strip(bad, spec.source), spec.origin)
+    pr = probed.probes.get(spec.source) if spec.source else None
+    duration = pr.duration if pr else None
+    issues = ep.validate(spec.params, source_duration=duration)
+    if issues:
+        reason = f"{issues[0].field}: {issues[0].msg}" + (f" ({issues[0].hint})" if issues[0].hint else "")
+        return InvalidItem(spec.source or "", reason, spec.origin)
+    estimate = fal_prices.reserve(prices.estimate(ep, spec.params, duration), prices.entry(ep.id), synced)
+    fingerprint = probed.fingerprints.get(spec.source, "") if spec.source else ""
+    priced = dataclasses.replace(spec, probe=pr, fingerprint=fingerprint, estimate=estimate)
+    return dataclasses.replace(priced, key=job_key(priced, probed.fingerprints))
 
 
 def _strip(reason: str, source: str | None) -> str:
