@@ -4,13 +4,20 @@ rules; the messages a budget stop or a warning prints are written here, once."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .domain import format_usd
 
-RUN = "run"
-BATCH_PER_DAY = "batch per day"
-ACCOUNT_PER_DAY = "account per day"
+
+class BudgetScope(str, enum.Enum):
+    """Which budget a stop is about."""
+
+    RUN = "run"  # the run's budget: --max-cost, the manifest's, BATCH_RUNNER_MAX_USD_PER_RUN
+    BATCH_PER_DAY = "batch per day"  # the manifest's daily budget, over the last 24 h
+    ACCOUNT_PER_DAY = "account per day"  # BATCH_RUNNER_MAX_USD_PER_DAY, every batch, the last 24 h
+
+
 STOP_HINT = "raise the budget (--max-cost, the manifest's budget, BATCH_RUNNER_MAX_USD_PER_DAY) and run again"
 
 
@@ -22,10 +29,10 @@ class BudgetStop:
     estimate_micro_usd: int
     left_micro_usd: int
     budget_micro_usd: int = 0
-    scope: str = RUN  # RUN, BATCH_PER_DAY or ACCOUNT_PER_DAY
+    scope: BudgetScope = BudgetScope.RUN
 
 
-def daily_stop(job_id: int, estimate: int, limit: int | None, spent: int, scope: str) -> BudgetStop | None:
+def daily_stop(job_id: int, estimate: int, limit: int | None, spent: int, scope: BudgetScope) -> BudgetStop | None:
     """A rolling-24 h budget (a batch's or the account's): the job must fit in `limit` on top of
     what the last 24 h committed. None: it fits (or there is no such budget)."""
     if limit is None or spent + estimate <= limit:
@@ -38,7 +45,7 @@ def run_stop(job_id: int, estimate: int, reserved: int, budget: int | None) -> B
     estimate must not exceed it. None: it fits (or the run has no budget)."""
     if budget is None or reserved + estimate <= budget:
         return None
-    return BudgetStop(job_id, estimate, budget - reserved, budget, RUN)
+    return BudgetStop(job_id, estimate, budget - reserved, budget, BudgetScope.RUN)
 
 
 def crosses_warning(committed: int, warn_at: int | None, warned: bool) -> bool:
@@ -50,11 +57,12 @@ def warning_message(run: str, committed: int, warn_at: int) -> str:
     return f"run {run} has committed ${format_usd(committed)}, past its ${format_usd(warn_at)} warning threshold"
 
 
-def stop_message(scope: str | None, left: int | None, limit: int | None, not_run: int) -> str:
+def stop_message(scope: BudgetScope | None, left: int | None, limit: int | None, not_run: int) -> str:
     """What a run stopped by a budget says: which budget, what is left of it, and what did not run."""
-    window = " in the last 24 h" if scope != RUN else ""
+    scope = scope or BudgetScope.RUN
+    window = " in the last 24 h" if scope != BudgetScope.RUN else ""
     return (
-        f"budget stop ({scope} budget): ${format_usd(max(0, left or 0))} "
+        f"budget stop ({scope.value} budget): ${format_usd(max(0, left or 0))} "
         f"of ${format_usd(limit or 0)} left{window}, not enough for the next job; "
         f"{not_run} job(s) did not run"
     )

@@ -50,28 +50,31 @@ class ProgressReporter:
         budget = f" of ${format_usd(self.budget)}" if self.budget is not None else ""
         return f"failed {self.failed}  in flight {len(self._flying)}  spent ${format_usd(self.spent)}{budget}"
 
+    def _start(self, run: str, total: int, budget: int | None) -> None:
+        """The run begins: a live bar on a terminal, else one line with the work and the budget."""
+        self.total, self.budget = total, budget
+        if not self.live:
+            self._line(
+                f"run {run}: {total} job(s) to do" + (f", budget ${format_usd(budget)}" if budget is not None else "")
+            )
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+            transient=False,
+        )
+        self._task = self._progress.add_task("run", total=total, status=self._status())
+        self._progress.start()
+
     def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None:
         with self.lock:
             if kind == RunEvent.START:
-                self.total, self.budget = info["total"], info.get("budget_micro_usd")
-                if self.live:
-                    self._progress = Progress(
-                        TextColumn("[bold]{task.description}"),
-                        BarColumn(),
-                        MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"),
-                        TextColumn("ETA"),
-                        TimeRemainingColumn(),
-                        console=Console(file=self.stream),
-                        transient=False,
-                    )
-                    self._task = self._progress.add_task("run", total=self.total, status=self._status())
-                    self._progress.start()
-                else:
-                    self._line(
-                        f"run {info['run']}: {self.total} job(s) to do"
-                        + (f", budget ${format_usd(self.budget)}" if self.budget is not None else "")
-                    )
+                self._start(info["run"], info["total"], info.get("budget_micro_usd"))
                 return
             job_id = job.id if job else None
             name = f"job {job_id} ({_short(job)})" if job else "run"

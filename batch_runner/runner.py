@@ -4,6 +4,7 @@ submits, retry and cancel jobs, and a job's history."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import secrets
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from . import fal_prices
 from .api.client import FalClient
-from .budget import STOP_HINT, stop_message
+from .budget import STOP_HINT, BudgetScope, stop_message
 from .config import Secret, Settings
 from .db.plumbing import pid_namespace
 from .db.queue import JobQueue
@@ -43,6 +44,14 @@ from .worker import Reporter, Worker, settle_cancel
 FAILED_STATES = (JobState.FAILED, JobState.REJECTED, JobState.UNCERTAIN)
 
 
+class StopReason(str, enum.Enum):
+    """Why a run stopped before its work was done."""
+
+    BUDGET = "budget"  # a budget had too little left for the next job (the summary says which)
+    INTERRUPT = "interrupt"  # Ctrl-C or SIGTERM: in-flight jobs are recorded, the next run resumes them
+    ERROR = "error"  # the account, the key or the database failed (the summary's `error`)
+
+
 @dataclass
 class RunSummary:
     """The end of a run: what happened to the jobs it touched, what it cost, how it ended."""
@@ -56,9 +65,9 @@ class RunSummary:
     failed: list[dict[str, Any]]  # the JSON of each job that did not succeed
     batch_states: dict[str, int]
     elapsed_s: float
-    stopped_by: str | None = None  # "budget", "interrupt", or an error message
+    stopped_by: StopReason | None = None
     budget_left_micro_usd: int | None = None
-    budget_stop_scope: str | None = None  # which budget stopped dispatch: run, batch per day, account per day
+    budget_stop_scope: BudgetScope | None = None  # which budget stopped dispatch
     budget_stop_limit_micro_usd: int | None = None
     not_run: int = 0
     error: BatchRunnerError | None = None
@@ -68,12 +77,12 @@ class RunSummary:
         """The error the command exits with (None: exit 0)."""
         if self.error is not None:
             return self.error
-        if self.stopped_by == "interrupt":
+        if self.stopped_by == StopReason.INTERRUPT:
             return RunInterruptedError(
                 f"interrupted: {self.counts.get('succeeded', 0)} done; in-flight jobs are "
                 "recorded and the next run resumes them"
             )
-        if self.stopped_by == "budget":
+        if self.stopped_by == StopReason.BUDGET:
             return BudgetExceededError(
                 stop_message(
                     self.budget_stop_scope, self.budget_left_micro_usd, self.budget_stop_limit_micro_usd, self.not_run
@@ -96,8 +105,9 @@ class RunSummary:
             "estimated_cost_usd": format_usd(self.estimated_micro_usd),
             "billed_cost_usd": format_usd(self.billed_micro_usd),
             "budget_usd": format_usd(self.budget_micro_usd) if self.budget_micro_usd is not None else None,
-            "stopped_by": self.stopped_by,
-            "budget_stop_scope": self.budget_stop_scope,
+            "stopped_by": self.stopped_by.value if self.stopped_by else None,
+            "error": self.error.message if self.error else None,
+            "budget_stop_scope": self.budget_stop_scope.value if self.budget_stop_scope else None,
             "not_run": self.not_run,
             "elapsed_s": round(self.elapsed_s, 3),
             "failed": self.failed,
@@ -233,11 +243,11 @@ def _summary(
     ]
     error = outcome.fatal
     stopped_by = (
-        error.message
+        StopReason.ERROR
         if error is not None
-        else "interrupt"
+        else StopReason.INTERRUPT
         if outcome.interrupted
-        else "budget"
+        else StopReason.BUDGET
         if outcome.budget_stop is not None
         else None
     )

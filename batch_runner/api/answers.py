@@ -92,9 +92,12 @@ def reply_of(resp: httpx.Response) -> Reply:
     )
 
 
-def reply_of_exception(exc: httpx.TransportError) -> Reply:
-    """The Reply for a call that got no answer: was anything sent?"""
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+def reply_of_exception(exc: httpx.RequestError) -> Reply:
+    """The Reply for a call that got no answer: was anything sent? A pool timeout sent nothing:
+    it is raised while waiting for a connection from the pool ("PoolTimeout: Timed out waiting to
+    acquire a connection from the pool", httpx's exceptions docs). A body that cannot be decoded
+    and too many redirects come after the request was sent, as a dropped connection does."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return Reply(failure=Failure.CONNECT)
     if isinstance(exc, httpx.TimeoutException):
         return Reply(failure=Failure.TIMEOUT)

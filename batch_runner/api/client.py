@@ -217,7 +217,7 @@ class FalClient:
                     yield event
                     if isinstance(event, Completed):
                         return
-        except (httpx.TransportError, json.JSONDecodeError, SSEError, RemoteError) as exc:
+        except (httpx.RequestError, json.JSONDecodeError, SSEError, RemoteError) as exc:
             if isinstance(exc, TransientRemoteError):
                 raise
             raise TransientRemoteError(f"status stream: {type(exc).__name__}") from exc
@@ -262,7 +262,7 @@ class FalClient:
                             fh.write(chunk)
                             h.update(chunk)
                             size += len(chunk)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"download: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if expected is not None and int(expected) != size:
@@ -378,7 +378,7 @@ class FalClient:
             self.transport.count_request()
             try:
                 resp = self._plain.request(method, url, **kw)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 reply = reply_of_exception(exc)
                 raise TransientRemoteError(f"{what}: {reply.describe} ({type(exc).__name__})", reply=reply) from None
             if not resp.is_success:

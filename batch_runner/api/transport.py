@@ -112,7 +112,7 @@ def error_for(resp: httpx.Response, what: str, reply: Reply | None = None) -> Re
     return RemoteError(text, **kw)
 
 
-def _no_answer(what: str, reply: Reply, exc: httpx.TransportError, phase: Phase) -> RemoteError:
+def _no_answer(what: str, reply: Reply, exc: httpx.RequestError, phase: Phase) -> RemoteError:
     if phase == Phase.SUBMIT and reply.failure is not None and reply.failure.value != "connect":
         return AmbiguousSubmitError(
             f"{what}: {reply.describe} after the request was sent; it may have been accepted",
@@ -151,7 +151,7 @@ class Transport:
             self.count_request()
             try:
                 resp = self.client.request(method, url, **kw)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 raise _no_answer(what, reply_of_exception(exc), exc, phase) from None
             reply = reply_of(resp)
             if is_answer(phase, reply):

@@ -182,8 +182,8 @@ class Dispatch(Transitions):
         when every rule lets it through, reserve its estimate on the run."""
         est = job.estimate_micro_usd
         for limit, scope_batch, scope in (
-            (run.daily_budget_micro_usd, job.batch_id, budget.BATCH_PER_DAY),
-            (account_daily, None, budget.ACCOUNT_PER_DAY),
+            (run.daily_budget_micro_usd, job.batch_id, budget.BudgetScope.BATCH_PER_DAY),
+            (account_daily, None, budget.BudgetScope.ACCOUNT_PER_DAY),
         ):
             if limit is not None:  # the 24 h sums are read only for a budget that exists
                 stop = budget.daily_stop(job.id, est, limit, self.spent_since(conn, now - DAY, scope_batch), scope)
@@ -204,7 +204,7 @@ class Dispatch(Transitions):
         )
         if reserved.rowcount != 1:
             limit = run.budget_micro_usd or 0
-            return BudgetStop(job.id, est, limit - run.reserved_micro_usd, limit, budget.RUN)
+            return BudgetStop(job.id, est, limit - run.reserved_micro_usd, limit, budget.BudgetScope.RUN)
         return None
 
     def _warn(self, conn: Connection, job: JobRecord, run: RunRecord) -> str | None:

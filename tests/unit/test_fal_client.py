@@ -70,7 +70,7 @@ def answer(
     return make
 
 
-def broken(exc_type: type[httpx.TransportError]) -> Script:
+def broken(exc_type: type[httpx.RequestError]) -> Script:
     """A call that gets no HTTP answer at all."""
 
     def make(request: httpx.Request) -> httpx.Response:
@@ -166,7 +166,16 @@ def test_submit_posts_the_input_with_the_key_and_reads_the_request_urls(fal):
 
 @pytest.mark.parametrize(
     "lost",
-    [httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError],
+    # DecodingError (a body that cannot be decoded) and TooManyRedirects are not TransportErrors
+    # in httpx's tree, but they too come after the request went out
+    [
+        httpx.ReadTimeout,
+        httpx.WriteTimeout,
+        httpx.RemoteProtocolError,
+        httpx.ReadError,
+        httpx.DecodingError,
+        httpx.TooManyRedirects,
+    ],
     ids=lambda e: e.__name__,
 )
 def test_a_submit_whose_answer_is_lost_after_sending_is_never_repeated(fal, lost):
@@ -202,6 +211,7 @@ def test_a_submit_answered_with_a_server_error_is_ambiguous_and_not_repeated(fal
     [
         broken(httpx.ConnectError),  # the connection never opened: nothing was sent
         broken(httpx.ConnectTimeout),
+        broken(httpx.PoolTimeout),  # no connection came free from the pool: nothing was sent (httpx docs)
         answer(429, {"detail": "Rate limit exceeded"}),  # fal-client RETRY_CODES (§8)
         answer(408, {"detail": "Request Timeout"}),  # fal-client RETRY_CODES (§8)
         NGINX_502,  # ingress error: no x-fal-request-id and "nginx" in the body (§8)
@@ -209,7 +219,16 @@ def test_a_submit_answered_with_a_server_error_is_ambiguous_and_not_repeated(fal
         answer(504, {"detail": "timed out"}, headers={"X-Fal-Request-Timeout-Type": "user"}),
         answer(504, {"detail": "Request timed out", "error_type": "startup_timeout"}),  # §7 infrastructure error
     ],
-    ids=["connect-error", "connect-timeout", "429", "408", "nginx-502", "504-user-timeout", "504-startup-timeout"],
+    ids=[
+        "connect-error",
+        "connect-timeout",
+        "pool-timeout",
+        "429",
+        "408",
+        "nginx-502",
+        "504-user-timeout",
+        "504-startup-timeout",
+    ],
 )
 def test_a_submit_fal_certainly_did_not_take_is_sent_again(fal, not_taken):
     f = fal(not_taken, answer(200, SUBMITTED))
@@ -275,8 +294,9 @@ def test_a_rate_limited_submit_waits_as_told_and_gives_up_after_the_attempts(fal
         broken(httpx.ConnectError),
         broken(httpx.ReadTimeout),  # a read's lost answer is harmless to ask for again
         broken(httpx.RemoteProtocolError),
+        broken(httpx.DecodingError),  # a body that cannot be decoded: asked again, never raised raw
     ],
-    ids=["429", "408", "409", "500", "nginx-502", "503", "504", "connect", "read-timeout", "protocol"],
+    ids=["429", "408", "409", "500", "nginx-502", "503", "504", "connect", "read-timeout", "protocol", "decoding"],
 )
 def test_a_status_poll_is_repeated_after_a_failed_call(fal, failure):
     # fal-client retries 408/409/429/ingress and transport errors; fal-js also 500/502/503/504 on
