@@ -17,7 +17,8 @@ LAYERS = {
     "logs": 2,
     "yamlload": 2,
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
-    "manifest": 3,
+    "sources": 3,  # manifest sources (globs, paths, URLs, rows files), below the manifest that reads them
+    "manifest": 4,
     "pricing": 3,
     "probe": 3,
     "media": 3,
