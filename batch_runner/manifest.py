@@ -3,26 +3,24 @@
 A manifest names a batch and an endpoint, gives defaults, a matrix to sweep, sources
 (globs, paths, URLs, CSV/JSONL rows), per-source overrides, an output template, tags and a
 budget. Relative paths resolve against the manifest's folder. See README "Manifest format".
+The sources themselves are expanded in sources.py; this module reads the rest and sweeps.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import fnmatch
-import glob as globlib
 import itertools
 import json
 import re
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import catalog
 from .domain import JobSpec, is_remote, usd_to_micro
-from .errors import ManifestError
+from .sources import Source, expand_sources, manifest_error, read_tags, reject_unknown_keys
 from .yamlload import LineDict, LineList, load_yaml
 
 TOP_KEYS = (
@@ -37,10 +35,8 @@ TOP_KEYS = (
     "tags",
     "budget",
 )
-SOURCE_KEYS = ("glob", "path", "url", "rows", "name", "params", "tags")
 BUDGET_KEYS = ("max_usd", "max_usd_per_day", "warn_at_usd")
 BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass
@@ -59,34 +55,21 @@ class Manifest:
     warn_at_micro_usd: int | None = None
 
 
-@dataclass
-class _Source:
-    """One concrete source before the matrix is applied."""
+@dataclass(frozen=True)
+class _Expansion:
+    """What every job of a manifest shares: read once from the document, applied to each source."""
 
-    source: str | None
-    stem: str
-    ext: str
-    params: dict[str, Any]
-    where: dict[str, str]  # param → file:line it came from
+    file: str
+    base: Path  # the manifest's folder
+    batch: str
+    ep: catalog.Endpoint
+    defaults: LineDict
+    matrix: LineDict
+    overrides: LineDict
     tags: tuple[str, ...]
-    origin: str
-
-
-def _err(msg: str, file: str, line: int | None, fld: str | None = None, hint: str | None = None) -> ManifestError:
-    return ManifestError(msg, file=file, line=line, field=fld, hint=hint)
-
-
-def _unknown_keys(d: LineDict, allowed: tuple[str, ...], file: str, context: str) -> None:
-    for key in d:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            raise _err(
-                f"unknown key in {context}",
-                file,
-                d.line_of(key),
-                key,
-                f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}",
-            )
+    output_root: Path
+    template: str
+    template_line: int
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -95,108 +78,100 @@ def load_manifest(path: Path) -> Manifest:
     file = str(path)
     doc = load_yaml(path)
     if not isinstance(doc, LineDict):
-        raise _err("a manifest is a YAML mapping (batch:, endpoint:, sources:, …)", file, 1)
-    _unknown_keys(doc, TOP_KEYS, file, "the manifest")
+        raise manifest_error("a manifest is a YAML mapping (batch:, endpoint:, sources:, …)", file, 1)
+    reject_unknown_keys(doc, TOP_KEYS, file, "the manifest")
     base = path.resolve().parent
-
-    batch = _require_str(doc, "batch", file)
-    if not BATCH_NAME.match(batch):
-        raise _err(
-            f'"{batch}" is not a valid batch name',
-            file,
-            doc.line_of("batch"),
-            "batch",
-            "use letters, digits, '.', '_' and '-'",
-        )
-    ep_name = _require_str(doc, "endpoint", file)
-    try:
-        ep = catalog.endpoint(ep_name)
-    except KeyError:
-        raise _err(
-            f'unknown endpoint "{ep_name}"',
-            file,
-            doc.line_of("endpoint"),
-            "endpoint",
-            catalog.suggest_endpoint(ep_name),
-        ) from None
-
+    batch = _batch_name(doc, file)
+    ep = _endpoint(doc, file)
     defaults = _mapping(doc, "defaults", file)
     matrix = _matrix(doc, file, defaults)
-    overrides = _mapping(doc, "overrides", file)
-    for pattern in overrides:
-        if not isinstance(overrides[pattern], LineDict):
-            raise _err(
-                "an override maps a source pattern to parameters",
-                file,
-                overrides.line_of(pattern),
-                f"overrides.{pattern}",
-            )
-    tags = _tags(doc.get("tags"), file, doc.line_of("tags"), "tags")
+    overrides = _overrides(doc, file)
+    tags = read_tags(doc.get("tags"), file, doc.line_of("tags"), "tags")
     budget, daily, warn_at = (_budget(doc, file, key) for key in BUDGET_KEYS)
     output_root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
     template = _optional_str(doc, "output", file, _default_template(ep, matrix))
     template_line = doc.line_of("output")
     _check_template_fields(template, ep, matrix, file, template_line)
+    x = _Expansion(file, base, batch, ep, defaults, matrix, overrides, tags, output_root, template, template_line)
 
     warnings: list[str] = []
-    sources = list(_sources(doc, ep, base, file, warnings))
-    jobs: list[JobSpec] = []
-    keys = list(matrix)
-    combos = list(itertools.product(*(matrix[k] for k in keys))) or [()]
-    for index, src in enumerate(sources, start=1):
-        base_params = {**_located(defaults, file), **_overrides_for(src, overrides, file)}
-        for name in base_params:
-            if name in matrix:
-                raise _err(
-                    "is set for a source and also swept by matrix",
-                    *_where(base_params[name][1]),
-                    name,
-                    f"remove it from the matrix (line {matrix.line_of(name)}) or from here",
-                )
-        for name in src.params:
-            if name in matrix:
-                raise _err(
-                    "is set for a source and also swept by matrix",
-                    *_where(src.where[name]),
-                    name,
-                    f"remove it from the matrix (line {matrix.line_of(name)}) or from the source",
-                )
-        merged = {k: v for k, (v, _) in base_params.items()}
-        where = {k: w for k, (_, w) in base_params.items()}
-        merged.update(src.params)
-        where.update(src.where)
-        for combo in combos:
-            params = dict(merged)
-            for k, v in zip(keys, combo, strict=True):
-                params[k] = v
-                where[k] = f"{file}:{matrix.line_of(k)}"
-            if ep.source_field and src.source is not None:
-                params[ep.source_field] = src.source
-                where[ep.source_field] = src.origin
-            _resolve_media(ep, params, base)
-            _validate(ep, params, where, src.origin)
-            full = ep.with_defaults(params)
-            out = _render(template, full, src, batch, ep, index, output_root, file, template_line)
-            jobs.append(
-                JobSpec(
-                    batch=batch,
-                    endpoint=ep.id,
-                    source=src.source,
-                    media_field=ep.source_field,
-                    params=full,
-                    output=str(out),
-                    output_root=str(output_root),
-                    tags=tuple(dict.fromkeys(tags + src.tags)),
-                    origin=src.origin,
-                    extra_media={
-                        k: v
-                        for k, v in full.items()
-                        if k in ep.media_fields and k != ep.source_field and isinstance(v, str) and not is_remote(v)
-                    },
-                )
-            )
+    sources = list(expand_sources(doc, ep, base, file, warnings))
+    jobs = _jobs(x, sources)
     _check_duplicate_outputs(jobs, template, file, template_line)
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
+
+
+def _jobs(x: _Expansion, sources: list[Source]) -> list[JobSpec]:
+    """Every source × every combination of the matrix, in written order."""
+    keys = list(x.matrix)
+    combos = list(itertools.product(*(x.matrix[k] for k in keys))) or [()]
+    jobs: list[JobSpec] = []
+    for index, src in enumerate(sources, start=1):
+        params, where = _source_params(x, src)
+        for combo in combos:
+            jobs.append(_job(x, src, index, params, where, dict(zip(keys, combo, strict=True))))
+    return jobs
+
+
+def _source_params(x: _Expansion, src: Source) -> tuple[dict[str, Any], dict[str, str]]:
+    """A source's parameters before the sweep (defaults, matching overrides, its own) and where
+    each was set; none of them may also be swept by the matrix."""
+    base_params = {**_located(x.defaults, x.file), **_overrides_for(src, x.overrides, x.file)}
+    for name in base_params:
+        if name in x.matrix:
+            raise manifest_error(
+                "is set for a source and also swept by matrix",
+                *_where(base_params[name][1]),
+                name,
+                f"remove it from the matrix (line {x.matrix.line_of(name)}) or from here",
+            )
+    for name in src.params:
+        if name in x.matrix:
+            raise manifest_error(
+                "is set for a source and also swept by matrix",
+                *_where(src.where[name]),
+                name,
+                f"remove it from the matrix (line {x.matrix.line_of(name)}) or from the source",
+            )
+    params = {k: v for k, (v, _) in base_params.items()}
+    where = {k: w for k, (_, w) in base_params.items()}
+    params.update(src.params)
+    where.update(src.where)
+    return params, where
+
+
+def _job(
+    x: _Expansion, src: Source, index: int, merged: dict[str, Any], located: dict[str, str], combo: dict[str, Any]
+) -> JobSpec:
+    """One job: the source's parameters with one combination of the matrix, validated and placed."""
+    ep = x.ep
+    params, where = dict(merged), dict(located)
+    for k, v in combo.items():
+        params[k] = v
+        where[k] = f"{x.file}:{x.matrix.line_of(k)}"
+    if ep.source_field and src.source is not None:
+        params[ep.source_field] = src.source
+        where[ep.source_field] = src.origin
+    _resolve_media(ep, params, x.base)
+    _validate(ep, params, where, src.origin)
+    full = ep.with_defaults(params)
+    out = _render(x.template, full, src, x.batch, ep, index, x.output_root, x.file, x.template_line)
+    return JobSpec(
+        batch=x.batch,
+        endpoint=ep.id,
+        source=src.source,
+        media_field=ep.source_field,
+        params=full,
+        output=str(out),
+        output_root=str(x.output_root),
+        tags=tuple(dict.fromkeys(x.tags + src.tags)),
+        origin=src.origin,
+        extra_media={
+            k: v
+            for k, v in full.items()
+            if k in ep.media_fields and k != ep.source_field and isinstance(v, str) and not is_remote(v)
+        },
+    )
 
 
 # --------------------------------------------------------------------------- top-level fields
@@ -204,17 +179,57 @@ def load_manifest(path: Path) -> Manifest:
 
 def _require_str(doc: LineDict, key: str, file: str) -> str:
     if key not in doc:
-        raise _err("is required", file, doc.line, key)
+        raise manifest_error("is required", file, doc.line, key)
     value = doc[key]
     if not isinstance(value, str) or not value.strip():
-        raise _err(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
+        raise manifest_error(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
     return value.strip()
+
+
+def _batch_name(doc: LineDict, file: str) -> str:
+    batch = _require_str(doc, "batch", file)
+    if not BATCH_NAME.match(batch):
+        raise manifest_error(
+            f'"{batch}" is not a valid batch name',
+            file,
+            doc.line_of("batch"),
+            "batch",
+            "use letters, digits, '.', '_' and '-'",
+        )
+    return batch
+
+
+def _endpoint(doc: LineDict, file: str) -> catalog.Endpoint:
+    ep_name = _require_str(doc, "endpoint", file)
+    try:
+        return catalog.endpoint(ep_name)
+    except KeyError:
+        raise manifest_error(
+            f'unknown endpoint "{ep_name}"',
+            file,
+            doc.line_of("endpoint"),
+            "endpoint",
+            catalog.suggest_endpoint(ep_name),
+        ) from None
+
+
+def _overrides(doc: LineDict, file: str) -> LineDict:
+    overrides = _mapping(doc, "overrides", file)
+    for pattern in overrides:
+        if not isinstance(overrides[pattern], LineDict):
+            raise manifest_error(
+                "an override maps a source pattern to parameters",
+                file,
+                overrides.line_of(pattern),
+                f"overrides.{pattern}",
+            )
+    return overrides
 
 
 def _optional_str(doc: LineDict, key: str, file: str, default: str) -> str:
     value = doc.get(key, default)
     if not isinstance(value, str) or not value.strip():
-        raise _err(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
+        raise manifest_error(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
     return value
 
 
@@ -225,7 +240,7 @@ def _mapping(doc: LineDict, key: str, file: str) -> LineDict:
         empty.line, empty.key_lines = doc.line_of(key), {}
         return empty
     if not isinstance(value, LineDict):
-        raise _err(f"must be a mapping, got {type(value).__name__}", file, doc.line_of(key), key)
+        raise manifest_error(f"must be a mapping, got {type(value).__name__}", file, doc.line_of(key), key)
     return value
 
 
@@ -233,7 +248,7 @@ def _matrix(doc: LineDict, file: str, defaults: LineDict) -> LineDict:
     matrix = _mapping(doc, "matrix", file)
     for name, values in matrix.items():
         if not isinstance(values, LineList) or not values:
-            raise _err(
+            raise manifest_error(
                 "must be a non-empty list of values to sweep",
                 file,
                 matrix.line_of(name),
@@ -241,9 +256,9 @@ def _matrix(doc: LineDict, file: str, defaults: LineDict) -> LineDict:
                 f"e.g. {name}: [a, b]",
             )
         if len(set(map(json.dumps, values))) != len(values):
-            raise _err("lists the same value twice", file, matrix.line_of(name), f"matrix.{name}")
+            raise manifest_error("lists the same value twice", file, matrix.line_of(name), f"matrix.{name}")
         if name in defaults:
-            raise _err(
+            raise manifest_error(
                 "is both in defaults and in matrix",
                 file,
                 matrix.line_of(name),
@@ -253,23 +268,15 @@ def _matrix(doc: LineDict, file: str, defaults: LineDict) -> LineDict:
     return matrix
 
 
-def _tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = re.split(r"[;,]", value)
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise _err("must be a list of strings", file, line, fld)
-    return tuple(t.strip() for t in value if t.strip())
-
-
 def _budget(doc: LineDict, file: str, key: str) -> int | None:
     budget = doc.get("budget")
     if budget is None:
         return None
     if not isinstance(budget, LineDict):
-        raise _err('must be a mapping, e.g. budget: {max_usd: "25.00"}', file, doc.line_of("budget"), "budget")
-    _unknown_keys(budget, BUDGET_KEYS, file, "budget")
+        raise manifest_error(
+            'must be a mapping, e.g. budget: {max_usd: "25.00"}', file, doc.line_of("budget"), "budget"
+        )
+    reject_unknown_keys(budget, BUDGET_KEYS, file, "budget")
     if key not in budget:
         return None
     raw = budget[key]
@@ -280,7 +287,7 @@ def _budget(doc: LineDict, file: str, key: str) -> int | None:
         if micro <= 0:
             raise ValueError
     except ValueError:
-        raise _err(
+        raise manifest_error(
             f"must be a positive USD amount, got {raw!r}",
             file,
             budget.line_of(key),
@@ -290,183 +297,6 @@ def _budget(doc: LineDict, file: str, key: str) -> int | None:
     return micro
 
 
-# --------------------------------------------------------------------------- sources
-
-
-def _sources(doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warnings: list[str]) -> Iterator[_Source]:
-    items = doc.get("sources")
-    if items is None:
-        raise _err("is required: a list of globs, paths, URLs or rows files", file, doc.line, "sources")
-    if not isinstance(items, LineList) or not items:
-        raise _err("must be a non-empty list", file, doc.line_of("sources"), "sources")
-    for i, item in enumerate(items):
-        line = items.line_of(i)
-        origin = f"{file}:{line}"
-        fld = f"sources[{i}]"
-        if isinstance(item, str):
-            kind = "url" if is_remote(item) else "glob" if _GLOB_CHARS & set(item) else "path"
-            spec: LineDict = LineDict({kind: item})
-            spec.line, spec.key_lines = line, {kind: line}
-        elif isinstance(item, LineDict):
-            spec = item
-            _unknown_keys(spec, SOURCE_KEYS, file, "a source")
-        else:
-            raise _err("must be a path, glob, URL or a mapping", file, line, fld)
-        kinds = [k for k in ("glob", "path", "url", "rows") if k in spec]
-        if len(kinds) > 1:
-            raise _err(f"has both {kinds[0]} and {kinds[1]}; use one per source", file, line, fld)
-        params, where = _item_params(spec, ep, file, fld)
-        tags = _tags(spec.get("tags"), file, spec.line_of("tags"), f"{fld}.tags")
-        name = spec.get("name")
-        if name is not None and not isinstance(name, str):
-            raise _err("must be a string", file, spec.line_of("name"), f"{fld}.name")
-        if not kinds:
-            if ep.source_field and ep.field_map[ep.source_field].required:
-                raise _err(
-                    f"needs one of glob, path, url or rows ({ep.alias} takes a {ep.source_kind})", file, line, fld
-                )
-            yield _Source(None, name or f"item{i + 1}", "", params, where, tags, origin)
-            continue
-        kind = kinds[0]
-        value = spec[kind]
-        if not isinstance(value, str) or not value.strip():
-            raise _err("must be a non-empty string", file, spec.line_of(kind), f"{fld}.{kind}")
-        if not ep.source_field and kind != "rows":
-            raise _err(f"{ep.alias} takes no media source; give prompts as params or rows", file, line, fld)
-        if kind == "rows":
-            yield from _rows(base / value, ep, file, spec.line_of(kind), params, where, tags)
-            continue
-        if kind == "url":
-            if not is_remote(value):
-                raise _err("must start with http:// or https://", file, spec.line_of(kind), f"{fld}.url")
-            yield _Source(value, name or _stem(value), _ext(value), params, where, tags, origin)
-        elif kind == "path":
-            p = (base / value).resolve()
-            yield _Source(str(p), name or p.stem, p.suffix.lstrip("."), params, where, tags, origin)
-        else:
-            matches = sorted(
-                Path(m).resolve() for m in globlib.glob(str(base / value), recursive=True) if Path(m).is_file()
-            )
-            if not matches:
-                warnings.append(f"{origin}: glob {value!r} matches no files")
-            if name is not None and len(matches) > 1:
-                raise _err(
-                    "name only applies to a single source, not a glob", file, spec.line_of("name"), f"{fld}.name"
-                )
-            for m in matches:
-                yield _Source(str(m), name or m.stem, m.suffix.lstrip("."), params, where, tags, origin)
-
-
-def _item_params(spec: LineDict, ep: catalog.Endpoint, file: str, fld: str) -> tuple[dict[str, Any], dict[str, str]]:
-    params = spec.get("params")
-    if params is None:
-        return {}, {}
-    if not isinstance(params, LineDict):
-        raise _err("must be a mapping of input fields", file, spec.line_of("params"), f"{fld}.params")
-    return dict(params), {k: f"{file}:{params.line_of(k)}" for k in params}
-
-
-def _rows(
-    path: Path,
-    ep: catalog.Endpoint,
-    file: str,
-    line: int,
-    params: dict[str, Any],
-    where: dict[str, str],
-    tags: tuple[str, ...],
-) -> Iterator[_Source]:
-    rows_file = str(path)
-    if not path.is_file():
-        raise _err(f"rows file {rows_file} not found", file, line, "rows", "paths are relative to the manifest")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".ndjson"):
-        raise _err(f"rows file must be .csv or .jsonl, got {path.name}", file, line, "rows")
-    src_cols = ("source", ep.source_field) if ep.source_field else ()
-    for row_line, row in _read_rows(path, suffix):
-        origin = f"{rows_file}:{row_line}"
-        row = {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
-        source = None
-        for col in src_cols:
-            if col in row:
-                source = row.pop(col)
-        row_tags = _tags(row.pop("tags", None), rows_file, row_line, "tags")
-        name = row.pop("name", None)
-        if ep.source_field and source is None and ep.field_map[ep.source_field].required:
-            raise _err(
-                f'has no "source" column value ({ep.alias} takes a {ep.source_kind})', rows_file, row_line, "source"
-            )
-        if source is not None and not isinstance(source, str):
-            raise _err("must be a path or URL string", rows_file, row_line, "source")
-        row_params = {k: _coerce(ep, k, v, rows_file, row_line, suffix) for k, v in row.items()}
-        merged, w = {**params, **row_params}, {**where, **dict.fromkeys(row_params, origin)}
-        if source is None:
-            yield _Source(None, str(name or f"row{row_line}"), "", merged, w, tags + row_tags, origin)
-        elif is_remote(source):
-            yield _Source(source, str(name or _stem(source)), _ext(source), merged, w, tags + row_tags, origin)
-        else:
-            p = (path.parent / source).resolve()
-            yield _Source(str(p), str(name or p.stem), p.suffix.lstrip("."), merged, w, tags + row_tags, origin)
-
-
-def _read_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            if suffix == ".csv":
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames:
-                    raise _err("CSV file has no header row", str(path), 1)
-                for row in reader:
-                    if None in row:
-                        raise _err("row has more cells than the header", str(path), reader.line_num)
-                    yield reader.line_num, row
-                return
-            for n, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise _err(f"not valid JSON: {exc.msg}", str(path), n, hint="one JSON object per line") from None
-                if not isinstance(obj, dict):
-                    raise _err("each line must be a JSON object", str(path), n)
-                yield n, obj
-    except UnicodeDecodeError as exc:
-        raise _err(f"not UTF-8 text: {exc.reason}", str(path), None) from exc
-
-
-def _coerce(ep: catalog.Endpoint, name: str, value: Any, file: str, line: int, suffix: str) -> Any:
-    """CSV cells are strings: convert them to the field's type (JSONL values are typed already)."""
-    f = ep.field_map.get(name)
-    if suffix != ".csv" or f is None or not isinstance(value, str):
-        return value
-    try:
-        if f.type == "integer":
-            return int(value)
-        if f.type == "number":
-            return float(value)
-        if f.type == "boolean":
-            low = value.strip().lower()
-            if low in ("true", "yes", "1"):
-                return True
-            if low in ("false", "no", "0"):
-                return False
-            raise ValueError
-        if f.type in ("object", "list"):
-            return json.loads(value)
-    except (ValueError, json.JSONDecodeError):
-        raise _err(f"cannot read {value!r} as a {f.type}", file, line, name) from None
-    return value
-
-
-def _stem(url: str) -> str:
-    last = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return Path(last).stem or "source"
-
-
-def _ext(url: str) -> str:
-    return Path(url.split("?", 1)[0]).suffix.lstrip(".")
-
-
 # --------------------------------------------------------------------------- params
 
 
@@ -474,7 +304,7 @@ def _located(d: LineDict, file: str) -> dict[str, tuple[Any, str]]:
     return {k: (v, f"{file}:{d.line_of(k)}") for k, v in d.items()}
 
 
-def _overrides_for(src: _Source, overrides: LineDict, file: str) -> dict[str, tuple[Any, str]]:
+def _overrides_for(src: Source, overrides: LineDict, file: str) -> dict[str, tuple[Any, str]]:
     """Parameters of every override whose pattern matches the source (name, stem or path)."""
     out: dict[str, tuple[Any, str]] = {}
     if src.source is None:
@@ -506,7 +336,7 @@ def _validate(ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str
     if issues:
         issue = issues[0]
         loc = where.get(issue.loc[0], origin)
-        raise _err(issue.msg, *_where(loc), issue.field, issue.hint)
+        raise manifest_error(issue.msg, *_where(loc), issue.field, issue.hint)
 
 
 # --------------------------------------------------------------------------- output paths
@@ -525,11 +355,11 @@ def _check_template_fields(template: str, ep: catalog.Endpoint, matrix: LineDict
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise _err(f"bad template: {exc}", file, line, "output", "use {name} placeholders") from None
+        raise manifest_error(f"bad template: {exc}", file, line, "output", "use {name} placeholders") from None
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            raise _err(
+            raise manifest_error(
                 f"unknown placeholder {{{name}}}",
                 file,
                 line,
@@ -548,7 +378,7 @@ def _slug(value: Any) -> str:
 def _render(
     template: str,
     params: dict[str, Any],
-    src: _Source,
+    src: Source,
     batch: str,
     ep: catalog.Endpoint,
     index: int,
@@ -561,7 +391,7 @@ def _render(
     try:
         rendered = template.format_map(values)
     except KeyError as exc:
-        raise _err(
+        raise manifest_error(
             f"placeholder {{{exc.args[0]}}} has no value for {src.origin}",
             file,
             line,
@@ -570,7 +400,7 @@ def _render(
         ) from None
     out = (root / rendered).resolve()
     if not out.is_relative_to(root) or out == root:
-        raise _err(
+        raise manifest_error(
             f"output path {out} escapes the output root {root}",
             file,
             line,
@@ -585,7 +415,7 @@ def _check_duplicate_outputs(jobs: list[JobSpec], template: str, file: str, line
     for job in jobs:
         other = seen.get(job.output)
         if other is not None:
-            raise _err(
+            raise manifest_error(
                 f"two jobs write {job.output} ({other.origin} and {job.origin})",
                 file,
                 line,

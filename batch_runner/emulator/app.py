@@ -23,7 +23,8 @@ from starlette.routing import Route
 from .. import catalog
 from . import cdn, control, inspection, platform
 from .config import EmulatorConfig
-from .queue import COMPLETED, Queue, Request, canonical_hash
+from .queue import Queue
+from .request import COMPLETED, Request, canonical_hash
 from .web import BadBodyError, Dropped, Emulator, json_answer, nginx, read_body, unauthorized
 
 KEEPALIVE_COMMENT = b": keep-alive\n\n"  # an SSE comment (https://fal.ai/docs/inference-api/queue/status-stream)

@@ -21,7 +21,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import FileResponse, Response, StreamingResponse
 
 from . import control
-from .queue import canonical_hash
+from .request import canonical_hash
 from .store import StoredFile
 from .web import BadBodyError, DropConnectionError, Emulator, handler, json_answer, read_body, unauthorized
 

@@ -17,7 +17,7 @@ import math
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
-from .queue import iso
+from .request import iso
 from .web import BadBodyError, Emulator, handler, json_answer, read_body
 
 
@@ -44,7 +44,7 @@ async def health(emu: Emulator, request: HttpRequest) -> Response:
             "concurrency": emu.config.concurrency,
             "speed": emu.config.speed,
             "instant": emu.config.instant,
-            "renders": emu.queue.renders_made,
+            "renders": emu.queue.producer.renders_made,
             "http_requests": dict(emu.http_requests),
             "peak_open_requests": emu.queue.peak_open,
             "started_at": iso(request.app.state.started_at),

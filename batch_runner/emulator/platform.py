@@ -20,7 +20,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from .. import catalog
-from .queue import COMPLETED, Billed, Request
+from .request import COMPLETED, Billed, Request
 from .web import BadBodyError, Emulator, EndpointFn, RouteFn, handler, json_answer, read_body
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """The emulated queue: requests, an account concurrency limit, the time model, billing.
 
-All state lives on the server's event loop; rendering runs in a thread pool. A request moves
+All state lives on the server's event loop; producer.py renders in a thread pool. A request moves
 IN_QUEUE → IN_PROGRESS → COMPLETED (fal has no FAILED: a failed run completes with `error`).
 Only successful runs are billed; a request cancelled while queued never runs.
 """
@@ -8,96 +8,25 @@ Only successful runs are billed; a request cancelled while queued never runs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .. import catalog
-from ..domain import is_remote
 from ..pricing import PriceTable
 from . import render, webhooks
 from .config import WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S, EmulatorConfig
 from .faults import FaultPlan
+from .producer import Producer
+from .request import COMPLETED, IN_PROGRESS, IN_QUEUE, Billed, Request, iso
 from .store import FileStore
-
-IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
-DOWNLOAD_TIMEOUT_S = 30.0
-
-
-def canonical_hash(endpoint_id: str, payload: dict[str, Any]) -> str:
-    text = json.dumps({"endpoint": endpoint_id, "input": payload}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-@dataclass
-class Request:
-    """One accepted submission and everything that happened to it."""
-
-    id: str
-    endpoint: catalog.Endpoint
-    input: dict[str, Any]
-    input_hash: str
-    received_at: float
-    ready_at: float
-    webhook_url: str | None
-    base_url: str
-    state: str = IN_QUEUE
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    started_at: float | None = None
-    completed_at: float | None = None
-    output: dict[str, Any] | None = None
-    error: str | None = None
-    error_type: str | None = None
-    result_status: int = 200
-    result_body: Any = None
-    billable_units: Decimal | None = None
-    cost_micro_usd: int | None = None
-    cancelled: bool = False
-    start_timeout_s: float | None = None  # X-Fal-Request-Timeout: the deadline to start, from receipt
-    timed_out: bool = False  # the start deadline passed before it ran: 504, X-Fal-Request-Timeout-Type: user
-    expires_at: float | None = None
-    version: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    def touch(self) -> None:
-        """Wake everyone following this request (SSE streams)."""
-        self.version += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def log(self, message: str, level: str = "INFO") -> None:
-        self.logs.append({"message": message, "level": level, "source": "USER", "timestamp": iso(time.time())})
-        self.touch()
-
-
-@dataclass(frozen=True)
-class Billed:
-    request_id: str
-    endpoint: str
-    unit: str
-    units: Decimal
-    unit_price_micro_usd: int
-    cost_micro_usd: int
-    at: float
 
 
 class Queue:
@@ -122,20 +51,16 @@ class Queue:
         self._running: set[str] = set()
         self._submits_per_input: dict[str, int] = {}
         self._wake = asyncio.Event()
-        self._renders: dict[str, asyncio.Future[Path]] = {}
-        self.renders_made = 0  # distinct outputs rendered with ffmpeg
+        self.producer = Producer(config, store, workdir)
         self.open_requests = 0  # accepted and not yet completed
         self.peak_open = 0  # the most open at once: what a client's in-flight cap must bound
-        self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
-        self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
-        self._http: httpx.AsyncClient | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
+        await self.producer.start()
         self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def stop(self) -> None:
@@ -147,9 +72,7 @@ class Queue:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._http:
-            await self._http.aclose()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.producer.stop()
 
     # ------------------------------------------------------------------ submission
 
@@ -318,18 +241,42 @@ class Queue:
             self._wake.set()
 
     async def _produce(self, req: Request) -> None:
+        """Validate the input against its media, play any fault, render, store, bill, complete."""
         ep = req.endpoint
         full = ep.with_defaults(req.input)
-        inputs = await self._fetch_inputs(req)
+        inputs = await self.producer.fetch_inputs(req)
         info = None
         if ep.source_field and ep.source_field in inputs:
-            info = await self._probe_input(inputs[ep.source_field], video=ep.source_kind == "video")
+            info = await self.producer.probe_input(inputs[ep.source_field], video=ep.source_kind == "video")
         duration = info.duration if info else None
         issues = ep.validate(req.input, source_duration=duration, allow_extra=True)
         if issues:
             detail = [i.as_detail() for i in issues]
             self._finish_error(req, 422, issues[0].msg, issues[0].type, {"detail": detail})
             return
+        if self._fault_ended(req):
+            return
+        spec = catalog.expected_output(ep, full, info.size if info else None, duration)
+        dw, dh = self.config.output_skew_px
+        spec = catalog.OutputSpec(spec.width + dw, spec.height + dh, spec.duration)
+        path = await self.producer.render(ep, full, inputs, spec)
+        f = self.store.reserve(f"{req.id[:8]}_output.mp4", "video/mp4")
+        os.link(path, f.path)
+        self.store.finish(f)
+        req.log("Output uploaded")
+        self._bill(req, full, duration)
+        req.output = {
+            "video": {
+                "url": self.store.url(req.base_url, f),
+                "content_type": "video/mp4",
+                "file_name": f.name,
+                "file_size": f.size,
+            }
+        }
+        self._complete(req, 200, req.output)
+
+    def _fault_ended(self, req: Request) -> bool:
+        """Play a `refuse` or `fail` fault planned for this submission; True when one ended the run."""
         n = self._submits_per_input.get(req.input_hash, 1)
         if self.faults.fires("refuse", req.input_hash, n):
             self._finish_error(
@@ -347,7 +294,7 @@ class Queue:
                     ]
                 },
             )
-            return
+            return True
         if self.faults.fires("fail", req.input_hash, n):
             self._finish_error(
                 req,
@@ -356,105 +303,18 @@ class Queue:
                 "runner_disconnected",
                 {"detail": "Runner disconnected", "error_type": "runner_disconnected"},
             )
-            return
-        spec = catalog.expected_output(ep, full, info.size if info else None, duration)
-        dw, dh = self.config.output_skew_px
-        spec = catalog.OutputSpec(spec.width + dw, spec.height + dh, spec.duration)
-        path = await self._render(ep, full, inputs, spec)
-        f = self.store.reserve(f"{req.id[:8]}_output.mp4", "video/mp4")
-        os.link(path, f.path)
-        self.store.finish(f)
-        req.log("Output uploaded")
+            return True
+        return False
+
+    def _bill(self, req: Request, full: dict[str, Any], duration: Decimal | None) -> None:
+        """Only a successful run is billed: one ledger entry, at the price table's base unit price."""
+        ep = req.endpoint
         est = self.prices.estimate(ep, full, duration)
         entry = self.prices.entry(ep.id)
         base = entry.unit_price_micro(None)
         units = _plain(Decimal(est.micro_usd) / base)
         self.ledger.append(Billed(req.id, ep.id, entry.unit, units, base, est.micro_usd, time.time()))
         req.billable_units, req.cost_micro_usd = units, est.micro_usd
-        req.output = {
-            "video": {
-                "url": self.store.url(req.base_url, f),
-                "content_type": "video/mp4",
-                "file_name": f.name,
-                "file_size": f.size,
-            }
-        }
-        self._complete(req, 200, req.output)
-
-    async def _probe_input(self, path: Path, *, video: bool) -> render.MediaInfo:
-        stored = path.is_relative_to(self.store.root)
-        if stored and path in self._input_info:
-            return self._input_info[path]
-        info = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: render.probe_media(path, video=video)
-        )
-        if stored:
-            self._input_info[path] = info
-        return info
-
-    async def _fetch_inputs(self, req: Request) -> dict[str, Path]:
-        """Download every media input to a local file (our own URLs are read from disk)."""
-        out: dict[str, Path] = {}
-        for name in req.endpoint.media_fields:
-            url = req.input.get(name)
-            if not isinstance(url, str):
-                continue
-            try:
-                out[name] = await self._fetch(url, req.id, name)
-            except render.RenderError as exc:
-                exc.field = name
-                raise
-        return out
-
-    async def _fetch(self, url: str, rid: str, name: str) -> Path:
-        local = self.store.local_path(url)
-        if local is not None:
-            return local
-        target = self.workdir / "inputs" / rid / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if url.startswith("data:"):
-            try:
-                target.write_bytes(base64.b64decode(url.split(",", 1)[1]))
-            except (IndexError, ValueError) as exc:
-                raise render.RenderError(f"Failed to decode the data URI of {name}") from exc
-            return target
-        if not is_remote(url, data_uri=False):
-            raise render.RenderError(f"Failed to download {name}: not an http(s) or data URL")
-        assert self._http is not None
-        try:
-            async with self._http.stream("GET", url) as resp:
-                if resp.status_code >= 400:
-                    raise render.RenderError(f"Failed to download {name}: HTTP {resp.status_code}")
-                with target.open("wb") as fh:
-                    async for chunk in resp.aiter_bytes():
-                        fh.write(chunk)
-        except httpx.HTTPError as exc:
-            raise render.RenderError(f"Failed to download {name}: {type(exc).__name__}") from exc
-        return target
-
-    async def _render(
-        self, ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec
-    ) -> Path:
-        """Render once per distinct job (once per output shape in instant or reuse mode) and reuse."""
-        if self.config.instant or self.config.reuse_renders:
-            key = f"{ep.family}|{spec.width}x{spec.height}|{spec.duration}"
-        else:
-            digests = {k: _file_digest(p) for k, p in sorted(inputs.items())}
-            key = canonical_hash(ep.id, {"params": params, "media": digests})
-        key = hashlib.sha256(key.encode()).hexdigest()
-        fut = self._renders.get(key)
-        if fut is None:
-            out = self.workdir / "renders" / f"{key}.mp4"
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
-            self._renders[key] = fut
-            self.renders_made += 1
-            fut.add_done_callback(functools.partial(self._forget_failed, key))
-        return await asyncio.shield(fut)
-
-    def _forget_failed(self, key: str, fut: asyncio.Future[Path]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self._renders.pop(key, None)
 
     # ------------------------------------------------------------------ endings
 
@@ -553,18 +413,3 @@ def _plain(value: Decimal) -> Decimal:
 
 def _usd(micro: int) -> str:
     return f"{_plain(Decimal(micro) / 1_000_000):f}"
-
-
-def _file_digest(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _render_to(
-    ep: catalog.Endpoint, params: dict[str, Any], inputs: dict[str, Path], spec: catalog.OutputSpec, out: Path, fps: int
-) -> Path:
-    if not out.exists():
-        tmp = out.with_suffix(".tmp.mp4")
-        render.render(ep, params, inputs, spec, tmp, fps=fps)
-        tmp.replace(out)
-    return out

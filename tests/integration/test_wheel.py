@@ -37,6 +37,7 @@ def test_wheel_ships_migrations_and_db_upgrade_works_from_it(tmp_path: Path):
             "batch_runner/_migrations/env.py",
             "batch_runner/_migrations/versions/0001_initial.py",
             "batch_runner/data/prices.yaml",
+            "batch_runner/templates/report.html.j2",  # the HTML report
         } <= names
         site = tmp_path / "site"
         zf.extractall(site)

@@ -12,13 +12,15 @@ PKG = Path(__file__).resolve().parents[2] / "batch_runner"
 LAYERS = {
     "errors": 0,
     "domain": 1,
+    "schema": 1,  # endpoint input fields and their checks, under the catalog that uses them
     "catalog": 2,
     "config": 2,
     "logs": 2,
     "yamlload": 2,
     "records": 2,  # rows as frozen records, built once in db/
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
-    "manifest": 3,
+    "sources": 3,  # manifest sources (globs, paths, URLs, rows files), below the manifest that reads them
+    "manifest": 4,
     "pricing": 3,
     "probe": 3,
     "media": 3,
