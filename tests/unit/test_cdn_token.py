@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batch_runner.api.client import CdnToken, lifecycle_headers
+from batch_runner.api.storage import CdnToken, lifecycle_headers
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
