@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from decimal import Decimal
@@ -20,7 +21,7 @@ from batch_runner.errors import DatabaseBehindError, DatabaseError
 
 
 def _spec(i: int, **params) -> JobSpec:
-    job = JobSpec(
+    return JobSpec(
         batch="b",
         endpoint="luma/agent/ray/v3.2/reframe",
         source=f"/m/{i}.mp4",
@@ -29,11 +30,10 @@ def _spec(i: int, **params) -> JobSpec:
         output=f"/out/{i}.mp4",
         tags=("t",),
         origin=f"m.yaml:{i}",
+        key=f"{i:064d}"[-64:] if not params else f"{i}-{sorted(params.items())}".ljust(64, "x")[:64],
+        fingerprint=f"file:/m/{i}.mp4:1:1",
+        estimate=Estimate(300_000, Decimal(5), "second", 60_000, "fal-published@2026-11-21", True),
     )
-    job.key = f"{i:064d}"[-64:] if not params else f"{i}-{sorted(params.items())}".ljust(64, "x")[:64]
-    job.fingerprint = f"file:/m/{i}.mp4:1:1"
-    job.estimate = Estimate(300_000, Decimal(5), "second", 60_000, "fal-published@2026-11-21", True)
-    return job
 
 
 def test_migrations_match_the_models_on_an_empty_database(empty_db_url):
@@ -130,8 +130,7 @@ def test_a_new_job_is_added_and_old_rows_are_untouched(db_url):
 def test_enqueue_is_all_or_nothing(db_url):
     engine = db_engine.open_engine(db_url, auto_migrate=True)
     repo = Repository(engine)
-    broken = _spec(2)
-    broken.output = None  # type: ignore[assignment]  # violates NOT NULL mid-batch
+    broken = dataclasses.replace(_spec(2), output=None)  # violates NOT NULL mid-batch
     with pytest.raises(DatabaseError) as err:
         repo.enqueue("b", None, None, [_spec(1), broken], Actor.current())
     assert "nothing was written" in str(err.value)
