@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import catalog, probe
+from . import avprobe, catalog
 from .api.answers import Reply
 from .api.client import FalClient
 from .domain import Estimate, ProbeResult, format_usd
@@ -88,7 +88,6 @@ class CheckSettings:
     convention (catalog.expected_output) is a warning on a delivered job, unless `strict`."""
 
     duration_tolerance_s: Decimal = Decimal("0.25")
-    probe_timeout_s: float = 30.0
     strict: bool = False  # --strict-verify: every difference from the convention fails the job
     aspect_tolerance: Decimal = Decimal("0.02")  # relative difference of width/height from the request's
 
@@ -168,9 +167,10 @@ class Delivery:
         return self.prices.estimate(ep, job.params, duration)
 
     def _verify(self, job: JobRecord, path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
-        """ffprobe the download: (what breaks fal's promise, what differs from our convention, figures)."""
+        """Probe the download in-process (avprobe: ffprobe's figures without a process per file):
+        (what breaks fal's promise, what differs from our convention, the figures)."""
         try:
-            got = probe.probe(str(path), "video", f"file:{path}", timeout_s=self.check.probe_timeout_s)
+            got = avprobe.probe_video(path, f"file:{path}")
         except ProbeError as exc:
             dummy = ProbeResult(str(path), "", "video", None, 0, 0, None, "", 0, False, None)
             return f"unreadable video: {exc.message}", (), dummy

@@ -43,7 +43,6 @@ class PoolSettings:
     idle_s: float = 0.5  # how often an idle worker looks for work at first...
     idle_max_s: float = 5.0  # ...doubling while it finds none (many idle workers, one dispatch lock)
     duration_tolerance_s: Decimal = Decimal("0.25")
-    probe_timeout_s: float = 30.0
     strict_verify: bool = False  # an output that differs from the output convention fails its job
     cancel_on_exit: bool = False
     account_daily_micro_usd: int | None = None  # BATCH_RUNNER_MAX_USD_PER_DAY: every batch, rolling 24 h

@@ -213,7 +213,7 @@ def _worker(
             reporter.event(RunEvent.WARNING, None, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
-    check = CheckSettings(pool.duration_tolerance_s, pool.probe_timeout_s, strict=pool.strict_verify)
+    check = CheckSettings(pool.duration_tolerance_s, strict=pool.strict_verify)
     delivery = Delivery(client, prices, check, source_probe)
     synced = fal_prices.load_synced(settings.fal_prices_path)
     worker = Worker(queue, client, prices, pool, reporter, delivery, stop, breaker, synced=synced)

@@ -18,6 +18,7 @@ LAYERS = {
     "logs": 2,
     "yamlload": 2,
     "records": 2,  # rows as frozen records, built once in db/
+    "avprobe": 3,  # in-process probing of outputs (PyAV)
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
     "sources": 3,  # manifest sources (globs, paths, URLs, rows files), below the manifest that reads them
     "manifest": 4,
