@@ -43,7 +43,7 @@ _LINE_FIELDS = (
 PLOT_LEFT, PLOT_TOP, PLOT_H = 64, 16, 180
 DAY_W_MAX, DAY_W_MIN = 48, 6
 DAY_LABEL_W = 44  # an MM-DD tick label at 11 px
-CATEGORY_LEFT, CATEGORY_W, CATEGORY_ROW = 24, 560, 40
+CATEGORY_LEFT, CATEGORY_W, CATEGORY_ROW = 24, 340, 40
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def _category_chart(title: str, what: str, values: dict[str, int]) -> Chart | No
         for i, n in enumerate(names)
     ]
     bottom = top + 10 + len(names) * CATEGORY_ROW
-    longest = max(len(n) for n in names) * 7 + left + 8  # 12 px text: about 7 units a character
+    longest = max(len(n) for n in names) * 8 + left + 8  # 13 px text: about 8 units a character
     return Chart(
         title=title,
         width=max(left + CATEGORY_W + 72, longest),
