@@ -174,6 +174,7 @@ class JobSpec:
     output: str  # absolute output path
     output_root: str = ""  # the manifest's output_root: every output must stay inside it
     tags: tuple[str, ...] = ()
+    project: str | None = None  # the manifest's cost centre, for chargeback in `report`
     origin: str = ""  # file:line of the manifest entry, for error messages
     key: str = ""
     fingerprint: str = ""

@@ -8,6 +8,7 @@ The sources themselves are expanded in sources.py; this module reads the rest an
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import itertools
@@ -34,6 +35,7 @@ TOP_KEYS = (
     "output_root",
     "tags",
     "budget",
+    "project",
 )
 BUDGET_KEYS = ("max_usd", "max_usd_per_day", "warn_at_usd")
 BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -97,6 +99,9 @@ def load_manifest(path: Path) -> Manifest:
     warnings: list[str] = []
     sources = list(expand_sources(doc, ep, base, file, warnings))
     jobs = _jobs(x, sources)
+    project = _project(doc, file)
+    if project is not None:
+        jobs = [dataclasses.replace(j, project=project) for j in jobs]
     _check_duplicate_outputs(jobs, template, file, template_line)
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
 
@@ -224,6 +229,23 @@ def _overrides(doc: LineDict, file: str) -> LineDict:
                 f"overrides.{pattern}",
             )
     return overrides
+
+
+def _project(doc: LineDict, file: str) -> str | None:
+    """The optional cost centre (`project:`), a short name like a batch's; put on every job."""
+    if "project" not in doc:
+        return None
+    project = _require_str(doc, "project", file)
+    if not BATCH_NAME.match(project) or len(project) > 100:
+        shown = project if len(project) <= 40 else project[:40] + "…"
+        raise manifest_error(
+            f'"{shown}" is not a valid project name',
+            file,
+            doc.line_of("project"),
+            "project",
+            "use up to 100 letters, digits, '.', '_' and '-'",
+        )
+    return project
 
 
 def _optional_str(doc: LineDict, key: str, file: str, default: str) -> str:

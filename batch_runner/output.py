@@ -220,6 +220,7 @@ def sidecar(
         "request_id": attempt.request_id,
         "attempt": attempt.number,
         "job_key": job.key,
+        "project": job.project,
         "source": job.source,
         "source_fingerprint": job.source_fingerprint,
         "output": str(delivered.path),

@@ -170,6 +170,7 @@ def _job_json(j: JobSpec) -> dict[str, Any]:
         "priced_by": est.price_table,
         "price_verified": est.verified,
         "tags": list(j.tags),
+        "project": j.project,
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import catalog
 from .api.client import FalClient, malformed
-from .db.ledger import ledger
+from .db.ledger import Scope, ledger
 from .db.repo import Repository
 from .domain import AttemptState, format_usd, usd_to_micro
 from .errors import RemoteError
@@ -155,7 +155,7 @@ def reconcile(
     # next midnight, whose extra day is dropped below by its bucket.
     start, end = whole_days(asked_since, asked_until)
     days = {_day(start + DAY * i) for i in range((end - start) // DAY)}
-    _, attempts, _ = ledger(repo.engine, None, start - DAY, end)
+    attempts = ledger(repo.engine, Scope(since=start - DAY, until=end)).attempts
     ours: dict[tuple[str, str], int] = defaultdict(int)
     uncertain: dict[tuple[str, str], list[AttemptRecord]] = defaultdict(list)
     for a in attempts:

@@ -67,6 +67,7 @@ class JobRecord(_Record):
     created_at: datetime
     updated_at: datetime
     batch: str | None = None  # the batch's name, when the query joined it
+    project: str | None = None  # the manifest's project (cost centre), if it named one
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:

@@ -19,16 +19,18 @@ import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from .db.ledger import ledger
+from .db.ledger import Scope, ledger
 from .db.repo import Repository
-from .domain import PROVISIONAL, AttemptState, format_usd
-from .records import AttemptRecord, JobRecord
+from .domain import PROVISIONAL, AttemptState, JobState, format_usd
+from .errors import ConfigError
+from .records import AttemptRecord, JobRecord, RunRecord
+from .timewindow import shown
 
-GROUPINGS = ("endpoint", "resolution", "tag", "day", "batch")
+GROUPINGS = ("endpoint", "resolution", "tag", "project", "day", "batch")
 FORMATS = ("table", "csv", "json", "html")
 OPEN_ATTEMPTS = {
     AttemptState.SENDING,
@@ -37,6 +39,9 @@ OPEN_ATTEMPTS = {
     AttemptState.DOWNLOADING,
     AttemptState.UNCERTAIN,
 }
+NO_PROJECT = "(no project)"
+MAX_CHART_DAYS = 366  # a longer window is charted over the days that have attempts
+MAX_NAMES_SHOWN = 3
 
 
 @dataclass
@@ -60,6 +65,25 @@ class Line:
         per = Decimal(self.billed) / (Decimal(self.delivered_us) / 1_000_000) / 1_000_000
         return per.quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
 
+    def add_job(self, job: JobRecord) -> None:
+        self.jobs += 1
+        self.outcomes[job.state.value] += 1
+        self.estimated += job.estimate_micro_usd
+
+    def add_attempt(self, a: AttemptRecord) -> None:
+        billed = a.billed_micro_usd or 0
+        self.billed += billed
+        if a.number > 1:
+            self.retry_spend += billed
+        if billed and a.state != AttemptState.SUCCEEDED:
+            self.waste += billed
+        if a.state in OPEN_ATTEMPTS:
+            self.at_risk += a.reserved_micro_usd or 0
+        if (a.price_source or "").startswith(PROVISIONAL):
+            self.unconfirmed += billed
+        if a.state == AttemptState.SUCCEEDED and a.duration_us:
+            self.delivered_us += a.duration_us
+
     def as_dict(self) -> dict[str, Any]:
         per = self.cost_per_delivered_second
         return {
@@ -82,16 +106,34 @@ class Report:
     groups: dict[str, Line]
     total: Line
     runs: list[dict[str, Any]]
-    jobs: list[JobRecord] = field(default_factory=list)  # for the HTML contact sheet
-    billed_by_day: dict[str, int] = field(default_factory=dict)
+    jobs: list[JobRecord] = field(default_factory=list)  # for the HTML contact sheet and line items
+    billed_by_day: dict[str, int] = field(default_factory=dict)  # every day of the range, $0 days too
     billed_by_endpoint: dict[str, int] = field(default_factory=dict)
+    billed_by_project: dict[str, int] = field(default_factory=dict)
+    scope: Scope = field(default_factory=Scope)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    first_day: date | None = None  # the date range the report covers (inclusive)
+    last_day: date | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "group_by": self.group_by,
+            "scope": self.scope_dict(),
             "groups": {k: v.as_dict() for k, v in sorted(self.groups.items())},
             "total": self.total.as_dict(),
             "budgets": self.runs,
+        }
+
+    def scope_dict(self) -> dict[str, Any]:
+        """What the report covers: the filters given and the dates its figures span."""
+        return {
+            "batches": list(self.scope.batches),
+            "projects": list(self.scope.projects),
+            "tags": list(self.scope.tags),
+            "since": self.scope.since.isoformat() if self.scope.since else None,
+            "until": self.scope.until.isoformat() if self.scope.until else None,
+            "first_day": self.first_day.isoformat() if self.first_day else None,
+            "last_day": self.last_day.isoformat() if self.last_day else None,
         }
 
 
@@ -102,49 +144,42 @@ def _keys(group_by: str, job: JobRecord, when: datetime | None) -> list[str]:
         return [str(job.params.get("resolution", "n/a"))]
     if group_by == "tag":
         return list(job.tags) or ["(untagged)"]
+    if group_by == "project":
+        return [job.project or NO_PROJECT]
     if group_by == "batch":
         return [job.batch or ""]
     return [(when or job.created_at).date().isoformat()]
 
 
-def build(
-    repo: Repository, *, batches: list[str] | None, since: datetime | None, until: datetime | None, group_by: str
-) -> Report:
-    jobs, attempts, runs = ledger(repo.engine, batches, since, until)
+def build(repo: Repository, scope: Scope, *, group_by: str, now: datetime | None = None) -> Report:
+    """The report over `scope`; a batch asked for by name that does not exist is an error."""
+    got = ledger(repo.engine, scope)
+    missing = [b for b in scope.batches if b not in got.known_batches]
+    if missing:
+        names = ", ".join(shown(b) for b in missing[:MAX_NAMES_SHOWN])
+        more = f" and {len(missing) - MAX_NAMES_SHOWN} more" if len(missing) > MAX_NAMES_SHOWN else ""
+        raise ConfigError(f"no batch named {names}{more}", hint="`batch-runner status` lists the batches")
     by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
-    for a in attempts:
+    for a in got.attempts:
         by_job[a.job_id].append(a)
     groups: dict[str, Line] = defaultdict(Line)
     total = Line()
-    for job in jobs:
+    for job in got.jobs:
         mine = by_job.get(job.id, [])
         last = mine[-1].created_at if mine else None
         # job-level figures go where its latest attempt ran (or where it was created)
         for line in [groups[k] for k in _keys(group_by, job, last)] + [total]:
-            line.jobs += 1
-            line.outcomes[job.state.value] += 1
-            line.estimated += job.estimate_micro_usd
+            line.add_job(job)
         for a in mine:  # money goes where each attempt ran
             for line in [groups[k] for k in _keys(group_by, job, a.created_at)] + [total]:
-                billed = a.billed_micro_usd or 0
-                line.billed += billed
-                if a.number > 1:
-                    line.retry_spend += billed
-                if billed and a.state != AttemptState.SUCCEEDED:
-                    line.waste += billed
-                if a.state in OPEN_ATTEMPTS:
-                    line.at_risk += a.reserved_micro_usd or 0
-                if (a.price_source or "").startswith(PROVISIONAL):
-                    line.unconfirmed += billed
-                if a.state == AttemptState.SUCCEEDED and a.duration_us:
-                    line.delivered_us += a.duration_us
-    by_day: dict[str, int] = defaultdict(int)
-    by_endpoint: dict[str, int] = defaultdict(int)
-    for job in jobs:
-        for a in by_job.get(job.id, []):
-            by_day[_keys("day", job, a.created_at)[0]] += a.billed_micro_usd or 0
-            by_endpoint[job.endpoint] += a.billed_micro_usd or 0
-    budgets = [
+                line.add_attempt(a)
+    report = Report(group_by, dict(groups), total, _budgets(got.runs), got.jobs, scope=scope, attempts=got.attempts)
+    _charts(report, by_job, now or datetime.now(UTC))
+    return report
+
+
+def _budgets(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    return [
         {
             "run": r.name,
             "budget_usd": format_usd(r.budget_micro_usd) if r.budget_micro_usd else None,
@@ -156,10 +191,31 @@ def build(
         }
         for r in runs
     ]
-    return Report(group_by, dict(groups), total, budgets, jobs, dict(by_day), dict(by_endpoint))
 
 
-COLUMNS = (
+def _charts(report: Report, by_job: dict[int, list[AttemptRecord]], now: datetime) -> None:
+    """Billed per day over the whole range (days without spend at $0), per endpoint, per project."""
+    by_day: dict[date, int] = defaultdict(int)
+    for job in report.jobs:
+        for a in by_job.get(job.id, []):
+            billed = a.billed_micro_usd or 0
+            by_day[a.created_at.astimezone(UTC).date()] += billed
+            report.billed_by_endpoint[job.endpoint] = report.billed_by_endpoint.get(job.endpoint, 0) + billed
+            key = job.project or NO_PROJECT
+            report.billed_by_project[key] = report.billed_by_project.get(key, 0) + billed
+    since, until = report.scope.since, report.scope.until
+    first = since.astimezone(UTC).date() if since else min(by_day, default=now.date())
+    last = (until - timedelta(microseconds=1)).astimezone(UTC).date() if until else now.astimezone(UTC).date()
+    if last < first or (last - first).days >= MAX_CHART_DAYS:
+        first, last = min(by_day, default=first), max(by_day, default=first)
+    report.first_day, report.last_day = first, last
+    day = first
+    while day <= last:
+        report.billed_by_day[day.isoformat()] = by_day.get(day, 0)
+        day += timedelta(days=1)
+
+
+MONEY_COLUMNS = (
     "jobs",
     "estimated_usd",
     "billed_usd",
@@ -170,24 +226,154 @@ COLUMNS = (
     "delivered_seconds",
     "cost_per_delivered_second_usd",
 )
+COLUMNS = MONEY_COLUMNS  # the grouped figures, as named in CSV and JSON
+OUTCOME_COLUMNS = tuple(f"jobs_{s.value}" for s in JobState)
 
 
 def render(report: Report, fmt: str) -> str:
-    """The machine formats, "json" and "csv"; the table is `display.report_table`."""
+    """The machine formats of the grouped report, "json" and "csv"; the table is
+    `display.report_table`. CSV: a `row_type` column (group / total) keeps the total row apart,
+    and each job state has its own count column."""
     if fmt == "json":
         return json.dumps(report.as_dict(), indent=2) + "\n"
     if fmt != "csv":
         raise ValueError(f"{fmt!r} is not a machine format (json, csv)")
-    rows = [(k, v.as_dict()) for k, v in sorted(report.groups.items())] + [("TOTAL", report.total.as_dict())]
+    rows = [("group", k, v.as_dict()) for k, v in sorted(report.groups.items())]
+    rows.append(("total", "TOTAL", report.total.as_dict()))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([report.group_by, *COLUMNS, "outcomes"])
-    for key, d in rows:
+    writer.writerow(["row_type", report.group_by, *MONEY_COLUMNS, *OUTCOME_COLUMNS])
+    for row_type, key, d in rows:
         writer.writerow(
             [
+                row_type,
                 key,
-                *[d[c] if d[c] is not None else "" for c in COLUMNS],
-                ";".join(f"{s}={n}" for s, n in d["outcomes"].items()),
+                *[d[c] if d[c] is not None else "" for c in MONEY_COLUMNS],
+                *[d["outcomes"].get(c.removeprefix("jobs_"), 0) for c in OUTCOME_COLUMNS],
             ]
         )
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- line items
+
+ITEM_COLUMNS = (
+    "row_type",
+    "batch",
+    "project",
+    "job_id",
+    "job_key",
+    "endpoint",
+    "source",
+    "params",
+    "tags",
+    "job_state",
+    "job_estimate_usd",
+    "attempt",
+    "request_id",
+    "attempt_state",
+    "reserved_usd",
+    "billed_usd",
+    "billed_source",
+    "delivered_seconds",
+    "error_type",
+    "created_at",
+    "submitted_at",
+    "finished_at",
+    "output",
+)
+
+
+def _usd(micro: int | None) -> str | None:
+    return format_usd(micro) if micro is not None else None
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat() if when else None
+
+
+def _item(job: JobRecord, a: AttemptRecord | None) -> dict[str, Any]:
+    """One line: a job and one of its attempts (or none: the attempt's fields are empty)."""
+    delivered = a.duration_us if a and a.state == AttemptState.SUCCEEDED and a.duration_us else None
+    return {
+        "row_type": "item",
+        "batch": job.batch,
+        "project": job.project,
+        "job_id": job.id,
+        "job_key": job.key,
+        "endpoint": job.endpoint,
+        "source": job.source,
+        "params": job.params,
+        "tags": list(job.tags),
+        "job_state": job.state.value,
+        "job_estimate_usd": format_usd(job.estimate_micro_usd),
+        "attempt": a.number if a else None,
+        "request_id": a.request_id if a else None,
+        "attempt_state": a.state.value if a else None,
+        "reserved_usd": _usd(a.reserved_micro_usd) if a else None,
+        "billed_usd": _usd(a.billed_micro_usd) if a else None,
+        "billed_source": a.price_source if a else None,
+        "delivered_seconds": f"{Decimal(delivered) / 1_000_000:f}" if delivered else None,
+        "error_type": a.error_type if a else None,
+        "created_at": _iso(a.created_at if a else job.created_at),
+        "submitted_at": _iso(a.submitted_at) if a else None,
+        "finished_at": _iso(a.finished_at) if a else None,
+        "output": job.output_path,
+    }
+
+
+def items(report: Report) -> list[dict[str, Any]]:
+    """One line per attempt in scope, in job order; a job without one has one line of its own."""
+    by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
+    for a in report.attempts:
+        by_job[a.job_id].append(a)
+    out: list[dict[str, Any]] = []
+    for job in report.jobs:
+        mine: list[AttemptRecord | None] = list(by_job.get(job.id, [])) or [None]
+        out.extend(_item(job, a) for a in mine)
+    return out
+
+
+def item_totals(report: Report, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals of the line items: the report's own total figures (estimates once per job)."""
+    t = report.total.as_dict()
+    reserved = sum(a.reserved_micro_usd or 0 for a in report.attempts)
+    return {
+        "row_type": "total",
+        "lines": len(lines),
+        "jobs": t["jobs"],
+        "attempts": len(report.attempts),
+        "job_estimate_usd": t["estimated_usd"],
+        "reserved_usd": format_usd(reserved),
+        "billed_usd": t["billed_usd"],
+        "unconfirmed_usd": t["unconfirmed_usd"],
+        "delivered_seconds": t["delivered_seconds"],
+    }
+
+
+def render_items(report: Report, fmt: str) -> str:
+    """`report --items`: JSON {"items": [...], "totals": {...}}; CSV one line per item, then one
+    line whose `row_type` is "total" (filter on it in a spreadsheet)."""
+    lines = items(report)
+    totals = item_totals(report, lines)
+    if fmt == "json":
+        return json.dumps({"scope": report.scope_dict(), "items": lines, "totals": totals}, indent=2) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"{fmt!r} is not a line-item format (json, csv)")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(ITEM_COLUMNS)
+    for line in lines:
+        writer.writerow([_cell(c, line[c]) for c in ITEM_COLUMNS])
+    writer.writerow([_cell(c, totals.get(c)) for c in ITEM_COLUMNS])
+    return buf.getvalue()
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column == "params":
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if column == "tags":
+        return ";".join(value)
+    return str(value)

@@ -22,46 +22,69 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
         return None
     from datetime import datetime
 
+    from ..timewindow import parse_when
+
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date or time, e.g. 2026-11-20 or 2026-11-20T18:00Z"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_when(value, datetime.now(UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+WHEN_HELP = "ISO date or time (UTC), an age (90m, 24h, 7d) or today/yesterday"
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
-@click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time (ISO 8601).")
-@click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time (exclusive).")
+@click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable; a missing batch exits 3).")
+@click.option("--project", "projects", multiple=True, help="Only jobs of this manifest project (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Only jobs with this tag (repeatable: any of them).")
+@click.option("--since", callback=_when, metavar="WHEN", help=f"Attempts from WHEN: {WHEN_HELP}.")
+@click.option("--until", callback=_when, metavar="WHEN", help="Attempts before WHEN (exclusive), same forms.")
 @click.option(
     "--group-by",
-    type=click.Choice(["endpoint", "resolution", "tag", "day", "batch"]),
+    type=click.Choice(["endpoint", "resolution", "tag", "project", "day", "batch"]),
     default="endpoint",
     show_default=True,
+)
+@click.option(
+    "--items",
+    is_flag=True,
+    help="Line items: one row per attempt (and per job never tried), totals apart; CSV [default] or JSON.",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "csv", "json", "html"]),
-    default="table",
-    show_default=True,
-    help="html: one self-contained page with charts and a contact sheet.",
+    help="html: one self-contained page with charts and a contact sheet [default: table].",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
 @click.pass_obj
 def report(
-    app: App, batches: tuple[str, ...], since: Any, until: Any, group_by: str, fmt: str, output: Path | None
+    app: App,
+    batches: tuple[str, ...],
+    projects: tuple[str, ...],
+    tags: tuple[str, ...],
+    since: Any,
+    until: Any,
+    group_by: str,
+    items: bool,
+    fmt: str | None,
+    output: Path | None,
 ) -> None:
     """What it cost and produced: estimated vs billed, outcomes, delivered seconds, waste, money at risk."""
     from .. import reports
+    from ..db.ledger import Scope
 
-    built = reports.build(app.repo, batches=list(batches) or None, since=since, until=until, group_by=group_by)
-    if fmt == "html":
+    if items and fmt in ("table", "html"):
+        raise click.UsageError("--items is CSV or JSON: use --format csv or --format json")
+    fmt = fmt or ("csv" if items else "table")
+    scope = Scope(tuple(batches), tuple(projects), tuple(tags), since, until)
+    built = reports.build(app.repo, scope, group_by=group_by)
+    if items:
+        text = reports.render_items(built, fmt)
+    elif fmt == "html":
         from ..report_html import render_html
 
-        text = render_html(built)
+        text = render_html(built, base=output.parent if output else Path.cwd())
     elif fmt == "table":
         text = display.report_table(built, wrap=output is None) + "\n"
     else:
@@ -69,6 +92,10 @@ def report(
     if output is None:
         click.echo(text, nl=False)
         return
+    _write(output, text)
+
+
+def _write(output: Path, text: str) -> None:
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -85,13 +112,13 @@ def report(
     "--since",
     callback=_when,
     metavar="WHEN",
-    help="From this UTC date or time, widened to its midnight [default: 24 h ago].",
+    help=f"From WHEN ({WHEN_HELP}), widened to its midnight [default: 24 h ago].",
 )
 @click.option(
     "--until",
     callback=_when,
     metavar="WHEN",
-    help="Up to this UTC date or time, widened to the next midnight [default: now].",
+    help="Up to WHEN (same forms), widened to the next midnight [default: now].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj

@@ -100,6 +100,7 @@ class Job(Base):
     price_table: Mapped[str] = mapped_column(String(200))
     price_verified: Mapped[bool] = mapped_column(Boolean)
     tags_json: Mapped[str] = mapped_column(Text, default="[]")
+    project: Mapped[str | None] = mapped_column(String(200), index=True)  # the manifest's cost centre
     origin: Mapped[str | None] = mapped_column(Text)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     # attempt_count at the last manual `retry`: each retry grants a fresh set of automatic attempts

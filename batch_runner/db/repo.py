@@ -339,6 +339,7 @@ def _job_row(j: JobSpec, batch_id: int, now: Any) -> dict[str, Any]:
         "input_json": json.dumps(j.params, sort_keys=True, separators=(",", ":")),
         "output_path": j.output,
         "output_root": j.output_root or None,
+        "project": j.project,
         "state": JobState.QUEUED.value,
         "estimate_micro_usd": est.micro_usd,
         "billable_units": str(est.billable_units),

@@ -115,5 +115,14 @@ def test_report_time_window_and_bad_dates(tmp_path, media, emulator_factory):
     assert json.loads(past.stdout)["total"]["billed_usd"] == "0.00"
     now = CliRunner().invoke(cli, ["report", "--since", "2000-01-01", "--format", "json"], env=env)
     assert json.loads(now.stdout)["total"]["billed_usd"] == "0.60"
-    bad = CliRunner().invoke(cli, ["report", "--since", "yesterday"], env=env)
-    assert bad.exit_code == 2 and "not an ISO 8601 date" in bad.stderr
+    for forms in (["--since", "yesterday"], ["--since", "24h"], ["--since", "7d", "--until", "today"]):
+        got = CliRunner().invoke(cli, ["report", *forms, "--format", "json"], env=env)
+        assert got.exit_code == 0, got.stderr
+    day = json.loads(CliRunner().invoke(cli, ["report", "--since", "90m", "--format", "json"], env=env).stdout)
+    assert day["total"]["billed_usd"] == "0.60"
+    bad = CliRunner().invoke(cli, ["report", "--since", "last tuesday" * 20], env=env)
+    assert bad.exit_code == 2 and "90m, 24h, 7d" in bad.stderr and bad.stdout == ""
+    assert "last tuesday" * 4 not in bad.stderr  # the bad value is quoted cut short
+    nope = CliRunner().invoke(cli, ["report", "--batch", "nope", "--batch", "b"], env=env)
+    assert nope.exit_code == 3 and nope.stdout == ""
+    assert nope.stderr.startswith("Error: no batch named 'nope'") and "batch-runner status" in nope.stderr

@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[2] / "batch_runner"
 LAYERS = {
     "errors": 0,
     "domain": 1,
+    "timewindow": 1,  # --since/--until forms (ISO, 24h, yesterday), pure: now is passed
     "schema": 1,  # endpoint input fields and their checks, under the catalog that uses them
     "catalog": 2,
     "config": 2,
