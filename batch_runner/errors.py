@@ -155,6 +155,19 @@ class InvalidItemsError(BatchRunnerError):
 
     exit_code = 4
 
+    def __init__(self, message: str | None = None, *, hint: str | None = None, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems  # one line per invalid source, "origin: source: reason"
+
+    def lines(self) -> list[str]:
+        if not self.problems:
+            return super().lines()
+        limit = ManifestErrorsError.LIMIT
+        out = [f"{p} ({self.user_hint})" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            out.append(f"… and {len(self.problems) - limit} more invalid source(s) ({self.user_hint})")
+        return out
+
 
 class BudgetExceededError(BatchRunnerError):
     """The estimated cost is over the budget."""

@@ -70,7 +70,7 @@ def test_missing_required_field(files: Path):
 
 def test_wrong_type_in_defaults(files: Path):
     err = fails(files, HEAD + "  resolution: 720\nmatrix:\n  aspect_ratio: [1:1]\nsources: [media/a.mp4]\n")
-    assert err.line == 5 and err.field == "resolution" and "got int 720" in str(err)
+    assert err.line == 5 and err.field == "resolution" and "got an integer 720" in str(err)
 
 
 def test_unknown_endpoint_suggests_alias(files: Path):
