@@ -103,21 +103,19 @@ def load_manifest(path: Path) -> Manifest:
         template = template or _default_template(ep, matrix)
         problems.attempt(_check_template_fields, template, ep, matrix, file, template_line)
     warnings: list[str] = []
+    top_problems = len(problems.errors) or ep is None
     sources = expand_sources(doc, ep, base, file, warnings, problems) if ep is not None else []
-    if problems.errors or ep is None:
-        problems.raise_any()
-    assert (
-        ep is not None
-        and batch
-        and defaults is not None
-        and matrix is not None
-        and overrides is not None
-        and tags is not None
-    )
-    assert output_root is not None and template
-    x = _Expansion(file, base, batch, ep, defaults, matrix, overrides, tags, output_root, template, template_line)
-    jobs = _jobs(x, sources)
-    _check_duplicate_outputs(jobs, template, file, template_line)
+    jobs: list[JobSpec] | None = None
+    if not top_problems:
+        assert ep and batch and defaults is not None and matrix is not None and overrides is not None
+        assert tags is not None and output_root is not None and template
+        # the jobs of the sources that could be read are checked too, so one pass shows everything
+        x = _Expansion(file, base, batch, ep, defaults, matrix, overrides, tags, output_root, template, template_line)
+        jobs = problems.attempt(_jobs, x, sources)
+        if jobs is not None and not problems.errors:
+            problems.attempt(_check_duplicate_outputs, jobs, template, file, template_line)
+    problems.raise_any()
+    assert ep is not None and batch and tags is not None and output_root is not None and jobs is not None
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
 
 

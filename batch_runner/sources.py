@@ -142,10 +142,10 @@ def expand_sources(
         return []
     out: list[Source] = []
     for i, item in enumerate(items):
-        found = problems.attempt(
-            lambda i=i, item=item: list(_expand_item(item, i, items.line_of(i), ep, base, file, warnings))
-        )
-        out.extend(found or [])
+        try:  # the sources an item yields before its problems are kept, so their jobs are checked too
+            out.extend(_expand_item(item, i, items.line_of(i), ep, base, file, warnings))  # keeps what came
+        except ManifestError as err:
+            problems.add(err)
     return out
 
 

@@ -101,7 +101,12 @@ def load_yaml(path: Path, *, display: str | None = None) -> Any:
     """Parse one YAML file into LineDict/LineList values; errors name file:line."""
     name = display or str(path)
     text = _read_text(path, name)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader checks the characters here: a NUL byte fails now
+    except yaml.YAMLError as exc:
+        raise ManifestError(
+            f"not valid YAML: {shorten(str(exc).splitlines()[-1], 120)}", file=name, hint="remove control characters"
+        ) from exc
     loader.name = name
     try:
         node = loader.get_single_node()
