@@ -3,6 +3,7 @@
     BatchRunnerError                exit 1   root; its docstring is the default message
     ├── ConfigError                 exit 3   bad setting, price file or endpoint name
     │   └── ManifestError           exit 3   a manifest problem at file:line, field
+    │       └── ManifestErrorsError exit 3   several manifest problems, one `Error:` line each
     ├── InvalidItemsError           exit 4   plan found invalid sources (see --skip-invalid)
     ├── BudgetExceededError         exit 5   the estimate is over --max-cost / the budget
     ├── DatabaseError               exit 6   unreachable, locked or failing database
@@ -23,10 +24,51 @@
         └── AmbiguousSubmitError    exit 9   a submit may or may not have been accepted (uncertain)
 
 Exit codes are a public interface, documented in the README and in `--help`.
-Messages say what failed, where, and one hint; they never contain a secret.
+Messages say what failed, where, and one hint; they never contain a secret. Every class carries
+a `default_hint`, so no error reaches the user without one; `shorten` bounds any quoted input.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+#: The most characters of one input value a message quotes (see `shorten`).
+QUOTE_CHARS = 60
+
+
+def shorten(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """A bounded, one-line repr of a user's value for a message: long values are cut in the middle
+    and say how long they were; containers are named by kind and size, never expanded."""
+    if isinstance(value, (list, tuple, dict, set)):
+        kind = "mapping" if isinstance(value, dict) else "list"
+        text = repr(value) if len(value) <= 8 else ""
+        if text and len(text) <= limit:
+            return text
+        return f"a {kind} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    text = repr(value) if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 20, 10)
+    return f"{text[: keep // 2]}…{text[-(keep // 2) :]} ({len(text)} characters)"
+
+
+def type_name(value: Any) -> str:
+    """The YAML/JSON word for a value's type, never one of our internal classes."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "a value of another kind"
 
 
 class BatchRunnerError(Exception):
@@ -34,10 +76,12 @@ class BatchRunnerError(Exception):
 
     exit_code: int = 1
     retryable: bool = False
+    #: What to do next when the raiser gave no better hint; every subclass has one.
+    default_hint: str = "rerun with -v for details"
 
     def __init__(self, message: str | None = None, *, hint: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
-        self.hint = hint
+        self.hint = hint  # the raiser's own hint; `user_hint` falls back to the class's
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -45,15 +89,28 @@ class BatchRunnerError(Exception):
             return f"{self.message} ({self.hint})"
         return self.message
 
+    @property
+    def user_hint(self) -> str:
+        """What to do next: the raiser's hint, else the class's default (never empty)."""
+        return self.hint or self.default_hint
+
+    def lines(self) -> list[str]:
+        """The error as the CLI shows it: one line per problem, each with its hint."""
+        return [f"{self.message} ({self.user_hint})"]
+
 
 class ConfigError(BatchRunnerError):
     """The configuration is invalid."""
+
+    default_hint = "check the setting or file named above"
 
     exit_code = 3
 
 
 class ManifestError(ConfigError):
     """The manifest is invalid."""
+
+    default_hint = 'fix the manifest; see README "Manifest format"'
 
     def __init__(
         self,
@@ -72,20 +129,58 @@ class ManifestError(ConfigError):
         super().__init__(f"{where}{what}{message}", hint=hint)
 
 
+class ManifestErrorsError(ManifestError):
+    """Several problems in one manifest: each is shown on its own line, then the CLI exits once."""
+
+    default_hint = 'fix the manifest; see README "Manifest format"'
+    #: The most problems listed; past it one line says how many more there are.
+    LIMIT = 20
+
+    def __init__(self, errors: list[ManifestError], more: int = 0) -> None:
+        self.errors, self.more = errors, more
+        total = len(errors) + more
+        super().__init__(f"{total} problems in the manifest", hint=errors[0].hint if errors else None)
+
+    def lines(self) -> list[str]:
+        out = [line for err in self.errors for line in err.lines()]
+        if self.more:
+            out.append(f"… and {self.more} more problem(s) (fix these first; the rest are listed next time)")
+        return out
+
+
 class InvalidItemsError(BatchRunnerError):
     """Some sources are invalid."""
 
+    default_hint = "fix them, or pass --skip-invalid to leave them out"
+
     exit_code = 4
+
+    def __init__(self, message: str | None = None, *, hint: str | None = None, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems  # one line per invalid source, "origin: source: reason"
+
+    def lines(self) -> list[str]:
+        if not self.problems:
+            return super().lines()
+        limit = ManifestErrorsError.LIMIT
+        out = [f"{p} ({self.user_hint})" for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            out.append(f"… and {len(self.problems) - limit} more invalid source(s) ({self.user_hint})")
+        return out
 
 
 class BudgetExceededError(BatchRunnerError):
     """The estimated cost is over the budget."""
+
+    default_hint = "reduce the work or raise the budget"
 
     exit_code = 5
 
 
 class DatabaseError(BatchRunnerError):
     """The database failed."""
+
+    default_hint = "check --db / BATCH_RUNNER_DB and that the database is up"
 
     exit_code = 6
     retryable = True
@@ -94,11 +189,15 @@ class DatabaseError(BatchRunnerError):
 class DatabaseBehindError(DatabaseError):
     """The database schema is older than this version of batch-runner."""
 
+    default_hint = "run `batch-runner db upgrade`"
+
     retryable = False
 
 
 class DatabaseNotFoundError(DatabaseError):
     """No batch-runner database is at that location: it is missing, empty or another program's."""
+
+    default_hint = "check --db / BATCH_RUNNER_DB, or create one with `batch-runner db upgrade`"
 
     retryable = False
 
@@ -106,11 +205,15 @@ class DatabaseNotFoundError(DatabaseError):
 class LeaseLostError(DatabaseError):
     """The job's lease now belongs to someone else (or to nobody): this worker must let it go."""
 
+    default_hint = "nothing to do: another worker owns the job now"
+
     retryable = False
 
 
 class ProbeError(BatchRunnerError):
     """A source could not be probed."""
+
+    default_hint = "check that the source is a readable video or image file"
 
     exit_code = 7
 
@@ -118,15 +221,21 @@ class ProbeError(BatchRunnerError):
 class ToolMissingError(BatchRunnerError):
     """A required external tool is not installed."""
 
+    default_hint = "install ffmpeg: `sudo apt-get install ffmpeg` or `brew install ffmpeg`"
+
     exit_code = 8
 
 
 class JobsFailedError(BatchRunnerError):
     """Some jobs failed."""
 
+    default_hint = "see the summary; `batch-runner retry` runs them again"
+
 
 class RunInterruptedError(BatchRunnerError):
     """Interrupted; in-flight jobs are recorded and a later run resumes them."""
+
+    default_hint = "run the same command again to resume"
 
     exit_code = 130
 
@@ -134,11 +243,15 @@ class RunInterruptedError(BatchRunnerError):
 class ReconcileMismatchError(BatchRunnerError):
     """Our ledger and fal's usage differ."""
 
+    default_hint = "see the report for each difference"
+
     exit_code = 10
 
 
 class RemoteError(BatchRunnerError):
     """fal's API failed."""
+
+    default_hint = "check FAL_KEY, your account and https://status.fal.ai"
 
     exit_code = 9
 
@@ -160,23 +273,33 @@ class RemoteError(BatchRunnerError):
 class AuthError(RemoteError):
     """fal refused the API key."""
 
+    default_hint = "check FAL_KEY (or FAL_ADMIN_KEY)"
+
 
 class AccountLockedError(RemoteError):
     """The fal account is locked."""
+
+    default_hint = "top up your fal account; nothing more is sent"
 
 
 class InputRejectedError(RemoteError):
     """fal refused the input."""
 
+    default_hint = "fix the input named in fal's answer"
+
 
 class TransientRemoteError(RemoteError):
     """fal's API failed for now; the call can be repeated."""
+
+    default_hint = "retry later"
 
     retryable = True
 
 
 class RateLimitedError(TransientRemoteError):
     """fal's API asked us to slow down."""
+
+    default_hint = "slow down: lower --concurrency"
 
     def __init__(self, message: str | None = None, *, retry_after_s: float | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
@@ -185,6 +308,8 @@ class RateLimitedError(TransientRemoteError):
 
 class AmbiguousSubmitError(RemoteError):
     """A submit went out but no answer came back: it may or may not have been accepted."""
+
+    default_hint = "run `batch-runner resolve` before retrying, to avoid paying twice"
 
 
 #: Every documented exit code, for `--help` and the README test.

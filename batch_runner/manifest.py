@@ -9,19 +9,19 @@ The sources themselves are expanded in sources.py; this module reads the rest an
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import itertools
 import json
+import os
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import catalog, outpaths
 from .domain import JobSpec, is_remote, usd_to_micro
-from .sources import Source, expand_sources, manifest_error, read_tags, reject_unknown_keys
+from .errors import ManifestError, shorten, type_name
+from .sources import Problems, Source, expand_sources, manifest_error, raise_all, read_tags, reject_unknown_keys
 from .yamlload import LineDict, LineList, load_yaml
 
 TOP_KEYS = (
@@ -75,35 +75,70 @@ class _Expansion:
 
 
 def load_manifest(path: Path) -> Manifest:
-    """Parse and expand a manifest; raises ManifestError at the first problem."""
+    """Parse and expand a manifest; raises ManifestError with every problem found (up to a limit)."""
     path = Path(path)
     file = str(path)
     doc = load_yaml(path)
     if not isinstance(doc, LineDict):
-        raise manifest_error("a manifest is a YAML mapping (batch:, endpoint:, sources:, …)", file, 1)
-    reject_unknown_keys(doc, TOP_KEYS, file, "the manifest")
+        raise manifest_error(
+            f"a manifest is a YAML mapping (batch:, endpoint:, sources:, …), got {type_name(doc)}",
+            file,
+            1,
+            hint="start with `batch: NAME` and `endpoint: ALIAS` lines",
+        )
+    problems = Problems()
+    problems.attempt(reject_unknown_keys, doc, TOP_KEYS, file, "the manifest")
     base = path.resolve().parent
-    batch = _batch_name(doc, file)
-    ep = _endpoint(doc, file)
-    defaults = _mapping(doc, "defaults", file)
-    matrix = _matrix(doc, file, defaults)
-    overrides = _overrides(doc, file)
-    tags = read_tags(doc.get("tags"), file, doc.line_of("tags"), "tags")
-    budget, daily, warn_at = (_budget(doc, file, key) for key in BUDGET_KEYS)
-    output_root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
-    template = _optional_str(doc, "output", file, _default_template(ep, matrix))
+    batch = problems.attempt(_batch_name, doc, file)
+    ep = problems.attempt(_endpoint, doc, file)
+    defaults = problems.attempt(_mapping, doc, "defaults", file)
+    matrix = problems.attempt(_matrix, doc, file, defaults) if defaults is not None else None
+    overrides = problems.attempt(_overrides, doc, file)
+    tags = problems.attempt(read_tags, doc.get("tags"), file, doc.line_of("tags"), "tags")
+    budget, daily, warn_at = (problems.attempt(_budget, doc, file, key) for key in BUDGET_KEYS)
+    output_root = problems.attempt(_output_root, doc, file, base)
+    template = problems.attempt(_optional_str, doc, "output", file, "")
     template_line = doc.line_of("output")
-    _check_template_fields(template, ep, matrix, file, template_line)
-    x = _Expansion(file, base, batch, ep, defaults, matrix, overrides, tags, output_root, template, template_line)
-
+    if ep is not None and matrix is not None:
+        template = template or outpaths.default_template(ep, matrix)
+        problems.attempt(outpaths.check_template_fields, template, ep, matrix, file, template_line)
     warnings: list[str] = []
-    sources = list(expand_sources(doc, ep, base, file, warnings))
-    jobs = _jobs(x, sources)
-    project = _project(doc, file)
+    top_problems = len(problems.errors) or ep is None
+    sources = expand_sources(doc, ep, base, file, warnings, problems) if ep is not None else []
+    jobs: list[JobSpec] | None = None
+    if not top_problems:
+        assert ep and batch and defaults is not None and matrix is not None and overrides is not None
+        assert tags is not None and output_root is not None and template
+        # the jobs of the sources that could be read are checked too, so one pass shows everything
+        x = _Expansion(file, base, batch, ep, defaults, matrix, overrides, tags, output_root, template, template_line)
+        jobs = problems.attempt(_jobs, x, sources)
+        if jobs is not None and not problems.errors:
+            problems.attempt(outpaths.check_duplicate_outputs, jobs, template, file, template_line)
+    project = problems.attempt(_project, doc, file)
+    problems.raise_any()
+    assert ep is not None and batch and tags is not None and output_root is not None and jobs is not None
     if project is not None:
         jobs = [dataclasses.replace(j, project=project) for j in jobs]
-    _check_duplicate_outputs(jobs, template, file, template_line)
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
+
+
+def _output_root(doc: LineDict, file: str, base: Path) -> Path:
+    """output_root, resolved; a file in its place or a folder that cannot be written is an error now,
+    before any money is spent on jobs whose results would have nowhere to go."""
+    root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
+    line = doc.line_of("output_root")
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise manifest_error(
+            f"{shorten(str(probe))} is a file, not a folder", file, line, "output_root", "point output_root at a folder"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise manifest_error(
+            f"cannot write to {shorten(str(probe))}", file, line, "output_root", "choose a folder you can write to"
+        )
+    return root
 
 
 def _jobs(x: _Expansion, sources: list[Source]) -> list[JobSpec]:
@@ -111,10 +146,17 @@ def _jobs(x: _Expansion, sources: list[Source]) -> list[JobSpec]:
     keys = list(x.matrix)
     combos = list(itertools.product(*(x.matrix[k] for k in keys))) or [()]
     jobs: list[JobSpec] = []
+    problems = Problems()
     for index, src in enumerate(sources, start=1):
-        params, where = _source_params(x, src)
+        located = problems.attempt(_source_params, x, src)
+        if located is None:
+            continue
+        params, where = located
         for combo in combos:
-            jobs.append(_job(x, src, index, params, where, dict(zip(keys, combo, strict=True))))
+            job = problems.attempt(_job, x, src, index, params, where, dict(zip(keys, combo, strict=True)))
+            if job is not None:
+                jobs.append(job)
+    problems.raise_any()
     return jobs
 
 
@@ -160,7 +202,7 @@ def _job(
     _resolve_media(ep, params, x.base)
     _validate(ep, params, where, src.origin)
     full = ep.with_defaults(params)
-    out = _render(x.template, full, src, x.batch, ep, index, x.output_root, x.file, x.template_line)
+    out = outpaths.render(x.template, full, src, x.batch, ep, index, x.output_root, x.file, x.template_line)
     return JobSpec(
         batch=x.batch,
         endpoint=ep.id,
@@ -184,22 +226,38 @@ def _job(
 
 def _require_str(doc: LineDict, key: str, file: str) -> str:
     if key not in doc:
-        raise manifest_error("is required", file, doc.line, key)
+        raise manifest_error("is required", file, doc.line, key, f"add a line `{key}: {_EXAMPLES[key]}`")
     value = doc[key]
     if not isinstance(value, str) or not value.strip():
-        raise manifest_error(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
+        raise manifest_error(
+            f"must be a non-empty string, got {_got(value)}",
+            file,
+            doc.line_of(key),
+            key,
+            f"e.g. {key}: {_EXAMPLES[key]}",
+        )
     return value.strip()
+
+
+_EXAMPLES = {"batch": "nightly-reframe", "endpoint": "ray-3.2/reframe", "project": "marketing-q3"}
+
+
+def _got(value: Any) -> str:
+    """What a wrong value was, for a message: its kind, and the value itself when it is short."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return f"{type_name(value)} {shorten(value)}"
+    return type_name(value)
 
 
 def _batch_name(doc: LineDict, file: str) -> str:
     batch = _require_str(doc, "batch", file)
     if not BATCH_NAME.match(batch):
         raise manifest_error(
-            f'"{batch}" is not a valid batch name',
+            f"{shorten(batch)} is not a valid batch name",
             file,
             doc.line_of("batch"),
             "batch",
-            "use letters, digits, '.', '_' and '-'",
+            "use letters, digits, '.', '_' and '-' (at most 200)",
         )
     return batch
 
@@ -210,7 +268,7 @@ def _endpoint(doc: LineDict, file: str) -> catalog.Endpoint:
         return catalog.endpoint(ep_name)
     except KeyError:
         raise manifest_error(
-            f'unknown endpoint "{ep_name}"',
+            f"unknown endpoint {shorten(ep_name)}",
             file,
             doc.line_of("endpoint"),
             "endpoint",
@@ -223,10 +281,11 @@ def _overrides(doc: LineDict, file: str) -> LineDict:
     for pattern in overrides:
         if not isinstance(overrides[pattern], LineDict):
             raise manifest_error(
-                "an override maps a source pattern to parameters",
+                f"an override maps a source pattern to parameters, got {type_name(overrides[pattern])}",
                 file,
                 overrides.line_of(pattern),
-                f"overrides.{pattern}",
+                f"overrides.{shorten(pattern, 40)}",
+                'e.g. overrides: {"clip01*": {prompt: "…"}}',
             )
     return overrides
 
@@ -250,9 +309,11 @@ def _project(doc: LineDict, file: str) -> str | None:
 
 def _optional_str(doc: LineDict, key: str, file: str, default: str) -> str:
     value = doc.get(key, default)
-    if not isinstance(value, str) or not value.strip():
-        raise manifest_error(f"must be a non-empty string, got {value!r}", file, doc.line_of(key), key)
-    return value
+    if key in doc and (not isinstance(value, str) or not value.strip()):
+        raise manifest_error(
+            f"must be a non-empty string, got {_got(value)}", file, doc.line_of(key), key, "quote it, or leave it out"
+        )
+    return str(value)
 
 
 def _mapping(doc: LineDict, key: str, file: str) -> LineDict:
@@ -262,7 +323,13 @@ def _mapping(doc: LineDict, key: str, file: str) -> LineDict:
         empty.line, empty.key_lines = doc.line_of(key), {}
         return empty
     if not isinstance(value, LineDict):
-        raise manifest_error(f"must be a mapping, got {type(value).__name__}", file, doc.line_of(key), key)
+        raise manifest_error(
+            f"must be a mapping, got {type_name(value)}",
+            file,
+            doc.line_of(key),
+            key,
+            f"e.g. {key}: {{resolution: 720p}}",
+        )
     return value
 
 
@@ -278,7 +345,9 @@ def _matrix(doc: LineDict, file: str, defaults: LineDict) -> LineDict:
                 f"e.g. {name}: [a, b]",
             )
         if len(set(map(json.dumps, values))) != len(values):
-            raise manifest_error("lists the same value twice", file, matrix.line_of(name), f"matrix.{name}")
+            raise manifest_error(
+                "lists the same value twice", file, matrix.line_of(name), f"matrix.{name}", "list each value once"
+            )
         if name in defaults:
             raise manifest_error(
                 "is both in defaults and in matrix",
@@ -310,7 +379,7 @@ def _budget(doc: LineDict, file: str, key: str) -> int | None:
             raise ValueError
     except ValueError:
         raise manifest_error(
-            f"must be a positive USD amount, got {raw!r}",
+            f"must be a positive USD amount, got {_got(raw)}",
             file,
             budget.line_of(key),
             f"budget.{key}",
@@ -354,94 +423,9 @@ def _resolve_media(ep: catalog.Endpoint, params: dict[str, Any], base: Path) -> 
 
 
 def _validate(ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str], origin: str) -> None:
-    issues = ep.validate(params)
-    if issues:
-        issue = issues[0]
+    """Every problem of one job's input, each at the file:line its field was set."""
+    errors: list[ManifestError] = []
+    for issue in ep.validate(params):
         loc = where.get(issue.loc[0], origin)
-        raise manifest_error(issue.msg, *_where(loc), issue.field, issue.hint)
-
-
-# --------------------------------------------------------------------------- output paths
-
-
-def _default_template(ep: catalog.Endpoint, matrix: LineDict) -> str:
-    parts = "".join(f"_{{{k}}}" for k in matrix)
-    return "{batch}/{stem}" + parts + ".mp4"
-
-
-_FIXED_VARS = ("batch", "stem", "ext", "index", "endpoint")
-
-
-def _check_template_fields(template: str, ep: catalog.Endpoint, matrix: LineDict, file: str, line: int) -> None:
-    known = (*_FIXED_VARS, *ep.field_map)
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise manifest_error(f"bad template: {exc}", file, line, "output", "use {name} placeholders") from None
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            raise manifest_error(
-                f"unknown placeholder {{{name}}}",
-                file,
-                line,
-                "output",
-                f"did you mean {{{close[0]}}}?" if close else f"known: {', '.join(known)}",
-            )
-
-
-def _slug(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value).replace(":", "x")
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-") or "_"
-
-
-def _render(
-    template: str,
-    params: dict[str, Any],
-    src: Source,
-    batch: str,
-    ep: catalog.Endpoint,
-    index: int,
-    root: Path,
-    file: str,
-    line: int,
-) -> Path:
-    values = {k: _slug(v) for k, v in params.items() if not isinstance(v, (dict, list))}
-    values.update(batch=batch, stem=_slug(src.stem), ext=src.ext, index=str(index), endpoint=ep.alias.replace("/", "-"))
-    try:
-        rendered = template.format_map(values)
-    except KeyError as exc:
-        raise manifest_error(
-            f"placeholder {{{exc.args[0]}}} has no value for {src.origin}",
-            file,
-            line,
-            "output",
-            f"set {exc.args[0]} in defaults or drop it from the template",
-        ) from None
-    out = (root / rendered).resolve()
-    if not out.is_relative_to(root) or out == root:
-        raise manifest_error(
-            f"output path {out} escapes the output root {root}",
-            file,
-            line,
-            "output",
-            "remove '..' and absolute paths from the template",
-        )
-    return out
-
-
-def _check_duplicate_outputs(jobs: list[JobSpec], template: str, file: str, line: int) -> None:
-    seen: dict[str, JobSpec] = {}
-    for job in jobs:
-        other = seen.get(job.output)
-        if other is not None:
-            raise manifest_error(
-                f"two jobs write {job.output} ({other.origin} and {job.origin})",
-                file,
-                line,
-                "output",
-                "add {stem} or the swept parameters to the output template",
-            )
-        seen[job.output] = job
+        errors.append(manifest_error(issue.msg, *_where(loc), issue.field, issue.hint))
+    raise_all(errors)

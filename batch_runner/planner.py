@@ -24,6 +24,7 @@ from .errors import (
     ConfigError,
     InvalidItemsError,
     ManifestError,
+    shorten,
 )
 from .manifest import Manifest, load_manifest
 from .pricing import PriceTable
@@ -336,6 +337,10 @@ def invalid_items_error(plan_: Plan) -> InvalidItemsError:
     return InvalidItemsError(
         f"{len(plan_.invalid)} invalid source(s): {first.origin}: {first.source}: {first.reason}{more}",
         hint="fix them, or pass --skip-invalid to leave them out",
+        problems=tuple(
+            f"{i.origin}: {i.source if len(i.source) <= 200 else shorten(i.source, 200)}: {i.reason}"
+            for i in plan_.invalid
+        ),
     )
 
 

@@ -56,9 +56,13 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     except FileNotFoundError:
         raise ProbeError(f"{source}: file not found", hint="check the path or glob in the manifest") from None
     except OSError as exc:
-        raise ProbeError(f"{source}: cannot read: {exc.strerror}") from exc
+        raise ProbeError(f"{source}: cannot read: {exc.strerror}", hint="check the file's permissions") from exc
+    if path.is_dir():
+        raise ProbeError(f"{source}: is a folder, not a file", hint="use a glob such as folder/*.mp4")
     if not path.is_file():
-        raise ProbeError(f"{source}: not a regular file")
+        raise ProbeError(f"{source}: not a regular file", hint="give a regular media file")
+    if not os.access(path, os.R_OK):
+        raise ProbeError(f"{source}: cannot read: permission denied", hint="check the file's permissions")
     if st.st_size == 0:
         raise ProbeError(f"{source}: file is empty (0 bytes)", hint="re-export or re-download the source")
     return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
@@ -174,6 +178,10 @@ def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult
     is_image = fmt.get("format_name", "") in _IMAGE_FORMATS
     if kind == "video" and is_image:
         raise ProbeError(f"{source}: is an image, not a video", hint="use it as an image_url input")
+    if kind == "image" and not is_image and _is_moving(video, fmt):
+        raise ProbeError(
+            f"{source}: is a video, not an image", hint="give a still image (PNG, JPEG, WebP) for this endpoint"
+        )
     duration = None
     if kind == "video":
         duration = _decimal(video.get("duration")) or _decimal(fmt.get("duration"))
@@ -193,6 +201,15 @@ def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
         size_bytes=int(size) if size and str(size).isdigit() else None,
     )
+
+
+def _is_moving(video: dict[str, Any], fmt: dict[str, Any]) -> bool:
+    """More than one frame, or a duration longer than one: a video, whatever its container."""
+    frames = str(video.get("nb_frames") or "")
+    if frames.isdigit():
+        return int(frames) > 1
+    duration = _decimal(video.get("duration")) or _decimal(fmt.get("duration"))
+    return duration is not None and duration > Decimal("0.1")
 
 
 def _decimal(value: Any) -> Decimal | None:

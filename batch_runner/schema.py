@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from .errors import shorten, type_name
+
 
 @dataclass(frozen=True)
 class Issue:
@@ -54,7 +56,7 @@ Rule = Callable[[dict[str, Any], "Decimal | None"], Iterable[Issue]]
 
 
 def suggest(value: Any, choices: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(value)[:200], list(choices), n=1, cutoff=0.5)
     return f'did you mean "{match[0]}"?' if match else None
 
 
@@ -94,29 +96,56 @@ def check_fields(
         yield from _check_value(f, value, (*loc, name), allow_extra)
     for f in fields:
         if f.required and params.get(f.name) is None:
-            yield Issue((*loc, f.name), "field required", "missing")
+            yield Issue(
+                (*loc, f.name), "field required", "missing", f"set {f.name} in defaults, params or a rows column"
+            )
+
+
+_TYPE_HINTS = {
+    "string": "quote the value in YAML",
+    "enum": "quote the value in YAML",
+    "integer": "write a whole number",
+    "number": "write a number",
+    "boolean": "write true or false",
+    "object": "write a mapping of its fields",
+    "list": "write a list, e.g. [a, b]",
+}
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return type_name(value)
+    return f"{type_name(value)} {shorten(value)}"
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if len(value) <= 60 and '"' not in value else shorten(value)
 
 
 def _check_value(f: Field, value: Any, loc: tuple[str, ...], allow_extra: bool) -> Iterable[Issue]:
     if not _type_ok(f.type, value):
         want = "one of " + ", ".join(f.enum) if f.type == "enum" else f"a {f.type}"
+        yield Issue(loc, f"must be {want}, got {_got(value)}", f"{f.type}_type", _TYPE_HINTS.get(f.type))
+        return
+    if isinstance(value, str) and "\x00" in value:
+        yield Issue(loc, "contains a NUL character", "value_error", "remove the \\0 from the value")
+    elif f.type == "string" and f.required and not value.strip():
+        yield Issue(loc, "must not be empty", "string_too_short", f"give a {f.name}")
+    elif f.type == "enum" and value not in f.enum:
         yield Issue(
             loc,
-            f"must be {want}, got {type(value).__name__} {value!r}",
-            f"{f.type}_type",
-            "quote the value in YAML" if f.type in ("enum", "string") else None,
+            f"{_quote(value)} is not one of {', '.join(f.enum)}",
+            "enum",
+            suggest(value, f.enum) or "pick one of them",
         )
-        return
-    if f.type == "enum" and value not in f.enum:
-        yield Issue(loc, f'"{value}" is not one of {", ".join(f.enum)}', "enum", suggest(value, f.enum))
     elif f.type == "string" and f.max_length and len(value) > f.max_length:
-        yield Issue(loc, f"is {len(value)} characters, at most {f.max_length} allowed", "string_too_long")
+        yield Issue(loc, f"is {len(value)} characters, at most {f.max_length} allowed", "string_too_long", "shorten it")
     elif f.type == "object":
         yield from check_fields(f.fields, value, loc, allow_extra)
     elif f.type == "list":
         for i, item in enumerate(value):
             if not _type_ok(f.items or "string", item):
-                yield Issue((*loc, str(i)), f"must be a {f.items}, got {item!r}", f"{f.items}_type")
+                yield Issue((*loc, str(i)), f"must be a {f.items}, got {_got(item)}", f"{f.items}_type", "quote it")
 
 
 # --------------------------------------------------------------------------- cross-field rules

@@ -11,19 +11,54 @@ import difflib
 import glob as globlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import catalog
 from .domain import is_remote
-from .errors import ManifestError
+from .errors import ManifestError, ManifestErrorsError, shorten, type_name
 from .yamlload import LineDict, LineList
 
 SOURCE_KEYS = ("glob", "path", "url", "rows", "name", "params", "tags")
 _KINDS = ("glob", "path", "url", "rows")
 _GLOB_CHARS = set("*?[")
+_T = TypeVar("_T")
+
+
+class Problems:
+    """Every problem found in a manifest, in order and once each, so the user sees them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[ManifestError] = []
+        self._seen: set[str] = set()
+
+    def add(self, err: ManifestError) -> None:
+        for one in err.errors if isinstance(err, ManifestErrorsError) else [err]:
+            if str(one) not in self._seen:
+                self._seen.add(str(one))
+                self.errors.append(one)
+
+    def attempt(self, fn: Callable[..., _T], *args: Any) -> _T | None:
+        """fn(*args), or None with its problems noted."""
+        try:
+            return fn(*args)
+        except ManifestError as err:
+            self.add(err)
+            return None
+
+    def raise_any(self) -> None:
+        """Raise what was found: one error as itself, several as one ManifestErrorsError."""
+        raise_all(self.errors)
+
+
+def raise_all(errors: list[ManifestError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        limit = ManifestErrorsError.LIMIT
+        raise ManifestErrorsError(errors[:limit], max(len(errors) - limit, 0))
 
 
 @dataclass
@@ -47,17 +82,21 @@ def manifest_error(
 
 
 def reject_unknown_keys(d: LineDict, allowed: tuple[str, ...], file: str, context: str) -> None:
-    """Raise at the first key that is not allowed, suggesting the closest allowed one."""
+    """Raise for every key that is not allowed, each suggesting the closest allowed one."""
+    errors = []
     for key in d:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
-            raise manifest_error(
-                f"unknown key in {context}",
-                file,
-                d.line_of(key),
-                key,
-                f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}",
+            errors.append(
+                manifest_error(
+                    f"unknown key in {context}",
+                    file,
+                    d.line_of(key),
+                    shorten(key, 40).strip("'"),
+                    f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}",
+                )
             )
+    raise_all(errors)
 
 
 def read_tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
@@ -67,19 +106,47 @@ def read_tags(value: Any, file: str, line: int, fld: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = re.split(r"[;,]", value)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise manifest_error("must be a list of strings", file, line, fld)
+        raise manifest_error(
+            f"must be a list of strings, got {type_name(value)}", file, line, fld, "e.g. tags: [nightly, social]"
+        )
     return tuple(t.strip() for t in value if t.strip())
 
 
-def expand_sources(doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warnings: list[str]) -> Iterator[Source]:
-    """Every concrete source of the manifest's `sources:` list, in written order."""
+def expand_sources(
+    doc: LineDict, ep: catalog.Endpoint, base: Path, file: str, warnings: list[str], problems: Problems
+) -> list[Source]:
+    """Every concrete source of the manifest's `sources:` list, in written order; each item's
+    problems are noted and the next item is read."""
     items = doc.get("sources")
     if items is None:
-        raise manifest_error("is required: a list of globs, paths, URLs or rows files", file, doc.line, "sources")
+        problems.add(
+            manifest_error(
+                "is required: a list of globs, paths, URLs or rows files",
+                file,
+                doc.line,
+                "sources",
+                'e.g. sources: [{glob: "media/*.mp4"}]',
+            )
+        )
+        return []
     if not isinstance(items, LineList) or not items:
-        raise manifest_error("must be a non-empty list", file, doc.line_of("sources"), "sources")
+        problems.add(
+            manifest_error(
+                f"must be a non-empty list, got {type_name(items)}",
+                file,
+                doc.line_of("sources"),
+                "sources",
+                'e.g. sources: [{glob: "media/*.mp4"}]',
+            )
+        )
+        return []
+    out: list[Source] = []
     for i, item in enumerate(items):
-        yield from _expand_item(item, i, items.line_of(i), ep, base, file, warnings)
+        try:  # the sources an item yields before its problems are kept, so their jobs are checked too
+            out.extend(_expand_item(item, i, items.line_of(i), ep, base, file, warnings))  # keeps what came
+        except ManifestError as err:
+            problems.add(err)
+    return out
 
 
 def _item_spec(item: Any, line: int, file: str, fld: str) -> LineDict:
@@ -123,7 +190,9 @@ def _expand_item(
     if not ep.source_field and kind != "rows":
         raise manifest_error(f"{ep.alias} takes no media source; give prompts as params or rows", file, line, fld)
     if kind == "rows":
-        yield from _rows(base / value, ep, file, spec.line_of(kind), params, where, tags)
+        yield from _rows(
+            base / value, ep, file, spec.line_of(kind), Source(None, "", "", params, where, tags, origin), warnings
+        )
     elif kind == "url":
         if not is_remote(value):
             raise manifest_error("must start with http:// or https://", file, spec.line_of(kind), f"{fld}.url")
@@ -162,60 +231,77 @@ def _item_params(spec: LineDict, file: str, fld: str) -> tuple[dict[str, Any], d
 
 
 def _rows(
-    path: Path,
-    ep: catalog.Endpoint,
-    file: str,
-    line: int,
-    params: dict[str, Any],
-    where: dict[str, str],
-    tags: tuple[str, ...],
+    path: Path, ep: catalog.Endpoint, file: str, line: int, like: Source, warnings: list[str]
 ) -> Iterator[Source]:
+    """One source per row; every row's problems are noted before raising. `like` carries the item's
+    params, tags and origin."""
     rows_file = str(path)
     if not path.is_file():
-        raise manifest_error(
-            f"rows file {rows_file} not found", file, line, "rows", "paths are relative to the manifest"
-        )
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise manifest_error(f"rows file {rows_file} {what}", file, line, "rows", "paths are relative to the manifest")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
-        raise manifest_error(f"rows file must be .csv or .jsonl, got {path.name}", file, line, "rows")
-    src_cols = ("source", ep.source_field) if ep.source_field else ()
+        raise manifest_error(
+            f"rows file must be .csv or .jsonl, got {shorten(path.name)}", file, line, "rows", "rename it or convert it"
+        )
+    errors: list[ManifestError] = []
+    count = 0
     for row_line, row in _read_rows(path, suffix):
-        origin = f"{rows_file}:{row_line}"
-        row = {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
-        source = None
-        for col in src_cols:
-            if col in row:
-                source = row.pop(col)
-        row_tags = read_tags(row.pop("tags", None), rows_file, row_line, "tags")
-        name = row.pop("name", None)
-        if ep.source_field and source is None and ep.field_map[ep.source_field].required:
-            raise manifest_error(
-                f'has no "source" column value ({ep.alias} takes a {ep.source_kind})', rows_file, row_line, "source"
-            )
-        if source is not None and not isinstance(source, str):
-            raise manifest_error("must be a path or URL string", rows_file, row_line, "source")
-        row_params = {k: _coerce(ep, k, v, rows_file, row_line, suffix) for k, v in row.items()}
-        merged, w = {**params, **row_params}, {**where, **dict.fromkeys(row_params, origin)}
-        if source is None:
-            yield Source(None, str(name or f"row{row_line}"), "", merged, w, tags + row_tags, origin)
-        elif is_remote(source):
-            yield Source(source, str(name or _stem(source)), _ext(source), merged, w, tags + row_tags, origin)
-        else:
-            p = (path.parent / source).resolve()
-            yield Source(str(p), str(name or p.stem), p.suffix.lstrip("."), merged, w, tags + row_tags, origin)
+        count += 1
+        try:
+            yield _row_source(path, ep, row_line, row, suffix, like)
+        except ManifestError as err:
+            errors.append(err)
+    raise_all(errors)
+    if count == 0:
+        warnings.append(f"{file}:{line}: rows file {rows_file} has no rows: 0 jobs from it")
+
+
+def _row_source(
+    path: Path, ep: catalog.Endpoint, row_line: int, row: dict[str, Any], suffix: str, like: Source
+) -> Source:
+    rows_file = str(path)
+    origin = f"{rows_file}:{row_line}"
+    row = {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
+    source = None
+    for col in ("source", ep.source_field) if ep.source_field else ():
+        if col in row:
+            source = row.pop(col)
+    row_tags = read_tags(row.pop("tags", None), rows_file, row_line, "tags")
+    name = row.pop("name", None)
+    if ep.source_field and source is None and ep.field_map[ep.source_field].required:
+        raise manifest_error(
+            f'has no "source" column value ({ep.alias} takes a {ep.source_kind})',
+            rows_file,
+            row_line,
+            "source",
+            f"fill in the source (or {ep.source_field}) column",
+        )
+    if source is not None and not isinstance(source, str):
+        raise manifest_error(
+            f"must be a path or URL string, got {type_name(source)}",
+            rows_file,
+            row_line,
+            "source",
+            "write it as a string",
+        )
+    row_params = {k: _coerce(ep, k, v, rows_file, row_line, suffix) for k, v in row.items()}
+    merged, w = {**like.params, **row_params}, {**like.where, **dict.fromkeys(row_params, origin)}
+    tags = like.tags + row_tags
+    if source is None:
+        return Source(None, str(name or f"row{row_line}"), "", merged, w, tags, origin)
+    if is_remote(source):
+        return Source(source, str(name or _stem(source)), _ext(source), merged, w, tags, origin)
+    p = (path.parent / source).resolve()
+    return Source(str(p), str(name or p.stem), p.suffix.lstrip("."), merged, w, tags, origin)
 
 
 def _read_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of a CSV (a UTF-8 BOM is allowed) or JSONL file with their line numbers."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             if suffix == ".csv":
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames:
-                    raise manifest_error("CSV file has no header row", str(path), 1)
-                for row in reader:
-                    if None in row:
-                        raise manifest_error("row has more cells than the header", str(path), reader.line_num)
-                    yield reader.line_num, row
+                yield from _csv_rows(path, fh)
                 return
             for n, text in enumerate(fh, start=1):
                 if not text.strip():
@@ -227,10 +313,47 @@ def _read_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
                         f"not valid JSON: {exc.msg}", str(path), n, hint="one JSON object per line"
                     ) from None
                 if not isinstance(obj, dict):
-                    raise manifest_error("each line must be a JSON object", str(path), n)
+                    raise manifest_error(
+                        f"each line must be a JSON object, got {type_name(obj)}",
+                        str(path),
+                        n,
+                        hint='e.g. {"prompt": "a red fox"}',
+                    )
                 yield n, obj
     except UnicodeDecodeError as exc:
-        raise manifest_error(f"not UTF-8 text: {exc.reason}", str(path), None) from exc
+        raise manifest_error(
+            f"is not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), None, hint="save it as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise manifest_error(f"cannot be read: {exc.strerror}", str(path), None, hint="check its permissions") from exc
+
+
+def _csv_rows(path: Path, fh: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(fh)
+    try:
+        header = reader.fieldnames
+    except csv.Error as exc:
+        raise manifest_error(f"not valid CSV: {exc}", str(path), 1, hint="check the quoting") from None
+    if not header:
+        raise manifest_error("CSV file has no header row", str(path), 1, hint="start with a header, e.g. source,prompt")
+    names = [h.strip() for h in header]
+    dupes = sorted({h for h in names if names.count(h) > 1})
+    if dupes:
+        raise manifest_error(
+            f"the header names {shorten(dupes[0])} twice", str(path), 1, "header", "give each column its own name"
+        )
+    try:
+        for row in reader:
+            if None in row:
+                raise manifest_error(
+                    f"row has more cells ({len(header) + len(row[None])}) than the header ({len(header)})",
+                    str(path),
+                    reader.line_num,
+                    hint="quote cells that contain commas",
+                )
+            yield reader.line_num, row
+    except csv.Error as exc:
+        raise manifest_error(f"not valid CSV: {exc}", str(path), reader.line_num, hint="check the quoting") from None
 
 
 def _coerce(ep: catalog.Endpoint, name: str, value: Any, file: str, line: int, suffix: str) -> Any:
@@ -253,8 +376,23 @@ def _coerce(ep: catalog.Endpoint, name: str, value: Any, file: str, line: int, s
         if f.type in ("object", "list"):
             return json.loads(value)
     except (ValueError, json.JSONDecodeError):
-        raise manifest_error(f"cannot read {value!r} as a {f.type}", file, line, name) from None
+        raise manifest_error(
+            f"cannot read {shorten(value)} as {type_name_of(f.type)}", file, line, name, _TYPE_HINTS.get(f.type)
+        ) from None
     return value
+
+
+_TYPE_HINTS = {
+    "integer": "write a whole number, e.g. 3",
+    "number": "write a number, e.g. 0.5",
+    "boolean": "write true or false",
+    "object": 'write JSON, e.g. {"x_norm": 0.1}',
+    "list": 'write a JSON list, e.g. ["a.png"]',
+}
+
+
+def type_name_of(kind: str) -> str:
+    return {"integer": "an integer", "object": "a JSON object", "list": "a JSON list"}.get(kind, f"a {kind}")
 
 
 def _stem(url: str) -> str:

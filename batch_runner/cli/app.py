@@ -22,10 +22,11 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code
 
 
 class CliError(click.ClickException):
-    """Our error, shown as `Error: …` on stderr with its documented exit code."""
+    """Our error, shown as `Error: …` on stderr with its documented exit code: one `Error:` line per
+    problem (a manifest may have several), each with its hint."""
 
     def __init__(self, err: BatchRunnerError) -> None:
-        super().__init__(str(err))
+        super().__init__("\nError: ".join(err.lines()))
         # click types exit_code as a ClassVar; ours is the error's, so it is set per instance
         self.exit_code = err.exit_code  # type: ignore[misc]
 

@@ -9,7 +9,8 @@ import click
 
 from .. import display, planner, runner
 from ..domain import JobState, format_usd
-from ..errors import BudgetExceededError
+from ..errors import BudgetExceededError, InvalidItemsError
+from ..manifest import load_manifest
 from ..records import JobRecord
 from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
 
@@ -48,6 +49,30 @@ def endpoints(app: App, as_json: bool) -> None:
 
 # --------------------------------------------------------------------------- plan / enqueue
 
+REQUIRE_JOBS = click.option(
+    "--require-jobs",
+    is_flag=True,
+    help="Exit with code 4 when the manifest makes 0 jobs (its globs and rows files match nothing).",
+)
+
+
+def check_jobs(jobs: int, invalid: int, require: bool) -> None:
+    """0 jobs is normal (an empty nightly folder) and said plainly on stderr; --require-jobs makes it exit 4."""
+    if jobs or invalid:
+        return
+    if require:
+        raise InvalidItemsError(
+            "0 jobs: the manifest's sources match nothing (--require-jobs)",
+            hint="check the globs and rows files, or drop --require-jobs",
+        )
+    click.echo(display.warning("0 jobs: the manifest's sources match nothing"), err=True)
+
+
+def check_manifest_jobs(manifest: Path, require: bool) -> None:
+    """For `run MANIFEST --require-jobs`: exit 4 before anything runs when the manifest makes 0 jobs."""
+    if require:
+        check_jobs(len(load_manifest(manifest).jobs), 0, True)
+
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("manifest", type=click.Path(path_type=Path))
@@ -59,6 +84,7 @@ def endpoints(app: App, as_json: bool) -> None:
     help="Exit with code 5 when the estimated total is over this amount.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
+@REQUIRE_JOBS
 @click.option(
     "--diff",
     "show_diff",
@@ -66,9 +92,18 @@ def endpoints(app: App, as_json: bool) -> None:
     help="Compare with the job table: new, changed (they bill again), unchanged and removed jobs.",
 )
 @click.pass_obj
-def plan(app: App, manifest: Path, as_json: bool, max_cost: int | None, skip_invalid: bool, show_diff: bool) -> None:
+def plan(
+    app: App,
+    manifest: Path,
+    as_json: bool,
+    max_cost: int | None,
+    skip_invalid: bool,
+    require_jobs: bool,
+    show_diff: bool,
+) -> None:
     """Expand MANIFEST, probe its sources and price every job. Writes no jobs, calls no API."""
     result = planner.plan(manifest, app.settings, app.prices, app.repo)
+    check_jobs(len(result.jobs), len(result.invalid), require_jobs)
     diff = planner.diff_plan(result, app.repo) if show_diff else None
     for w in result.warnings:
         click.echo(display.warning(w), err=True)
@@ -100,11 +135,13 @@ def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
+@REQUIRE_JOBS
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def enqueue(app: App, manifest: Path, skip_invalid: bool, as_json: bool) -> None:
+def enqueue(app: App, manifest: Path, skip_invalid: bool, require_jobs: bool, as_json: bool) -> None:
     """Write MANIFEST's jobs into the job table; jobs already there are left as they are."""
     result = planner.plan(manifest, app.settings, app.prices, app.repo)
+    check_jobs(len(result.jobs), len(result.invalid), require_jobs)
     for w in result.warnings:
         click.echo(display.warning(w), err=True)
     added = planner.enqueue(result, app.repo, skip_invalid=skip_invalid)

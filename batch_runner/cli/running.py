@@ -17,6 +17,7 @@ from ..config import Secret, Settings
 from ..domain import JobState, format_usd
 from ..errors import ConfigError
 from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+from .planning import REQUIRE_JOBS, check_manifest_jobs
 
 # --------------------------------------------------------------------------- run, work and friends
 
@@ -173,6 +174,7 @@ def _run_options(func: Any) -> Any:
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @_run_options
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
+@REQUIRE_JOBS
 @click.pass_obj
 def run(
     app: App,
@@ -186,8 +188,11 @@ def run(
     as_json: bool,
     strict_verify: bool,
     skip_invalid: bool,
+    require_jobs: bool,
 ) -> None:
     """Enqueue MANIFEST (if given) and process every pending job to a verified output, then exit."""
+    if manifest is not None:
+        check_manifest_jobs(manifest, require_jobs)  # --require-jobs: exit 4 on 0 jobs (planning.py)
     _run_command(
         app,
         manifest,

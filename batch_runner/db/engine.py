@@ -17,10 +17,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ..errors import DatabaseBehindError, DatabaseError, DatabaseNotFoundError
+from ..errors import DatabaseBehindError, DatabaseError, DatabaseNotFoundError, shorten
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -223,10 +223,19 @@ def create(url: str, pool_size: int | None = None) -> Engine:
         return engine
     # named in pg_stat_activity unless PGAPPNAME or the URL names it otherwise: workers are easy to spot
     named = {"fallback_application_name": "batch-runner"}
+    if parsed.get_backend_name() != "postgresql":
+        raise DatabaseError(
+            f"cannot use database {shorten(safe_url(url), 120)}: "
+            f"{shorten(parsed.get_backend_name(), 30)} is not supported, only SQLite and PostgreSQL",
+            hint="use sqlite:///PATH, a file path, or postgresql://user@host/db",
+        )
     try:
         return create_engine(parsed, pool_pre_ping=True, connect_args=named, **sizing)
-    except (ArgumentError, ImportError) as exc:
-        raise DatabaseError(f"cannot use database {safe_url(url)}: {exc}") from exc
+    except (ArgumentError, ImportError, NoSuchModuleError) as exc:
+        raise DatabaseError(
+            f"cannot use database {shorten(safe_url(url), 120)}: its driver is not installed",
+            hint="install batch-runner with its PostgreSQL driver (psycopg), or use sqlite:///PATH",
+        ) from exc
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -70,7 +70,7 @@ def test_missing_required_field(files: Path):
 
 def test_wrong_type_in_defaults(files: Path):
     err = fails(files, HEAD + "  resolution: 720\nmatrix:\n  aspect_ratio: [1:1]\nsources: [media/a.mp4]\n")
-    assert err.line == 5 and err.field == "resolution" and "got int 720" in str(err)
+    assert err.line == 5 and err.field == "resolution" and "got an integer 720" in str(err)
 
 
 def test_unknown_endpoint_suggests_alias(files: Path):
@@ -234,3 +234,27 @@ def test_budget_policies_are_parsed(files: Path):
     assert (m.budget_micro_usd, m.daily_budget_micro_usd, m.warn_at_micro_usd) == (25_000_000, 40_500_000, 20_000_000)
     err = fails(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\nbudget:\n  max_usd_per_week: "1"\n')
     assert err.line == 8 and "max_usd_per_day" in str(err)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_every_error_class_carries_a_hint() -> None:
+    from batch_runner import errors
+
+    classes = _subclasses(errors.BatchRunnerError)
+    assert len(classes) > 20
+    for cls in classes:
+        err = cls(errors=[]) if cls is errors.ManifestErrorsError else cls("something failed")
+        assert err.user_hint.strip(), cls.__name__
+        assert all(line.endswith(f"({err.user_hint})") for line in err.lines()), cls.__name__
+
+
+def test_shorten_bounds_any_quoted_value() -> None:
+    from batch_runner.errors import shorten
+
+    assert shorten("9x16") == "'9x16'"
+    long = shorten("x" * 1_000_000)
+    assert len(long) < 80 and "1000002 characters" in long
+    assert shorten(list(range(10_000))) == "a list of 10000 items"
