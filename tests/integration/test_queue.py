@@ -183,7 +183,8 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
     planner.enqueue(planner.plan(more.manifest, more.settings, load_price_table(), more.repo), more.repo)
     total = bench.sql("select count(*) from jobs")[0][0]
     assert total == 10
-    workers = [_worker(bench, f"m{i % 6}", pid=100 + i) for i in range(12)]
+    # leases long enough that no claim is swept as stale however slow a loaded machine is
+    workers = [_worker(bench, f"m{i % 6}", pid=100 + i, lease_s=600) for i in range(12)]
     run = workers[0].start_run("shared", "b", 7 * PRICE)  # room for 7 of the 10 jobs
     cap, peak, stops = 3, [0], []
     held: list[tuple[JobQueue, Claim]] = []
