@@ -12,7 +12,7 @@ import click
 from .. import display
 from ..config import ENV_FAL_PRICES, Secret
 from ..errors import ConfigError
-from .app import EXIT_CODES_HELP, App, Group, cli, emit_json
+from .app import App, Group, cli, emit_json, exit_codes_help
 
 # --------------------------------------------------------------------------- report
 
@@ -31,7 +31,7 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 6))
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
 @click.option("--since", callback=_when, metavar="WHEN", help="From this UTC date or time (ISO 8601).")
 @click.option("--until", callback=_when, metavar="WHEN", help="Up to this UTC date or time (exclusive).")
@@ -80,7 +80,7 @@ def report(
     click.echo(display.wrote(output), err=True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 6, 9, 10))
 @click.option(
     "--since",
     callback=_when,
@@ -142,7 +142,7 @@ def prices() -> None:
     """fal's own prices: sync them from fal's pricing API for plans and budgets."""
 
 
-@prices.command("sync", epilog=EXIT_CODES_HELP)
+@prices.command("sync", epilog=exit_codes_help(3, 9))
 @click.option(
     "-o",
     "--output",

@@ -11,7 +11,7 @@ from .. import display, planner, runner
 from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError
 from ..records import JobRecord
-from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+from .app import App, cli, emit_json, exit_codes_help, parse_usd
 
 
 def job_listing(job: JobRecord) -> dict[str, Any]:
@@ -34,7 +34,7 @@ _STATE_CHOICE = click.Choice([s.value for s in JobState])
 # --------------------------------------------------------------------------- endpoints
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
 def endpoints(app: App, as_json: bool) -> None:
@@ -49,7 +49,7 @@ def endpoints(app: App, as_json: bool) -> None:
 # --------------------------------------------------------------------------- plan / enqueue
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 4, 5, 6, 7, 8))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a stable interface).")
 @click.option(
@@ -97,7 +97,7 @@ def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) 
         )
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 4, 6, 7, 8))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -116,7 +116,7 @@ def enqueue(app: App, manifest: Path, skip_invalid: bool, as_json: bool) -> None
         click.echo(display.enqueued(added.batch, added.added, added.existing, len(result.invalid)))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((3, "no batch named --batch"), 6))
 @click.option("--batch", help="Only this batch.")
 @click.option(
     "--state",
