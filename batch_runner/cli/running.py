@@ -209,7 +209,11 @@ def run(
     )
 
 
-@cli.command(epilog=exit_codes_help(_JOBS_FAILED, 3, 5, 6, 8, 9, 130))
+@cli.command(
+    epilog=exit_codes_help(
+        _JOBS_FAILED, (3, "a setting is invalid, FAL_KEY is not set, or no batch has that name"), 5, 6, 8, 9, 130
+    )
+)
 @click.option(
     "--batch",
     "batches",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -22,3 +23,50 @@ def test_samples_makes_every_clip_and_still_distinct_past_one_round_of_patterns(
     assert [p.name for p in made] == [f"clip0{i}.mp4" for i in range(1, 7)] + [f"still0{i}.png" for i in range(1, 7)]
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in made}
     assert len(digests) == 12
+
+
+def _help(*cmd: str) -> str:
+    code, out, _ = _invoke(*cmd, "--help")
+    assert code == 0
+    return out
+
+
+def test_only_the_top_level_help_lists_every_exit_code():
+    top = _help()
+    assert "  10   reconcile found spend" in top and "  130  interrupted" in top
+    commands = []
+    for name, cmd in cli.commands.items():
+        subs = getattr(cmd, "commands", None)
+        commands += [(name, sub) for sub in subs] if subs else [(name,)]
+    for cmd in commands:
+        text = _help(*cmd)
+        assert "all exit codes: batch-runner --help" in text.lower(), cmd
+        assert "  0    success" not in text and "  2    usage error" not in text, cmd
+
+
+def test_each_command_lists_the_exit_codes_it_can_return():
+    show = _help("show")
+    assert "  3    no job matches JOB" in show and "  6    database" in show
+    assert "  5 " not in show and "  9 " not in show and "  130 " not in show
+    run = _help("run")
+    assert all(f"  {c:<4} " in run for c in (1, 3, 4, 5, 6, 7, 8, 9, 130)) and "  10   " not in run
+    assert "  10   reconcile" in _help("reconcile")
+    assert "Exit codes (" not in _help("endpoints")
+
+
+def test_work_help_speaks_of_the_batches_it_works_on_not_a_manifest():
+    work = " ".join(_help("work").split())
+    assert "manifest" not in work.lower()
+    assert "Work on this batch's jobs only (repeatable) [default: every batch]" in work
+    run = " ".join(_help("run").split())
+    assert "[default: MANIFEST's batch; without MANIFEST, every batch]" in run
+
+
+def test_db_current_json_says_the_revisions_and_whether_it_is_up_to_date(tmp_path: Path):
+    db = tmp_path / "jobs.db"
+    assert _invoke("--db", str(db), "db", "upgrade")[0] == 0
+    code, out, err = _invoke("--db", str(db), "db", "current", "--json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert set(data) == {"current", "head", "up_to_date"}
+    assert data["current"] == data["head"] and data["head"] and data["up_to_date"] is True
