@@ -56,7 +56,7 @@ def endpoints(app: App, as_json: bool) -> None:
     "--max-cost",
     callback=parse_usd,
     metavar="USD",
-    help="Exit with code 5 when the estimated total is over this amount.",
+    help="Exit with code 5 when the estimated total (with --diff: the cost the plan adds) is over this amount.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
 @click.option(
@@ -80,19 +80,24 @@ def plan(app: App, manifest: Path, as_json: bool, max_cost: int | None, skip_inv
     else:
         click.echo(display.plan(result) if diff is None else display.plan_diff(result, diff))
     click.echo(display.probed(result), err=True)
-    _check_plan(result, max_cost, skip_invalid)
+    _check_plan(result, max_cost, skip_invalid, diff)
 
 
-def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) -> None:
+def _check_plan(
+    result: planner.Plan, max_cost: int | None, skip_invalid: bool, diff: planner.PlanDiff | None = None
+) -> None:
     budget = result.manifest.budget_micro_usd
     total = result.total_micro_usd
     if budget is not None and total > budget:
         click.echo(display.plan_over_budget(total, budget), err=True)
     if result.invalid and not skip_invalid:
         raise planner.invalid_items_error(result)
-    if max_cost is not None and total > max_cost:
+    # With --diff, --max-cost is about what tonight adds (new and changed jobs, which bill), not
+    # the jobs already in the table.
+    compared, what = (total, "estimated total") if diff is None else (diff.added_micro_usd, "cost the plan adds")
+    if max_cost is not None and compared > max_cost:
         raise BudgetExceededError(
-            f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
+            f"{what} ${format_usd(compared)} is over --max-cost ${format_usd(max_cost)}",
             hint="reduce the matrix or the sources, or raise --max-cost",
         )
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from batch_runner.cli import cli
+from tests.conftest import REPO
 
 
 def _invoke(*args: str):
@@ -70,3 +72,23 @@ def test_db_current_json_says_the_revisions_and_whether_it_is_up_to_date(tmp_pat
     data = json.loads(out)
     assert set(data) == {"current", "head", "up_to_date"}
     assert data["current"] == data["head"] and data["head"] and data["up_to_date"] is True
+
+
+def test_plan_diff_max_cost_compares_what_the_plan_adds_not_the_whole_manifest(tmp_path: Path, media, monkeypatch):
+    jobs = tmp_path / "jobs"
+    shutil.copytree(REPO / "jobs", jobs, ignore=shutil.ignore_patterns("media"))
+    (jobs / "media").mkdir()
+    for i in (1, 2, 3):
+        shutil.copy(media["c5"], jobs / "media" / f"clip0{i}.mp4")
+    monkeypatch.setenv("BATCH_RUNNER_DB", str(tmp_path / "jobs.db"))
+    assert _invoke("db", "upgrade")[0] == 0
+    manifest = str(jobs / "nightly-reframe.yaml")
+    assert _invoke("enqueue", manifest)[0] == 0  # six jobs, $3.60
+    shutil.copy(media["c5_04"], jobs / "media" / "clip04.mp4")  # tonight adds two jobs: 6 started s × $0.12 each
+    code, out, err = _invoke("plan", manifest, "--diff", "--max-cost", "2")
+    assert code == 0, err
+    code, out, err = _invoke("plan", manifest, "--diff", "--max-cost", "1", "--json")
+    assert code == 5 and json.loads(out)["diff"]["added_cost_usd"] == "1.44"
+    assert err.splitlines()[-1].startswith("Error: cost the plan adds $1.44 is over --max-cost $1.00")
+    code, _, err = _invoke("plan", manifest, "--max-cost", "2")  # without --diff: the whole manifest
+    assert code == 5 and "Error: estimated total $5.04 is over --max-cost $2.00" in err
