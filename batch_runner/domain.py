@@ -110,6 +110,13 @@ def format_usd(micro: int) -> str:
     return f"{d:f}"
 
 
+def format_seconds(seconds: Decimal) -> str:
+    """A duration as people read it, the same whether ffprobe printed "35.000000" or the probe
+    cache kept "35": normalised, never in exponent form (35, 35.04, 0.5)."""
+    d = seconds.normalize()
+    return f"{d.quantize(Decimal(1)) if d == d.to_integral_value() else d:f}"
+
+
 def is_remote(value: str, *, data_uri: bool = True) -> bool:
     """Whether a source or media value is fetched from elsewhere rather than read as a local path:
     an http(s) URL or a data URI. `data_uri=False` asks for an http(s) URL only (what an HTTP client

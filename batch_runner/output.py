@@ -18,7 +18,7 @@ from typing import Any
 from . import avprobe, catalog
 from .api.answers import Reply
 from .api.client import FalClient
-from .domain import Estimate, ProbeResult, format_usd
+from .domain import Estimate, ProbeResult, format_seconds, format_usd
 from .errors import ProbeError, RemoteError
 from .pricing import PriceTable
 from .records import AttemptRecord, JobRecord
@@ -176,7 +176,7 @@ class Delivery:
             return f"unreadable video: {exc.message}", (), dummy
         width, height = got.display_size
         if not width or not height or not got.duration or got.duration <= 0:
-            return f"not a playable video ({width}x{height}, {got.duration} s)", (), got
+            return f"not a playable video ({width}x{height}, {_secs(got.duration)} s)", (), got
         ep = catalog.endpoint(job.endpoint)
         params = ep.with_defaults(job.params)
         src = self.source_probe(job)
@@ -191,12 +191,12 @@ class Delivery:
         except ValueError as exc:
             return (broken[0] if broken else None), (f"not compared with the output convention: {exc}",), got
         if not want.duration / 2 <= got.duration <= want.duration * 2 + 1:
-            broken.append(f"expected about {want.duration} s, got {got.duration} s")
+            broken.append(f"expected about {_secs(want.duration)} s, got {_secs(got.duration)} s")
         differs = []
         if (width, height) != (want.width, want.height):
             differs.append(f"{width}x{height}, where the output convention expects {want.width}x{want.height}")
         if abs(got.duration - want.duration) > self.check.duration_tolerance_s:
-            differs.append(f"{got.duration} s, where the output convention expects {want.duration} s")
+            differs.append(f"{_secs(got.duration)} s, where the output convention expects {_secs(want.duration)} s")
         if broken:
             return broken[0], tuple(differs), got
         if differs and self.check.strict:
@@ -241,3 +241,7 @@ def sidecar(
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
+
+
+def _secs(seconds: Decimal | None) -> str:
+    return "?" if seconds is None else format_seconds(seconds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -19,8 +21,15 @@ FINAL = {RunEvent.SUCCEEDED, RunEvent.FAILED, RunEvent.REJECTED, RunEvent.UNCERT
 class ProgressReporter:
     """Counts done / failed / in flight and spend against the budget; thread-safe."""
 
-    def __init__(self, verbose: int = 0, stream: TextIO | None = None, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        verbose: int = 0,
+        stream: TextIO | None = None,
+        live: bool | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.clock = clock
         self.verbose = verbose
         self.live = self.stream.isatty() if live is None else live
         self.lock = threading.Lock()
@@ -32,6 +41,11 @@ class ProgressReporter:
         self.started = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
+        # fal's status answers with logs=1 carry the whole log of the request so far, every time.
+        # We count the lines printed per job and attempt (not by timestamp: fal's log list only
+        # grows, and several lines may share one timestamp); a new attempt is a new request whose
+        # log starts again from its first line.
+        self._logged: dict[Any, tuple[int | None, int]] = {}
 
     def __enter__(self) -> ProgressReporter:
         return self
@@ -41,10 +55,20 @@ class ProgressReporter:
             self._progress.stop()
 
     def _line(self, text: str) -> None:
+        """One line on stderr: above the live bar, else plain and stamped (UTC, to the second),
+        so a cron log says when each thing happened."""
         if self._progress is not None:
             self._progress.console.print(text, highlight=False)
         else:
-            print(text, file=self.stream, flush=True)
+            print(f"{self.clock().astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} {text}", file=self.stream, flush=True)
+
+    def _new_log_lines(self, job_id: Any, attempt: int | None, lines: Sequence[str]) -> Sequence[str]:
+        """The lines of a job's cumulative log that were not printed yet."""
+        seen_attempt, count = self._logged.get(job_id, (attempt, 0))
+        if seen_attempt != attempt or count > len(lines):
+            count = 0  # another request, or a log that started over: all of it is new
+        self._logged[job_id] = (attempt, len(lines))
+        return lines[count:]
 
     def _status(self) -> str:
         budget = f" of ${format_usd(self.budget)}" if self.budget is not None else ""
@@ -84,6 +108,7 @@ class ProgressReporter:
                     self._line(f"{name}: submitted as {info.get('request_id')}")
             elif kind in FINAL:
                 self._flying.discard(job_id)
+                self._logged.pop(job_id, None)
                 if kind == RunEvent.SUCCEEDED:
                     self.done += 1
                     self.spent += info.get("billed_micro_usd", 0)
@@ -100,7 +125,8 @@ class ProgressReporter:
             elif kind == RunEvent.QUEUED and self.verbose:
                 self._line(f"{name}: queue position {info.get('position')}")
             elif kind == RunEvent.LOG and self.verbose:
-                self._line(f"{name}: {info.get('message')}")
+                for message in self._new_log_lines(job_id, info.get("attempt"), info.get("lines", ())):
+                    self._line(f"{name}: {message}")
             elif kind in (RunEvent.ERROR, RunEvent.LOST):
                 self._flying.discard(job_id)
                 self._line(f"{name}: {info.get('error')}")

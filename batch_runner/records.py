@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Self
 
-from .domain import AttemptState, JobState
+from .domain import AttemptState, JobState, format_usd
 
 
 def _pick(cls: type[Any], row: Mapping[Any, Any], parsed: dict[str, Any]) -> dict[str, Any]:
@@ -27,12 +29,34 @@ def _pick(cls: type[Any], row: Mapping[Any, Any], parsed: dict[str, Any]) -> dic
     return out
 
 
+def _json_field(name: str, value: Any) -> tuple[str, Any]:
+    """One field as the JSON of `show --json` carries it: money as a decimal string under `*_usd`,
+    times as ISO 8601 UTC, states as their names, tuples as lists, durations as seconds."""
+    if name.endswith("_micro_usd"):
+        return name.removesuffix("_micro_usd") + "_usd", None if value is None else format_usd(value)
+    if name.endswith("_us"):
+        return name.removesuffix("_us") + "_s", None if value is None else f"{Decimal(value).scaleb(-6).normalize():f}"
+    if isinstance(value, datetime):  # SQLite hands back naive datetimes; every stored time is UTC
+        return name, (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    if isinstance(value, enum.Enum):
+        return name, value.value
+    if isinstance(value, tuple):
+        return name, list(value)
+    return name, value
+
+
 class _Record:
     __slots__ = ()
 
     def evolve(self, **changes: Any) -> Self:
         """A copy with `changes` applied (the record itself stays as it was)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]  # every subclass is a dataclass
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-ready values, one key per field (see `_json_field` for the shapes);
+        JSON columns (params, details, summary) are objects, never strings inside JSON."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]  # every subclass is a dataclass
+        return dict(_json_field(f.name, getattr(self, f.name)) for f in fields)
 
 
 @dataclass(frozen=True, slots=True)

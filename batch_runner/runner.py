@@ -148,6 +148,7 @@ def run_jobs(
         pool = dataclasses.replace(pool, account_daily_micro_usd=settings.max_usd_per_day_micro)
     client = FalClient(settings.hosts, key, pool=pool.concurrency, policy=pool.retry_policy, stop=stop)
     queue.expire_dead_local_leases(pid_alive)  # a killed predecessor on this machine: settle its work now
+    queue.close_dead_runs(pid_alive, run.id)  # and its run, which it never finished, ends `interrupted`
     queue.sweep(batches, run.id)
     _settle_own(repo.settler, settings, key, batches, pool, reporter, stop)
     reporter.event(
@@ -334,14 +335,24 @@ def resolve_jobs(
 # --------------------------------------------------------------------------- manage jobs
 
 
+def _bounded(text: str, limit: int = 80) -> str:
+    """A user's value as quoted in a message: at most `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def select_jobs(
     repo: Repository, batches: list[str] | None, states: list[JobState], refs: list[str]
 ) -> list[JobRecord]:
     if refs:
         found = repo.find_jobs(refs)
         if not found:
-            raise ConfigError(f"no job matches {', '.join(refs)}", hint="use a job id or a key prefix from `status`")
+            raise ConfigError(
+                f"no job matches {_bounded(', '.join(refs))}", hint="use a job id or a key prefix from `status`"
+            )
         return [j for j in found if not states or j.state in states]
+    missing = [b for b in batches or () if b not in set(repo.batch_names())]
+    if missing:  # a typo must not look like a batch with nothing to do
+        raise ConfigError(f'no batch named "{_bounded(missing[0])}"', hint="run `batch-runner status` to list batches")
     return repo.jobs_in(batches, states)
 
 
@@ -378,12 +389,42 @@ def retry_jobs(repo: Repository, jobs: list[JobRecord], states: list[JobState]) 
     return repo.requeue_jobs([j.id for j in jobs], states, "retry requested")
 
 
+@dataclass(frozen=True)
+class RetryResult:
+    """What `retry` queued (or, with --dry-run, would queue) and what it may pay again."""
+
+    plan: list[RetryItem]
+    queued: int
+    dry_run: bool
+
+    @property
+    def may_pay_micro_usd(self) -> int:
+        return sum(item.may_pay_micro_usd for item in self.plan)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "queued": self.queued,
+            "may_pay_usd": format_usd(self.may_pay_micro_usd),
+            "jobs": [item.as_dict() for item in self.plan],
+        }
+
+
 @dataclass
 class CancelResult:
     queued: int = 0  # cancelled here: never sent
     at_fal: int = 0  # cancelled at fal while still queued there: never billed
     running: int = 0  # fal was asked to stop, may still finish and bill: followed to their end
     uncertain: ResolveReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """`cancel --json`: the counts, and what became of each uncertain job (null: there were none)."""
+        return {
+            "cancelled_queued": self.queued,
+            "cancelled_at_fal": self.at_fal,
+            "stop_requested": self.running,
+            "uncertain": self.uncertain.as_dict() if self.uncertain is not None else None,
+        }
 
 
 def cancel_jobs(
@@ -422,11 +463,29 @@ def cancel_jobs(
     return result
 
 
-def job_history(repo: Repository, ref: str) -> tuple[JobRecord, list[AttemptRecord], list[EventRecord]]:
+@dataclass(frozen=True)
+class JobHistory:
+    """`show`: a job, its attempts and its whole audit trail, oldest first."""
+
+    job: JobRecord
+    attempts: list[AttemptRecord]
+    events: list[EventRecord]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job": self.job.to_json(),
+            "attempts": [a.to_json() for a in self.attempts],
+            "events": [e.to_json() for e in self.events],
+        }
+
+
+def job_history(repo: Repository, ref: str) -> JobHistory:
     found = repo.find_jobs([ref])
     if not found:
-        raise ConfigError(f"no job matches {ref!r}", hint="use a job id or a key prefix from `status --state …`")
+        raise ConfigError(
+            f"no job matches {_bounded(ref)!r}", hint="use a job id or a key prefix from `status --state …`"
+        )
     if len(found) > 1:
-        raise ConfigError(f"{ref!r} matches {len(found)} jobs", hint="give more of the key")
+        raise ConfigError(f"{_bounded(ref)!r} matches {len(found)} jobs", hint="give more of the key")
     attempts, events = repo.history(found[0].id)
-    return found[0], attempts, events
+    return JobHistory(found[0], attempts, events)

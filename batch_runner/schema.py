@@ -209,14 +209,21 @@ def source_position(p: dict[str, Any], _d: Decimal | None) -> Iterable[Issue]:
         yield Issue(("source_position", "h_norm"), "y_norm + h_norm must stay within the canvas (≤ 1)", "value_error")
 
 
+def _seconds(seconds: Decimal) -> str:
+    """A duration normalised (35, 35.04): the same figure whether ffprobe printed "35.000000" or
+    the probe cache kept "35" (domain.format_seconds's twin; schema sits beside domain, not above)."""
+    d = seconds.normalize()
+    return f"{d.quantize(Decimal(1)) if d == d.to_integral_value() else d:f}"
+
+
 def max_source(limit: Decimal) -> Rule:
     def rule(p: dict[str, Any], duration: Decimal | None) -> Iterable[Issue]:
         if duration is not None and duration > limit:
             yield Issue(
                 ("video_url",),
-                f"source is {duration} s long, at most {limit} s allowed",
+                f"source is {_seconds(duration)} s long, at most {_seconds(limit)} s allowed",
                 "value_error",
-                f"trim the source to {limit} s or less",
+                f"trim the source to {_seconds(limit)} s or less",
             )
 
     return rule

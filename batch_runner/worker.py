@@ -363,8 +363,9 @@ class Worker:
             self.reporter.event(RunEvent.QUEUED, claim.job, position=event.position)
         elif isinstance(event, InProgress):
             claim = self.queue.progress(claim, JobState.IN_PROGRESS)
-            for entry in event.logs:
-                self.reporter.event(RunEvent.LOG, claim.job, message=entry.get("message"))
+            if event.logs:  # the whole log so far: the reporter prints the lines it has not yet
+                lines = [str(entry.get("message")) for entry in event.logs]
+                self.reporter.event(RunEvent.LOG, claim.job, attempt=claim.attempt.id, lines=lines)
         return claim
 
     def _leave(self, claim: Claim) -> None:

@@ -12,7 +12,7 @@ import click
 from .. import display
 from ..config import ENV_FAL_PRICES, Secret
 from ..errors import ConfigError
-from .app import EXIT_CODES_HELP, App, Group, cli, emit_json
+from .app import App, Group, cli, emit_json, exit_codes_help
 
 # --------------------------------------------------------------------------- report
 
@@ -33,7 +33,7 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 WHEN_HELP = "ISO date or time (UTC), an age (90m, 24h, 7d) or today/yesterday"
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(2, 3, 6))
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable; a missing batch exits 3).")
 @click.option("--project", "projects", multiple=True, help="Only jobs of this manifest project (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Only jobs with this tag (repeatable: any of them).")
@@ -107,7 +107,7 @@ def _write(output: Path, text: str) -> None:
     click.echo(display.wrote(output), err=True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 6, 9, 10))
 @click.option(
     "--since",
     callback=_when,
@@ -169,7 +169,7 @@ def prices() -> None:
     """fal's own prices: sync them from fal's pricing API for plans and budgets."""
 
 
-@prices.command("sync", epilog=EXIT_CODES_HELP)
+@prices.command("sync", epilog=exit_codes_help(3, 9))
 @click.option(
     "-o",
     "--output",

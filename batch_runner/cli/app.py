@@ -21,6 +21,15 @@ from ..pricing import PriceTable, load_price_table
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
 
+def exit_codes_help(*codes: int | tuple[int, str]) -> str:
+    """A command's epilog: only the exit codes it can return besides 0, 1 (an unexpected failure)
+    and 2 (usage), each with the table's text or the command's own. The whole table is in the
+    top-level help, so no command repeats it."""
+    lines = [f"  {c[0]:<4} {c[1]}" if isinstance(c, tuple) else f"  {c:<4} {EXIT_CODES[c]}" for c in codes]
+    see = "all exit codes: batch-runner --help"
+    return f"\b\nExit codes ({see}):\n" + "\n".join(lines) if lines else f"\b\n{see[0].upper()}{see[1:]}."
+
+
 class CliError(click.ClickException):
     """Our error, shown as `Error: …` on stderr with its documented exit code: one `Error:` line per
     problem (a manifest may have several), each with its hint."""

@@ -12,7 +12,7 @@ from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError, InvalidItemsError
 from ..manifest import load_manifest
 from ..records import JobRecord
-from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+from .app import App, cli, emit_json, exit_codes_help, parse_usd
 
 
 def job_listing(job: JobRecord) -> dict[str, Any]:
@@ -35,7 +35,7 @@ _STATE_CHOICE = click.Choice([s.value for s in JobState])
 # --------------------------------------------------------------------------- endpoints
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
 def endpoints(app: App, as_json: bool) -> None:
@@ -74,14 +74,14 @@ def check_manifest_jobs(manifest: Path, require: bool) -> None:
         check_jobs(len(load_manifest(manifest).jobs), 0, True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 4, 5, 6, 7, 8))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a stable interface).")
 @click.option(
     "--max-cost",
     callback=parse_usd,
     metavar="USD",
-    help="Exit with code 5 when the estimated total is over this amount.",
+    help="Exit with code 5 when the estimated total (with --diff: the cost the plan adds) is over this amount.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid sources out instead of exiting with code 4.")
 @REQUIRE_JOBS
@@ -115,24 +115,29 @@ def plan(
     else:
         click.echo(display.plan(result) if diff is None else display.plan_diff(result, diff))
     click.echo(display.probed(result), err=True)
-    _check_plan(result, max_cost, skip_invalid)
+    _check_plan(result, max_cost, skip_invalid, diff)
 
 
-def _check_plan(result: planner.Plan, max_cost: int | None, skip_invalid: bool) -> None:
+def _check_plan(
+    result: planner.Plan, max_cost: int | None, skip_invalid: bool, diff: planner.PlanDiff | None = None
+) -> None:
     budget = result.manifest.budget_micro_usd
     total = result.total_micro_usd
     if budget is not None and total > budget:
         click.echo(display.plan_over_budget(total, budget), err=True)
     if result.invalid and not skip_invalid:
         raise planner.invalid_items_error(result)
-    if max_cost is not None and total > max_cost:
+    # With --diff, --max-cost is about what tonight adds (new and changed jobs, which bill), not
+    # the jobs already in the table.
+    compared, what = (total, "estimated total") if diff is None else (diff.added_micro_usd, "cost the plan adds")
+    if max_cost is not None and compared > max_cost:
         raise BudgetExceededError(
-            f"estimated total ${format_usd(total)} is over --max-cost ${format_usd(max_cost)}",
+            f"{what} ${format_usd(compared)} is over --max-cost ${format_usd(max_cost)}",
             hint="reduce the matrix or the sources, or raise --max-cost",
         )
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 4, 6, 7, 8))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
 @REQUIRE_JOBS
@@ -153,7 +158,7 @@ def enqueue(app: App, manifest: Path, skip_invalid: bool, require_jobs: bool, as
         click.echo(display.enqueued(added.batch, added.added, added.existing, len(result.invalid)))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((3, "no batch named --batch"), 6))
 @click.option("--batch", help="Only this batch.")
 @click.option(
     "--state",

@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,14 @@ import click
 
 from .. import display, runner
 from ..config import Secret, Settings
-from ..domain import JobState, format_usd
+from ..domain import JobState
 from ..errors import ConfigError
-from .app import EXIT_CODES_HELP, App, cli, emit_json, parse_usd
+from .app import App, cli, emit_json, exit_codes_help, parse_usd
 from .planning import REQUIRE_JOBS, check_manifest_jobs
 
 # --------------------------------------------------------------------------- run, work and friends
 
+_JOBS_FAILED = (1, "some jobs failed, were rejected or are uncertain (the summary lists them)")
 EMULATOR_SPEED = 20.0  # the embedded emulator runs fal's delays twenty times faster
 
 
@@ -130,9 +130,6 @@ def _run_command(
 
 _RUN_OPTIONS = [
     click.option(
-        "--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: the manifest's, else all]."
-    ),
-    click.option(
         "--concurrency",
         default=2,
         show_default=True,
@@ -170,8 +167,15 @@ def _run_options(func: Any) -> Any:
     return func
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(_JOBS_FAILED, 3, 4, 5, 6, 7, 8, 9, 130))
 @click.argument("manifest", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    metavar="NAME",
+    help="Only this batch (repeatable) [default: MANIFEST's batch; without MANIFEST, every batch].",
+)
 @_run_options
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid jobs and leave invalid sources out.")
 @REQUIRE_JOBS
@@ -210,7 +214,18 @@ def run(
     )
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(
+    epilog=exit_codes_help(
+        _JOBS_FAILED, (3, "a setting is invalid, FAL_KEY is not set, or no batch has that name"), 5, 6, 8, 9, 130
+    )
+)
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    metavar="NAME",
+    help="Work on this batch's jobs only (repeatable) [default: every batch].",
+)
 @_run_options
 @click.option(
     "--run", "run_name", metavar="NAME", help="Join the named run, sharing its budget with every worker that joins it."
@@ -253,22 +268,20 @@ def work(
     )
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((3, "no job matches JOB (an id or key prefix), or it matches several"), 6))
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def show(app: App, job: str, as_json: bool) -> None:
     """Show JOB (an id or a key prefix): its input, attempts and whole audit trail."""
-    row, attempts, events = runner.job_history(app.repo, job)
+    history = runner.job_history(app.repo, job)
     if as_json:
-        emit_json(
-            {"job": asdict(row), "attempts": [asdict(a) for a in attempts], "events": [asdict(e) for e in events]}
-        )
+        emit_json(history.to_json())
         return
-    click.echo(display.job_history(row, attempts, events))
+    click.echo(display.job_history(history.job, history.attempts, history.events))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((3, "no job or batch matches a --job or --batch"), 6))
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable).")
 @click.option(
     "--state",
@@ -300,25 +313,19 @@ def retry(
     selected = runner.select_jobs(app.repo, list(batches) or None, chosen, list(jobs))
     plan = runner.retry_plan(app.repo, selected, chosen)
     n = len(plan) if dry_run else runner.retry_jobs(app.repo, selected, chosen)
-    may_pay = sum(item.may_pay_micro_usd for item in plan)
+    result = runner.RetryResult(plan, n, dry_run)
     if as_json:
-        emit_json(
-            {
-                "dry_run": dry_run,
-                "queued": n,
-                "may_pay_usd": format_usd(may_pay),
-                "jobs": [item.as_dict() for item in plan],
-            }
-        )
+        emit_json(result.to_json())
         return
-    click.echo(display.retry_plan(plan, n, may_pay, dry_run))
+    click.echo(display.retry_plan(plan, n, result.may_pay_micro_usd, dry_run))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((3, "no job or batch matches a --job or --batch, or a key is missing"), 6, 9))
 @click.option("--batch", "batches", multiple=True, help="Cancel this batch's pending jobs (repeatable).")
 @click.option("--job", "jobs", multiple=True, metavar="ID", help="Cancel these jobs (id or key prefix; repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def cancel(app: App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
+def cancel(app: App, batches: tuple[str, ...], jobs: tuple[str, ...], as_json: bool) -> None:
     """Cancel queued jobs here and in-flight ones at fal (needs FAL_KEY or --fal-url for those)."""
     if not batches and not jobs:
         raise click.UsageError("name what to cancel with --batch or --job")
@@ -338,10 +345,13 @@ def cancel(app: App, batches: tuple[str, ...], jobs: tuple[str, ...]) -> None:
         for c in (client, admin):
             if c:
                 c.close()
+    if as_json:
+        emit_json(result.to_json())
+        return
     click.echo(display.cancelled(result))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help(3, 6, 9))
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable) [default: all].")
 @click.option(
     "--settle-after",

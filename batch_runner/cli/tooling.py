@@ -10,7 +10,7 @@ import click
 from .. import display
 from ..db import engine as db_engine
 from ..errors import ConfigError
-from .app import EXIT_CODES_HELP, App, Group, cli
+from .app import App, Group, cli, emit_json, exit_codes_help
 
 # --------------------------------------------------------------------------- db and samples
 
@@ -20,7 +20,7 @@ def db() -> None:
     """Database schema commands."""
 
 
-@db.command("upgrade", epilog=EXIT_CODES_HELP)
+@db.command("upgrade", epilog=exit_codes_help(6))
 @click.pass_obj
 def db_upgrade(app: App) -> None:
     """Create or migrate the database schema to this version's head.
@@ -39,15 +39,20 @@ def db_upgrade(app: App) -> None:
     click.echo(display.schema_revision(shown, after))
 
 
-@db.command("current", epilog=EXIT_CODES_HELP)
+@db.command("current", epilog=exit_codes_help(6))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def db_current(app: App) -> None:
+def db_current(app: App, as_json: bool) -> None:
     """Show the database's schema revision and the one this version needs; creates and changes nothing."""
     current = db_engine.stored_revision(app.settings.db_url)
-    click.echo(display.schema_revisions(current, db_engine.head_revision()))
+    head = db_engine.head_revision()
+    if as_json:
+        emit_json({"current": current, "head": head, "up_to_date": current == head})
+        return
+    click.echo(display.schema_revisions(current, head))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=exit_codes_help((1, "ffmpeg could not write a file"), 8))
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--clips", default=3, show_default=True, type=click.IntRange(0, 100))
 @click.option("--images", default=3, show_default=True, type=click.IntRange(0, 100))
@@ -68,7 +73,7 @@ def emulator() -> None:
     """The local fal emulator: free, offline, nothing real is called."""
 
 
-@emulator.command("serve", epilog=EXIT_CODES_HELP)
+@emulator.command("serve", epilog=exit_codes_help((3, "--faults is not a valid fault spec")))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option(

@@ -9,7 +9,7 @@ PostgreSQL the job rows are then picked with `FOR UPDATE SKIP LOCKED`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,10 +20,11 @@ from .. import budget
 from ..budget import BudgetStop
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, AttemptState, JobState
 from ..records import AttemptRecord, JobRecord, RunRecord
-from .models import Attempt, Batch, Job, Run, table, utcnow
+from .models import Attempt, Batch, Event, Job, Run, table, utcnow
+from .plumbing import owner_pid
 from .transition import Claim, ClaimKind, Transitions
 
-J, A, R = table(Job), table(Attempt), table(Run)
+J, A, R, E = table(Job), table(Attempt), table(Run), table(Event)
 DAY = timedelta(hours=24)
 
 
@@ -68,7 +69,8 @@ class Dispatch(Transitions):
                 given = {k: v for k, v in policies.items() if v is not None}
                 if given:
                     conn.execute(update(R).where(R.c.name == name).values(**given))
-            self._event(conn, "run.started", batch_id=batch_id, run=name, **policies)
+            # `worker` names this process (host[@pidns]:pid:nonce), so `close_dead_runs` knows who holds the run
+            self._event(conn, "run.started", batch_id=batch_id, run=name, worker=self.worker, **policies)
             return self._run_info(conn, name)
 
         return self._tx("starting the run", go)
@@ -95,6 +97,55 @@ class Dispatch(Transitions):
             self._event(conn, "run.finished", status=status, run_id=run_id)
 
         self._tx("finishing the run", go)
+
+    def close_dead_runs(self, alive: Callable[[int], bool], current_run_id: int) -> list[str]:
+        """Close as `interrupted` (with finished_at) every run still `running` that no live worker
+        holds, and return their names. A killed worker never finishes its run itself.
+
+        Who holds a run: every process that started or joined it (`work --run NAME`), named in its
+        `run.started` events. One of them is known dead when it ran where this process sees its
+        pid (same host and pid namespace) and that pid is gone (or is ours: a restarted container),
+        or, anywhere, when every job lease it still holds has expired (its heartbeat stopped). A
+        worker on another machine that holds no lease cannot be told from an idle live one, so it
+        keeps the run open: the next run on its machine closes it. The run being started now
+        (`current_run_id`) is held by this process and is never closed here."""
+
+        def go(conn: Connection) -> list[str]:
+            self._serialize(conn)  # a worker joining one of these runs waits for the verdict, or comes first
+            now = self._clock(conn)
+            runs = conn.execute(select(R).where(R.c.status == "running", R.c.id != current_run_id)).mappings().all()
+            if not runs:
+                return []
+            holders = self._run_holders(conn, min(r["started_at"] for r in runs))
+            closed = []
+            for run in runs:
+                workers = holders.get(run["name"])
+                if workers and not any(self._worker_alive(conn, w, alive, now) for w in workers):
+                    conn.execute(update(R).where(R.c.id == run["id"]).values(status="interrupted", finished_at=now))
+                    self._event(conn, "run.interrupted", run=run["name"], dead=sorted(workers))
+                    closed.append(run["name"])
+            return closed
+
+        return self._tx("closing dead workers' runs", go)
+
+    @staticmethod
+    def _run_holders(conn: Connection, since: datetime) -> dict[str, set[str]]:
+        """Run name → the workers that started or joined it since `since` (runs from before
+        workers were recorded have none: they are left as they are)."""
+        rows = conn.execute(select(E.c.details_json).where(E.c.kind == "run.started", E.c.at >= since)).scalars()
+        holders: dict[str, set[str]] = {}
+        for raw in rows:
+            details = json.loads(raw or "{}")
+            if details.get("worker") and details.get("run"):
+                holders.setdefault(details["run"], set()).add(details["worker"])
+        return holders
+
+    def _worker_alive(self, conn: Connection, worker: str, alive: Callable[[int], bool], now: datetime) -> bool:
+        pid = owner_pid(worker, self.local)
+        if pid is not None:
+            return pid != self.actor.pid and alive(pid)
+        leases = conn.execute(select(J.c.lease_expires_at).where(J.c.lease_owner == worker)).scalars().all()
+        return not leases or any(end is not None and end > now for end in leases)
 
     # ------------------------------------------------------------------ claiming
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,6 +259,8 @@ def test_work_picks_up_jobs_as_they_arrive_until_stopped(tmp_path, media, emulat
     )
     try:
         first = proc.stderr.readline()  # the worker is up, with nothing to do yet
+        stamp, _, first = first.partition(" ")  # not a terminal: each line starts with its UTC time
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp), stamp
         assert first.startswith("run all-") and ": 0 job(s) to do" in first
         assert _invoke(["enqueue", str(bench.manifest)], env)[0] == 0
         _wait_until(
