@@ -33,7 +33,7 @@ def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 WHEN_HELP = "ISO date or time (UTC), an age (90m, 24h, 7d) or today/yesterday"
 
 
-@cli.command(epilog=exit_codes_help(2, 3, 6))
+@cli.command(epilog=exit_codes_help(3, 6))
 @click.option("--batch", "batches", multiple=True, help="Only this batch (repeatable; a missing batch exits 3).")
 @click.option("--project", "projects", multiple=True, help="Only jobs of this manifest project (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Only jobs with this tag (repeatable: any of them).")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from batch_runner import runner
 from batch_runner.cli import cli
 from batch_runner.config import Secret
+from batch_runner.db.ledger import Scope
 from batch_runner.domain import JobState
 from batch_runner.errors import AuthError, JobsFailedError
 from batch_runner.pricing import load_price_table
@@ -296,12 +297,12 @@ def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, m
 
     bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1)
     bench.run()
-    report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
+    report = reports.build(bench.repo, Scope(batches=("b",)), group_by="endpoint")
     assert report.total.unconfirmed == report.total.billed == 2 * 300_000
     assert "$0.60 priced from our price table" in display.report_table(report)
     assert json.loads(reports.render(report, "json"))["total"]["unconfirmed_usd"] == "0.60"
     runner.resolve_jobs(bench.settings, bench.repo, ["b"])
-    report = reports.build(bench.repo, batches=["b"], since=None, until=None, group_by="endpoint")
+    report = reports.build(bench.repo, Scope(batches=("b",)), group_by="endpoint")
     assert report.total.unconfirmed == 0 and "price table because" not in display.report_table(report)
 
 
