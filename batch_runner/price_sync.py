@@ -12,7 +12,8 @@ import httpx
 
 from . import catalog
 from .api.client import FalClient
-from .errors import RemoteError
+from .config import Secret, Settings
+from .errors import ConfigError, RemoteError
 from .fal_prices import FalPrice, SyncedPrices, load_synced, write_synced
 from .pricing import PriceTable
 
@@ -49,6 +50,19 @@ class SyncReport:
                 {"endpoint": p.endpoint, "fal_unit": p.unit, "table_unit": unit} for p, unit in self.other_units
             ],
         }
+
+
+def sync_with_fal(settings: Settings, table: PriceTable, path: Path) -> SyncReport:
+    """`batch-runner prices sync`: fal's pricing API read with FAL_KEY (or the admin key, or the
+    emulator), written to `path`."""
+    key = settings.fal_key or settings.fal_admin_key
+    if key is None and not settings.fal_url:
+        raise ConfigError("FAL_KEY is not set, so fal's pricing API cannot be read", hint="export FAL_KEY=…")
+    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
+    try:
+        return sync_prices(client, table, path)
+    finally:
+        client.close()
 
 
 def sync_prices(client: FalClient, table: PriceTable, path: Path, now: datetime | None = None) -> SyncReport:

@@ -9,6 +9,7 @@ and the price each usage row was billed at against the pricing API's.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,11 +17,12 @@ from typing import Any
 
 from . import catalog
 from .api.client import FalClient, malformed
+from .config import Secret, Settings
 from .db.ledger import Scope, ledger
 from .db.repo import Repository
 from .domain import AttemptState, format_usd, usd_to_micro
-from .errors import RemoteError
-from .fal_prices import SyncedPrices, our_unit
+from .errors import AuthError, ConfigError, RemoteError
+from .fal_prices import SyncedPrices, load_synced, our_unit
 from .pricing import PriceTable
 from .records import AttemptRecord
 from .resolve import Resolver
@@ -132,6 +134,33 @@ def _bucket_day(bucket: str) -> str:
 def _micro(value: Any) -> int:
     """fal's money is a JSON number: through str() into Decimal, to the micro-dollar."""
     return usd_to_micro(str(Decimal(str(value)).quantize(Decimal("0.000001"))))
+
+
+def reconcile_with_fal(
+    settings: Settings,
+    open_repo: Callable[[], Repository],
+    prices: PriceTable,
+    since: datetime | None,
+    until: datetime | None,
+) -> Reconciliation:
+    """`batch-runner reconcile`: the comparison with fal's usage API, through an admin key (or the
+    emulator), against the last `prices sync`. Without a key it refuses before opening the database."""
+    if settings.admin_key is None and not settings.fal_url:
+        raise ConfigError(
+            "no admin key is set, so fal's usage API cannot be read",
+            hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)",
+        )
+    client = FalClient(settings.hosts, settings.admin_key or Secret("local"))
+    try:
+        return reconcile(open_repo(), client, prices, since, until, load_synced(settings.fal_prices_path))
+    except AuthError as exc:
+        raise AuthError(
+            f"fal refused the usage API call ({exc.message})",
+            hint="the usage API needs an admin key: create one in fal's dashboard and set "
+            "FAL_ADMIN_KEY to it (or FAL_KEY)",
+        ) from exc
+    finally:
+        client.close()
 
 
 def reconcile(

@@ -21,12 +21,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 from .db.ledger import Scope, ledger
 from .db.repo import Repository
 from .domain import PROVISIONAL, AttemptState, JobState, format_usd
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 from .records import AttemptRecord, JobRecord, RunRecord
 from .timewindow import shown
 
@@ -377,3 +378,17 @@ def _cell(column: str, value: Any) -> str:
     if column == "tags":
         return ";".join(value)
     return str(value)
+
+
+def write_atomically(output: Path, text: str) -> None:
+    """Write a report whole or not at all: a temporary file beside it, renamed into place."""
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write {shorten(str(output), 80)}: {exc.strerror}", hint="check the folder and free space"
+        ) from exc

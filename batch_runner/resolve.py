@@ -16,9 +16,11 @@ from typing import Any
 from .api.answers import input_sha256
 from .api.client import FalClient
 from .api.platform import BillingEvent, FalRequestRecord, billing_events, list_requests
+from .config import Secret, Settings
+from .db.repo import Repository
 from .db.settle import Settler
 from .domain import PENDING_BILLING_EVENTS, format_usd
-from .errors import AuthError, RemoteError
+from .errors import AuthError, ConfigError, RemoteError
 from .records import AttemptRecord, JobRecord
 
 #: How long after a submit its request may take to show in fal's listing. fal documents no such
@@ -272,3 +274,29 @@ class Resolver:
             f"fal answered {answer}: it may finish and bill, so it is followed to its end",
             record.request_id,
         )
+
+
+def resolve_jobs(
+    settings: Settings,
+    repo: Repository,
+    batches: list[str] | None,
+    *,
+    listing_lag_s: float = LISTING_LAG_S,
+    cancel_ids: list[int] | None = None,
+) -> ResolveReport:
+    """`batch-runner resolve`: settle uncertain submits and pending bills with fal's records
+    (or, with `cancel_ids`, cancel those uncertain jobs at fal)."""
+    key = settings.admin_key
+    if key is None and not settings.fal_url:
+        raise ConfigError(
+            "settling uncertain jobs reads fal's request listing and billing events, which need an ADMIN key",
+            hint="export FAL_ADMIN_KEY=<an admin key> (or FAL_KEY)",
+        )
+    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
+    try:
+        resolver = Resolver(repo.settler, client, listing_lag_s=listing_lag_s)
+        if cancel_ids is not None:
+            return resolver.cancel(batches, cancel_ids)
+        return resolver.run(batches)
+    finally:
+        client.close()

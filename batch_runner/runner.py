@@ -306,32 +306,6 @@ def _settle_own(
             reporter.event(RunEvent.WARNING, None, message=f"job {s.job_id} {s.outcome}: {s.detail}")
 
 
-def resolve_jobs(
-    settings: Settings,
-    repo: Repository,
-    batches: list[str] | None,
-    *,
-    listing_lag_s: float = LISTING_LAG_S,
-    cancel_ids: list[int] | None = None,
-) -> ResolveReport:
-    """`batch-runner resolve`: settle uncertain submits and pending bills with fal's records
-    (or, with `cancel_ids`, cancel those uncertain jobs at fal)."""
-    key = settings.admin_key
-    if key is None and not settings.fal_url:
-        raise ConfigError(
-            "settling uncertain jobs reads fal's request listing and billing events, which need an ADMIN key",
-            hint="export FAL_ADMIN_KEY=<an admin key> (or FAL_KEY)",
-        )
-    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
-    try:
-        resolver = Resolver(repo.settler, client, listing_lag_s=listing_lag_s)
-        if cancel_ids is not None:
-            return resolver.cancel(batches, cancel_ids)
-        return resolver.run(batches)
-    finally:
-        client.close()
-
-
 # --------------------------------------------------------------------------- manage jobs
 
 
@@ -425,6 +399,25 @@ class CancelResult:
             "stop_requested": self.running,
             "uncertain": self.uncertain.as_dict() if self.uncertain is not None else None,
         }
+
+
+def cancel_with_fal(settings: Settings, repo: Repository, jobs: list[JobRecord]) -> CancelResult:
+    """`batch-runner cancel`: with FAL_KEY for in-flight jobs and the admin key for uncertain ones,
+    when they are set (or the emulator); `cancel_jobs` refuses what needs a key that is missing."""
+    client = (
+        FalClient(settings.hosts, settings.fal_key or Secret("local")) if settings.fal_key or settings.fal_url else None
+    )
+    admin = (
+        FalClient(settings.hosts, settings.admin_key or Secret("local"))
+        if settings.admin_key or settings.fal_url
+        else None
+    )
+    try:
+        return cancel_jobs(repo, jobs, client, admin)
+    finally:
+        for c in (client, admin):
+            if c is not None:
+                c.close()
 
 
 def cancel_jobs(

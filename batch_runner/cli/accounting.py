@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from .. import display
-from ..config import ENV_FAL_PRICES, Secret
-from ..errors import ConfigError
+from ..config import ENV_FAL_PRICES
 from .app import App, Group, cli, emit_json, exit_codes_help
 
 # --------------------------------------------------------------------------- report
@@ -96,14 +95,9 @@ def report(
 
 
 def _write(output: Path, text: str) -> None:
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(output)  # all or nothing
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {output}: {exc.strerror}", hint="check the folder and free space") from exc
+    from .. import reports
+
+    reports.write_atomically(output, text)
     click.echo(display.wrote(output), err=True)
 
 
@@ -130,28 +124,9 @@ def reconcile(app: App, since: Any, until: Any, as_json: bool) -> None:
     `prices sync`, and against the price it billed; a unit batch-runner cannot map is only a note.
     """
     from .. import reconcile as rec_module
-    from ..api.client import FalClient
-    from ..errors import AuthError, ReconcileMismatchError
-    from ..fal_prices import load_synced
+    from ..errors import ReconcileMismatchError
 
-    settings = app.settings
-    if settings.admin_key is None and not settings.fal_url:
-        raise ConfigError(
-            "no admin key is set, so fal's usage API cannot be read",
-            hint="export FAL_ADMIN_KEY=<an ADMIN key from fal's dashboard> (or FAL_KEY)",
-        )
-    synced = load_synced(settings.fal_prices_path)
-    client = FalClient(settings.hosts, settings.admin_key or Secret("local"))
-    try:
-        result = rec_module.reconcile(app.repo, client, app.prices, since, until, synced)
-    except AuthError as exc:
-        raise AuthError(
-            f"fal refused the usage API call ({exc.message})",
-            hint="the usage API needs an admin key: create one in fal's dashboard and set "
-            "FAL_ADMIN_KEY to it (or FAL_KEY)",
-        ) from exc
-    finally:
-        client.close()
+    result = rec_module.reconcile_with_fal(app.settings, lambda: app.repo, app.prices, since, until)
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else display.reconciliation(result))
     if not result.clean:
         raise ReconcileMismatchError(
@@ -186,20 +161,11 @@ def prices_sync(app: App, output: Path | None, as_json: bool) -> None:
     `plan` and the budgets then use the higher of the price table and these prices; `reconcile`
     reports when fal's prices move away from them. Nothing is written when the call fails.
     """
-    from ..api.client import FalClient
-    from ..price_sync import sync_prices
+    from ..price_sync import sync_with_fal
 
-    settings = app.settings
-    path = output or settings.fal_prices_path
+    path = output or app.settings.fal_prices_path
     assert path is not None
-    key = settings.fal_key or settings.fal_admin_key
-    if key is None and not settings.fal_url:
-        raise ConfigError("FAL_KEY is not set, so fal's pricing API cannot be read", hint="export FAL_KEY=…")
-    client = FalClient(settings.hosts, key or Secret("local"), pool=1)
-    try:
-        report = sync_prices(client, app.prices, path)
-    finally:
-        client.close()
+    report = sync_with_fal(app.settings, app.prices, path)
     if as_json:
         emit_json(report.as_dict())
         return

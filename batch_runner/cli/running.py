@@ -15,6 +15,7 @@ from .. import display, runner
 from ..config import Secret, Settings
 from ..domain import JobState
 from ..errors import ConfigError
+from ..resolve import resolve_jobs
 from .app import App, cli, emit_json, exit_codes_help, parse_usd
 from .planning import REQUIRE_JOBS, check_manifest_jobs
 
@@ -331,20 +332,7 @@ def cancel(app: App, batches: tuple[str, ...], jobs: tuple[str, ...], as_json: b
         raise click.UsageError("name what to cancel with --batch or --job")
     pending = [JobState.QUEUED, JobState.UNCERTAIN, JobState.SUBMITTED, JobState.IN_PROGRESS]
     selected = runner.select_jobs(app.repo, list(batches) or None, pending, list(jobs))
-    from ..api.client import FalClient
-
-    settings = app.settings
-    client = admin = None
-    if settings.fal_key or settings.fal_url:
-        client = FalClient(settings.hosts, settings.fal_key or Secret("local"))
-    if settings.admin_key or settings.fal_url:
-        admin = FalClient(settings.hosts, settings.admin_key or Secret("local"))
-    try:
-        result = runner.cancel_jobs(app.repo, selected, client, admin)
-    finally:
-        for c in (client, admin):
-            if c:
-                c.close()
+    result = runner.cancel_with_fal(app.settings, app.repo, selected)
     if as_json:
         emit_json(result.to_json())
         return
@@ -373,7 +361,7 @@ def resolve(app: App, batches: tuple[str, ...], settle_after: float, as_json: bo
       not found after --settle-after   queued again (fal never created it)
     Bills left pending (a refused run fal may charge) are read from fal's billing events.
     """
-    report = runner.resolve_jobs(app.settings, app.repo, list(batches) or None, listing_lag_s=settle_after * 60)
+    report = resolve_jobs(app.settings, app.repo, list(batches) or None, listing_lag_s=settle_after * 60)
     if as_json:
         emit_json(report.as_dict())
         return

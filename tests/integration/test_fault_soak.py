@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from batch_runner import runner
+from batch_runner import resolve, runner
 from batch_runner.domain import JobState
 from tests.integration.run_helpers import make_bench
 
@@ -55,7 +55,7 @@ def test_every_fault_at_once_ends_with_every_cent_accounted(tmp_path, media, emu
     for _ in range(ROUNDS):
         if _settled(bench):
             break
-        runner.resolve_jobs(bench.settings, bench.repo, ["b"], listing_lag_s=0.0)
+        resolve.resolve_jobs(bench.settings, bench.repo, ["b"], listing_lag_s=0.0)
         failed = runner.select_jobs(bench.repo, ["b"], [JobState.FAILED], [])
         redeliver = [i.job for i in runner.retry_plan(bench.repo, failed, [JobState.FAILED]) if i.how == "redeliver"]
         if redeliver:

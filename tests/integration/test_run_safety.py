@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from batch_runner import runner
+from batch_runner import resolve, runner
 from batch_runner.cli import cli
 from batch_runner.config import Secret
 from batch_runner.db.ledger import Scope
@@ -116,7 +116,7 @@ def test_uncertain_jobs_without_an_admin_key_are_left_as_they_are_and_the_hint_n
 
     # `resolve` with the everyday key: one clear line, exit 9, nothing changed.
     with pytest.raises(AuthError) as info:
-        runner.resolve_jobs(bench.settings.with_overrides(fal_key=Secret("everyday-key")), bench.repo, ["b"])
+        resolve.resolve_jobs(bench.settings.with_overrides(fal_key=Secret("everyday-key")), bench.repo, ["b"])
     assert "FAL_ADMIN_KEY" in (info.value.hint or "") and info.value.exit_code == 9
     done = _cli(bench, "resolve", "--batch", "b")
     assert done.exit_code == 9 and "FAL_ADMIN_KEY" in done.output and "Traceback" not in done.output
@@ -301,7 +301,7 @@ def test_report_shows_what_is_still_our_figure_until_fal_confirms_it(tmp_path, m
     assert report.total.unconfirmed == report.total.billed == 2 * 300_000
     assert "$0.60 priced from our price table" in display.report_table(report)
     assert json.loads(reports.render(report, "json"))["total"]["unconfirmed_usd"] == "0.60"
-    runner.resolve_jobs(bench.settings, bench.repo, ["b"])
+    resolve.resolve_jobs(bench.settings, bench.repo, ["b"])
     report = reports.build(bench.repo, Scope(batches=("b",)), group_by="endpoint")
     assert report.total.unconfirmed == 0 and "price table because" not in display.report_table(report)
 
