@@ -135,6 +135,9 @@ def _screenshot(browser: str, page, shot, profile, width: int) -> None:
             "--allow-file-access-from-files",
             f"--user-data-dir={profile}",
             f"--window-size={max(width, 500)},2400",
+            # let the phone-width iframe load and paint before the shot: without it a loaded
+            # machine sometimes captured the frame blank
+            "--virtual-time-budget=10000",
             f"--screenshot={shot}",
             _page_at(page, width).as_uri(),
         ],
