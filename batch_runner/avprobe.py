@@ -12,19 +12,18 @@ from pathlib import Path
 
 import av
 import av.error
+from av.stream import Disposition
 
 from .domain import ProbeResult
 from .errors import ProbeError
-
-# AVStream.disposition: a cover image stored as a video stream, not the video itself (as probe.py skips it)
-ATTACHED_PIC = 0x0400
 
 
 def probe_video(path: Path, fingerprint: str) -> ProbeResult:
     """The video at `path`, as `probe.probe(path, "video", …)` would describe it (ProbeError if unreadable)."""
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            video = next((s for s in container.streams.video if not int(s.disposition) & ATTACHED_PIC), None)
+            # a cover image stored as a video stream is not the video (probe.py skips it too)
+            video = next((s for s in container.streams.video if not s.disposition & Disposition.attached_pic), None)
             if video is None:
                 raise ProbeError(f"{path}: no video stream; not a video file")
             duration = _seconds(video.duration, video.time_base) or _seconds(container.duration, Fraction(1, 1_000_000))

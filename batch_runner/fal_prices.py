@@ -7,14 +7,13 @@ Money is Decimal in memory and a decimal string in the file, never a float.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .domain import Estimate
 from .errors import ConfigError
 from .pricing import PriceEntry
@@ -110,21 +109,10 @@ def load_synced(path: Path | None) -> SyncedPrices | None:
 def write_synced(path: Path, synced: SyncedPrices) -> None:
     """Write the file all or nothing: a temporary file in the same folder, then one rename."""
     text = json.dumps(synced.to_json(), indent=2, sort_keys=False) + "\n"
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic.write_text(path, text)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}", hint="check the folder and free space") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def synced_estimate(table: Estimate, entry: PriceEntry, price: FalPrice) -> Estimate | None:

@@ -288,8 +288,8 @@ def _price(
         return InvalidItem(spec.source or "", reason, spec.origin)
     estimate = fal_prices.reserve(prices.estimate(ep, spec.params, duration), prices.entry(ep.id), synced)
     fingerprint = probed.fingerprints.get(spec.source, "") if spec.source else ""
-    priced = dataclasses.replace(spec, probe=pr, fingerprint=fingerprint, estimate=estimate)
-    return dataclasses.replace(priced, key=job_key(priced, probed.fingerprints))
+    key = job_key(spec, probed.fingerprints)  # endpoint, input and media fingerprints: not the price
+    return dataclasses.replace(spec, probe=pr, fingerprint=fingerprint, estimate=estimate, key=key)
 
 
 def _strip(reason: str, source: str | None) -> str:

@@ -24,6 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .db.ledger import Scope, ledger
 from .db.repo import Repository
 from .domain import PROVISIONAL, AttemptState, JobState, format_usd
@@ -381,14 +382,10 @@ def _cell(column: str, value: Any) -> str:
 
 
 def write_atomically(output: Path, text: str) -> None:
-    """Write a report whole or not at all: a temporary file beside it, renamed into place."""
-    tmp = output.with_name(f".{output.name}.tmp")
+    """Write a report whole or not at all (`atomic.write_text`)."""
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(output)
+        atomic.write_text(output, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(
             f"cannot write {shorten(str(output), 80)}: {exc.strerror}", hint="check the folder and free space"
         ) from exc

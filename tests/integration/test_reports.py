@@ -103,6 +103,13 @@ def test_report_figures_equal_independent_sums(tmp_path, media, emulator_factory
         written.exit_code == 0
         and out.read_text() == CliRunner().invoke(cli, ["report", "--format", "csv"], env=env).stdout
     )
+    assert [p.name for p in out.parent.iterdir()] == ["nightly.csv"]  # no temporary file left beside it
+    blocked = out / "under-a-file.csv"  # its folder is a file: cannot be written
+    refused = CliRunner().invoke(cli, ["report", "--format", "csv", "-o", str(blocked)], env=env)
+    assert refused.exit_code == 3 and refused.stdout == "" and "Traceback" not in refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("Error: cannot write ") and "check the folder and free space" in line
+    assert [p.name for p in out.parent.iterdir()] == ["nightly.csv"]
 
 
 def test_report_time_window_and_bad_dates(tmp_path, media, emulator_factory):

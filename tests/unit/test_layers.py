@@ -19,6 +19,7 @@ LAYERS = {
     "logs": 2,
     "yamlload": 2,
     "records": 2,  # rows as frozen records, built once in db/
+    "atomic": 1,  # files written whole or not at all
     "avprobe": 3,  # in-process probing of outputs (PyAV)
     "outpaths": 3.5,  # output paths from the manifest template: above sources, below manifest
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
