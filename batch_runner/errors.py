@@ -15,6 +15,7 @@
     ├── JobsFailedError             exit 1   a run ended with failed jobs (the summary lists them)
     ├── RunInterruptedError         exit 130 Ctrl-C / SIGTERM: in-flight work is recorded and resumable
     ├── ReconcileMismatchError      exit 10  our ledger and fal's usage differ (the report lists how)
+    ├── UnhealthyError              exit 11  `health` found a broken part (each check's line says which)
     └── RemoteError                 exit 9   fal's API failed or refused
         ├── AuthError               exit 9   401/403: the key is missing or wrong
         ├── AccountLockedError      exit 9   403 "User is locked": top up, nothing more is sent
@@ -248,6 +249,14 @@ class ReconcileMismatchError(BatchRunnerError):
     exit_code = 10
 
 
+class UnhealthyError(BatchRunnerError):
+    """A health check failed."""
+
+    default_hint = "see the FAIL lines above"
+
+    exit_code = 11
+
+
 class RemoteError(BatchRunnerError):
     """fal's API failed."""
 
@@ -325,5 +334,6 @@ EXIT_CODES: dict[int, str] = {
     ToolMissingError.exit_code: "ffprobe/ffmpeg not installed",
     RemoteError.exit_code: "fal refused the key or the account is locked; nothing more was sent",
     ReconcileMismatchError.exit_code: "reconcile found spend that our ledger and fal's usage disagree on",
+    UnhealthyError.exit_code: "`health` found a broken part: database, schema, ffprobe, fal or a stale lease",
     130: "interrupted (Ctrl-C, SIGTERM): in-flight jobs are recorded and resume on the next run",
 }

@@ -4,7 +4,7 @@ The only package that imports click. `app` holds the group and what every comman
 modules add their commands to it when imported. Progress and warnings go to stderr; results to stdout.
 """
 
-from . import accounting, planning, running, tooling  # noqa: F401  (importing them adds their commands)
+from . import accounting, ops, planning, running, tooling  # noqa: F401  (importing them adds their commands)
 from .app import cli, main
 
 __all__ = ["cli", "main"]

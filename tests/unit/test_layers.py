@@ -43,6 +43,8 @@ LAYERS = {
     "reports": 7,
     "reconcile": 7,
     "price_sync": 7,
+    "health": 7,  # is this machine ready: db, ffprobe, fal, leases
+    "prune": 7,  # retention: old events and attempts out, daily rollups in
     "report_html": 8,
     "display": 9,
     "cli": 10,
