@@ -92,6 +92,7 @@ class JobRecord(_Record):
     updated_at: datetime
     batch: str | None = None  # the batch's name, when the query joined it
     project: str | None = None  # the manifest's project (cost centre), if it named one
+    pruned_at: datetime | None = None  # `prune` moved its attempts into the rollups
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import atomic
 from .db.ledger import Scope, ledger
+from .db.prune import RollupRow, rollup_totals
 from .db.repo import Repository
 from .domain import PROVISIONAL, AttemptState, JobState, format_usd
 from .errors import ConfigError, shorten
@@ -42,6 +43,7 @@ OPEN_ATTEMPTS = {
     AttemptState.UNCERTAIN,
 }
 NO_PROJECT = "(no project)"
+PRUNED = "(pruned)"  # the group of pruned figures when grouping by what rollups do not keep
 MAX_CHART_DAYS = 366  # a longer window is charted over the days that have attempts
 MAX_NAMES_SHOWN = 3
 
@@ -85,6 +87,17 @@ class Line:
             self.unconfirmed += billed
         if a.state == AttemptState.SUCCEEDED and a.duration_us:
             self.delivered_us += a.duration_us
+
+    def add_rollup(self, r: RollupRow) -> None:
+        """Pruned jobs' figures (`prune`): their attempts are gone, these sums stayed."""
+        self.jobs += r.jobs
+        for state, n in r.outcomes.items():
+            self.outcomes[state] += n
+        self.estimated += r.estimated_micro_usd
+        self.billed += r.billed_micro_usd
+        self.retry_spend += r.retry_spend_micro_usd
+        self.waste += r.waste_micro_usd
+        self.delivered_us += r.delivered_us
 
     def as_dict(self) -> dict[str, Any]:
         per = self.cost_per_delivered_second
@@ -169,15 +182,26 @@ def build(repo: Repository, scope: Scope, *, group_by: str, now: datetime | None
     for job in got.jobs:
         mine = by_job.get(job.id, [])
         last = mine[-1].created_at if mine else None
-        # job-level figures go where its latest attempt ran (or where it was created)
-        for line in [groups[k] for k in _keys(group_by, job, last)] + [total]:
+        # job-level figures go where its latest attempt ran (or where it was created); a pruned
+        # job's are in its rollup
+        for line in [groups[k] for k in _keys(group_by, job, last)] + [total] if not job.pruned_at else []:
             line.add_job(job)
         for a in mine:  # money goes where each attempt ran
             for line in [groups[k] for k in _keys(group_by, job, a.created_at)] + [total]:
                 line.add_attempt(a)
+    rollups = rollup_totals(repo.engine, scope)
+    for r in rollups:
+        for line in [groups[_rollup_key(group_by, r)], total]:
+            line.add_rollup(r)
     report = Report(group_by, dict(groups), total, _budgets(got.runs), got.jobs, scope=scope, attempts=got.attempts)
-    _charts(report, by_job, now or datetime.now(UTC))
+    _charts(report, by_job, now or datetime.now(UTC), rollups)
     return report
+
+
+def _rollup_key(group_by: str, r: RollupRow) -> str:
+    """A rollup's group; rollups keep no resolution or tags, so those groups show "(pruned)"."""
+    keys = {"endpoint": r.endpoint, "project": r.project or NO_PROJECT, "batch": r.batch, "day": r.day.isoformat()}
+    return keys.get(group_by, PRUNED)
 
 
 def _budgets(runs: list[RunRecord]) -> list[dict[str, Any]]:
@@ -195,9 +219,14 @@ def _budgets(runs: list[RunRecord]) -> list[dict[str, Any]]:
     ]
 
 
-def _charts(report: Report, by_job: dict[int, list[AttemptRecord]], now: datetime) -> None:
+def _charts(report: Report, by_job: dict[int, list[AttemptRecord]], now: datetime, rollups: list[RollupRow]) -> None:
     """Billed per day over the whole range (days without spend at $0), per endpoint, per project."""
     by_day: dict[date, int] = defaultdict(int)
+    for r in rollups:
+        by_day[r.day] += r.billed_micro_usd
+        report.billed_by_endpoint[r.endpoint] = report.billed_by_endpoint.get(r.endpoint, 0) + r.billed_micro_usd
+        key = r.project or NO_PROJECT
+        report.billed_by_project[key] = report.billed_by_project.get(key, 0) + r.billed_micro_usd
     for job in report.jobs:
         for a in by_job.get(job.id, []):
             billed = a.billed_micro_usd or 0

@@ -5,12 +5,13 @@ Money is BIGINT micro-USD; times are timezone-aware UTC; enums are stored as str
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -110,6 +111,9 @@ class Job(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     billed_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    # when `prune` moved this job's attempts and events into `rollups`; the job row stays, so an
+    # enqueue still knows it was done and paid, and reports take its figures from the rollups
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -240,6 +244,30 @@ class Upload(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Rollup(Base):
+    """The report's figures of pruned jobs, per UTC day, batch, project and endpoint: money by
+    the day each attempt was made, jobs and their outcomes by the day of each job's last attempt
+    (as `report` counts them). Written by `prune` in the transaction that deletes the rows."""
+
+    __tablename__ = "rollups"
+    __table_args__ = (Index("ix_rollups_day_batch_id", "day", "batch_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
+    project: Mapped[str | None] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    jobs: Mapped[int] = mapped_column(Integer, default=0)
+    outcomes_json: Mapped[str] = mapped_column(Text, default="{}")  # job state -> count
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    billed_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    retry_spend_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    waste_micro_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Lock(Base):

@@ -1,0 +1,53 @@
+"""`prune`: retention. Finished jobs' attempts and events older than a horizon go, their report
+figures stay in daily rollups, old probe-cache rows go; job rows stay, so an enqueue still knows
+a job was done and paid for (never pay twice)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .db import prune as db_prune
+from .db.repo import Repository
+
+_AGE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
+_UNIT_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_age(text: str) -> timedelta:
+    """`90d`, `12w`, `36h` as a duration; ValueError for anything else, or zero."""
+    m = _AGE.match(text.lower())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"{text!r} is not an age like 90d, 12w or 36h")
+    return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    horizon: datetime
+    dry_run: bool
+    counts: db_prune.PruneCounts
+    vacuumed: bool  # SQLite was compacted afterwards
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "horizon": self.horizon.isoformat(),
+            "dry_run": self.dry_run,
+            "jobs_rolled_up": self.counts.jobs,
+            "attempts": self.counts.attempts,
+            "events": self.counts.events,
+            "probes": self.counts.probes,
+            "vacuumed": self.vacuumed,
+        }
+
+
+def prune(repo: Repository, older_than: timedelta, *, dry_run: bool, now: datetime | None = None) -> PruneResult:
+    """Remove (or, dry, count) what is older than `older_than`; compact SQLite afterwards."""
+    horizon = (now or datetime.now(UTC)) - older_than
+    if dry_run:
+        return PruneResult(horizon, True, db_prune.count(repo.engine, horizon), False)
+    counts = db_prune.prune(repo.engine, horizon)
+    vacuumed = db_prune.vacuum(repo.engine) if counts.jobs or counts.events or counts.probes else False
+    return PruneResult(horizon, False, counts, vacuumed)
