@@ -11,6 +11,7 @@ from typing import Any
 
 from .db import prune as db_prune
 from .db.repo import Repository
+from .errors import DatabaseError
 
 _AGE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
 _UNIT_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -30,6 +31,7 @@ class PruneResult:
     dry_run: bool
     counts: db_prune.PruneCounts
     vacuumed: bool  # SQLite was compacted afterwards
+    vacuum_failed: str | None = None  # why compaction did not happen (the prune itself is committed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class PruneResult:
             "events": self.counts.events,
             "probes": self.counts.probes,
             "vacuumed": self.vacuumed,
+            "vacuum_failed": self.vacuum_failed,
         }
 
 
@@ -49,5 +52,9 @@ def prune(repo: Repository, older_than: timedelta, *, dry_run: bool, now: dateti
     if dry_run:
         return PruneResult(horizon, True, db_prune.count(repo.engine, horizon), False)
     counts = db_prune.prune(repo.engine, horizon)
-    vacuumed = db_prune.vacuum(repo.engine) if counts.jobs or counts.events or counts.probes else False
-    return PruneResult(horizon, False, counts, vacuumed)
+    if not (counts.jobs or counts.events or counts.probes):
+        return PruneResult(horizon, False, counts, False)
+    try:
+        return PruneResult(horizon, False, counts, db_prune.vacuum(repo.engine))
+    except DatabaseError as err:  # e.g. a worker's long read held the file: the prune stands
+        return PruneResult(horizon, False, counts, False, err.message)
