@@ -74,6 +74,7 @@ def prune(app: App, older_than: timedelta, dry_run: bool, as_json: bool) -> None
         click.echo("compacted the SQLite file (VACUUM)", err=True)
     if result.vacuum_failed:
         click.echo(
-            f"warning: the SQLite file was not compacted ({result.vacuum_failed}); the next prune that removes rows compacts it",
+            f"warning: the SQLite file was not compacted ({result.vacuum_failed}); "
+            "the next prune that removes rows compacts it",
             err=True,
         )
