@@ -164,7 +164,8 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
-    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id"))
+    # indexed so deleting an attempt (`prune`) need not scan every event for its foreign key
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id"), index=True)
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
     user: Mapped[str] = mapped_column(String(200))
@@ -179,7 +180,7 @@ class Output(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id"))
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id"), index=True)  # see Event.attempt_id
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

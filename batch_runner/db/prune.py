@@ -166,8 +166,9 @@ def _prune_some(conn: Connection, horizon: datetime, limit: int) -> PruneCounts:
     )
     _merge(conn, _rollups(jobs, attempts))
     attempt_ids = [a["id"] for a in attempts]
-    events = conn.execute(delete(E).where(or_(E.c.job_id.in_(ids), E.c.attempt_id.in_(attempt_ids)))).rowcount
-    conn.execute(update(OUT).where(OUT.c.attempt_id.in_(attempt_ids)).values(attempt_id=None))
+    # by job id, whose columns are indexed (attempt_id is not): a job's events and outputs name its own attempts
+    events = conn.execute(delete(E).where(E.c.job_id.in_(ids))).rowcount
+    conn.execute(update(OUT).where(OUT.c.job_id.in_(ids), OUT.c.attempt_id.is_not(None)).values(attempt_id=None))
     conn.execute(delete(A).where(A.c.id.in_(attempt_ids)))
     conn.execute(update(J).where(J.c.id.in_(ids)).values(pruned_at=utcnow()))
     return PruneCounts(jobs=len(ids), attempts=len(attempt_ids), events=events)

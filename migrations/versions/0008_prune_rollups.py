@@ -3,7 +3,8 @@
 `prune` deletes finished jobs' attempts and events past a horizon and keeps their report
 figures in `rollups` (per UTC day, batch, project, endpoint); each pruned job is marked with
 `pruned_at` (the job row stays: enqueue must still know it was done and paid). A `prune` row in
-`locks` keeps two prunes from writing the same rollup at once.
+`locks` keeps two prunes from writing the same rollup at once. events.attempt_id and
+outputs.attempt_id get indexes, so deleting attempts does not scan them.
 
 Revision ID: 0008
 Revises: 0006
@@ -46,9 +47,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True))
     locks = sa.table("locks", sa.column("name", sa.String), sa.column("counter", sa.BigInteger))
     op.bulk_insert(locks, [{"name": "prune", "counter": 0}])
+    # deleting an attempt checks the rows that refer to it: without these indexes that is a scan
+    # of every event and output per attempt (measured: most of a prune transaction's time)
+    op.create_index(op.f("ix_events_attempt_id"), "events", ["attempt_id"], unique=False)
+    op.create_index(op.f("ix_outputs_attempt_id"), "outputs", ["attempt_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_outputs_attempt_id"), table_name="outputs")
+    op.drop_index(op.f("ix_events_attempt_id"), table_name="events")
     op.execute("DELETE FROM locks WHERE name = 'prune'")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("pruned_at")
