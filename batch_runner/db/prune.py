@@ -22,7 +22,7 @@ from .models import Attempt, Batch, Event, Job, Lock, Output, Probe, Rollup, tab
 from .plumbing import fail, reading, transaction
 
 A, J, B, E, OUT, P, RU = (table(m) for m in (Attempt, Job, Batch, Event, Output, Probe, Rollup))
-#: Jobs pruned per transaction: with their attempts and events, about 1,000 rows.
+#: Job ids per transaction (so at most this many jobs): with their attempts and events, about 1,000 rows.
 PRUNE_JOBS_PER_TX = 100
 #: Probe-cache rows (and events of jobs that never ran) deleted per transaction.
 PRUNE_ROWS_PER_TX = 1000
@@ -128,14 +128,15 @@ def count(engine: Engine, horizon: datetime) -> PruneCounts:
 
 
 def prune(engine: Engine, horizon: datetime, *, jobs_per_tx: int = PRUNE_JOBS_PER_TX) -> PruneCounts:
-    """Prune in short transactions until nothing is left past the horizon; each job's rollup is
-    written in the transaction that deletes its attempts and events."""
+    """Prune in short transactions, one per `jobs_per_tx` job ids (so at most that many jobs each);
+    each job's rollup is written in the transaction that deletes its attempts and events."""
     total = PruneCounts()
-    while True:
-        done = transaction(engine, "pruning old attempts and events", _prune_some, horizon, jobs_per_tx)
-        total.add(done)
-        if not done.jobs:
-            break
+    last = reading(engine, "reading the last job id", lambda conn: conn.execute(select(func.max(J.c.id))).scalar())
+    # a window of job ids per transaction: each one's query is a short primary-key range, never a
+    # scan of every job (which made the whole prune quadratic on PostgreSQL)
+    for first in range(1, (last or 0) + 1, jobs_per_tx):
+        window = (first, first + jobs_per_tx)
+        total.add(transaction(engine, "pruning old attempts and events", _prune_some, horizon, window))
     for what, fn in (("events", _prune_quiet_events), ("probes", _prune_probes)):
         while True:
             n = transaction(engine, f"pruning old {what}", fn, horizon)
@@ -145,9 +146,10 @@ def prune(engine: Engine, horizon: datetime, *, jobs_per_tx: int = PRUNE_JOBS_PE
     return total
 
 
-def _prune_some(conn: Connection, horizon: datetime, limit: int) -> PruneCounts:
+def _prune_some(conn: Connection, horizon: datetime, window: tuple[int, int]) -> PruneCounts:
+    """The prunable jobs with ids in [first, end) of `window`."""
     conn.execute(update(Lock).where(Lock.name == "prune").values(counter=Lock.counter + 1))  # one prune at a time
-    pick = select(J.c.id).where(*_prunable(horizon)).order_by(J.c.id).limit(limit)
+    pick = select(J.c.id).where(J.c.id >= window[0], J.c.id < window[1], *_prunable(horizon)).order_by(J.c.id)
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(of=J, skip_locked=True)  # a job a worker or `retry` holds waits for next time
     ids = list(conn.execute(pick).scalars())
