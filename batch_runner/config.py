@@ -199,3 +199,80 @@ def normalize_db_url(value: str) -> str:
         if value.startswith(prefix):
             return "postgresql+psycopg://" + value[len(prefix) :]
     return value
+
+
+# --------------------------------------------------------------------------- operations: metrics, notifications
+
+ENV_METRICS_PORT = "BATCH_RUNNER_METRICS_PORT"  # `--metrics-port`: off when unset; 0 picks a free port
+ENV_METRICS_ADDR = "BATCH_RUNNER_METRICS_ADDR"
+ENV_NOTIFY_URLS = "BATCH_RUNNER_NOTIFY_URLS"  # comma-separated webhook URLs
+ENV_NOTIFY_SECRET = "BATCH_RUNNER_NOTIFY_SECRET"  # HMAC-SHA256 key of the signature header
+ENV_NOTIFY_SECRET_FILE = "BATCH_RUNNER_NOTIFY_SECRET_FILE"  # the same key read from a file
+ENV_NOTIFY_FORMAT = "BATCH_RUNNER_NOTIFY_FORMAT"  # json (default) or slack
+ENV_NOTIFY_OUTAGE_AFTER_S = "BATCH_RUNNER_NOTIFY_OUTAGE_AFTER_S"
+METRICS_ADDR = "127.0.0.1"
+NOTIFY_FORMATS = ("json", "slack")
+NOTIFY_OUTAGE_AFTER_S = 300.0
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """Metrics endpoint and notification webhooks (both off unless configured)."""
+
+    metrics_port: int | None = None
+    metrics_addr: str = METRICS_ADDR
+    notify_urls: tuple[str, ...] = ()
+    notify_secret: Secret | None = None
+    notify_format: str = "json"
+    notify_outage_after_s: float = NOTIFY_OUTAGE_AFTER_S
+
+
+def ops_from_env(environ: Mapping[str, str] | None = None) -> OpsSettings:
+    """The operations settings from the environment; a bad value is a ConfigError naming its variable."""
+    from .errors import ConfigError, shorten
+
+    env = os.environ if environ is None else environ
+    port_raw = env.get(ENV_METRICS_PORT, "")
+    port: int | None = None
+    if port_raw:
+        port = int(port_raw) if port_raw.isdigit() else -1
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{ENV_METRICS_PORT}={shorten(port_raw)} must be a port number from 0 to 65535")
+    urls = tuple(u.strip() for u in env.get(ENV_NOTIFY_URLS, "").split(",") if u.strip())
+    bad = [u for u in urls if not is_remote(u, data_uri=False)]
+    if bad:
+        raise ConfigError(f"{ENV_NOTIFY_URLS}: {shorten(bad[0].split('?')[0])} is not an http(s) URL")
+    fmt = env.get(ENV_NOTIFY_FORMAT) or "json"
+    if fmt not in NOTIFY_FORMATS:
+        raise ConfigError(f"{ENV_NOTIFY_FORMAT}={shorten(fmt)} must be one of {', '.join(NOTIFY_FORMATS)}")
+    return OpsSettings(
+        metrics_port=port,
+        metrics_addr=env.get(ENV_METRICS_ADDR) or METRICS_ADDR,
+        notify_urls=urls,
+        notify_secret=_notify_secret(env),
+        notify_format=fmt,
+        notify_outage_after_s=_setting(
+            env, ENV_NOTIFY_OUTAGE_AFTER_S, float, NOTIFY_OUTAGE_AFTER_S, "number of seconds"
+        ),
+    )
+
+
+def _notify_secret(env: Mapping[str, str]) -> Secret | None:
+    """BATCH_RUNNER_NOTIFY_SECRET, else the file BATCH_RUNNER_NOTIFY_SECRET_FILE names (stripped)."""
+    from .errors import ConfigError, shorten
+
+    if env.get(ENV_NOTIFY_SECRET):
+        return Secret(env[ENV_NOTIFY_SECRET])
+    path = env.get(ENV_NOTIFY_SECRET_FILE)
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{ENV_NOTIFY_SECRET_FILE}: cannot read {shorten(path)}: {exc.strerror}",
+            hint="point it at a readable file holding the secret",
+        ) from exc
+    if not value:
+        raise ConfigError(f"{ENV_NOTIFY_SECRET_FILE}: {shorten(path)} is empty")
+    return Secret(value)

@@ -31,6 +31,8 @@ LAYERS = {
     "db": 3,
     "api": 3,
     "progress": 3,
+    "notify": 3,  # webhook notifications: signed POSTs from a background thread
+    "metrics": 4,  # Prometheus metrics: reporter counters and gauges read through db/
     "outcome": 4,
     "output": 4,
     "emulator": 4,
