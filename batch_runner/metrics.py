@@ -22,8 +22,9 @@ log = get_logger("metrics")
 
 PREFIX = "batch_runner"
 #: The `error_type` label's values: fal's documented error types (api/answers.py, from fal's
-#: request-errors page), "other" for a type outside them, "unknown" when fal named none.
-ERROR_TYPES = RETRYABLE_ERROR_TYPES | REJECTION_ERROR_TYPES | CANCELLED_ERROR_TYPES
+#: request-errors page, and content_policy_violation as outcome.py reads it), "other" for a type
+#: outside them, "unknown" when fal named none.
+ERROR_TYPES = RETRYABLE_ERROR_TYPES | REJECTION_ERROR_TYPES | CANCELLED_ERROR_TYPES | {"content_policy_violation"}
 ERRORED = {
     RunEvent.RETRY,
     RunEvent.FOLLOW_LATER,

@@ -138,7 +138,10 @@ def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_ur
       BATCH_RUNNER_FAL_PRICES, BATCH_RUNNER_FAL_URL,
       BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
       BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
-      BATCH_RUNNER_WARN_AT_USD
+      BATCH_RUNNER_WARN_AT_USD,
+      BATCH_RUNNER_METRICS_PORT, BATCH_RUNNER_METRICS_ADDR (127.0.0.1), BATCH_RUNNER_NOTIFY_URLS,
+      BATCH_RUNNER_NOTIFY_SECRET (or BATCH_RUNNER_NOTIFY_SECRET_FILE), BATCH_RUNNER_NOTIFY_FORMAT (json|slack),
+      BATCH_RUNNER_NOTIFY_OUTAGE_AFTER_S (300)
     """
     settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
     setup_logging(verbose, [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k])
