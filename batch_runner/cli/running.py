@@ -120,9 +120,9 @@ def _operations(app: App, settings: Settings, ops: OpsSettings, cap: int) -> Ite
             try:
                 host, port = metrics.serve(ops.metrics_addr, ops.metrics_port)
             except OSError as exc:
-                where = shorten(f"{ops.metrics_addr}:{ops.metrics_port}")
                 raise ConfigError(
-                    f"cannot serve metrics on {where}: {exc.strerror or exc}",
+                    f"cannot serve metrics on {shorten(ops.metrics_addr)} port {ops.metrics_port}: "
+                    f"{exc.strerror or shorten(str(exc))}",
                     hint="choose a free --metrics-port (0 picks one)",
                 ) from exc
             click.echo(f"metrics: serving http://{host}:{port}/metrics", err=True)
