@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,12 @@ import httpx
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from batch_runner import runner
 from batch_runner.cli import cli
+from batch_runner.config import Secret
+from batch_runner.db.gauges import read_gauges
+from batch_runner.metrics import DatabaseCollector, Metrics
+from batch_runner.pricing import load_price_table
 from tests.integration.run_helpers import make_bench
 
 
@@ -89,8 +95,6 @@ def test_a_worker_scraped_while_it_works_through_faults_matches_the_job_table(tm
 
 
 def test_a_metrics_port_in_use_is_a_setting_error(tmp_path, media, emulator_factory):
-    import socket
-
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -107,3 +111,41 @@ def test_a_metrics_port_in_use_is_a_setting_error(tmp_path, media, emulator_fact
         taken.close()
     assert result.exit_code == 3 and "Error: cannot serve metrics on '127.0.0.1' port " in result.output
     assert "Traceback" not in result.output and bench.sql("select count(*) from attempts") == [(0,)]
+
+
+def test_retries_and_fal_error_types_are_counted_as_the_attempts_table_records_them(
+    tmp_path, media, emulator_factory, db_url
+):
+    """In-process, with the fast test timings: a failed run (runner_disconnected) is retried."""
+    bench = make_bench(tmp_path, media, emulator_factory(faults="fail=1/1"), db_url=db_url)
+    engine = bench.repo.engine
+    metrics = Metrics(DatabaseCollector(lambda run: read_gauges(engine, run, 5_000_000), 2))
+    host, port = metrics.serve("127.0.0.1", 0)
+    try:
+        summary = runner.run_jobs(
+            bench.settings,
+            load_price_table(),
+            bench.repo,
+            Secret("test-key"),
+            manifest=bench.manifest,
+            batches=None,
+            pool=bench.pool(),
+            max_cost_micro_usd=3_000_000,
+            run_name=None,
+            reporter=metrics,
+            stop=threading.Event(),
+        )
+        samples = _scrape(f"http://{host}:{port}/metrics")
+    finally:
+        metrics.close()
+    assert summary.counts == {"succeeded": 4}
+    [(attempts,)] = bench.sql("select count(*) from attempts")
+    assert samples[("batch_runner_retries_total", ())] == attempts - 4 == 1
+    assert samples[("batch_runner_submits_total", ())] == attempts
+    assert _labelled(samples, "batch_runner_fal_errors_total", "error_type") == {"runner_disconnected": 1}
+    assert _labelled(samples, "batch_runner_budget_usd", "budget") == {"run": 3.0, "account_per_day": 5.0}
+    run_spend = {
+        k: samples[("batch_runner_spend_usd", (("budget", "run"), ("kind", k)))] for k in ("billed", "reserved")
+    }
+    assert run_spend == {"billed": 1.2, "reserved": 1.2}  # the failed attempt was never billed
+    assert samples[("batch_runner_spend_usd", (("budget", "account_per_day"), ("kind", "billed")))] == 1.2
