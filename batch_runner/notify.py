@@ -35,6 +35,7 @@ BACKOFF_S = 0.5  # first wait between attempts; doubles each time
 TIMEOUT_S = 5.0
 FLUSH_S = 5.0  # the most `close` waits for deliveries still under way
 UNCERTAIN_IDS_MAX = 20  # job ids listed in an `uncertain` event
+UNCERTAIN_COALESCE_S = 10.0  # uncertain jobs met within this long go out as one event
 
 RUN_FINISHED, BUDGET_STOP, BUDGET_WARNING = "run.finished", "budget.stop", "budget.warning"
 UNCERTAIN, FAL_UNREACHABLE, FAL_REACHABLE = "jobs.uncertain", "fal.unreachable", "fal.reachable"
@@ -159,14 +160,17 @@ class Notifier:
 
 class NotifyingReporter:
     """A reporter: turns the run's events into notifications (budget warning, outage past the
-    threshold); the run's end (and its budget stop and uncertain jobs) comes from `run_ended`."""
+    threshold, jobs left uncertain, coalesced); the run's end and a budget stop come from `run_ended`."""
 
-    def __init__(self, notifier: Notifier, outage_after_s: float) -> None:
-        self.notifier, self.outage_after_s = notifier, outage_after_s
+    def __init__(self, notifier: Notifier, outage_after_s: float, *, coalesce_s: float = UNCERTAIN_COALESCE_S) -> None:
+        self.notifier, self.outage_after_s, self.coalesce_s = notifier, outage_after_s, coalesce_s
         self.run: str | None = None
         self._lock = threading.Lock()
         self._outage: threading.Timer | None = None
         self._outage_said = False
+        self._uncertain: list[int] = []  # met and not yet sent
+        self._uncertain_sent: set[int] = set()
+        self._flush: threading.Timer | None = None
 
     def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None:
         if kind == RunEvent.START:
@@ -182,6 +186,25 @@ class NotifyingReporter:
                     self._outage.start()
         elif kind == RunEvent.RESUMED:
             self._resumed(str(info.get("message") or ""))
+        elif kind == RunEvent.UNCERTAIN and job is not None:
+            with self._lock:
+                self._uncertain.append(job.id)
+                if self._flush is None:
+                    self._flush = threading.Timer(self.coalesce_s, self._send_uncertain)
+                    self._flush.daemon = True
+                    self._flush.start()
+
+    def _send_uncertain(self, extra_ids: tuple[int, ...] = (), **common: Any) -> None:
+        """One `jobs.uncertain` event for the uncertain jobs not told yet."""
+        with self._lock:
+            ids = [i for i in dict.fromkeys([*self._uncertain, *extra_ids]) if i not in self._uncertain_sent]
+            self._uncertain_sent.update(ids)
+            self._uncertain, timer, self._flush = [], self._flush, None
+        if timer is not None:
+            timer.cancel()
+        if ids:
+            fields = {"run": self.run, **common}
+            self.notifier.send(UNCERTAIN, **fields, uncertain=len(ids), jobs=ids[:UNCERTAIN_IDS_MAX])
 
     def _outage_lasted(self, message: str) -> None:
         with self._lock:
@@ -190,18 +213,19 @@ class NotifyingReporter:
             FAL_UNREACHABLE, run=self.run, message=f"unreachable for over {self.outage_after_s:g} s: {message}"
         )
 
-    def _resumed(self, message: str) -> None:
+    def _resumed(self, message: str | None) -> None:
+        """fal answers again (None: the run ended, so whether it does is unknown: nothing is said)."""
         with self._lock:
             timer, said = self._outage, self._outage_said
             self._outage, self._outage_said = None, False
         if timer is not None:
             timer.cancel()
-        if said:
+        if said and message is not None:
             self.notifier.send(FAL_REACHABLE, run=self.run, message=message)
 
     def run_ended(self, summary: dict[str, Any]) -> None:
-        """The run's summary (RunSummary.to_json): its end, and a budget stop or uncertain jobs."""
-        self._resumed("")  # an outage timer still running dies with the run
+        """The run's summary (RunSummary.to_json): its end, a budget stop, uncertain jobs not told yet."""
+        self._resumed(None)  # an outage timer still running dies with the run
         common = {
             "run": summary.get("run"),
             "batches": summary.get("batches"),
@@ -217,9 +241,8 @@ class NotifyingReporter:
             self.notifier.send(
                 BUDGET_STOP, **common, scope=summary.get("budget_stop_scope"), not_run=summary.get("not_run")
             )
-        uncertain = [f["job"] for f in summary.get("failed") or () if f.get("state") == "uncertain"]
-        if uncertain:
-            self.notifier.send(UNCERTAIN, **common, uncertain=len(uncertain), jobs=uncertain[:UNCERTAIN_IDS_MAX])
+        left = tuple(f["job"] for f in summary.get("failed") or () if f.get("state") == "uncertain")
+        self._send_uncertain(left, **common)
 
 
 def _is_budget_warning(info: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ import threading
 import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -183,3 +184,20 @@ def test_a_short_outage_says_nothing(receiver):
     notifying.event(RunEvent.RESUMED, None, message="back")
     notifier.close()
     assert receiver.events() == []
+
+
+def test_uncertain_jobs_of_a_long_work_are_told_coalesced_and_never_twice(receiver):
+    ops = ops_from_env({"BATCH_RUNNER_NOTIFY_URLS": receiver.url("/ok"), "BATCH_RUNNER_NOTIFY_SECRET": SECRET})
+    notifier = Notifier(ops, lambda kind, **d: None)
+    notifying = NotifyingReporter(notifier, outage_after_s=5, coalesce_s=0.2)
+    notifying.event(RunEvent.START, None, run="w", total=0)
+    for job_id in (7, 9):
+        notifying.event(RunEvent.UNCERTAIN, SimpleNamespace(id=job_id), error="dropped")  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while not receiver.events() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    failed = [{"job": 7, "state": "uncertain"}, {"job": 11, "state": "uncertain"}, {"job": 3, "state": "failed"}]
+    notifying.run_ended({"run": "w", "failed": failed, "jobs": {"uncertain": 3, "failed": 1}})
+    notifier.close()
+    told = [(e["kind"], e.get("jobs")) for e in receiver.events()]
+    assert told == [("jobs.uncertain", [7, 9]), ("run.finished", None), ("jobs.uncertain", [11])]
