@@ -67,3 +67,18 @@ def test_urls_are_logged_without_their_query_and_slack_text_is_one_line():
     assert redact_url("https://hooks.example:8443/p/q?token=abc#f") == "https://hooks.example:8443/p/q"
     text = slack_text({"kind": "run.finished", "run": "r1", "counts": {"succeeded": 2}, "billed_usd": "0.60"})
     assert text == "batch-runner run.finished: run r1 — succeeded 2; billed $0.60"
+
+
+def test_the_readme_receiver_check_accepts_our_signature_and_refuses_another():
+    import re
+    import time
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert code, "the README shows the receiver's check"
+    scope: dict = {}
+    exec(code.group(1), scope)
+    body = b'{"kind": "run.finished"}'
+    header = sign("k", int(time.time()), body)
+    assert scope["verified"](b"k", header, body) and not scope["verified"](b"x", header, body)
