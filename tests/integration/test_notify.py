@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -142,9 +143,24 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_last_attempt(receive
     ]
 
 
+class _OutageOnFirstSubmit:
+    """The run's reporter: starts a 1 s read outage at the emulator once the first job is submitted
+    (its control route), then hands every event to the notifications."""
+
+    def __init__(self, emu_url: str, inner: NotifyingReporter) -> None:
+        self.emu_url, self.inner, self.started = emu_url, inner, False
+
+    def event(self, kind: RunEvent, job: Any, **info: Any) -> None:
+        if kind == RunEvent.SUBMITTED and not self.started:
+            self.started = True
+            resp = httpx.post(f"{self.emu_url}/_emulator/outage", json={"seconds": 1.0}, timeout=30)
+            assert resp.json()["active"] is True
+        self.inner.event(kind, job, **info)
+
+
 def test_fal_unreachable_past_the_threshold_is_posted_and_then_its_end(tmp_path, media, emulator_factory, receiver):
-    """A read outage of about 2 s (40 fal seconds at speed 20) against a 0.3 s threshold."""
-    bench = make_bench(tmp_path, media, emulator_factory(speed=20, faults="outage=0+40"), clips=1)
+    """A read outage of 1 s against a 0.3 s threshold."""
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     env = _env(bench, receiver.url("/ok"), BATCH_RUNNER_NOTIFY_OUTAGE_AFTER_S="0.3")
     ops = ops_from_env(env)
     assert ops.notify_secret == Secret(SECRET)
@@ -162,7 +178,7 @@ def test_fal_unreachable_past_the_threshold_is_posted_and_then_its_end(tmp_path,
             pool=bench.pool(outage_pause_s=0.2, outage_pause_max_s=0.4),
             max_cost_micro_usd=None,
             run_name=None,
-            reporter=notifying,
+            reporter=_OutageOnFirstSubmit(bench.emulator.url, notifying),
             stop=threading.Event(),
         )
         notifying.run_ended(summary.to_json())
