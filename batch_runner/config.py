@@ -49,6 +49,7 @@ ENV_CONFIG = "BATCH_RUNNER_CONFIG"  # the config file, as --config names it
 LEASE_S = 60.0
 CONFIG_FILE = "batch-runner.toml"  # in the working directory
 LOG_FORMATS = ("text", "json")
+PATH_CHARS = 200  # the most characters of a path a message quotes
 
 #: fal's hosts (reference §1). One URL (--fal-url) replaces all of them, e.g. with the emulator.
 FAL_QUEUE_URL = "https://queue.fal.run"
@@ -216,7 +217,7 @@ def secret_from_env(env: Mapping[str, str], name: str, file_name: str) -> Secret
     path = env.get(file_name)
     if not path:
         return None
-    where = f"{file_name} {shorten(Path(path))}"
+    where = f"{file_name} {_named(Path(path))}"
     hint = f"put the key alone on one line in a file only you can read, or set {name} instead"
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -340,7 +341,7 @@ def find_config_file(explicit: Path | None, environ: Mapping[str, str]) -> Path 
     if explicit is not None:
         if not explicit.is_file():
             why = "is a folder" if explicit.is_dir() else "does not exist"
-            raise ConfigError(f"config file {shorten(explicit)} {why}", hint="check --config / " + ENV_CONFIG)
+            raise ConfigError(f"config file {_named(explicit)} {why}", hint="check --config / " + ENV_CONFIG)
         return explicit
     xdg = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".config")
     for candidate in (Path(CONFIG_FILE), Path(xdg) / "batch-runner" / "config.toml"):
@@ -355,7 +356,7 @@ def read_config_file(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"config file {shorten(path)}: cannot read it ({why})") from None
+        raise ConfigError(f"config file {_named(path)}: cannot read it ({why})") from None
     try:
         data = tomllib.loads(text, parse_float=Decimal)  # money stays exact: 0.1 is Decimal("0.1")
     except tomllib.TOMLDecodeError as exc:
@@ -365,15 +366,17 @@ def read_config_file(path: Path) -> dict[str, str]:
             if found
             else ("?", str(exc))
         )
-        raise ConfigError(
-            f"{shorten(path)}:{line}: not valid TOML: {shorten(what, 100)}", hint="see https://toml.io"
-        ) from None
-    return {KEYS_BY_TOML[name].env: _file_value(path, text, name, value) for name, value in data.items()}
+        raise ConfigError(f"{_named(path)}:{line}: not valid TOML: {what}", hint="see https://toml.io") from None
+    values = {}
+    for name, value in data.items():
+        checked = _file_value(path, text, name, value)
+        values[KEYS_BY_TOML[name].env] = checked
+    return values
 
 
 def _file_value(path: Path, text: str, name: str, value: Any) -> str:
     """One key's value as its environment variable's text; unknown keys, secrets and wrong types refused."""
-    where = f"{shorten(path)}:{_line_of(text, name) or '?'}"
+    where = f"{_named(path)}:{_line_of(text, name) or '?'}"
     if name in SECRET_KEYS:
         raise ConfigError(
             f"{where}: {name}: a secret is never read from the config file",
@@ -390,6 +393,12 @@ def _file_value(path: Path, text: str, name: str, value: Any) -> str:
     text_value = str(value)
     if key.kind == "choice" and text_value not in key.choices:
         raise ConfigError(f"{where}: {name} = {shorten(text_value)} is not one of {', '.join(key.choices)}")
+    if key.field:  # the check the environment's value gets, named by the file's line
+        try:
+            _read_key({key.env: text_value}, key, None)
+        except ConfigError as exc:
+            rest = exc.message.split(" must ", 1)[-1]
+            raise ConfigError(f"{where}: {name} must {rest}", hint=exc.hint) from None
     if key.kind == "path" or (key.kind == "db" and "://" not in text_value):
         # a relative path is relative to the config file's folder, wherever the command runs
         return str((path.parent / Path(text_value).expanduser()).resolve())
@@ -406,6 +415,11 @@ def _toml_type(value: Any) -> str:
         return "an array"
     kind = type_name(value)
     return "a date or time" if kind == "a value of another kind" else kind
+
+
+def _named(path: Path) -> str:
+    """A path as a message shows it: whole unless it is very long."""
+    return shorten(path, PATH_CHARS)
 
 
 def _line_of(text: str, name: str) -> int | None:

@@ -33,6 +33,13 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def bind_log_context(**fields: Any) -> None:
+    """Add fields to the current `log_context` block as they become known (a submit's request id);
+    they end with the block."""
+    known = {k: v for k, v in fields.items() if v is not None}
+    _context.set({**(_context.get() or {}), **known})
+
+
 class _Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = [s for s in secrets if s]
