@@ -360,18 +360,23 @@ def read_config_file(path: Path) -> dict[str, str]:
     try:
         data = tomllib.loads(text, parse_float=Decimal)  # money stays exact: 0.1 is Decimal("0.1")
     except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        line, what = (
-            (found.group(1), f"{str(exc)[: found.start()].strip()} (column {found.group(2)})")
-            if found
-            else ("?", str(exc))
-        )
-        raise ConfigError(f"{_named(path)}:{line}: not valid TOML: {what}", hint="see https://toml.io") from None
+        raise ConfigError(f"{_named(path)}:{_toml_error(exc, text)}", hint="see https://toml.io") from None
     values = {}
     for name, value in data.items():
         checked = _file_value(path, text, name, value)
         values[KEYS_BY_TOML[name].env] = checked
     return values
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str) -> str:
+    """`LINE: not valid TOML: WHAT (column N)` from tomllib's `WHAT (at line L, column N)` or
+    `WHAT (at end of document)` (Python 3.11 gives the place only in the message)."""
+    message = str(exc)
+    found = re.search(r"\(at line (\d+), column (\d+)\)", message)
+    if found:
+        return f"{found.group(1)}: not valid TOML: {message[: found.start()].strip()} (column {found.group(2)})"
+    line = max(text.count("\n") + (0 if text.endswith("\n") else 1), 1)
+    return f"{line}: not valid TOML: {message.replace('(at end of document)', '(at the end)').strip()}"
 
 
 def _file_value(path: Path, text: str, name: str, value: Any) -> str:

@@ -219,9 +219,7 @@ class Pool:
             if claim.warning:
                 self.worker.reporter.event(RunEvent.WARNING, claim.job, message=claim.warning)
             job = claim.job  # every log line about this job says which (logs.log_context)
-            with log_context(
-                job=job.id, batch=job.batch or job.batch_id, run=self.run.name, request_id=claim.attempt.request_id
-            ):
+            with log_context(job=job.id, batch=job.batch_id, run=self.run.name, request_id=claim.attempt.request_id):
                 if not self._process(claim):
                     return
 
