@@ -6,11 +6,13 @@ file (`--config FILE`, else ./batch-runner.toml, else $XDG_CONFIG_HOME/batch-run
 the default. The file's values are turned into their environment variables' text and laid under
 the real environment, so `Settings.from_env` is the one place that parses a setting.
 
-To add a setting: one `Key` row in `KEYS` (its TOML key, environment variable, kind and help)
-and, when `field` is given, a `Settings` field of that name with its default; `from_env` then reads
-it generically (kinds: text, path, int, number, usd, choice). A secret never goes in the file: add
-its TOML name to `SECRET_KEYS` (refused with a hint) and give it a `*_file` row and `*_FILE`
-variable read through `secret_from_env`.
+To add a setting: one `Key` row in `KEYS` and, when `field` is given, a `Settings` field of that
+name with its default; `from_env` then reads it by its kind (text, path, int, number, usd,
+choice), e.g. `Key("metrics_port", "BATCH_RUNNER_METRICS_PORT", "int", "…", "--metrics-port",
+field="metrics_port")` with `metrics_port: int | None = None`. --help lists the variable by
+itself; a test wants its row in the README's "Configuration" table. A secret never goes in the
+file: name it in `SECRET_KEYS` (refused with a hint), add a `*_file` row (kind path) and read it
+with `secret_from_env(env, "X", "X_FILE")`.
 """
 
 from __future__ import annotations

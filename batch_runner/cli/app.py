@@ -179,7 +179,9 @@ def cli(
     flags = {"db_url": db_url, "prices_path": prices_path, "fal_url": fal_url, "log_format": log_format}
     settings = load_settings(config_path).with_overrides(**flags)
     secrets = [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k]
-    setup_logging(verbose, secrets, settings.log_format)
+    log = setup_logging(verbose, secrets, settings.log_format)
+    if settings.config_path is not None:
+        log.info("settings from the config file %s (flags and the environment win over it)", settings.config_path)
     ctx.obj = App(settings, verbose)
 
 

@@ -81,6 +81,7 @@ def test_a_run_configured_by_file_logs_json_lines_that_name_their_job(tmp_path, 
     assert code == 0, err  # without the key from fal_key_file, `run` refuses with exit 3
     assert json.loads(out)["jobs"] == {"succeeded": 2}
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines[0]["event"].startswith(f"settings from the config file {config}")
     polling = [line for line in lines if "status stream unavailable" in line["event"]]
     assert len(polling) == 2 and len({line["job"] for line in polling}) == 2
     [batch_id] = bench.sql("select id from batches where name = 'b'")[0]
