@@ -89,3 +89,17 @@ def test_a_run_configured_by_file_logs_json_lines_that_name_their_job(tmp_path, 
     assert all(line["batch"] == batch_id and line["run"] == run_name and line["level"] == "info" for line in polling)
     assert all(line["logger"] == "batch_runner.worker" and line["time"].endswith("Z") for line in polling)
     assert KEY not in out + err
+
+
+def test_prices_sync_writes_where_the_config_file_says_unless_the_environment_says_otherwise(tmp_path: Path, emu):
+    config = tmp_path / "c.toml"
+    config.write_text(f'fal_url = "{emu.url}"\nfal_prices = "synced/from-file.json"\n')
+    env: dict[str, str | None] = {"FAL_KEY": "k", "BATCH_RUNNER_FAL_PRICES": None}
+    code, _, err = _invoke(["--config", str(config), "prices", "sync"], env)
+    assert code == 0, err
+    assert (tmp_path / "synced" / "from-file.json").is_file()
+    env["BATCH_RUNNER_FAL_PRICES"] = str(tmp_path / "from-env.json")
+    assert _invoke(["--config", str(config), "prices", "sync"], env)[0] == 0
+    assert (tmp_path / "from-env.json").is_file()
+    code, _, err = _invoke(["--config", str(config), "prices", "sync", "-o", str(tmp_path / "flag.json")], env)
+    assert code == 0 and (tmp_path / "flag.json").is_file()
