@@ -153,3 +153,11 @@ def test_every_key_is_documented_in_the_readme_configuration_table():
 
 def test_settings_from_the_environment_alone_read_no_file():
     assert Settings.from_env({"HOME": "/nowhere"}).config_path is None
+
+
+def test_the_log_format_comes_from_the_environment_too_and_is_checked(tmp_path: Path):
+    path = _write(tmp_path, 'log_format = "text"\n')
+    assert load_settings(path, _env(tmp_path, BATCH_RUNNER_LOG_FORMAT="json")).log_format == "json"
+    with pytest.raises(ConfigError, match=r"BATCH_RUNNER_LOG_FORMAT='xml' must be one of text, json") as err:
+        load_settings(path, _env(tmp_path, BATCH_RUNNER_LOG_FORMAT="xml"))
+    assert err.value.exit_code == 3
