@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .. import display, runner
-from ..config import OpsSettings, Secret, Settings, ops_from_env
+from ..config import OpsSettings, Secret, Settings
 from ..domain import JobState, RunEvent
 from ..errors import ConfigError, shorten
 from ..logs import get_logger
@@ -163,7 +163,7 @@ def _run_command(
     from ..progress import ProgressReporter
 
     app.pool_size = concurrency + 4  # every worker thread, the heartbeat and the main thread
-    ops = ops_from_env()
+    ops = app.settings.ops
     ops = replace(
         ops,
         metrics_port=metrics_at[0] if metrics_at[0] is not None else ops.metrics_port,
