@@ -61,6 +61,13 @@ def _make(folder: Path, name: str) -> Path:
             "-f", "lavfi", "-i", f"{SMALL}:duration=1.2", "-f", "lavfi", "-i", "sine=duration=1.2",
             "-pix_fmt", "yuv420p", "-c:a", "aac", str(out),
         )  # fmt: skip
+    elif name == "phone.mov":  # HEVC in QuickTime with a 270° display matrix, as a phone records it
+        hevc = folder / "hevc.mov"
+        _ffmpeg(
+            "-f", "lavfi", "-i", f"{SMALL}:duration=1", "-c:v", "libx265", "-x265-params", "log-level=error",
+            "-tag:v", "hvc1", str(hevc),
+        )  # fmt: skip
+        _ffmpeg("-i", str(hevc), "-c", "copy", "-metadata:s:v:0", "rotate=270", str(out))
     elif name in ("still.png", "still.jpg"):
         _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=48x32", "-frames:v", "1", str(out))
     elif name == "empty.mp4":
@@ -75,7 +82,7 @@ REFUSED = ("cover.mp4", "truncated.mp4", "empty.mp4", "text.mp4")
 
 
 # Sources as planning probes them: (file, the kind the endpoint expects).
-SOURCES = [(name, "video") for name in (*CORPUS, "rot180.mkv", "clip.ts")] + [
+SOURCES = [(name, "video") for name in (*CORPUS, "rot180.mkv", "clip.ts", "phone.mov")] + [
     ("still.png", "image"),
     ("still.jpg", "image"),
 ]
@@ -100,6 +107,8 @@ def test_the_in_process_probe_gives_ffprobes_figures(corpus, name):
 def test_the_corpus_is_as_awkward_as_it_says(corpus):
     facts = {n: avprobe.probe_video(_make(corpus, n), "fp") for n in ("rotated.mp4", "short.mp4", "thirty.mp4")}
     assert facts["rotated.mp4"].rotation in (90, 270) and facts["rotated.mp4"].display_size == (36, 64)
+    phone = probe.probe_source(str(_make(corpus, "phone.mov")), "video", "fp", timeout_s=30)
+    assert phone.codec == "hevc" and phone.rotation in (90, 270) and phone.display_size == (36, 64)
     assert facts["short.mp4"].duration == probe.probe(str(corpus / "short.mp4"), "video", "fp", timeout_s=30).duration
     assert facts["thirty.mp4"].duration == 30
     assert avprobe.probe_video(_make(corpus, "vp8.webm"), "fp").codec == "vp8"
