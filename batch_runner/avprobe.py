@@ -155,11 +155,9 @@ def _ffprobe_time(ts: int | None, time_base: Fraction | None) -> str | None:
 
 
 def _seconds(ts: int | None, time_base: Fraction | None) -> Decimal | None:
-    """A timestamp in seconds exactly as ffprobe prints it: `ts * av_q2d(time_base)` in double
-    precision, then printf's "%f" (ffprobe's writer_print_time)."""
-    if ts is None or time_base is None or ts <= 0:
-        return None
-    return Decimal(f"{ts * (time_base.numerator / time_base.denominator):.6f}")
+    """A positive timestamp in seconds exactly as ffprobe prints it (see _ffprobe_time)."""
+    printed = _ffprobe_time(ts, time_base)
+    return Decimal(printed) if printed is not None and ts is not None and ts > 0 else None
 
 
 def _rotation(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> int:
