@@ -60,7 +60,8 @@ IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gi
 
 def ffprobe_info(path: str) -> dict[str, Any]:
     """The parts of `ffprobe -show_format -show_streams -of json path` that probe.py reads, read in
-    process and printed as ffprobe prints them (ffprobe.c show_stream/show_format, FFmpeg 5.1-7.1).
+    process and printed as ffprobe prints them (ffprobe.c show_stream/show_format); the corpus test
+    compares them with the installed ffprobe's JSON, field by field.
 
     Raises ProbeError when libavformat cannot open the file or when a figure is one this path cannot
     reproduce exactly (no decoder to name the codec, an unset frame rate, an undecodable first
