@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from . import storage
 from .domain import ProbeResult, is_remote
 from .errors import ProbeError, ToolMissingError
 
@@ -50,6 +51,8 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     """
     if is_remote(source, data_uri=False):
         return _url_fingerprint(source, client)
+    if storage.is_store(source):  # object stores: URL + ETag + size (storage.py)
+        return storage.fingerprint(source)
     path = Path(source)
     try:
         st = path.stat()
@@ -102,9 +105,11 @@ def cacheable(fp: str) -> bool:
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    if is_remote(source, data_uri=False):
+    # an object is probed through a short-lived presigned URL; ffprobe reads only the bytes it needs
+    target = storage.presign(source, storage.PROBE_URL_LIFETIME_S) if storage.is_store(source) else source
+    if is_remote(target, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
-    args.append(source)
+    args.append(target)
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
     except FileNotFoundError:
@@ -117,7 +122,7 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
             hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source",
         ) from None
     if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace")
+        stderr = proc.stderr.decode("utf-8", "replace").replace(target, source)  # never a signed URL in a message
         raise ProbeError(f"{source}: {_explain(stderr, kind, _has_media_magic(source))}")
     try:
         info = json.loads(proc.stdout)
