@@ -1,4 +1,4 @@
-"""Object stores (s3://, gs://, az://, … any scheme fsspec knows) for sources, rows files and output
+"""Object stores (s3://, gs://, az:// and the other object stores fsspec knows) for sources, rows files and output
 roots: glob, read, fingerprint (ETag + size), presign, and a verified write through a temporary key.
 
 Credentials come from each store's own chain (for S3: AWS_* variables, profiles, instance roles;
@@ -29,7 +29,9 @@ RUN_URL_LIFETIME_S = 7 * 24 * 3600
 #: ffprobe reads a source during planning within seconds; the URL dies soon after.
 PROBE_URL_LIFETIME_S = 15 * 60
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-_NOT_STORES = frozenset({"http", "https", "file", "local", "data"})
+#: fsspec's object stores (S3 and S3-compatible, GCS, Azure Blob/Data Lake, Alibaba OSS, OCI, Volcengine
+#: TOS): objects with an ETag. Other fsspec schemes (ftp, sftp, smb, …) are file servers, not stores.
+STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci", "tos"})
 
 
 class StoreError(ProbeError):
@@ -45,8 +47,7 @@ class CannotPresignError(StoreError):
 def is_store(value: str) -> bool:
     """Whether a value is an object-store URL such as s3://bucket/key (not http(s), not a path)."""
     m = _SCHEME.match(value)
-    scheme = m.group(1).lower() if m else ""
-    return bool(scheme) and scheme not in _NOT_STORES and scheme in fsspec.available_protocols()
+    return m is not None and m.group(1).lower() in STORE_SCHEMES
 
 
 def _fs(url: str) -> tuple[AbstractFileSystem, str]:
@@ -54,6 +55,8 @@ def _fs(url: str) -> tuple[AbstractFileSystem, str]:
         fs, path = fsspec.core.url_to_fs(url)
     except ImportError as exc:  # a scheme whose backend (gcsfs, adlfs, …) is not installed
         raise StoreError(f"{shorten(url)}: no file system for this scheme", hint=f"pip install {exc.name}") from None
+    except Exception as exc:
+        raise _fail(url, "cannot open the store", exc) from exc
     return fs, path
 
 

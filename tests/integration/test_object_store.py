@@ -4,9 +4,14 @@ emulator, ffprobe and s3fs all over real HTTP. Each fault ends with a clear erro
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import uuid
+from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,9 +21,12 @@ from batch_runner import runner
 from batch_runner.cli import cli
 from batch_runner.domain import JobState
 from batch_runner.errors import ManifestError
+from batch_runner.manifest import load_manifest
 
 from .run_helpers import make_bench
-from .s3_helpers import s3_fixture, s3_server_fixture  # noqa: F401 - the s3 and s3_server fixtures
+from .s3_helpers import s3_env, s3_fixture, s3_server_fixture  # noqa: F401 - the s3 and s3_server fixtures
+
+EXE = Path(sys.executable).parent / "batch-runner"
 
 STORE_MANIFEST = """batch: {{batch}}
 endpoint: ray-3.2/reframe
@@ -127,7 +135,6 @@ def test_a_bucket_that_does_not_exist_is_a_manifest_error_before_anything_is_pai
     # the denied store here is the one it does enforce: a bucket that is not there (NoSuchBucket).
     bench = _bench(tmp_path, media, emulator_factory(), s3, out="no-such-bucket", create_out=False)
     assert bench.out.startswith("no-such-bucket")
-    from batch_runner.manifest import load_manifest
 
     with pytest.raises(ManifestError) as err:
         load_manifest(bench.manifest)
@@ -180,3 +187,62 @@ def test_a_presigned_url_fal_cannot_fetch_fails_the_job_as_fal_does_and_unpaid(t
     assert summary.counts == {"rejected": 2}, summary.failed
     assert all("file_download_error" in f["error"] or "download" in f["error"] for f in summary.failed), summary.failed
     assert ledger(bench) == emulator_bill(bench) == 0
+
+
+def test_a_rows_file_in_the_store_names_objects_beside_it(tmp_path, media, emulator_factory, s3):
+    bench = _bench(tmp_path, media, emulator_factory(), s3, clips=1)
+    rows = tmp_path / "list.csv"
+    rows.write_text("source,prompt\nclip0.mp4,a calm sea\ns3://elsewhere/x.mp4,a storm\n")
+    s3.put(bench.src, "nightly/list.csv", rows)
+    text = bench.manifest.read_text().replace('glob: "s3://', 'rows: "s3://').replace("*.mp4", "list.csv")
+    bench.manifest.write_text(text)
+    m = load_manifest(bench.manifest)
+    assert [j.source for j in m.jobs][::2] == [f"s3://{bench.src}/nightly/clip0.mp4", "s3://elsewhere/x.mp4"]
+    assert m.output_root == f"s3://{bench.out}/deliver"
+    assert m.jobs[0].output == f"s3://{bench.out}/deliver/b/clip0_9x16.mp4"
+    assert m.jobs[0].params["prompt"] == "a calm sea"
+
+
+@pytest.mark.parametrize("template", ["../{stem}.mp4", "/{stem}.mp4", "{batch}/../../{stem}.mp4"])
+def test_an_output_key_that_leaves_the_store_root_is_a_manifest_error(tmp_path, media, emulator_factory, s3, template):
+    bench = _bench(tmp_path, media, emulator_factory(), s3, clips=1)
+    text = bench.manifest.read_text().replace('"{batch}/{stem}_{aspect_ratio}.mp4"', json.dumps(template))
+    bench.manifest.write_text(text)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(bench.manifest)
+    assert "escapes the output root" in err.value.message and err.value.field == "output"
+
+
+@pytest.mark.postgres
+def test_two_work_processes_on_postgresql_share_no_disk_and_pay_each_job_once(
+    tmp_path, media, emulator_factory, s3, pg_url
+):
+    (tmp_path / "planner").mkdir()
+    bench = _bench(tmp_path / "planner", media, emulator_factory(), s3, clips=3, db_url=pg_url)
+    env = {**s3_env(s3), "BATCH_RUNNER_DB": pg_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": "k"}
+    env.pop("CI", None)
+    done = CliRunner().invoke(cli, ["enqueue", str(bench.manifest)], env=env)
+    assert done.exit_code == 0, done.output
+    shutil.rmtree(tmp_path / "planner")  # the manifest and its media are gone: workers need only the store
+    procs = []
+    for n in (1, 2):  # two "machines": each its own working and temporary folder
+        home = tmp_path / f"machine{n}"
+        (home / "tmp").mkdir(parents=True)
+        procs.append(
+            subprocess.Popen(
+                [str(EXE), "work", "--batch", "b", "--until-done", "--concurrency", "2"],
+                cwd=home,
+                env={**env, "TMPDIR": str(home / "tmp")},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outs]
+    assert bench.sql("select state, count(*) from jobs group by state") == [("succeeded", 6)]
+    accepted = Counter(r["input_sha256"] for r in bench.emulator_log() if r["request_id"])
+    assert len(accepted) == 6 and set(accepted.values()) == {1}  # no input reached fal twice
+    assert ledger(bench) == emulator_bill(bench) == 6 * 300_000
+    assert len([k for k in s3.keys(bench.out) if k.endswith(".mp4")]) == 6
+    assert not [p for p in (tmp_path / "machine1").rglob("*") if p.is_file()]  # nothing left on a machine
