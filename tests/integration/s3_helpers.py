@@ -4,6 +4,7 @@ real HTTP by s3fs, ffprobe and the emulator alike. Nothing is mocked in process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from s3fs import S3FileSystem
 
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -51,11 +53,54 @@ def _creds() -> dict[str, str]:
 
 @pytest.fixture(scope="session", name="s3_server")
 def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """moto_server on 127.0.0.1, port 0: it prints the port it took."""
+    """moto_server on 127.0.0.1, port 0: it prints the port it took. It checks no credentials."""
+    yield from _moto(tmp_path_factory, {})
+
+
+@dataclass
+class AuthS3:
+    """moto with IAM enforced: `admin` may do anything; `keys` (a user's) may use only `open_bucket`."""
+
+    server: S3Server
+    keys: dict[str, str]
+    open_bucket: str = "open-bkt"
+    denied_bucket: str = "denied-bkt"
+
+
+@pytest.fixture(scope="session", name="s3_auth")
+def s3_auth_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
+    """A second moto server that enforces IAM (INITIAL_NO_AUTH_ACTION_COUNT: the first three calls
+    make an admin; every later call must be signed by a known key and allowed by its policy)."""
+    for server in _moto(tmp_path_factory, {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}):
+        iam = boto3.client("iam", endpoint_url=server.url, **_creds())
+        admin = _user(iam, "admin", "*", "*")
+        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1", **admin)
+        auth = AuthS3(server, {})
+        auth.keys = _user(
+            iam, "nightly", "s3:*", [f"arn:aws:s3:::{auth.open_bucket}", f"arn:aws:s3:::{auth.open_bucket}/*"]
+        )
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **admin)
+        for bucket in (auth.open_bucket, auth.denied_bucket):
+            s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key="nightly/clip0.mp4", Body=b"not really a video")
+        yield auth
+
+
+def _user(iam, name: str, action: str, resource) -> dict[str, str]:
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def _moto(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[S3Server]:
     exe = Path(sys.executable).with_name("moto_server")
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
     try:
         url = None
         for _ in range(300):
@@ -82,6 +127,7 @@ def s3_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server
         monkeypatch.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(k, raising=False)
+    S3FileSystem.clear_instance_cache()  # fsspec keeps one per process: none made with other keys
     return s3_server
 
 

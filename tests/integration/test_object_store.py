@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from s3fs import S3FileSystem
 
 from batch_runner import runner
 from batch_runner.cli import cli
@@ -24,7 +25,12 @@ from batch_runner.errors import ManifestError
 from batch_runner.manifest import load_manifest
 
 from .run_helpers import make_bench
-from .s3_helpers import s3_env, s3_fixture, s3_server_fixture  # noqa: F401 - the s3 and s3_server fixtures
+from .s3_helpers import (  # noqa: F401 - the s3, s3_server and s3_auth fixtures
+    s3_auth_fixture,
+    s3_env,
+    s3_fixture,
+    s3_server_fixture,
+)
 
 EXE = Path(sys.executable).parent / "batch-runner"
 
@@ -246,3 +252,32 @@ def test_two_work_processes_on_postgresql_share_no_disk_and_pay_each_job_once(
     assert ledger(bench) == emulator_bill(bench) == 6 * 300_000
     assert len([k for k in s3.keys(bench.out) if k.endswith(".mp4")]) == 6
     assert not [p for p in (tmp_path / "machine1").rglob("*") if p.is_file()]  # nothing left on a machine
+
+
+def test_a_bucket_the_keys_may_not_read_or_write_is_refused_at_plan_with_nothing_sent(
+    tmp_path, media, emulator_factory, s3_auth, monkeypatch
+):
+    # moto enforcing IAM: the user's policy allows one bucket; the other answers 403 Access Denied.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth.server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth.keys["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth.keys["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    S3FileSystem.clear_instance_cache()  # a file system made with the other server's keys
+    ok, denied = s3_auth.open_bucket, s3_auth.denied_bucket
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
+    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url}
+    cases = {  # (sources, output_root) → exit code, words in the error
+        "glob": (f'glob: "s3://{denied}/nightly/*.mp4"', f"s3://{ok}/out", 3, "access denied"),
+        "path": (f'path: "s3://{denied}/nightly/clip0.mp4"', f"s3://{ok}/out", 4, "access denied"),
+        "output": (f'path: "s3://{ok}/nightly/clip0.mp4"', f"s3://{denied}/out", 3, "not visible"),
+    }
+    for name, (source, root, code, words) in cases.items():
+        bench.manifest.write_text(
+            f'batch: b\nendpoint: ray-3.2/reframe\ndefaults: {{prompt: p, aspect_ratio: "9:16"}}\n'
+            f"sources:\n  - {source}\noutput_root: {root}\n"
+        )
+        result = CliRunner().invoke(cli, ["plan", str(bench.manifest)], env=env)
+        assert (result.exit_code, name) == (code, name), result.output
+        assert words in result.stderr and denied in result.stderr and "Traceback" not in result.output, result.stderr
+        assert s3_auth.keys["aws_secret_access_key"] not in result.output
+    assert not [r for r in bench.emulator_log() if r["request_id"]]
