@@ -223,6 +223,18 @@ def test_an_output_key_that_leaves_the_store_root_is_a_manifest_error(tmp_path, 
     assert load_manifest(manifest).jobs[0].output == f"s3://{out}/deliver/b/a_9x16.mp4"  # a key inside is fine
 
 
+def test_an_output_that_fails_its_check_never_appears_at_its_key_and_is_kept_aside(
+    tmp_path, media, emulator_factory, s3
+):
+    bench = _bench(tmp_path, media, emulator_factory(output_skew_px=(200, 0)), s3, clips=1)
+    summary = bench.run()
+    assert summary.counts == {"failed": 2}
+    assert all("output check failed: asked for" in f["error"] for f in summary.failed), summary.failed
+    assert all(f"kept at s3://{bench.out}/deliver/b/clip0_" in f["error"] for f in summary.failed)
+    assert s3.keys(bench.out) == ["deliver/b/clip0_1x1.rejected.mp4", "deliver/b/clip0_9x16.rejected.mp4"]
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000  # fal billed them: recorded once
+
+
 @pytest.mark.postgres
 def test_two_work_processes_on_postgresql_share_no_disk_and_pay_each_job_once(
     tmp_path, media, emulator_factory, s3, pg_url
