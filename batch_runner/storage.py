@@ -53,9 +53,9 @@ def is_store(value: str) -> bool:
 def _fs(url: str) -> tuple[AbstractFileSystem, str]:
     try:
         fs, path = fsspec.core.url_to_fs(url)
-    except ImportError as exc:  # a scheme whose backend (gcsfs, adlfs, …) is not installed
-        raise StoreError(f"{shorten(url)}: no file system for this scheme", hint=f"pip install {exc.name}") from None
-    except Exception as exc:
+    except ImportError as exc:  # a scheme whose backend (gcsfs, adlfs, …) is not installed: fsspec names it
+        raise StoreError(f"{shorten(url)}: no file system for this scheme", hint=shorten(str(exc), 100)) from None
+    except Exception as exc:  # each backend fails to start (bad config, no region) with errors of its own
         raise _fail(url, "cannot open the store", exc) from exc
     return fs, path
 
@@ -74,9 +74,7 @@ def _call(url: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except StoreError:
         raise
-    except (OSError, ValueError) as exc:
-        raise _fail(url, what, exc) from exc
-    except Exception as exc:
+    except Exception as exc:  # OSError subclasses mostly, but botocore/aiohttp errors have no common root
         raise _fail(url, what, exc) from exc
 
 
@@ -136,7 +134,7 @@ def presign(url: str, lifetime_s: int) -> str:
         signed: str = fs.sign(path, expiration=lifetime_s)
     except NotImplementedError:
         raise CannotPresignError(f"{shorten(url)}: this store cannot presign URLs") from None
-    except Exception as exc:
+    except Exception as exc:  # the backend's own errors (credentials, endpoint), translated here
         raise _fail(url, "cannot presign", exc) from exc
     return signed
 
