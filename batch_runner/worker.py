@@ -244,7 +244,8 @@ class Worker:
         return claim
 
     def _with_uploads(self, ep: catalog.Endpoint, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Local media paths become fal storage URLs, each file uploaded once (by content hash)."""
+        """Local media paths become fal storage URLs, each file uploaded once (by content hash); objects
+        (s3://…) become presigned URLs."""
         out = dict(payload)
         for name in ep.media_fields:
             value = out.get(name)
