@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from . import avprobe
+from . import avprobe, storage
 from .domain import ProbeResult, is_remote
 from .errors import BatchRunnerError, ProbeError, ToolMissingError
 
@@ -54,6 +54,8 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     """
     if is_remote(source, data_uri=False):
         return _url_fingerprint(source, client)
+    if storage.is_store(source):  # object stores: URL + ETag + size (storage.py)
+        return storage.fingerprint(source)
     path = Path(source)
     try:
         st = path.stat()
@@ -106,9 +108,11 @@ def cacheable(fp: str) -> bool:
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    if is_remote(source, data_uri=False):
+    # an object is probed through a short-lived presigned URL; ffprobe reads only the bytes it needs
+    target = storage.presign(source, storage.PROBE_URL_LIFETIME_S) if storage.is_store(source) else source
+    if is_remote(target, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
-    args.append(source)
+    args.append(target)
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
     except FileNotFoundError:
@@ -121,7 +125,7 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
             hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source",
         ) from None
     if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace")
+        stderr = proc.stderr.decode("utf-8", "replace").replace(target, source)  # never a signed URL in a message
         raise ProbeError(f"{source}: {_explain(stderr, kind, _has_media_magic(source))}")
     try:
         info = json.loads(proc.stdout)
@@ -135,7 +139,7 @@ def probe_source(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str 
     libavformat opens and that passes `_parse`'s checks. Everything else (URLs, files it refuses
     or that `_parse` refuses, figures it cannot reproduce) goes to ffprobe, whose answer or error
     message stands. The in-process read has no timeout: fingerprint() admits regular files only."""
-    if not is_remote(source, data_uri=False):
+    if not is_remote(source, data_uri=False) and not storage.is_store(source):
         try:
             return _parse(source, kind, fp, avprobe.ffprobe_info(source))
         except ProbeError:

@@ -23,6 +23,7 @@ LAYERS = {
     "avprobe": 2.5,  # in-process probing (PyAV), below probe.py that falls back to ffprobe
     "outpaths": 3.5,  # output paths from the manifest template: above sources, below manifest
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
+    "storage": 2.5,  # object stores through fsspec: glob, fingerprint, presign, verified writes
     "sources": 3,  # manifest sources (globs, paths, URLs, rows files), below the manifest that reads them
     "manifest": 4,
     "pricing": 3,
