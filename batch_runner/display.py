@@ -85,7 +85,9 @@ def _table(*columns: str, header: bool = True, gap: int = 2) -> Table:
     return table
 
 
-def _rel(path: str, root: Path) -> str:
+def _rel(path: str, root: Path | str) -> str:
+    if isinstance(root, str):  # an object-store root (s3://bucket/prefix): keys shown below it
+        return path[len(root) + 1 :] if path.startswith(root + "/") else path
     p = Path(path)
     return str(p.relative_to(root)) if p.is_relative_to(root) else path
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, outpaths
+from . import catalog, outpaths, storage
 from .domain import JobSpec, is_remote, usd_to_micro
 from .errors import ManifestError, shorten, type_name
 from .sources import Problems, Source, expand_sources, manifest_error, raise_all, read_tags, reject_unknown_keys
@@ -48,7 +48,7 @@ class Manifest:
     path: Path
     batch: str
     endpoint: catalog.Endpoint
-    output_root: Path
+    output_root: Path | str  # a folder, or an object-store URL such as s3://bucket/prefix
     tags: tuple[str, ...]
     budget_micro_usd: int | None
     jobs: list[JobSpec]
@@ -69,7 +69,7 @@ class _Expansion:
     matrix: LineDict
     overrides: LineDict
     tags: tuple[str, ...]
-    output_root: Path
+    output_root: Path | str
     template: str
     template_line: int
 
@@ -122,11 +122,18 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest(path, batch, ep, output_root, tags, budget, jobs, warnings, daily, warn_at)
 
 
-def _output_root(doc: LineDict, file: str, base: Path) -> Path:
-    """output_root, resolved; a file in its place or a folder that cannot be written is an error now,
-    before any money is spent on jobs whose results would have nowhere to go."""
-    root = (base / _optional_str(doc, "output_root", file, "out")).resolve()
+def _output_root(doc: LineDict, file: str, base: Path) -> Path | str:
+    """output_root, resolved; a file in its place, a folder that cannot be written or a missing bucket
+    is an error now, before any money is spent on jobs whose results would have nowhere to go."""
+    given = _optional_str(doc, "output_root", file, "out")
     line = doc.line_of("output_root")
+    if storage.is_store(given):
+        try:
+            storage.check_writable_root(given)
+        except storage.StoreError as exc:
+            raise manifest_error(exc.message, file, line, "output_root", exc.user_hint) from None
+        return given.rstrip("/")
+    root = (base / given).resolve()
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -216,7 +223,7 @@ def _job(
         extra_media={
             k: v
             for k, v in full.items()
-            if k in ep.media_fields and k != ep.source_field and isinstance(v, str) and not is_remote(v)
+            if k in ep.media_fields and k != ep.source_field and isinstance(v, str) and not _elsewhere(v)
         },
     )
 
@@ -416,10 +423,15 @@ def _resolve_media(ep: catalog.Endpoint, params: dict[str, Any], base: Path) -> 
     """Local media paths given as parameters resolve against the manifest's folder."""
     for name in ep.media_fields:
         value = params.get(name)
-        if isinstance(value, str) and name != ep.source_field and not is_remote(value):
+        if isinstance(value, str) and name != ep.source_field and not _elsewhere(value):
             params[name] = str((base / value).resolve())
         elif isinstance(value, list):
-            params[name] = [str((base / v).resolve()) if isinstance(v, str) and not is_remote(v) else v for v in value]
+            params[name] = [str((base / v).resolve()) if isinstance(v, str) and not _elsewhere(v) else v for v in value]
+
+
+def _elsewhere(value: str) -> bool:
+    """A URL or an object-store URL: not a path relative to the manifest."""
+    return is_remote(value) or storage.is_store(value)
 
 
 def _validate(ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str], origin: str) -> None:

@@ -9,7 +9,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import catalog, storage
 from .domain import JobSpec
 from .errors import shorten
 from .sources import Source, manifest_error
@@ -56,10 +56,12 @@ def render(
     batch: str,
     ep: catalog.Endpoint,
     index: int,
-    root: Path,
+    root: Path | str,
     file: str,
     line: int,
-) -> Path:
+) -> Path | str:
+    """The job's output inside the root: a resolved path, or for an object-store root a URL whose
+    key stays under the root's prefix (no '..' out of it, no absolute key)."""
     values = {k: slug(v) for k, v in params.items() if not isinstance(v, (dict, list))}
     values.update(batch=batch, stem=slug(src.stem), ext=src.ext, index=str(index), endpoint=ep.alias.replace("/", "-"))
     try:
@@ -72,6 +74,17 @@ def render(
             "output",
             f"set {exc.args[0]} in defaults or drop it from the template",
         ) from None
+    if isinstance(root, str):
+        url = storage.contained_key(root, rendered)
+        if url is None:
+            raise manifest_error(
+                f"output key {shorten(rendered)} escapes the output root {shorten(root)}",
+                file,
+                line,
+                "output",
+                "remove '..' and leading '/' from the template",
+            )
+        return url
     out = (root / rendered).resolve()
     if not out.is_relative_to(root) or out == root:
         raise manifest_error(

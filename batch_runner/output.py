@@ -1,6 +1,7 @@
 """Delivery of one output: only inside the output root, downloaded to a `.part` file beside the
 target, verified, priced when fal sent no billable units, described by a sidecar, then renamed
-into place atomically. Every way it can go wrong comes back as a value, never as an exception.
+into place atomically (an object-store target: a local temporary file, then a verified write through
+a temporary key). Every way it can go wrong comes back as a value, never as an exception.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ import contextlib
 import glob
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import avprobe, catalog
+from . import avprobe, catalog, storage
 from .api.answers import Reply
 from .api.client import FalClient
 from .domain import Estimate, ProbeResult, format_seconds, format_usd
@@ -26,9 +29,10 @@ from .records import AttemptRecord, JobRecord
 
 @dataclass(frozen=True)
 class Delivered:
-    """A verified download, still in its `.part` file until `Delivery.publish` renames it."""
+    """A verified download, still in its `.part` file until `Delivery.publish` renames it (or, for an
+    object-store target, writes it to the store)."""
 
-    path: Path
+    path: Path | str  # a str: an object-store URL
     part: Path
     sha256: str
     size_bytes: int
@@ -55,7 +59,7 @@ class NotDelivered:
     reason: str
     arrived: bool = False
     reply: Reply | None = None  # the failed download's last reply, when fal's side failed
-    kept_at: Path | None = None
+    kept_at: Path | str | None = None
 
 
 class OutsideRootError(Exception):
@@ -107,6 +111,8 @@ class Delivery:
     def fetch(self, job: JobRecord, attempt_number: int, url: str) -> Delivered | NotDelivered:
         """Download and verify into a `.part` file beside the target (nothing is left on disk
         when it was not delivered)."""
+        if storage.is_store(job.output_path):
+            return self._fetch_for_store(job, url)
         target = Path(job.output_path)
         root = Path(job.output_root) if job.output_root else target.parent
         # per attempt and process: a worker that took this job over never writes into a dead one's file
@@ -135,8 +141,52 @@ class Delivery:
             return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside)
         return Delivered(target, tmp, sha, size, measured, warnings)
 
+    def _fetch_for_store(self, job: JobRecord, url: str) -> Delivered | NotDelivered:
+        """Download into a local temporary folder and verify there: the store sees only checked bytes."""
+        target = job.output_path
+        root = (job.output_root or "").rstrip("/")
+        if root and storage.contained_key(root, target[len(root) + 1 :]) != target:
+            return NotDelivered(f"not written: {target} is outside the output root {root}")
+        folder = Path(tempfile.mkdtemp(prefix="batch-runner-out-"))
+        tmp = folder / (target.rsplit("/", 1)[-1] or "output")
+        try:
+            sha, size = self.client.download(url, tmp)
+        except RemoteError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            return NotDelivered(
+                f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply) else None
+            )
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            return NotDelivered(f"cannot write a temporary file: {exc.strerror or type(exc).__name__}")
+        problem, warnings, measured = self._verify(job, tmp)
+        if not problem:
+            return Delivered(target, tmp, sha, size, measured, warnings)
+        stem, dot, suffix = target.rpartition(".")
+        aside: str | None = f"{stem}.rejected.{suffix}" if dot else f"{target}.rejected"
+        try:
+            storage.put_verified(tmp, str(aside))
+        except storage.StoreError:
+            aside = None
+        shutil.rmtree(folder, ignore_errors=True)
+        return NotDelivered(f"output check failed: {problem}", arrived=True, kept_at=aside)
+
+    def _publish_to_store(self, delivered: Delivered, sidecar: dict[str, Any]) -> NotDelivered | None:
+        """Sidecar first, then the output through a temporary key, checked, copied into place."""
+        target = str(delivered.path)
+        try:
+            storage.put_text(target + ".json", json.dumps(sidecar, indent=2, sort_keys=True))
+            storage.put_verified(delivered.part, target)
+        except storage.StoreError as exc:
+            return NotDelivered(f"cannot write the output: {exc.message}")
+        finally:
+            shutil.rmtree(delivered.part.parent, ignore_errors=True)
+        return None
+
     def publish(self, delivered: Delivered, sidecar: dict[str, Any]) -> NotDelivered | None:
         """Sidecar first, then the atomic rename: the output appears whole or not at all."""
+        if isinstance(delivered.path, str):
+            return self._publish_to_store(delivered, sidecar)
         target, tmp = delivered.path, delivered.part
         side = target.with_name(target.name + ".json")
         side_tmp = side.with_name(f".{side.name}.{os.getpid()}.part")

@@ -254,10 +254,12 @@ def _probe_sources(manifest: Manifest, settings: Settings, repo: Repository | No
     hits = len(probes)
     if misses:
         probe.require_ffprobe()
-        results = probe.run_parallel(
-            lambda s: probe.probe(s, ep.source_kind or "video", fingerprints[s], timeout_s=settings.probe_timeout_s),
+        results = probe.probe_sources(
             misses,
-            settings.probe_concurrency,
+            ep.source_kind or "video",
+            fingerprints,
+            timeout_s=settings.probe_timeout_s,
+            concurrency=settings.probe_concurrency,
         )
         fresh = []
         for src, res in zip(misses, results, strict=True):

@@ -21,7 +21,7 @@ from .db.queue import JobQueue
 from .db.transition import Claim
 from .domain import JobState, RunEvent
 from .errors import AccountLockedError, AuthError, BatchRunnerError
-from .logs import get_logger
+from .logs import get_logger, log_context
 from .records import RunRecord
 from .worker import Worker
 
@@ -218,8 +218,10 @@ class Pool:
             idle = 0
             if claim.warning:
                 self.worker.reporter.event(RunEvent.WARNING, claim.job, message=claim.warning)
-            if not self._process(claim):
-                return
+            job = claim.job  # every log line about this job says which (logs.log_context)
+            with log_context(job=job.id, batch=job.batch_id, run=self.run.name, request_id=claim.attempt.request_id):
+                if not self._process(claim):
+                    return
 
     def _process(self, claim: Claim) -> bool:
         """Process one claim; False when this thread must stop."""

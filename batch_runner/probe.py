@@ -1,8 +1,11 @@
-"""ffprobe adapter: fingerprints and probes local files and http(s) URLs, in parallel.
+"""Source probing: fingerprints, and ffprobe's view of local files and http(s) URLs, in parallel.
 
-ffprobe runs as a subprocess that is killed when it overruns its timeout. (ffmpeg-python's
-`ffmpeg.probe` passes `timeout` to `communicate()` but never kills the child, so a hung ffprobe
-would outlive us; we build the same command and own the process instead.)
+`probe` runs ffprobe, the reference, as a subprocess that is killed when it overruns its timeout.
+(ffmpeg-python's `ffmpeg.probe` passes `timeout` to `communicate()` but never kills the child, so a
+hung ffprobe would outlive us; we build the same command and own the process instead.)
+`probe_sources` reads local files in process first (avprobe.ffprobe_info, parsed by the same
+`_parse`) and asks ffprobe only for what that path cannot tell: unreadable or refused files (so the
+error messages are ffprobe's) and URLs (ffprobe's -rw_timeout and a process we can kill).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from typing import Any, TypeVar
 
 import httpx
 
+from . import avprobe, storage
 from .domain import ProbeResult, is_remote
-from .errors import ProbeError, ToolMissingError
+from .errors import BatchRunnerError, ProbeError, ToolMissingError
 
 FFPROBE = "ffprobe"
 URL_TIMEOUT_S = 10.0
-_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
+_IMAGE_FORMATS = avprobe.IMAGE_FORMATS
 _T = TypeVar("_T")
 
 
@@ -50,6 +54,8 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
     """
     if is_remote(source, data_uri=False):
         return _url_fingerprint(source, client)
+    if storage.is_store(source):  # object stores: URL + ETag + size (storage.py)
+        return storage.fingerprint(source)
     path = Path(source)
     try:
         st = path.stat()
@@ -102,9 +108,11 @@ def cacheable(fp: str) -> bool:
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    if is_remote(source, data_uri=False):
+    # an object is probed through a short-lived presigned URL; ffprobe reads only the bytes it needs
+    target = storage.presign(source, storage.PROBE_URL_LIFETIME_S) if storage.is_store(source) else source
+    if is_remote(target, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
-    args.append(source)
+    args.append(target)
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
     except FileNotFoundError:
@@ -117,13 +125,34 @@ def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPRO
             hint="raise BATCH_RUNNER_PROBE_TIMEOUT_S or check the source",
         ) from None
     if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace")
+        stderr = proc.stderr.decode("utf-8", "replace").replace(target, source)  # never a signed URL in a message
         raise ProbeError(f"{source}: {_explain(stderr, kind, _has_media_magic(source))}")
     try:
         info = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise ProbeError(f"{source}: ffprobe printed unreadable output") from exc
     return _parse(source, kind, fp, info)
+
+
+def probe_source(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
+    """What `probe` returns for this source, read in process when it can be: a local file that
+    libavformat opens and that passes `_parse`'s checks. Everything else (URLs, files it refuses
+    or that `_parse` refuses, figures it cannot reproduce) goes to ffprobe, whose answer or error
+    message stands. The in-process read has no timeout: fingerprint() admits regular files only."""
+    if not is_remote(source, data_uri=False) and not storage.is_store(source):
+        try:
+            return _parse(source, kind, fp, avprobe.ffprobe_info(source))
+        except ProbeError:
+            pass  # ffprobe decides, and words the error
+    return probe(source, kind, fp, timeout_s=timeout_s, cmd=cmd)
+
+
+def probe_sources(
+    sources: list[str], kind: str, fingerprints: dict[str, str], *, timeout_s: float, concurrency: int
+) -> list[ProbeResult | BatchRunnerError]:
+    """`probe_source` on every source with at most `concurrency` threads: libavformat's open, stream
+    search and decoding run without the GIL in PyAV, so threads use every core (bench/bench_plan.py)."""
+    return run_parallel(lambda s: probe_source(s, kind, fingerprints[s], timeout_s=timeout_s), sources, concurrency)
 
 
 # Leading bytes of common containers: a file that starts like one but fails is damaged,
@@ -241,7 +270,6 @@ def _rotation(stream: dict[str, Any]) -> int:
 def run_parallel(func: Callable[[_T], Any], items: Iterable[_T], concurrency: int) -> list[Any]:
     """Apply func to every item with at most `concurrency` threads; each result is the
     return value or the BatchRunnerError it raised (other exceptions propagate)."""
-    from .errors import BatchRunnerError
 
     def guarded(item: _T) -> Any:
         try:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import csv
 import difflib
 import glob as globlib
+import io
 import json
+import posixpath
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
-from . import catalog
+from . import catalog, storage
 from .domain import is_remote
 from .errors import ManifestError, ManifestErrorsError, shorten, type_name
 from .yamlload import LineDict, LineList
@@ -152,7 +154,7 @@ def expand_sources(
 def _item_spec(item: Any, line: int, file: str, fld: str) -> LineDict:
     """A source item as a mapping: a bare string is a URL, a glob or a path by its look."""
     if isinstance(item, str):
-        kind = "url" if is_remote(item) else "glob" if _GLOB_CHARS & set(item) else "path"
+        kind = "url" if is_remote(item) else "glob" if _GLOB_CHARS & set(item) else "path"  # s3://… too
         spec: LineDict = LineDict({kind: item})
         spec.line, spec.key_lines = line, {kind: line}
         return spec
@@ -190,12 +192,18 @@ def _expand_item(
     if not ep.source_field and kind != "rows":
         raise manifest_error(f"{ep.alias} takes no media source; give prompts as params or rows", file, line, fld)
     if kind == "rows":
+        rows_at = value if storage.is_store(value) else str(base / value)
         yield from _rows(
-            base / value, ep, file, spec.line_of(kind), Source(None, "", "", params, where, tags, origin), warnings
+            rows_at, ep, file, spec.line_of(kind), Source(None, "", "", params, where, tags, origin), warnings
         )
-    elif kind == "url":
-        if not is_remote(value):
-            raise manifest_error("must start with http:// or https://", file, spec.line_of(kind), f"{fld}.url")
+    elif kind == "url" or (kind == "path" and storage.is_store(value)):
+        if not is_remote(value) and not storage.is_store(value):
+            raise manifest_error(
+                "must start with http://, https:// or an object-store scheme such as s3://",
+                file,
+                spec.line_of(kind),
+                f"{fld}.url",
+            )
         yield Source(value, name or _stem(value), _ext(value), params, where, tags, origin)
     elif kind == "path":
         p = (base / value).resolve()
@@ -208,8 +216,17 @@ def _expand_item(
 def _glob(
     pattern: str, spec: LineDict, base: Path, file: str, fld: str, like: Source, warnings: list[str]
 ) -> Iterator[Source]:
-    """Every file a glob matches, sorted; `like` carries the item's params, tags and origin."""
-    matches = sorted(Path(m).resolve() for m in globlib.glob(str(base / pattern), recursive=True) if Path(m).is_file())
+    """Every file (or object) a glob matches, sorted; `like` carries the item's params, tags and origin."""
+    if storage.is_store(pattern):
+        try:
+            urls = storage.glob(pattern)
+        except storage.StoreError as exc:
+            raise manifest_error(exc.message, file, spec.line_of("glob"), f"{fld}.glob", exc.user_hint) from None
+        matches: list[Any] = [_StoreName(u) for u in urls]
+    else:
+        matches = sorted(
+            Path(m).resolve() for m in globlib.glob(str(base / pattern), recursive=True) if Path(m).is_file()
+        )
     if not matches:
         warnings.append(f"{like.origin}: glob {pattern!r} matches no files")
     name = spec.get("name")
@@ -219,6 +236,17 @@ def _glob(
         )
     for m in matches:
         yield replace(like, source=str(m), stem=name or m.stem, ext=m.suffix.lstrip("."))
+
+
+class _StoreName:
+    """An object's URL with the stem and suffix a Path would give."""
+
+    def __init__(self, url: str) -> None:
+        self.url, last = url, posixpath.basename(url)
+        self.stem, self.suffix = Path(last).stem, Path(last).suffix
+
+    def __str__(self) -> str:
+        return self.url
 
 
 def _item_params(spec: LineDict, file: str, fld: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -231,12 +259,13 @@ def _item_params(spec: LineDict, file: str, fld: str) -> tuple[dict[str, Any], d
 
 
 def _rows(
-    path: Path, ep: catalog.Endpoint, file: str, line: int, like: Source, warnings: list[str]
+    rows_file: str, ep: catalog.Endpoint, file: str, line: int, like: Source, warnings: list[str]
 ) -> Iterator[Source]:
     """One source per row; every row's problems are noted before raising. `like` carries the item's
-    params, tags and origin."""
-    rows_file = str(path)
-    if not path.is_file():
+    params, tags and origin. A rows file may be an object (s3://…): its relative sources are keys beside it."""
+    in_store = storage.is_store(rows_file)
+    path = Path(posixpath.basename(rows_file)) if in_store else Path(rows_file)
+    if not in_store and not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "not found"
         raise manifest_error(f"rows file {rows_file} {what}", file, line, "rows", "paths are relative to the manifest")
     suffix = path.suffix.lower()
@@ -244,12 +273,20 @@ def _rows(
         raise manifest_error(
             f"rows file must be .csv or .jsonl, got {shorten(path.name)}", file, line, "rows", "rename it or convert it"
         )
+    if in_store:
+        try:
+            data = storage.read_bytes(rows_file)
+        except storage.StoreError as exc:
+            raise manifest_error(f"rows file {exc.message}", file, line, "rows", exc.user_hint) from None
+        opened: Callable[[], IO[str]] = lambda: io.StringIO(data.decode("utf-8-sig"), newline="")  # noqa: E731
+    else:
+        opened = lambda: path.open(newline="", encoding="utf-8-sig")  # noqa: E731
     errors: list[ManifestError] = []
     count = 0
-    for row_line, row in _read_rows(path, suffix):
+    for row_line, row in _read_rows(rows_file, opened, suffix):
         count += 1
         try:
-            yield _row_source(path, ep, row_line, row, suffix, like)
+            yield _row_source(rows_file, ep, row_line, row, suffix, like)
         except ManifestError as err:
             errors.append(err)
     raise_all(errors)
@@ -258,9 +295,8 @@ def _rows(
 
 
 def _row_source(
-    path: Path, ep: catalog.Endpoint, row_line: int, row: dict[str, Any], suffix: str, like: Source
+    rows_file: str, ep: catalog.Endpoint, row_line: int, row: dict[str, Any], suffix: str, like: Source
 ) -> Source:
-    rows_file = str(path)
     origin = f"{rows_file}:{row_line}"
     row = {k.strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
     source = None
@@ -290,16 +326,18 @@ def _row_source(
     tags = like.tags + row_tags
     if source is None:
         return Source(None, str(name or f"row{row_line}"), "", merged, w, tags, origin)
-    if is_remote(source):
+    if storage.is_store(rows_file) and not is_remote(source) and not storage.is_store(source):
+        source = storage.join(posixpath.dirname(rows_file), source)  # a key beside the rows object
+    if is_remote(source) or storage.is_store(source):
         return Source(source, str(name or _stem(source)), _ext(source), merged, w, tags, origin)
-    p = (path.parent / source).resolve()
+    p = (Path(rows_file).parent / source).resolve()
     return Source(str(p), str(name or p.stem), p.suffix.lstrip("."), merged, w, tags, origin)
 
 
-def _read_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_rows(path: str, opened: Callable[[], IO[str]], suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """The rows of a CSV (a UTF-8 BOM is allowed) or JSONL file with their line numbers."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
+        with opened() as fh:
             if suffix == ".csv":
                 yield from _csv_rows(path, fh)
                 return
@@ -328,7 +366,7 @@ def _read_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
         raise manifest_error(f"cannot be read: {exc.strerror}", str(path), None, hint="check its permissions") from exc
 
 
-def _csv_rows(path: Path, fh: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: str, fh: Any) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.DictReader(fh)
     try:
         header = reader.fieldnames

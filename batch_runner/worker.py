@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import catalog, probe
+from . import catalog, probe, storage
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
 from .db.queue import JobQueue
@@ -244,15 +244,20 @@ class Worker:
         return claim
 
     def _with_uploads(self, ep: catalog.Endpoint, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Local media paths become fal storage URLs, each file uploaded once (by content hash)."""
+        """Local media paths become fal storage URLs, each file uploaded once (by content hash); objects
+        (s3://…) become presigned URLs."""
         out = dict(payload)
         for name in ep.media_fields:
             value = out.get(name)
             if isinstance(value, str) and not is_remote(value):
-                out[name] = self._upload(Path(value))
+                out[name] = self._media_url(value)
             elif isinstance(value, list):
-                out[name] = [self._upload(Path(v)) if isinstance(v, str) and not is_remote(v) else v for v in value]
+                out[name] = [self._media_url(v) if isinstance(v, str) and not is_remote(v) else v for v in value]
         return out
+
+    def _media_url(self, value: str) -> str:
+        """A local file is uploaded to fal; an object (s3://…) goes as a presigned URL (storage.py)."""
+        return storage.url_for_fal(value, self._upload) if storage.is_store(value) else self._upload(Path(value))
 
     def _upload(self, path: Path) -> str:
         fp = probe.fingerprint(str(path))

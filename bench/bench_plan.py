@@ -4,6 +4,12 @@ Each phase runs the real CLI in a subprocess (so peak RSS is per phase). Baselin
 the same run: a plain sequential ffprobe loop over the same files, and a plain sqlite3
 executemany of 10,000 rows of the same size. Figures go to BENCHMARKS.md as ratios.
 
+Sources per second are given for the whole cold `plan` command (start-up, fingerprints, probes,
+pricing, 10,000 jobs as JSON) and for its probe phase, measured two ways: the cold plan's extra
+wall time over the warm plan's (the same command with every probe cached), and planning's probe
+call (probe.probe_sources, in-process PyAV with ffprobe as fallback) timed alone on the same files
+next to the old path (ffprobe per source through the same thread pool).
+
 Usage: python bench/bench_plan.py [--sources 200] [--no-write]
 """
 
@@ -24,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
+from batch_runner import probe  # noqa: E402
+from batch_runner.config import PROBE_CONCURRENCY, PROBE_TIMEOUT_S  # noqa: E402
 from batch_runner.media import make_clip  # noqa: E402
 from bench._report import publish  # noqa: E402
 from bench._report import run_measured as _run  # noqa: E402
@@ -59,6 +67,46 @@ def baseline_ffprobe(files: list[Path]) -> float:
             check=True,
         )
     return time.perf_counter() - start
+
+
+def probe_phase(files: list[Path]) -> tuple[float, float]:
+    """Wall seconds of planning's probe call on the files, and of the old path (ffprobe per source,
+    same thread pool and bound); both must give the same results."""
+    srcs = [str(f) for f in files]
+    fps = {s: probe.fingerprint(s) for s in srcs}
+    start = time.perf_counter()
+    ours = probe.probe_sources(srcs, "video", fps, timeout_s=PROBE_TIMEOUT_S, concurrency=PROBE_CONCURRENCY)
+    in_process = time.perf_counter() - start
+    start = time.perf_counter()
+    old = probe.run_parallel(
+        lambda s: probe.probe(s, "video", fps[s], timeout_s=PROBE_TIMEOUT_S), srcs, PROBE_CONCURRENCY
+    )
+    ffprobe_pool = time.perf_counter() - start
+    assert ours == old, "the in-process probes differ from ffprobe's"
+    return in_process, ffprobe_pool
+
+
+ROUNDS = 3  # cold and warm plans each run this many times (a fresh database per round); the best counts
+
+
+def cold_and_warm(m: Path, work: Path, sources: int, jobs: int, rounds: int) -> tuple[float, int, float, int]:
+    """Best wall time (and its peak RSS) of a cold plan on an empty database and of the warm plan
+    after it: the smallest of a few rounds, so another process's burst does not pass for the
+    probe phase (cold − warm) on a shared machine."""
+    colds, warms = [], []
+    for r in range(rounds):
+        db = work / f"bench{r}.db"
+        db.unlink(missing_ok=True)
+        run_measured(["db", "upgrade"], db)  # an explicit --db is never created by itself; not measured
+        wall, rss, out, err = run_measured(["plan", str(m), "--json"], db)
+        assert len(json.loads(out)["jobs"]) == jobs
+        assert f"probed {sources} source(s), 0 from cache" in err, err
+        colds.append((wall, rss))
+        wall, rss, out, err = run_measured(["plan", str(m), "--json"], db)
+        assert f"probed 0 source(s), {sources} from cache" in err, err
+        warms.append((wall, rss))
+    (cold, cold_rss), (warm, warm_rss) = min(colds), min(warms)
+    return cold, cold_rss, warm, warm_rss
 
 
 def baseline_insert(rows: int, row_bytes: int) -> float:
@@ -98,17 +146,12 @@ def main() -> None:
         shutil.copy(seed, f)
         files.append(f)
     m = manifest(WORK)
-    db = WORK / "bench.db"
     jobs = opts.sources * len(ASPECTS) * len(GRID_X)
 
     base_probe = baseline_ffprobe(files)
-    run_measured(["db", "upgrade"], db)  # an explicit --db is never created by itself; not a measured phase
-    cold, cold_rss, out, err = run_measured(["plan", str(m), "--json"], db)
-    plan = json.loads(out)
-    assert len(plan["jobs"]) == jobs, (len(plan["jobs"]), jobs)
-    assert f"probed {opts.sources} source(s), 0 from cache" in err, err
-    warm, warm_rss, out, err = run_measured(["plan", str(m), "--json"], db)
-    assert f"probed 0 source(s), {opts.sources} from cache" in err, err
+    phase, phase_ffprobe = probe_phase(files)
+    cold, cold_rss, warm, warm_rss = cold_and_warm(m, WORK, opts.sources, jobs, ROUNDS)
+    db = WORK / f"bench{ROUNDS - 1}.db"
     warm_table, _, _, _ = run_measured(["plan", str(m)], db)
     enq, enq_rss, out, _ = run_measured(["enqueue", str(m), "--json"], db)
     assert json.loads(out)["added"] == jobs
@@ -117,16 +160,38 @@ def main() -> None:
     row_bytes = sqlite3.connect(db).execute("select avg(length(input_json)) from jobs").fetchone()[0]
     base_insert = baseline_insert(jobs, int(row_bytes))
 
-    cold_rate = opts.sources / cold
-    base_rate = opts.sources / base_probe
+    n = opts.sources
+    base_rate = n / base_probe
+    cold_rate, extra_rate = n / cold, n / max(cold - warm, 1e-9)
+    phase_rate, old_rate = n / phase, n / phase_ffprobe
+
+    def vs_loop(rate: float) -> str:
+        return f"{rate:.0f} sources/s = {rate / base_rate:.1f}× a sequential ffprobe loop ({base_rate:.0f}/s)"
+
     rows = [
         (
-            "cold plan (empty probe cache), --json",
+            "cold plan (empty probe cache), --json: whole command",
             f"{cold:.2f} s",
             f"{cold_rss / 1024:.0f} MB",
-            f"{cold_rate:.0f} sources/s = {cold_rate / base_rate:.2f}× a sequential ffprobe loop ({base_rate:.0f}/s)",
-            "≥ 20 sources/s",
-            cold_rate >= 20,
+            vs_loop(cold_rate),
+            "≥ 150 sources/s",
+            cold_rate >= 150,
+        ),
+        (
+            "cold plan's probe phase (best cold − best warm plan)",
+            f"{cold - warm:.2f} s",
+            "",
+            vs_loop(extra_rate) if cold - warm > 0.01 else "within the noise of the two runs",
+            "≥ 150 sources/s",
+            extra_rate >= 150,
+        ),
+        (
+            f"probe call alone (probe_sources, {PROBE_CONCURRENCY} threads)",
+            f"{phase:.2f} s",
+            "",
+            f"{vs_loop(phase_rate)}; {phase_rate / old_rate:.1f}× ffprobe per source, same pool ({old_rate:.0f}/s)",
+            "≥ 150 sources/s",
+            phase_rate >= 150,
         ),
         (
             "warm plan (all probes cached), --json",
@@ -168,7 +233,7 @@ def main() -> None:
     lines = [
         (
             f"Measured {stamp} on {os.cpu_count()} cores: {opts.sources} sources × {len(ASPECTS) * len(GRID_X)} "
-            f"combinations = {jobs:,} jobs (`make bench`)."
+            f"combinations = {jobs:,} jobs (`make bench`); cold and warm plans: best of {ROUNDS} rounds."
         ),
         "",
         "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",

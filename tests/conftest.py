@@ -35,6 +35,15 @@ def _hermetic_fal_prices(monkeypatch: pytest.MonkeyPatch, _no_synced_prices: Pat
     monkeypatch.setenv("BATCH_RUNNER_FAL_PRICES", str(_no_synced_prices))
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads a developer's own config file ($XDG_CONFIG_HOME/batch-runner/config.toml) or
+    the config, key-file and log-format variables of the shell that started pytest."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "no-xdg-config"))
+    for name in ("BATCH_RUNNER_CONFIG", "FAL_KEY_FILE", "FAL_ADMIN_KEY_FILE", "BATCH_RUNNER_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny clips of exact durations (50 fps, so every duration is a whole number of frames)."""

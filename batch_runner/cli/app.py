@@ -10,7 +10,17 @@ from typing import Any
 import click
 
 from .. import display
-from ..config import ENV_DB, ENV_FAL_URL, ENV_PRICES, Settings
+from ..config import (
+    ENV_CONFIG,
+    ENV_DB,
+    ENV_FAL_URL,
+    ENV_LOG_FORMAT,
+    ENV_PRICES,
+    LOG_FORMATS,
+    Settings,
+    environment_help,
+    load_settings,
+)
 from ..db import engine as db_engine
 from ..db.repo import Repository
 from ..domain import usd_to_micro
@@ -99,7 +109,28 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
 
 
-@click.group(cls=Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+CLI_HELP = f"""Run batches of Luma Ray video jobs on fal.ai and account for every cent.
+
+FAL_KEY (or FAL_KEY_FILE) is read from the environment and never printed, logged or stored.
+Settings come from a flag, else the environment, else the config file (--config FILE, else
+./batch-runner.toml, else $XDG_CONFIG_HOME/batch-runner/config.toml), else the default.
+
+\b
+Environment (each has a key in the config file, README "Configuration"):
+{environment_help()}
+"""
+
+
+@click.group(cls=Group, help=CLI_HELP, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    envvar=ENV_CONFIG,
+    show_envvar=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="TOML config file [default: ./batch-runner.toml, else $XDG_CONFIG_HOME/batch-runner/config.toml].",
+)
 @click.option(
     "--db",
     "db_url",
@@ -125,23 +156,32 @@ def emit_json(data: Any) -> None:
     metavar="URL",
     help="Send every fal call (queue, storage, platform API) to this base URL, e.g. an emulator.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help=f"Log lines on stderr: human text, or one JSON object a line [env var: {ENV_LOG_FORMAT}; default: text]. "
+    "The progress display of `run` stays human.",
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.version_option(package_name="batch-runner")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, prices_path: Path | None, fal_url: str | None, verbose: int) -> None:
-    """Run batches of Luma Ray video jobs on fal.ai and account for every cent.
-
-    FAL_KEY is read from the environment and never printed, logged or stored.
-
-    \b
-    Environment: FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET), FAL_ADMIN_KEY, BATCH_RUNNER_DB, BATCH_RUNNER_PRICES,
-      BATCH_RUNNER_FAL_PRICES, BATCH_RUNNER_FAL_URL,
-      BATCH_RUNNER_PROBE_CONCURRENCY (8), BATCH_RUNNER_PROBE_TIMEOUT_S (30),
-      BATCH_RUNNER_LEASE_S (60), BATCH_RUNNER_MAX_USD_PER_RUN, BATCH_RUNNER_MAX_USD_PER_DAY,
-      BATCH_RUNNER_WARN_AT_USD
-    """
-    settings = Settings.from_env().with_overrides(db_url=db_url, prices_path=prices_path, fal_url=fal_url)
-    setup_logging(verbose, [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k])
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    db_url: str | None,
+    prices_path: Path | None,
+    fal_url: str | None,
+    log_format: str | None,
+    verbose: int,
+) -> None:
+    # The environment lies over the config file in load_settings; the flags (click reads their
+    # variables too: the same values) lie over both.
+    flags = {"db_url": db_url, "prices_path": prices_path, "fal_url": fal_url, "log_format": log_format}
+    settings = load_settings(config_path).with_overrides(**flags)
+    secrets = [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k]
+    log = setup_logging(verbose, secrets, settings.log_format)
+    if settings.config_path is not None:
+        log.info("settings from the config file %s (flags and the environment win over it)", settings.config_path)
     ctx.obj = App(settings, verbose)
 
 

@@ -6,21 +6,26 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import display, runner
-from ..config import Secret, Settings
-from ..domain import JobState
-from ..errors import ConfigError
+from ..config import OpsSettings, Secret, Settings
+from ..domain import JobState, RunEvent
+from ..errors import ConfigError, shorten
+from ..logs import get_logger
+from ..records import JobRecord
 from ..resolve import resolve_jobs
 from .app import App, cli, emit_json, exit_codes_help, parse_usd
 from .planning import REQUIRE_JOBS, check_manifest_jobs
 
 # --------------------------------------------------------------------------- run, work and friends
 
+log = get_logger("cli")
 _JOBS_FAILED = (1, "some jobs failed, were rejected or are uncertain (the summary lists them)")
 EMULATOR_SPEED = 20.0  # the embedded emulator runs fal's delays twenty times faster
 
@@ -84,6 +89,61 @@ def _pool_settings(
     )
 
 
+class _Tee:
+    """The display's reporter first, then metrics and notifications, whose faults never reach the run."""
+
+    def __init__(self, display_reporter: Any, *others: Any) -> None:
+        self.display, self.others = display_reporter, others
+
+    def event(self, kind: RunEvent, job: JobRecord | None, **info: Any) -> None:
+        self.display.event(kind, job, **info)
+        for other in self.others:
+            try:
+                other.event(kind, job, **info)
+            except Exception:  # metrics and notifications must never stop a run
+                log.exception("reporting %s to %s failed", kind.value, type(other).__name__)
+
+
+@contextmanager
+def _operations(app: App, settings: Settings, ops: OpsSettings, cap: int) -> Iterator[tuple[list[Any], Any]]:
+    """Metrics (when a port is set) and notifications (when URLs are set) for one run: their
+    reporters, and the notifier's reporter (None without URLs), closed when the run ends."""
+    reporters: list[Any] = []
+    metrics = notifier = notifying = None
+    try:
+        if ops.metrics_port is not None:
+            from ..db.gauges import read_gauges
+            from ..metrics import DatabaseCollector, Metrics
+
+            engine, daily = app.repo.engine, settings.max_usd_per_day_micro
+            metrics = Metrics(DatabaseCollector(lambda run: read_gauges(engine, run, daily), cap))
+            try:
+                host, port = metrics.serve(ops.metrics_addr, ops.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {shorten(ops.metrics_addr)} port {ops.metrics_port}: "
+                    f"{exc.strerror or shorten(str(exc))}",
+                    hint="choose a free --metrics-port (0 picks one)",
+                ) from exc
+            click.echo(f"metrics: serving http://{host}:{port}/metrics", err=True)
+            reporters.append(metrics)
+        if ops.notify_urls:
+            from ..db.queue import JobQueue
+            from ..domain import Actor
+            from ..notify import Notifier, NotifyingReporter
+
+            audit = JobQueue(app.repo.engine, Actor.current(), settings.lease_s).record_event
+            notifier = Notifier(ops, audit)
+            notifying = NotifyingReporter(notifier, ops.notify_outage_after_s)
+            reporters.append(notifying)
+        yield reporters, notifying
+    finally:
+        if notifier is not None:
+            notifier.close()
+        if metrics is not None:
+            metrics.close()
+
+
 def _run_command(
     app: App,
     manifest: Path | None,
@@ -98,14 +158,24 @@ def _run_command(
     run_name: str | None,
     burst: bool,
     strict_verify: bool,
+    metrics_at: tuple[int | None, str | None] = (None, None),
 ) -> None:
-    from contextlib import contextmanager
-
     from ..progress import ProgressReporter
 
     app.pool_size = concurrency + 4  # every worker thread, the heartbeat and the main thread
+    ops = app.settings.ops
+    ops = replace(
+        ops,
+        metrics_port=metrics_at[0] if metrics_at[0] is not None else ops.metrics_port,
+        metrics_addr=metrics_at[1] or ops.metrics_addr,
+    )
     access = contextmanager(_fal_access)(app, emulator, concurrency)
-    with access as (settings, key), _Interrupts() as interrupts, ProgressReporter(verbose=app.verbose) as reporter:
+    with (
+        access as (settings, key),
+        _Interrupts() as interrupts,
+        ProgressReporter(verbose=app.verbose) as progress,
+        _operations(app, settings, ops, max_in_flight or concurrency) as (extra, notifying),
+    ):
         summary = runner.run_jobs(
             settings,
             app.prices,
@@ -116,10 +186,12 @@ def _run_command(
             pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst, settings.lease_s, strict_verify),
             max_cost_micro_usd=max_cost,
             run_name=run_name,
-            reporter=reporter,
+            reporter=_Tee(progress, *extra),
             stop=interrupts.stop,
             skip_invalid=skip_invalid,
         )
+        if notifying is not None:
+            notifying.run_ended(summary.to_json())
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -159,6 +231,18 @@ _RUN_OPTIONS = [
         help="Fail a job whose output differs from the output convention (size, exact length), not "
         "only one that breaks what fal promises (a video of the requested aspect ratio).",
     ),
+    click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        metavar="PORT",
+        help="Serve Prometheus metrics at http://ADDR:PORT/metrics (0: a free port, said on stderr) "
+        "[env: BATCH_RUNNER_METRICS_PORT; default: off].",
+    ),
+    click.option(
+        "--metrics-addr",
+        metavar="ADDR",
+        help="Address the metrics endpoint listens on [env: BATCH_RUNNER_METRICS_ADDR; default: 127.0.0.1].",
+    ),
 ]
 
 
@@ -192,6 +276,8 @@ def run(
     cancel_on_exit: bool,
     as_json: bool,
     strict_verify: bool,
+    metrics_port: int | None,
+    metrics_addr: str | None,
     skip_invalid: bool,
     require_jobs: bool,
 ) -> None:
@@ -212,6 +298,7 @@ def run(
         None,
         burst=True,
         strict_verify=strict_verify,
+        metrics_at=(metrics_port, metrics_addr),
     )
 
 
@@ -248,6 +335,8 @@ def work(
     cancel_on_exit: bool,
     as_json: bool,
     strict_verify: bool,
+    metrics_port: int | None,
+    metrics_addr: str | None,
     run_name: str | None,
     until_done: bool,
 ) -> None:
@@ -266,6 +355,7 @@ def work(
         run_name,
         burst=until_done,
         strict_verify=strict_verify,
+        metrics_at=(metrics_port, metrics_addr),
     )
 
 

@@ -89,6 +89,9 @@ class Producer:
         assert self._http is not None
         try:
             async with self._http.stream("GET", url) as resp:
+                # An input fal cannot download (a dead link, an expired or refused presigned URL:
+                # S3 answers 403, a deleted object 404) fails the request as a 422 whose detail has
+                # type file_download_error (fal docs, docs.fal.ai/errors "Model errors"; reference §7).
                 if resp.status_code >= 400:
                     raise render.RenderError(f"Failed to download {name}: HTTP {resp.status_code}")
                 with target.open("wb") as fh:

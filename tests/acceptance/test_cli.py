@@ -380,6 +380,6 @@ def test_help_names_every_environment_variable():
     import re
 
     help_text = CliRunner().invoke(cli, ["--help"]).stdout
-    config_src = (REPO / "batch_runner" / "config.py").read_text()
+    config_src = "".join(p.read_text() for p in (REPO / "batch_runner" / "config").glob("*.py"))
     for name in set(re.findall(r'"(BATCH_RUNNER_[A-Z_]+|FAL_KEY)"', config_src)):
         assert name in help_text, name

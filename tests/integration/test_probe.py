@@ -178,3 +178,15 @@ def test_run_parallel_respects_the_bound():
 def test_generated_durations_do_not_depend_on_frame_rate(tmp_path):
     clip = make_clip(tmp_path / "c.mp4", duration="2", size="32x18", rate=25, audio=False)
     assert run(clip).duration == Decimal(2)
+
+
+def test_planning_probes_local_files_in_process_and_urls_with_ffprobe(media, http_root, tmp_path):
+    url = f"{http_root}/clip.mp4"
+    srcs = [str(media["c5"]), str(media["text"]), url, str(media["c0_5"])]
+    fps = {s: probe.fingerprint(s) for s in srcs}
+    got = probe.probe_sources(srcs, "video", fps, timeout_s=20, concurrency=3)
+    assert [getattr(g, "duration", "refused") for g in got] == [Decimal(5), "refused", Decimal("5.04"), Decimal("0.5")]
+    assert isinstance(got[1], ProbeError) and "not a video file" in got[1].message  # ffprobe's words
+    assert got[0] == run(media["c5"]) and got[2].fingerprint == fps[url]
+    with pytest.raises(ToolMissingError):  # a URL is never read in process: ffprobe's timeout holds
+        probe.probe_source(url, "video", fps[url], timeout_s=20, cmd=str(tmp_path / "no-ffprobe"))

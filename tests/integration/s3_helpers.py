@@ -1,0 +1,136 @@
+"""A real S3 protocol server for the object-store tests: moto's standalone server (`moto[server]`
+in the dev extras) started as a subprocess on 127.0.0.1 on a port of its own choosing, reached over
+real HTTP by s3fs, ffprobe and the emulator alike. Nothing is mocked in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from s3fs import S3FileSystem
+
+ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@dataclass
+class S3Server:
+    url: str
+
+    def client(self):  # boto3's client, to arrange buckets and look at objects from outside
+        return boto3.client("s3", endpoint_url=self.url, **_creds())
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def put(self, bucket: str, key: str, path: Path) -> None:
+        self.client().upload_file(str(path), bucket, key)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        got = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in got.get("Contents", []))
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": ENV["AWS_DEFAULT_REGION"],
+    }
+
+
+@pytest.fixture(scope="session", name="s3_server")
+def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto_server on 127.0.0.1, port 0: it prints the port it took. It checks no credentials."""
+    yield from _moto(tmp_path_factory, {})
+
+
+@dataclass
+class AuthS3:
+    """moto with IAM enforced: `admin` may do anything; `keys` (a user's) may use only `open_bucket`."""
+
+    server: S3Server
+    keys: dict[str, str]
+    open_bucket: str = "open-bkt"
+    denied_bucket: str = "denied-bkt"
+
+
+@pytest.fixture(scope="session", name="s3_auth")
+def s3_auth_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
+    """A second moto server that enforces IAM (INITIAL_NO_AUTH_ACTION_COUNT: the first three calls
+    make an admin; every later call must be signed by a known key and allowed by its policy)."""
+    for server in _moto(tmp_path_factory, {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}):
+        iam = boto3.client("iam", endpoint_url=server.url, **_creds())
+        admin = _user(iam, "admin", "*", "*")
+        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1", **admin)
+        auth = AuthS3(server, {})
+        auth.keys = _user(
+            iam, "nightly", "s3:*", [f"arn:aws:s3:::{auth.open_bucket}", f"arn:aws:s3:::{auth.open_bucket}/*"]
+        )
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", **admin)
+        for bucket in (auth.open_bucket, auth.denied_bucket):
+            s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key="nightly/clip0.mp4", Body=b"not really a video")
+        yield auth
+
+
+def _user(iam, name: str, action: str, resource) -> dict[str, str]:
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+def _moto(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[S3Server]:
+    exe = Path(sys.executable).with_name("moto_server")
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+    try:
+        url = None
+        for _ in range(300):
+            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
+            if found:
+                url = found.group(1)
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if url is None:
+            pytest.fail(f"moto_server did not start: {log.read_text(errors='replace')[-500:]}")
+        yield S3Server(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(name="s3")
+def s3_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server, with the environment a user of an S3-compatible store sets (endpoint and keys)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.url)
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    S3FileSystem.clear_instance_cache()  # fsspec keeps one per process: none made with other keys
+    return s3_server
+
+
+def s3_env(server: S3Server) -> dict[str, str]:
+    """The environment for a subprocess (a `work` process on another 'machine')."""
+    return {**os.environ, **ENV, "AWS_ENDPOINT_URL": server.url}
