@@ -82,6 +82,13 @@ def test_health_fails_without_a_database_and_creates_none(tmp_path, emu):
     assert not path.parent.exists()
 
 
+def test_health_fails_when_the_postgresql_server_does_not_answer(emu):
+    code, report, _ = _health(f"postgresql://postgres@127.0.0.1:{_closed_port()}/jobs", emu.url)
+    assert code == UNHEALTHY
+    assert _status(report) == {"database": "FAIL", "leases": "skip", "ffprobe": "ok", "fal": "ok"}
+    assert "cannot open database" in report["checks"][0]["detail"]
+
+
 def test_health_fails_on_a_schema_behind_head(empty_db_url, emu):
     engine = db_engine.create(empty_db_url)
     db_engine.upgrade(engine, "0005")
