@@ -1,5 +1,5 @@
-"""The database's side of `health`: its schema revision, and jobs whose lease ran out long ago
-(a worker claimed them and died, and no live worker has swept them since)."""
+"""The database's side of `health` besides the schema revision (engine.stored_revision): jobs
+whose lease ran out long ago (a worker claimed them and died, and no live worker swept them)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Connection
 
 from .engine import create
-from .models import Job, table, utcnow
-from .plumbing import reading
+from .models import Job, table
+from .plumbing import Plumbing, reading
 
 J = table(Job)
 MAX_OWNERS_SHOWN = 3
@@ -26,26 +26,22 @@ class StaleLeases:
     oldest_expiry: datetime | None
 
 
-def _now(conn: Connection) -> datetime:
-    """The clock leases are set by: the server's on PostgreSQL (see JobQueue._clock)."""
-    if conn.dialect.name == "postgresql":
-        server_now: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
-        return server_now
-    return utcnow()
-
-
 def stale_leases(engine: Engine, lease_s: float) -> StaleLeases:
     """Leased jobs whose lease expired more than `lease_s` seconds ago: a live worker renews its
     leases every few seconds and any claim sweeps expired ones, so these mean no worker runs."""
 
     def go(conn: Connection) -> StaleLeases:
-        before = _now(conn) - timedelta(seconds=lease_s)
+        before = Plumbing._clock(conn) - timedelta(seconds=lease_s)  # the clock leases are set by
         stale = [J.c.lease_owner.is_not(None), J.c.lease_expires_at < before]
         count, oldest = conn.execute(select(func.count(), func.min(J.c.lease_expires_at)).where(*stale)).one()
         owners = conn.execute(
-            select(J.c.lease_owner).where(*stale).group_by(J.c.lease_owner).order_by(J.c.lease_owner)
+            select(J.c.lease_owner)
+            .where(*stale)
+            .group_by(J.c.lease_owner)
+            .order_by(J.c.lease_owner)
+            .limit(MAX_OWNERS_SHOWN)
         ).scalars()
-        return StaleLeases(int(count), tuple(list(owners)[:MAX_OWNERS_SHOWN]), _aware(oldest))
+        return StaleLeases(int(count), tuple(owners), _aware(oldest))
 
     return reading(engine, "looking for stale leases", go)
 
