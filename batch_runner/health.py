@@ -63,12 +63,17 @@ def check(settings: Settings) -> Health:
     return Health((database, leases, _ffprobe(), _fal(settings)))
 
 
+def _bounded(text: str, limit: int = 120) -> str:
+    """A URL as it is when short, else cut by `shorten` (which also quotes it)."""
+    return text if len(text) <= limit else shorten(text, limit)
+
+
 def _failed(name: str, err: BatchRunnerError) -> Check:
     return Check(name, FAIL, err.message, err.user_hint)
 
 
 def _database(url: str) -> Check:
-    shown = shorten(db_engine.safe_url(url), 120)
+    shown = _bounded(db_engine.safe_url(url))
     try:
         current = db_engine.stored_revision(url)  # reads only: a SQLite file is never created here
         head = db_engine.head_revision()
@@ -111,8 +116,7 @@ def _ffprobe() -> Check:
 
 def _fal(settings: Settings) -> Check:
     """One unbilled GET of fal's pricing API for one catalog endpoint, without retries."""
-    where = settings.fal_url or "fal"
-    where = where if len(where) <= 80 else shorten(where, 80)
+    where = _bounded(settings.fal_url or "fal")
     # without FAL_KEY a placeholder goes in the Authorization header: fal's 401 still proves it answers
     key = settings.fal_key or Secret("no-key-set")
     client = FalClient(settings.hosts, key, pool=1, policy=RetryPolicy(attempts=1))
