@@ -128,3 +128,16 @@ def test_prune_refuses_an_age_it_cannot_read(sqlite_url):
     result = CliRunner().invoke(cli, ["--db", sqlite_url, "prune", "--older-than", "90 days"])
     assert result.exit_code == 2
     assert "is not an age like 90d" in result.stderr
+
+
+def test_prune_keeps_jobs_whose_bill_fal_has_not_confirmed(tmp_path, media, emulator_factory):
+    """Without billable units the bill is provisional until `resolve` reads fal's billing events:
+    such a job keeps its attempts (resolve must still find them), however old."""
+    bench = make_bench(tmp_path, media, emulator_factory(send_billable_units=False), clips=1)
+    bench.run()
+    assert all(s.startswith("provisional: ") for (s,) in bench.sql("select price_source from attempts"))
+    _age(bench)
+    attempts = bench.sql("select count(*) from attempts")
+    assert json.loads(_cli(bench, "prune", "--older-than", "90d", "--json").stdout)["jobs_rolled_up"] == 0
+    assert bench.sql("select count(*) from attempts") == attempts
+    assert bench.sql("select count(*) from jobs where pruned_at is not null") == [(0,)]
