@@ -31,10 +31,12 @@ LAYERS = {
     "db": 3,
     "api": 3,
     "progress": 3,
+    "stages": 3,  # the pool's pipeline parts (bounded stage, look-ahead, wake-up signal): threads only
     "outcome": 4,
     "output": 4,
     "emulator": 4,
     "fal_prices": 4,
+    "billing": 4.5,  # what an outcome is recorded as billed: above output and fal_prices, below worker
     "worker": 5,
     "planner": 5,
     "pool": 6,
