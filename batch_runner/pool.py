@@ -68,6 +68,11 @@ class PoolSettings:
         return max(1, self.delivery_threads or self.concurrency)
 
     @property
+    def lookahead_depth(self) -> int:
+        """Queued jobs whose uploads are readied before their claims: the next two slots' worth."""
+        return 2 * self.in_flight_cap
+
+    @property
     def delivery_capacity(self) -> int:
         """Outputs waiting for a delivery thread; beyond this, slot threads wait (back-pressure)."""
         return 2 * self.in_flight_cap
@@ -180,7 +185,7 @@ class Pool:
             "delivery", settings.delivery_count, settings.delivery_capacity, self._deliver, stop
         )
         self.lookahead: Lookahead[JobRecord] = Lookahead(
-            peek=lambda: queue.next_queued(batches, settings.in_flight_cap),
+            peek=lambda: queue.next_queued(batches, settings.lookahead_depth),
             key=lambda job: job.id,
             ready=self._prefetch,
             active=self._may_look_ahead,
