@@ -191,6 +191,7 @@ class Pool:
             active=self._may_look_ahead,
             stop=stop,
             every_s=settings.idle_max_s,
+            every_n=settings.in_flight_cap,  # half the depth: a cap's worth stays readied ahead
         )
 
     def run_until_done(self) -> PoolOutcome:

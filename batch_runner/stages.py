@@ -120,7 +120,8 @@ class Stage(Generic[T]):
 class Lookahead(Generic[T]):
     """One thread that readies what the next claims will take (e.g. uploads a queued job's
     media), without taking it: `peek` names the next items, `ready` prepares one, `active` says
-    whether to look at all now. `poke` after each take; it also looks every `every_s`."""
+    whether to look at all now. `poke` after each take: it looks again after `every_n` takes
+    (so a peek of 2n items keeps n readied ahead at one read per n takes), or every `every_s`."""
 
     def __init__(
         self,
@@ -130,10 +131,13 @@ class Lookahead(Generic[T]):
         active: Callable[[], bool],
         stop: threading.Event,
         every_s: float,
+        every_n: int = 1,
         remember: int = 4096,
     ) -> None:
         self.peek, self.key, self.ready, self.active, self.stop = peek, key, ready, active, stop
-        self.every_s, self.remember = every_s, remember
+        self.every_s, self.every_n, self.remember = every_s, max(1, every_n), remember
+        self._takes = 0  # pokes since the last look
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._done = threading.Event()
         self._seen: set[object] = set()  # readied already (bounded: forgotten in one go when full)
@@ -143,6 +147,10 @@ class Lookahead(Generic[T]):
         self._thread.start()
 
     def poke(self) -> None:
+        with self._lock:
+            self._takes += 1
+            if self._takes < self.every_n:
+                return
         self._wake.set()
 
     def close(self) -> None:
@@ -153,6 +161,8 @@ class Lookahead(Generic[T]):
     def _run(self) -> None:
         while not self._done.is_set() and not self.stop.is_set():
             self._wake.clear()
+            with self._lock:
+                self._takes = 0
             if self.active():
                 self._look()
             self._wake.wait(self.every_s)
