@@ -31,6 +31,7 @@ from .worker import Handoff, Worker
 log = get_logger("pool")
 _R = TypeVar("_R")
 
+DELIVERY_THREADS_MAX = 8  # delivery threads unless PoolSettings.delivery_threads says otherwise
 UNEXPECTED_ERRORS_MAX = 5  # unexpected errors (bugs) in one process before the run stops itself
 
 
@@ -56,7 +57,7 @@ class PoolSettings:
     outage_pause_s: float = 5.0  # the first pause; doubles while fal stays unreachable...
     outage_pause_max_s: float = 300.0  # ...up to this
     settle_after_s: float = 900.0  # an uncertain submit fal's list does not show after this was never created
-    delivery_threads: int | None = None  # threads downloading and verifying outputs (None: concurrency)
+    delivery_threads: int | None = None  # threads downloading and verifying outputs (None: see delivery_count)
     lookahead: bool = True  # upload the next queued jobs' media before their claims
 
     @property
@@ -65,7 +66,9 @@ class PoolSettings:
 
     @property
     def delivery_count(self) -> int:
-        return max(1, self.delivery_threads or self.concurrency)
+        """Outputs take seconds to fetch and check where fal takes minutes to make them: a few
+        threads keep up with many slots (and keep the database pool's size about the slots')."""
+        return max(1, self.delivery_threads or min(self.concurrency, DELIVERY_THREADS_MAX))
 
     @property
     def lookahead_depth(self) -> int:
