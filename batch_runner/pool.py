@@ -1,5 +1,6 @@
-"""The worker pool: N threads claiming and processing jobs, a heartbeat for their leases, idle
-backoff, and a circuit breaker that pauses the whole pool while fal or the network is down.
+"""The worker pool, in stages: N slot threads claiming jobs and holding fal's slots until fal's
+outcome is known, a delivery stage for the outputs, a look-ahead for uploads, a heartbeat for
+the leases, idle backoff, and a circuit breaker that pauses the pool while fal is down.
 
 The database decides who does what (claims with leases, one claim at a time through the dispatch
 lock), so any number of processes on any number of machines can run pools against one database.
@@ -11,22 +12,27 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
 from .api.transport import RetryPolicy
 from .budget import BudgetStop
 from .db.queue import JobQueue
-from .db.transition import Claim
+from .db.transition import Claim, ClaimKind
 from .domain import JobState, RunEvent
-from .errors import AccountLockedError, AuthError, BatchRunnerError
+from .errors import BatchRunnerError
 from .logs import get_logger, log_context
-from .records import RunRecord
-from .worker import Worker
+from .records import JobRecord, RunRecord
+from .stages import Lookahead, Signal, Stage
+from .worker import Handoff, Worker
 
 log = get_logger("pool")
+_R = TypeVar("_R")
 
+DELIVERY_THREADS_MAX = 8  # delivery threads unless PoolSettings.delivery_threads says otherwise
 UNEXPECTED_ERRORS_MAX = 5  # unexpected errors (bugs) in one process before the run stops itself
 
 
@@ -52,10 +58,28 @@ class PoolSettings:
     outage_pause_s: float = 5.0  # the first pause; doubles while fal stays unreachable...
     outage_pause_max_s: float = 300.0  # ...up to this
     settle_after_s: float = 900.0  # an uncertain submit fal's list does not show after this was never created
+    delivery_threads: int | None = None  # threads downloading and verifying outputs (None: see delivery_count)
+    lookahead: bool = True  # upload the next queued jobs' media before their claims
 
     @property
     def in_flight_cap(self) -> int:
         return self.max_in_flight or self.concurrency
+
+    @property
+    def delivery_count(self) -> int:
+        """Outputs take seconds to fetch and check where fal takes minutes to make them: a few
+        threads keep up with many slots (and keep the database pool's size about the slots')."""
+        return max(1, self.delivery_threads or min(self.concurrency, DELIVERY_THREADS_MAX))
+
+    @property
+    def lookahead_depth(self) -> int:
+        """Queued jobs whose uploads are readied before their claims: the next two slots' worth."""
+        return 2 * self.in_flight_cap
+
+    @property
+    def delivery_capacity(self) -> int:
+        """Outputs waiting for a delivery thread; beyond this, slot threads wait (back-pressure)."""
+        return 2 * self.in_flight_cap
 
 
 class CircuitBreaker:
@@ -138,7 +162,10 @@ class PoolOutcome:
 
 
 class Pool:
-    """N threads claiming and processing jobs, plus a heartbeat thread for the leases."""
+    """Slot threads that claim jobs and hold each one's fal slot until fal's outcome is known; a
+    delivery stage (its own threads, a bounded queue) that downloads, verifies and records
+    outputs without a slot; a look-ahead that uploads the next queued jobs' media before their
+    claims; and a heartbeat for the leases of all of them."""
 
     def __init__(
         self,
@@ -157,29 +184,51 @@ class Pool:
         self._draining = threading.Event()  # budget stop: follow what is in flight, submit nothing new
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._finished = 0  # jobs this process has taken as far as it could
+        self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
+        self.delivery: Stage[Handoff] = Stage(
+            "delivery", settings.delivery_count, settings.delivery_capacity, self._deliver, stop
+        )
+        self.lookahead: Lookahead[JobRecord] = Lookahead(
+            peek=lambda: queue.next_queued(batches, settings.lookahead_depth),
+            key=lambda job: job.id,
+            ready=self._prefetch,
+            active=self._may_look_ahead,
+            stop=stop,
+            every_s=settings.idle_max_s,
+            every_n=settings.in_flight_cap,  # half the depth: a cap's worth stays readied ahead
+        )
 
     def run_until_done(self) -> PoolOutcome:
         self.queue.expire_dead_local_leases(pid_alive)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        threads = [
+        self.delivery.start()
+        if self.settings.lookahead:
+            self.lookahead.start()
+        slots = [
             threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
             for i in range(self.settings.concurrency)
         ]
-        for t in threads:
+        for t in slots:
             t.start()
-        for t in threads:
+        for t in slots:
             while t.is_alive():
                 t.join(timeout=0.5)
+        self.delivery.close()  # the slot threads are done: deliver what waits, then end
+        self.delivery.join()
+        for handoff in self.delivery.leftovers():  # stopping: never started, left resumable
+            self._release(handoff)
+        if self.settings.lookahead:
+            self.lookahead.close()
         self._done.set()
         beat.join(timeout=5)
         self.outcome.interrupted = self.stop.is_set() and self.outcome.fatal is None
         return self.outcome
 
     def _heartbeat(self) -> None:
-        """Renew this worker's leases, and end those of dead workers on this machine (workers on
-        other machines are taken over when their leases run out)."""
+        """Renew this worker's leases (claims in flight and in delivery alike), and end those of
+        dead workers on this machine (workers on other machines are taken over when their leases
+        run out)."""
         while not self._done.wait(self.settings.lease_s / 3):
             try:
                 self.queue.heartbeat()
@@ -187,11 +236,14 @@ class Pool:
             except BatchRunnerError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    # ------------------------------------------------------------------ slot stage
+
     def _loop(self) -> None:
         idle = 0  # claims in a row that found nothing
         while not self.stop.is_set() and self.outcome.fatal is None:
             if self.breaker is not None and not self.breaker.acquire(self.stop):
                 return
+            seen = self._released.count  # read before the claim: a slot freed during it is not missed
             try:
                 claim = self.queue.claim(
                     self.run.id,
@@ -211,62 +263,37 @@ class Pool:
             if claim is None:
                 if self.breaker is not None:
                     self.breaker.done()
-                if not self._wait_for_work(idle):
+                if not self._wait_for_work(idle, seen):
                     return
                 idle += 1
                 continue
             idle = 0
+            if claim.kind == ClaimKind.SUBMIT:
+                self.lookahead.poke()  # the queue's head moved: ready the next uploads
             if claim.warning:
-                self.worker.reporter.event(RunEvent.WARNING, claim.job, message=claim.warning)
-            job = claim.job  # every log line about this job says which (logs.log_context)
-            with log_context(job=job.id, batch=job.batch_id, run=self.run.name, request_id=claim.attempt.request_id):
+                self.worker.reporter.event(RunEvent.WARNING, claim.job, message=claim.warning, budget_warning=True)
+            with self._log_context(claim):
                 if not self._process(claim):
                     return
 
     def _process(self, claim: Claim) -> bool:
-        """Process one claim; False when this thread must stop."""
+        """Take one claim until fal's outcome is known and hand its output to the delivery stage
+        (waiting while that is full); False when this thread must stop."""
         try:
-            self.worker.process(claim)
-        except (AccountLockedError, AuthError) as exc:
-            self._fail(exc)
-            return False
-        except BatchRunnerError as exc:  # the database failed in the middle: the job stays resumable
-            self._fail(exc)
-            return False
-        except Exception as exc:  # a bug: the job is let go, the run says so and goes on
-            log.exception("job %s: unexpected error", claim.job.id)
-            reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
-            self.worker.reporter.event(RunEvent.ERROR, claim.job, error=reason)
-            try:
-                self.queue.abandon(claim, reason, delay_s=self.settings.follow_later_s)
-            except BatchRunnerError as db_exc:
-                self._fail(db_exc)
-                return False
-            with self._lock:
-                self.outcome.unexpected.append(f"job {claim.job.id}: {reason}")
-                if len(self.outcome.unexpected) >= UNEXPECTED_ERRORS_MAX:
-                    self._fail(
-                        BatchRunnerError(
-                            f"{len(self.outcome.unexpected)} unexpected errors; stopped "
-                            "(the jobs are kept as they were)",
-                            hint="see the log above, and report it as a bug",
-                        )
-                    )
-                    return False
+            go_on, handoff = self._guarded(claim, lambda: self.worker.process(claim))
         finally:
             if self.breaker is not None:
                 self.breaker.done()
-        self._finished += 1  # wakes idle threads: a slot is free, or the batch may be done
-        return True
+            self._released.fire()  # its fal slot is free: this or a waiting thread claims the next job
+        if handoff is not None and not self.delivery.put(handoff):
+            self._release(handoff)  # stopping: DOWNLOADING with fal's output URL, taken up again later
+        return go_on
 
-    def _fail(self, exc: BatchRunnerError) -> None:
-        if self.outcome.fatal is None:
-            self.outcome.fatal = exc
-        self.stop.set()
-
-    def _wait_for_work(self, idle: int) -> bool:
-        """False when this thread should exit (burst mode and nothing left for it). Otherwise wait:
-        longer the longer nothing was found, so idle workers do not hammer the dispatch lock."""
+    def _wait_for_work(self, idle: int, seen: int) -> bool:
+        """False when this thread should exit (burst mode and nothing left for it). Otherwise wait
+        until a slot frees or a job ends (`seen` is the release count before the claim that found
+        nothing), or a while: longer the longer nothing was found, so idle workers do not hammer
+        the dispatch lock."""
         remaining = self.queue.remaining(self.batches)
         active = sum(n for s, n in remaining.items() if s != JobState.QUEUED.value)
         queued = remaining.get(JobState.QUEUED.value, 0)
@@ -277,11 +304,87 @@ class Pool:
         if due is not None:
             until_due = (due - datetime.now(UTC)).total_seconds()
             wait = max(self.settings.idle_s, min(until_due, wait if active else 30.0))
-        seen, deadline = self._finished, time.monotonic() + wait
-        while not self.stop.wait(min(self.settings.idle_s, max(0.0, deadline - time.monotonic()))):
-            if self._finished != seen or time.monotonic() >= deadline:
-                break
+        self._released.wait(seen, wait, self.stop)
         return True
+
+    # ------------------------------------------------------------------ delivery stage
+
+    def _deliver(self, handoff: Handoff) -> bool:
+        """The delivery stage's work on one output; False when this thread must stop."""
+        if self.breaker is not None and not self.breaker.acquire(self.stop):
+            self._release(handoff)
+            return False
+        try:
+            with self._log_context(handoff.claim):
+                go_on, _ = self._guarded(handoff.claim, lambda: self.worker.deliver(handoff))
+        finally:
+            if self.breaker is not None:
+                self.breaker.done()
+            self._released.fire()  # a job ended: the batch may be done
+        return go_on
+
+    def _log_context(self, claim: Claim) -> AbstractContextManager[None]:
+        """Every log line about this job says which (logs.log_context), in either stage."""
+        job = claim.job
+        return log_context(job=job.id, batch=job.batch_id, run=self.run.name, request_id=claim.attempt.request_id)
+
+    def _release(self, handoff: Handoff) -> None:
+        """Let a handed-off job go undelivered: it stays DOWNLOADING with fal's output URL."""
+        try:
+            self.queue.release(handoff.claim)
+        except BatchRunnerError as exc:  # its lease runs out by itself
+            log.warning("job %s: could not let it go: %s", handoff.claim.job.id, exc)
+
+    # ------------------------------------------------------------------ look-ahead
+
+    def _may_look_ahead(self) -> bool:
+        """Not while draining (nothing new is submitted) or while fal is unreachable."""
+        return not self._draining.is_set() and (self.breaker is None or self.breaker.state == "closed")
+
+    def _prefetch(self, job: JobRecord) -> None:
+        try:
+            self.worker.prefetch(job)
+        except (BatchRunnerError, OSError) as exc:  # its claim meets the same trouble and records it
+            log.debug("job %s: upload ahead of the claim failed: %s", job.id, exc)
+
+    # ------------------------------------------------------------------ errors
+
+    def _guarded(self, claim: Claim, step: Callable[[], _R]) -> tuple[bool, _R | None]:
+        """Run one step of a claimed job under the pool's rules: (go on?, the step's result)."""
+        try:
+            return True, step()
+        except BatchRunnerError as exc:  # a refused key, a locked account, a database failing midway
+            self._fail(exc)  # (the job stays resumable)
+            return False, None
+        except Exception as exc:  # a bug: the job is let go, the run says so and goes on
+            log.exception("job %s: unexpected error", claim.job.id)
+            return self._unexpected(claim, exc), None
+
+    def _unexpected(self, claim: Claim, exc: Exception) -> bool:
+        reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}"
+        self.worker.reporter.event(RunEvent.ERROR, claim.job, error=reason)
+        try:
+            self.queue.abandon(claim, reason, delay_s=self.settings.follow_later_s)
+        except BatchRunnerError as db_exc:
+            self._fail(db_exc)
+            return False
+        with self._lock:
+            self.outcome.unexpected.append(f"job {claim.job.id}: {reason}")
+            if len(self.outcome.unexpected) < UNEXPECTED_ERRORS_MAX:
+                return True
+        self._fail(
+            BatchRunnerError(
+                f"{len(self.outcome.unexpected)} unexpected errors; stopped (the jobs are kept as they were)",
+                hint="see the log above, and report it as a bug",
+            )
+        )
+        return False
+
+    def _fail(self, exc: BatchRunnerError) -> None:
+        with self._lock:
+            if self.outcome.fatal is None:
+                self.outcome.fatal = exc
+        self.stop.set()
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,7 +1,9 @@
-"""One job at a time: claim → upload → submit → follow → result → hand to delivery → record once.
+"""One job: claim → upload → submit → follow → result → hand to delivery → deliver → record once.
 
-Every fal answer, and every call that failed after its retries, goes through `outcome.decide`;
-`Worker._record` turns that one decision into one recorded transition.
+`Worker.process` holds a fal slot (submit until fal's answer is known) and returns a `Handoff`
+for the pool's delivery stage, which calls `Worker.deliver` without the slot. Every fal answer,
+and every call that failed after its retries, goes through `outcome.decide`; `Worker._record`
+turns that one decision into one recorded transition.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from typing import Any, Protocol
 from . import catalog, probe, storage
 from .api.answers import Completed, InProgress, Phase, Queued, Reply, Status, input_sha256
 from .api.client import FalClient
+from .billing import Biller, Billing
 from .db.queue import JobQueue
 from .db.transition import Claim, ClaimKind, Transitions
-from .domain import PENDING_BILLING_EVENTS, PROVISIONAL, JobState, RunEvent, is_remote, usd_to_micro
+from .domain import JobState, RunEvent, is_remote
 from .errors import AccountLockedError, AuthError, LeaseLostError, ProbeError, RemoteError
-from .fal_prices import SyncedPrices, reserve
-from .logs import get_logger
+from .fal_prices import SyncedPrices
+from .logs import bind_log_context, get_logger
 from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_result, with_attempts
-from .output import Delivered, Delivery, NotDelivered, sidecar
+from .output import Delivery, NotDelivered, sidecar
 from .pricing import PriceTable
 from .records import JobRecord
 
@@ -39,7 +42,6 @@ UPLOAD_LIFETIME_S = 7 * 24 * 3600
 # cannot start the file's clock earlier): the day covers a job that waits in fal's queue before
 # its runner fetches the source.
 UPLOAD_TTL_S = UPLOAD_LIFETIME_S - 24 * 3600.0
-PRICING_API = "fal pricing API"  # the billed amount is fal's billable units × its unit price
 
 
 class WorkerSettings(Protocol):
@@ -85,11 +87,15 @@ class _StatusFailedError(Exception):
 
 
 @dataclass(frozen=True)
-class Billing:
-    micro_usd: int
-    units: str | None = None
-    unit_price_micro_usd: int | None = None
-    source: str | None = None
+class Handoff:
+    """A job whose output fal made: recorded as DOWNLOADING with fal's output URL (so a stop
+    leaves it resumable), for the delivery stage. It keeps its lease, and no fal slot."""
+
+    claim: Claim
+    url: str
+    units: Decimal | None = None
+    keep: bool = False  # a paid output fetched again: its money stays as recorded
+    bill: Bill = Bill.UNITS
 
 
 class Worker:
@@ -110,8 +116,7 @@ class Worker:
         self.queue, self.client, self.prices, self.settings = queue, client, prices, settings
         self.reporter, self.delivery, self.stop = reporter, delivery, stop
         self.breaker = breaker
-        self.synced = synced  # fal's prices from the last `prices sync`: our figure is the higher, as planned
-        self._unit_prices: dict[str, tuple[Decimal, str]] = {}
+        self.biller = Biller(client, prices, delivery, synced)
         self._upload_locks: dict[str, threading.Lock] = {}
         self._uploaded: dict[str, tuple[str, float]] = {}  # content sha256 → URL and its reuse deadline (monotonic)
         self._digests: dict[str, str] = {}  # file fingerprint → content sha256
@@ -119,17 +124,36 @@ class Worker:
 
     # ------------------------------------------------------------------ entry
 
-    def process(self, claim: Claim) -> None:
+    def process(self, claim: Claim) -> Handoff | None:
+        """Submit (or follow) a claimed job until fal's outcome is known: the output to deliver,
+        or None when the job ended here (or was left for later)."""
         try:
             if claim.kind == ClaimKind.SUBMIT:
                 submitted = self._submit(claim)
                 if submitted is None:
-                    return
+                    return None
                 claim = submitted
-            self._follow(claim)
+            return self._follow(claim)
         except LeaseLostError as exc:  # this worker stalled past its lease and another took the job over
-            log.warning("%s", exc)
-            self.reporter.event(RunEvent.LOST, claim.job, error=str(exc))
+            self._lost(claim, exc)
+            return None
+
+    def deliver(self, handoff: Handoff) -> None:
+        """Download, verify, bill, write the sidecar, publish and record a handed-off job."""
+        try:
+            self._deliver(handoff)
+        except LeaseLostError as exc:
+            self._lost(handoff.claim, exc)
+
+    def prefetch(self, job: JobRecord) -> None:
+        """Upload a queued job's local media before it is claimed (the upload cache keeps the
+        URLs), so its submit is a few writes and one POST. Claims nothing, records nothing."""
+        if not _source_changed(job):  # a changed source fails its job at the claim, unuploaded
+            self._with_uploads(catalog.endpoint(job.endpoint), job.params)
+
+    def _lost(self, claim: Claim, exc: LeaseLostError) -> None:
+        log.warning("%s", exc)
+        self.reporter.event(RunEvent.LOST, claim.job, error=str(exc))
 
     # ------------------------------------------------------------------ recording: one place
 
@@ -205,12 +229,7 @@ class Worker:
         job = claim.job
         ep = catalog.endpoint(job.endpoint)
         try:
-            if (
-                job.source_fingerprint
-                and job.source
-                and not is_remote(job.source, data_uri=False)
-                and probe.fingerprint(job.source) != job.source_fingerprint
-            ):
+            if _source_changed(job):
                 self._record(
                     claim,
                     Decision(
@@ -239,6 +258,7 @@ class Worker:
             self._record(claim, self._failed_call(claim, Phase.SUBMIT, exc, sent=False))
             return None
         claim = self.queue.submitted(claim, sub.request_id, sub.status_url, sub.response_url, sub.cancel_url, digest)
+        bind_log_context(request_id=sub.request_id)  # the job's later log lines name its request
         self._fal_answered()
         self.reporter.event(RunEvent.SUBMITTED, claim.job, request_id=sub.request_id, position=sub.queue_position)
         return claim
@@ -292,11 +312,10 @@ class Worker:
 
     # ------------------------------------------------------------------ follow
 
-    def _follow(self, claim: Claim) -> None:
+    def _follow(self, claim: Claim) -> Handoff | None:
         job, attempt = claim.job, claim.attempt
         if job.state == JobState.DOWNLOADING and attempt.billed_micro_usd is not None and attempt.output_url:
-            self._deliver(claim, attempt.output_url, None, keep=True)  # a paid output fetched again: free
-            return
+            return Handoff(claim, attempt.output_url, keep=True)  # a paid output fetched again: free
         if job.state == JobState.DOWNLOADING:
             completed: Completed | None = Completed((), None, None)  # it had completed before a restart
         else:
@@ -304,26 +323,30 @@ class Worker:
                 claim, completed = self._wait_completed(claim)
             except _StatusFailedError as failed:
                 self._record(failed.claim, self._failed_call(failed.claim, Phase.STATUS, failed.error, sent=True))
-                return
+                return None
         if completed is None:  # stopping
             self._leave(claim)
-            return
+            return None
         assert attempt.response_url is not None  # a followed attempt has fal's URLs
         try:
             result = self.client.result(attempt.response_url)
         except RemoteError as exc:
             decision = self._failed_call(claim, Phase.RESULT, exc, sent=True, completed=completed)
             if decision.bill == Bill.ESTIMATE and attempt.output_url:  # result gone, output still there
-                self._deliver(claim, attempt.output_url, None, bill=Bill.ESTIMATE)
-                return
-            self._record(claim, decision, self._bill(job, decision.bill, None))
-            return
+                return self._handoff(claim, attempt.output_url, None, bill=Bill.ESTIMATE)
+            self._record(claim, decision, self.biller.bill(job, decision.bill, None))
+            return None
         self._fal_answered()
         decision = decide_result(completed, result)
         if decision.action == Action.CONTINUE and result.video_url:
-            self._deliver(claim, result.video_url, result.billable_units)
-            return
-        self._record(claim, decision, self._bill(job, decision.bill, result.billable_units))
+            return self._handoff(claim, result.video_url, result.billable_units)
+        self._record(claim, decision, self.biller.bill(job, decision.bill, result.billable_units))
+        return None
+
+    def _handoff(self, claim: Claim, url: str, units: Decimal | None, bill: Bill = Bill.UNITS) -> Handoff:
+        """Write-ahead for delivery: DOWNLOADING with fal's output URL, which frees the job's
+        fal slot (IN_FLIGHT_STATES leaves DOWNLOADING out) and survives a stop or a crash."""
+        return Handoff(self.queue.progress(claim, JobState.DOWNLOADING, output_url=url), url, units, bill=bill)
 
     def _wait_completed(self, claim: Claim) -> tuple[Claim, Completed | None]:
         """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks.
@@ -388,47 +411,15 @@ class Worker:
         if settle_cancel(self.queue, claim, answer):
             self.reporter.event(RunEvent.CANCELLED, claim.job)
 
-    # ------------------------------------------------------------------ money
-
-    def _bill(self, job: JobRecord, bill: Bill, units: Decimal | None, delivered: Delivered | None = None) -> Billing:
-        """What to record as billed, by the decision's rule (see outcome.Bill)."""
-        units_s = f"{units:f}" if units is not None else None
-        if bill == Bill.NOTHING:
-            return Billing(0, units_s)
-        if bill == Bill.ASK:
-            return Billing(0, units_s, source=PENDING_BILLING_EVENTS)
-        if bill == Bill.UNITS and units is not None:
-            price = self._unit_price(job.endpoint)
-            if price is not None:
-                return Billing(int((units * price).to_integral_value()), units_s, price, PRICING_API)
-        # Not fal's figure (x-fal-billable-units is not documented for API users, fal's pricing
-        # API did not answer): our price table's, marked provisional until fal's billing events
-        # (admin key) confirm or correct it (resolve.Resolver._settle_bills).
-        if bill == Bill.UNITS and delivered is not None:  # price what was delivered, as the plan reserved
-            table = self.delivery.price_delivered(job, delivered.measured)
-            est = reserve(table, self.prices.entry(job.endpoint), self.synced)
-            return Billing(est.micro_usd, units_s, source=f"{PROVISIONAL}{est.price_table} on the verified output")
-        return Billing(job.estimate_micro_usd, units_s, source=f"{PROVISIONAL}{job.price_table} (estimate)")
-
-    def _unit_price(self, endpoint_id: str) -> int | None:
-        with self._lock:
-            if endpoint_id not in self._unit_prices:
-                try:
-                    self._unit_prices.update(self.client.unit_prices([endpoint_id]))
-                except RemoteError as exc:
-                    log.warning("pricing API unavailable (%s); billing from the price table", exc.message)
-                    return None
-            price = self._unit_prices.get(endpoint_id)
-        return usd_to_micro(price[0]) if price else None
-
     # ------------------------------------------------------------------ deliver
 
-    def _deliver(
-        self, claim: Claim, url: str, units: Decimal | None, *, keep: bool = False, bill: Bill = Bill.UNITS
-    ) -> None:
-        claim = self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
+    def _deliver(self, handoff: Handoff) -> None:
+        url, units, keep, bill = handoff.url, handoff.units, handoff.keep, handoff.bill
+        claim = self.queue.progress(handoff.claim, JobState.DOWNLOADING, output_url=url)
         job, attempt = claim.job, claim.attempt
+        started = time.monotonic()
         got = self.delivery.fetch(job, attempt.number, url)
+        fetched_s = time.monotonic() - started
         kept = Billing(
             attempt.billed_micro_usd or 0, attempt.billable_units, attempt.unit_price_micro_usd, attempt.price_source
         )
@@ -436,10 +427,10 @@ class Worker:
             decision = self._undelivered(got, keep)
             if got.arrived or got.reply is not None:  # fal's CDN answered, or kept failing
                 self._fal_answered(decision)
-            self._record(claim, decision, kept if keep else self._bill(job, bill, units), output_url=url)
+            self._record(claim, decision, kept if keep else self.biller.bill(job, bill, units), output_url=url)
             return
         self._fal_answered()
-        money = kept if keep else self._bill(job, bill, units, got)
+        money = kept if keep else self.biller.bill(job, bill, units, got)
         failed = self.delivery.publish(
             got, sidecar(job, attempt, got, money.micro_usd, money.units, money.source or "")
         )
@@ -461,7 +452,8 @@ class Worker:
         for warning in got.warnings:  # delivered and billed; it differs only from our convention
             self.queue.record_event("output.check_warning", job=job, attempt_id=attempt.id, warning=warning)
             self.reporter.event(RunEvent.WARNING, job, message=f"job {job.id} delivered, but {warning}")
-        self.reporter.event(RunEvent.SUCCEEDED, job, billed_micro_usd=0 if keep else money.micro_usd)
+        fetched = {"download_bytes": got.size_bytes, "download_s": fetched_s}  # for the metrics
+        self.reporter.event(RunEvent.SUCCEEDED, job, billed_micro_usd=0 if keep else money.micro_usd, **fetched)
 
     @staticmethod
     def _undelivered(got: NotDelivered, keep: bool) -> Decision:
@@ -490,10 +482,16 @@ def settle_cancel(queue: Transitions, claim: Claim, answer: str) -> bool:
     return False
 
 
+def _source_changed(job: JobRecord) -> bool:
+    """The local source is not the file that was planned and priced (raises OSError if gone)."""
+    src, planned = job.source, job.source_fingerprint
+    return bool(src and planned and not is_remote(src, data_uri=False) and probe.fingerprint(src) != planned)
+
+
 def _plain(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {Path(str(exc.filename)).name if exc.filename else ''}".rstrip(": ")
     return str(getattr(exc, "message", exc))[:300]
 
 
-__all__ = ["Billing", "NullReporter", "Reporter", "Worker", "WorkerSettings", "settle_cancel"]
+__all__ = ["Handoff", "NullReporter", "Reporter", "Worker", "WorkerSettings", "settle_cancel"]

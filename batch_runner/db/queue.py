@@ -360,6 +360,22 @@ class JobQueue(Dispatch):
 
         return self._read("counting jobs", go)
 
+    def next_queued(self, batches: Sequence[str] | None, limit: int) -> list[JobRecord]:
+        """The queued jobs the next claims would take (due now, in claim order), read without
+        claiming them: the pool uploads their media ahead of their claims."""
+
+        def go(conn: Connection) -> list[JobRecord]:
+            due = or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= self._clock(conn))
+            rows = conn.execute(
+                select(J)
+                .where(J.c.state == JobState.QUEUED.value, due, *self._scope(batches))
+                .order_by(J.c.id)
+                .limit(limit)
+            ).mappings()
+            return [JobRecord.from_row(r) for r in rows]
+
+        return self._read("reading the next queued jobs", go)
+
     def next_retry_at(self, batches: Sequence[str] | None) -> datetime | None:
         """When the earliest waiting job (a retry, or a request to follow again) becomes due
         (ordered, not min(): SQLite's min() is untyped)."""

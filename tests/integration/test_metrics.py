@@ -149,3 +149,6 @@ def test_retries_and_fal_error_types_are_counted_as_the_attempts_table_records_t
     }
     assert run_spend == {"billed": 1.2, "reserved": 1.2}  # the failed attempt was never billed
     assert samples[("batch_runner_spend_usd", (("budget", "account_per_day"), ("kind", "billed")))] == 1.2
+    [(delivered,)] = bench.sql("select sum(size_bytes) from outputs")
+    assert samples[("batch_runner_download_bytes_total", ())] == delivered > 0  # the worker reports each download
+    assert samples[("batch_runner_download_seconds_total", ())] > 0

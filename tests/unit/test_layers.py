@@ -34,10 +34,12 @@ LAYERS = {
     "progress": 3,
     "notify": 3,  # webhook notifications: signed POSTs from a background thread
     "metrics": 4,  # Prometheus metrics: reporter counters and gauges read through db/
+    "stages": 3,  # the pool's pipeline parts (bounded stage, look-ahead, wake-up signal): threads only
     "outcome": 4,
     "output": 4,
     "emulator": 4,
     "fal_prices": 4,
+    "billing": 4.5,  # what an outcome is recorded as billed: above output and fal_prices, below worker
     "worker": 5,
     "planner": 5,
     "pool": 6,

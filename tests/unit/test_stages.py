@@ -1,0 +1,114 @@
+"""The pool's pipeline parts on their own: a bounded stage with back-pressure, what a stop leaves,
+the wake-up signal, and the look-ahead that readies each item once."""
+
+from __future__ import annotations
+
+import threading
+
+from batch_runner.stages import Lookahead, Signal, Stage
+
+JOIN_S = 30  # a bound so a broken stage fails the test instead of hanging it
+
+
+def _gated_stage(stop: threading.Event, capacity: int = 2) -> tuple[Stage[int], list[int], threading.Event]:
+    done: list[int] = []
+    gate = threading.Event()
+
+    def work(item: int) -> bool:
+        gate.wait(JOIN_S)
+        done.append(item)
+        return True
+
+    stage: Stage[int] = Stage("test", threads=1, capacity=capacity, work=work, stop=stop)
+    stage.start()
+    return stage, done, gate
+
+
+def _put_in_thread(stage: Stage[int], item: int) -> tuple[threading.Thread, dict[str, bool]]:
+    answer: dict[str, bool] = {}
+    t = threading.Thread(target=lambda: answer.setdefault("taken", stage.put(item)), daemon=True)
+    t.start()
+    return t, answer
+
+
+def test_a_full_stage_makes_the_producer_wait_until_an_item_is_taken():
+    stop = threading.Event()
+    stage, done, gate = _gated_stage(stop)
+    assert stage.put(1)  # the thread takes it and waits at the gate
+    while stage.waiting():
+        threading.Event().wait(0.01)
+    assert stage.put(2) and stage.put(3)  # the stage is full now
+    producer, answer = _put_in_thread(stage, 4)
+    producer.join(timeout=0.2)
+    assert producer.is_alive() and "taken" not in answer and stage.waiting() == 2
+    gate.set()  # the work goes on: room is made, the producer's item goes in
+    producer.join(timeout=JOIN_S)
+    assert answer == {"taken": True}
+    stage.close()
+    stage.join()
+    assert done == [1, 2, 3, 4]  # closing delivers what waits, in order
+
+
+def test_a_stop_ends_the_stage_after_the_item_in_hand_and_leaves_the_rest():
+    stop = threading.Event()
+    stage, done, gate = _gated_stage(stop)
+    for item in (1, 2, 3):
+        assert stage.put(item)
+    producer, answer = _put_in_thread(stage, 4)
+    stop.set()
+    producer.join(timeout=JOIN_S)
+    assert answer == {"taken": False}  # a producer waiting for room is told no
+    assert not stage.put(5)
+    gate.set()
+    stage.join()
+    assert done == [1]
+    assert stage.leftovers() == [2, 3] and stage.leftovers() == []
+
+
+def test_the_signal_wakes_a_waiter_at_once_and_a_stale_count_does_not_wait():
+    signal, stop = Signal(), threading.Event()
+    seen = signal.count
+    signal.fire()
+    signal.wait(seen, timeout_s=JOIN_S, stop=stop)  # fired since `seen`: returns without waiting
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (signal.wait(signal.count, JOIN_S, stop), woke.set()), daemon=True)
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert not woke.is_set()
+    signal.fire()
+    waiter.join(timeout=JOIN_S)
+    assert woke.is_set()
+
+
+def _until(ready) -> None:
+    for _ in range(3000):
+        if ready():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("never happened")
+
+
+def test_the_look_ahead_readies_each_item_once_only_while_active_and_survives_a_failing_one():
+    stop, active = threading.Event(), threading.Event()
+    queue, readied, peeks = [1, 2, 3], [], []
+
+    def peek() -> list[int]:
+        peeks.append(active.is_set())
+        return list(queue)
+
+    def ready(item: int) -> None:
+        if item == 2:
+            raise OSError("unreadable")  # the claim meets it again and records it
+        readied.append(item)
+
+    ahead = Lookahead(peek, key=lambda i: i, ready=ready, active=active.is_set, stop=stop, every_s=JOIN_S)
+    ahead.start()
+    ahead.poke()
+    active.set()
+    ahead.poke()
+    _until(lambda: readied == [1, 3])
+    queue.append(4)
+    ahead.poke()
+    _until(lambda: readied == [1, 3, 4])
+    ahead.close()
+    assert readied == [1, 3, 4] and peeks and all(peeks)  # never looked while inactive
