@@ -59,9 +59,11 @@ def write_sources(folder: Path, n: int) -> None:
 
 
 def write_manifest(path: Path, batch: str, glob: str) -> Path:
+    """A reframe manifest: the sources under `glob` × 50 combinations, prompted with the batch's
+    name (so two batches over the same sources are different jobs)."""
     path.write_text(
         f"batch: {batch}\nendpoint: ray-2-flash/reframe\n"
-        "defaults:\n  prompt: extend the background\n"
+        f"defaults:\n  prompt: extend the background of {batch}\n"
         f"matrix:\n  aspect_ratio: {json.dumps(ASPECTS)}\n  grid_position_x: {json.dumps(GRID_X)}\n"
         f'sources:\n  - glob: "{glob}"\noutput_root: out\n'
         'output: "{batch}/{stem}_{aspect_ratio}_{grid_position_x}.mp4"\n'
