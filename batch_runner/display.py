@@ -10,16 +10,16 @@ import io
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
+from . import plaintable
 from .domain import format_usd
 from .records import AttemptRecord, EventRecord, JobRecord
 
@@ -55,8 +55,8 @@ def text(parts: Iterable[Part], *, wrap: bool = True) -> str:
             out.append(part)
             continue
         indent, table = part if isinstance(part, tuple) else (0, part)
-        if width == UNWRAPPED_WIDTH and table.row_count >= PLAIN_ROWS and _plain_cells(table):
-            out.extend(" " * indent + line for line in _plain_table(table))
+        if width == UNWRAPPED_WIDTH and table.row_count >= plaintable.PLAIN_ROWS and plaintable.plain_cells(table):
+            out.extend(" " * indent + line for line in plaintable.lines(table))
             continue
         buf = io.StringIO()
         console = Console(
@@ -71,39 +71,6 @@ def text(parts: Iterable[Part], *, wrap: bool = True) -> str:
         console.print(table)
         out.extend(" " * indent + line.rstrip() for line in buf.getvalue().splitlines())
     return "\n".join(out)
-
-
-PLAIN_ROWS = 200  # an unwrapped table this long is laid out here, not by rich (seconds at 100,000 rows)
-
-
-def _plain_cells(table: Table) -> bool:
-    """Every cell is a one-line printable string (what `_plain_table` lays out as rich would)."""
-    return all(isinstance(c, str) and c.isprintable() for col in table.columns for c in [col.header, *col.cells])
-
-
-def _plain_table(table: Table) -> Iterator[str]:
-    """An unwrapped `_table` laid out line by line exactly as rich prints it (`text` checks
-    this against rich): each column as wide as its widest cell, the padding after every column
-    but the last, a space between columns and a rule under the header (with a header), no
-    trailing spaces."""
-    cols = table.columns
-    cells = [[str(c) for c in col.cells] for col in cols]
-    heads = [str(col.header) for col in cols] if table.show_header else None
-    widths = [max(map(_cell_len, [*cs, *(heads[i : i + 1] if heads else [])]), default=0) for i, cs in enumerate(cells)]
-    gap = " " * table.padding[1] + (" " if table.show_header else "")
-    right = [col.justify == "right" for col in cols]
-
-    def line(values: Sequence[str]) -> str:
-        return gap.join(
-            " " * (w - _cell_len(v.rstrip())) + v.rstrip() if r else v + " " * (w - _cell_len(v))
-            for v, w, r in zip(values, widths, right, strict=True)
-        ).rstrip()
-
-    if heads is not None:
-        yield line(heads)
-        yield "─" * (sum(widths) + len(gap) * (len(cols) - 1))
-    for row in zip(*cells, strict=True):
-        yield line(row)
 
 
 def _table(*columns: str, header: bool = True, gap: int = 2) -> Table:
@@ -129,10 +96,6 @@ def _rel(path: str, root: Path) -> str:
         return rest  # a plain path under root: what Path.relative_to gives, without parsing it (big plans)
     p = Path(path)
     return str(p.relative_to(root)) if p.is_relative_to(root) else path
-
-
-def _cell_len(value: str) -> int:
-    return len(value) if value.isascii() else cell_len(value)
 
 
 def _usd_or_dash(micro: int | None) -> str:

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
-from batch_runner import display
+from batch_runner import plaintable
 from batch_runner.cli import cli
 from batch_runner.db import engine as db_engine
 
-SOURCES = 7  # × 5 aspect ratios × 10 grid positions: 350 jobs, over display.PLAIN_ROWS
+SOURCES = 7  # × 5 aspect ratios × 10 grid positions: 350 jobs, over plaintable.PLAIN_ROWS
 JOBS = SOURCES * 50
 MANIFEST = """batch: big
 endpoint: ray-2-flash/reframe
@@ -69,7 +69,7 @@ def test_a_big_plan_reads_the_same_however_it_is_laid_out(big, monkeypatch):
     diff_json = _cli(env, "plan", str(manifest), "--diff", "--json")
     assert diff_json == _whole(diff_json)
     assert len(json.loads(diff_json)["diff"]["unchanged"]) == JOBS
-    monkeypatch.setattr(display, "PLAIN_ROWS", 10**9)  # every table through rich again
+    monkeypatch.setattr(plaintable, "PLAIN_ROWS", 10**9)  # every table through rich again
     assert _cli(env, "plan", str(manifest)) == plain
     assert _cli(env, "plan", str(manifest), "--diff") == plain_diff
     assert f"unchanged  {JOBS} job(s): {JOBS} queued" in plain_diff

@@ -44,6 +44,7 @@ LAYERS = {
     "reconcile": 7,
     "price_sync": 7,
     "report_html": 8,
+    "plaintable": 8,  # big unwrapped tables laid out as rich would, line by line (display)
     "display": 9,
     "cli": 10,
     "__main__": 11,
