@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/bench_plan.py
 	$(PY) bench/bench_run.py
 	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_big.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache .ruff_cache .mypy_cache bench/.work bench/.work-run bench/.work-scale
+	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache .ruff_cache .mypy_cache bench/.work bench/.work-run bench/.work-scale bench/.work-big

@@ -19,6 +19,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from . import plaintable
 from .domain import format_usd
 from .records import AttemptRecord, EventRecord, JobRecord
 
@@ -54,6 +55,9 @@ def text(parts: Iterable[Part], *, wrap: bool = True) -> str:
             out.append(part)
             continue
         indent, table = part if isinstance(part, tuple) else (0, part)
+        if width == UNWRAPPED_WIDTH and table.row_count >= plaintable.PLAIN_ROWS and plaintable.plain_cells(table):
+            out.extend(" " * indent + line for line in plaintable.lines(table))
+            continue
         buf = io.StringIO()
         console = Console(
             file=buf,
@@ -88,6 +92,10 @@ def _table(*columns: str, header: bool = True, gap: int = 2) -> Table:
 def _rel(path: str, root: Path | str) -> str:
     if isinstance(root, str):  # an object-store root (s3://bucket/prefix): keys shown below it
         return path[len(root) + 1 :] if path.startswith(root + "/") else path
+    prefix = str(root).rstrip("/") + "/"
+    rest = path[len(prefix) :] if path.startswith(prefix) else ""
+    if rest and "//" not in f"/{rest}" and "/." not in f"/{rest}" and not rest.endswith("/"):
+        return rest  # a plain path under root: what Path.relative_to gives, without parsing it (big plans)
     p = Path(path)
     return str(p.relative_to(root)) if p.is_relative_to(root) else path
 

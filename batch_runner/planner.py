@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from . import catalog, fal_prices, probe
+from . import catalog, fal_prices, outpaths, probe
 from .config import Settings
 from .db.repo import EnqueueResult, Repository, StateCount
 from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
@@ -64,13 +64,15 @@ class Plan:
             out[k][1] += j.estimate.micro_usd if j.estimate else 0
         return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
-    def to_json(self) -> dict[str, Any]:
-        """The stable `plan --json` shape (money as decimal strings)."""
+    def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
+        """The stable `plan --json` shape (money as decimal strings). `lazy`: the job list is an
+        iterator, for a writer that encodes it item by item (`cli.planning.emit_json_streamed`)."""
+        jobs = (_job_json(j) for j in self.jobs)
         return {
             "batch": self.manifest.batch,
             "price_table": self.price_table,
             "fal_prices": self.fal_prices,
-            "jobs": [_job_json(j) for j in self.jobs],
+            "jobs": jobs if lazy else list(jobs),
             "invalid": [{"source": i.source, "reason": i.reason, "origin": i.origin} for i in self.invalid],
             "total_estimated_cost_usd": format_usd(self.total_micro_usd),
             "by_endpoint": {
@@ -104,7 +106,9 @@ class PlanDiff:
             j.estimate.micro_usd for j, _ in self.changed if j.estimate
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
+        """`plan --diff --json`'s "diff"; `lazy` as for `Plan.to_json` (the unchanged jobs)."""
+        unchanged = ({"key": j.key, "state": state.value} for j, state in self.unchanged)
         return {
             "new": [j.key for j in self.new],
             "changed": [
@@ -116,7 +120,7 @@ class PlanDiff:
                 }
                 for j, old in self.changed
             ],
-            "unchanged": [{"key": j.key, "state": state.value} for j, state in self.unchanged],
+            "unchanged": unchanged if lazy else list(unchanged),
             "removed": [{"key": r.key, "output": r.output_path, "state": r.state.value} for r in self.removed],
             "added_cost_usd": format_usd(self.added_micro_usd),
         }
@@ -191,25 +195,29 @@ def job_key(job: JobSpec, fingerprints: dict[str, str]) -> str:
 
 def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repository | None) -> Plan:
     """Expand, probe (through the cache) and price a manifest. Writes no jobs, calls no API."""
-    manifest = load_manifest(manifest_path)
+    with outpaths.folders_resolved_once():
+        manifest = load_manifest(manifest_path)
     synced = fal_prices.load_synced(settings.fal_prices_path)  # fal's prices from the last `prices sync`
     probed = _probe_sources(manifest, settings, repo)
     jobs: list[JobSpec] = []
     invalid: dict[tuple[str, str], InvalidItem] = {}
-    seen_keys: dict[str, JobSpec] = {}
-    for spec in manifest.jobs:
+    seen_keys: dict[str, str] = {}  # key → origin
+    # The priced copies replace the expanded jobs, which are let go one by one (100,000 jobs: memory)
+    expanded, manifest = manifest.jobs[::-1], dataclasses.replace(manifest, jobs=[])
+    while expanded:
+        spec = expanded.pop()
         priced = _price(spec, manifest, probed, prices, synced)
         if isinstance(priced, InvalidItem):
             invalid.setdefault((priced.source, priced.reason), priced)
             continue
         if priced.key in seen_keys:
             raise ManifestError(
-                f"the same job appears twice ({seen_keys[priced.key].origin} and {priced.origin})",
+                f"the same job appears twice ({seen_keys[priced.key]} and {priced.origin})",
                 file=str(manifest_path),
                 field="sources",
                 hint="list each source once",
             )
-        seen_keys[priced.key] = priced
+        seen_keys[priced.key] = priced.origin
         jobs.append(priced)
     return Plan(
         manifest,

@@ -96,6 +96,8 @@ def render_html(report: Report, *, base: Path | None = None) -> str:
         head=(report.group_by, *_COLUMNS),
         table=[_table_row(key, line.as_dict()) for key, line in sorted(report.groups.items())],
         jobs=report.jobs[:MAX_CARDS],
+        # once per file and page: a big batch's first cards share a few sources (an ffmpeg run each)
+        thumbnail_base64=cache(_thumbnail_base64),
         more=len(report.jobs) - MAX_CARDS,
         base=(base or Path.cwd()).resolve(),
     )

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -353,25 +354,24 @@ def _item(job: JobRecord, a: AttemptRecord | None) -> dict[str, Any]:
     }
 
 
-def items(report: Report) -> list[dict[str, Any]]:
-    """One line per attempt in scope, in job order; a job without one has one line of its own."""
+def items(report: Report) -> Iterator[dict[str, Any]]:
+    """One line per attempt in scope, in job order; a job without one has one line of its own
+    (made one at a time: 100,000 jobs make 100,000 lines)."""
     by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
     for a in report.attempts:
         by_job[a.job_id].append(a)
-    out: list[dict[str, Any]] = []
     for job in report.jobs:
         mine: list[AttemptRecord | None] = list(by_job.get(job.id, [])) or [None]
-        out.extend(_item(job, a) for a in mine)
-    return out
+        yield from (_item(job, a) for a in mine)
 
 
-def item_totals(report: Report, lines: list[dict[str, Any]]) -> dict[str, Any]:
+def item_totals(report: Report, lines: int) -> dict[str, Any]:
     """The totals of the line items: the report's own total figures (estimates once per job)."""
     t = report.total.as_dict()
     reserved = sum(a.reserved_micro_usd or 0 for a in report.attempts)
     return {
         "row_type": "total",
-        "lines": len(lines),
+        "lines": lines,
         "jobs": t["jobs"],
         "attempts": len(report.attempts),
         "job_estimate_usd": t["estimated_usd"],
@@ -385,18 +385,20 @@ def item_totals(report: Report, lines: list[dict[str, Any]]) -> dict[str, Any]:
 def render_items(report: Report, fmt: str) -> str:
     """`report --items`: JSON {"items": [...], "totals": {...}}; CSV one line per item, then one
     line whose `row_type` is "total" (filter on it in a spreadsheet)."""
-    lines = items(report)
-    totals = item_totals(report, lines)
     if fmt == "json":
+        lines = list(items(report))
+        totals = item_totals(report, len(lines))
         return json.dumps({"scope": report.scope_dict(), "items": lines, "totals": totals}, indent=2) + "\n"
     if fmt != "csv":
         raise ValueError(f"{fmt!r} is not a line-item format (json, csv)")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(ITEM_COLUMNS)
-    for line in lines:
+    count = 0
+    for line in items(report):
         writer.writerow([_cell(c, line[c]) for c in ITEM_COLUMNS])
-    writer.writerow([_cell(c, totals.get(c)) for c in ITEM_COLUMNS])
+        count += 1
+    writer.writerow([_cell(c, item_totals(report, count).get(c)) for c in ITEM_COLUMNS])
     return buf.getvalue()
 
 

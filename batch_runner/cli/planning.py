@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError, InvalidItemsError
 from ..manifest import load_manifest
 from ..records import JobRecord
-from .app import App, cli, emit_json, exit_codes_help, parse_usd
+from .app import App, _json_default, cli, emit_json, exit_codes_help, parse_usd
 
 
 def job_listing(job: JobRecord) -> dict[str, Any]:
@@ -30,6 +33,47 @@ def job_listing(job: JobRecord) -> dict[str, Any]:
 
 
 _STATE_CHOICE = click.Choice([s.value for s in JobState])
+
+
+_LAZY = re.compile(r'"\\u0000lazy(\d+)"')  # a placeholder as json.dumps writes it
+
+
+def emit_json_streamed(data: dict[str, Any]) -> None:
+    """`emit_json`'s exact text, written piece by piece: a value that is an iterator (a big list
+    made lazily, such as a 100,000-job plan) is encoded an item at a time, never whole."""
+    lazy: list[Iterator[Any]] = []
+
+    def mark(d: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, Iterator):
+                out[k] = f"\0lazy{len(lazy)}"
+                lazy.append(v)
+            else:
+                out[k] = mark(v) if isinstance(v, dict) else v
+        return out
+
+    pieces = _LAZY.split(json.dumps(mark(data), indent=2, ensure_ascii=False, default=_json_default))
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            click.echo(piece, nl=False)
+            continue
+        line = pieces[i - 1].rsplit("\n", 1)[-1]
+        outer = " " * (len(line) - len(line.lstrip(" ")))  # the indent of the line holding the list
+        _echo_list(lazy[int(piece)], outer)
+    click.echo("")
+
+
+def _echo_list(items: Iterator[Any], outer: str, chunk: int = 1000) -> None:
+    """A list as json.dumps(indent=2) writes it on a line indented by `outer`."""
+    inner, buf, n = outer + "  ", [], 0
+    for n, item in enumerate(items, 1):
+        text = json.dumps(item, indent=2, ensure_ascii=False, default=_json_default)
+        buf.append(("[\n" if n == 1 else ",\n") + inner + text.replace("\n", "\n" + inner))
+        if len(buf) >= chunk:
+            click.echo("".join(buf), nl=False)
+            buf = []
+    click.echo("".join(buf) + (f"\n{outer}]" if n else "[]"), nl=False)
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -108,10 +152,10 @@ def plan(
     for w in result.warnings:
         click.echo(display.warning(w), err=True)
     if as_json:
-        data = result.to_json()
+        data = result.to_json(lazy=True)
         if diff is not None:
-            data["diff"] = diff.to_json()
-        emit_json(data)
+            data["diff"] = diff.to_json(lazy=True)
+        emit_json_streamed(data)
     else:
         click.echo(display.plan(result) if diff is None else display.plan_diff(result, diff))
     click.echo(display.probed(result), err=True)

@@ -82,7 +82,11 @@ class Batch(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_batch_id_state", "batch_id", "state"),)
+    # (state, id) and (batch_id, state, id): the worker's claim reads queued jobs in id order (0007)
+    __table_args__ = (
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_batch_id_state_id", "batch_id", "state", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -94,7 +98,7 @@ class Job(Base):
     input_json: Mapped[str] = mapped_column(Text)
     output_path: Mapped[str] = mapped_column(Text)
     output_root: Mapped[str | None] = mapped_column(Text)  # deliveries must stay inside it
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16))
     estimate_micro_usd: Mapped[int] = mapped_column(BigInteger)
     billable_units: Mapped[str] = mapped_column(String(32))
     unit: Mapped[str] = mapped_column(String(16))
@@ -106,7 +110,7 @@ class Job(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     # attempt_count at the last manual `retry`: each retry grants a fresh set of automatic attempts
     retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_owner: Mapped[str | None] = mapped_column(String(200), index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain import FOLLOW_STATES, Actor, AttemptState, JobSpec, JobState, ProbeResult, ceil_decimal
@@ -104,21 +104,19 @@ class Repository(Transitions):
             batch_id = self._batch_id(
                 conn, batch, manifest_path, budget_micro_usd, now, daily_budget_micro_usd, warn_at_micro_usd
             )
-            rows = [_job_row(j, batch_id, now) for j in jobs]
-            inserted: list[tuple[int, str]] = []
-            stmt = upsert(conn.dialect.name, Job, ["key"]).returning(Job.id, Job.key)
-            for chunk in _chunks(rows):
-                inserted.extend(conn.execute(stmt, list(chunk)).all())
-            enqueued = [
-                event_row(
-                    actor, "job.enqueued", at=now, batch_id=batch_id, job_id=job_id, to_state=JobState.QUEUED.value
-                )
-                for job_id, _ in inserted
-            ]
-            insert_events(conn, enqueued)
-            added = {"manifest": manifest_path, "added": len(inserted), "existing": len(rows) - len(inserted)}
-            insert_events(conn, [event_row(actor, "batch.enqueued", at=now, batch_id=batch_id, details=added)])
-            return EnqueueResult(batch, len(inserted), len(rows) - len(inserted))
+            stmt = upsert(conn.dialect.name, Job, ["key"]).returning(Job.id)
+            # A chunk of rows at a time (100,000 jobs: memory); each chunk's enqueued events are
+            # made from the ids it inserted, in SQL
+            enqueued = _EnqueuedEvents(event_row(actor, "job.enqueued", at=now, to_state=JobState.QUEUED.value))
+            added = 0
+            for chunk in _chunks(jobs):
+                ids = list(conn.execute(stmt, [_job_row(j, batch_id, now) for j in chunk]).scalars())
+                if ids:
+                    conn.execute(enqueued.where(J.c.id.in_(ids)))
+                added += len(ids)
+            counts = {"manifest": manifest_path, "added": added, "existing": len(jobs) - added}
+            insert_events(conn, [event_row(actor, "batch.enqueued", at=now, batch_id=batch_id, details=counts)])
+            return EnqueueResult(batch, added, len(jobs) - added)
 
         return self._tx("enqueueing", go)
 
@@ -324,6 +322,20 @@ class Repository(Transitions):
             return out
 
         return self._tx("taking jobs to cancel", go)
+
+
+class _EnqueuedEvents:
+    """INSERT INTO events … SELECT: one `job.enqueued` event per job picked by `where`, the
+    event's other columns as in `row` (an `event_row`), the job and batch ids from the job."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        events = table(Event)
+        self.columns = [c for c in row if c not in ("batch_id", "job_id")] + ["batch_id", "job_id"]
+        values = [literal(row[c], events.c[c].type) for c in self.columns[:-2]]
+        self.select = select(*values, J.c.batch_id, J.c.id)
+
+    def where(self, *cond: Any) -> Any:
+        return insert(Event).from_select(self.columns, self.select.where(*cond).order_by(J.c.id))
 
 
 def _job_row(j: JobSpec, batch_id: int, now: Any) -> dict[str, Any]:

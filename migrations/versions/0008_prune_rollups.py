@@ -3,11 +3,11 @@
 `prune` deletes finished jobs' attempts and events past a horizon and keeps their report
 figures in `rollups` (per UTC day, batch, project, endpoint); each pruned job is marked with
 `pruned_at` (the job row stays: enqueue must still know it was done and paid). A `prune` row in
-`locks` keeps two prunes from writing the same rollup at once. events.attempt_id and
-outputs.attempt_id get indexes, so deleting attempts does not scan them.
+`locks` keeps two prunes from writing the same rollup at once. events.attempt_id gets an index
+(0007 indexes outputs.attempt_id), so deleting attempts does not scan them.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-22
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"  # the lead re-chains this after 0007 at merge
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
@@ -47,14 +47,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True))
     locks = sa.table("locks", sa.column("name", sa.String), sa.column("counter", sa.BigInteger))
     op.bulk_insert(locks, [{"name": "prune", "counter": 0}])
-    # deleting an attempt checks the rows that refer to it: without these indexes that is a scan
-    # of every event and output per attempt (measured: most of a prune transaction's time)
+    # deleting an attempt checks the rows that refer to it: without this index that is a scan of
+    # every event per attempt (measured: most of a prune transaction's time); 0007 indexes
+    # outputs.attempt_id
     op.create_index(op.f("ix_events_attempt_id"), "events", ["attempt_id"], unique=False)
-    op.create_index(op.f("ix_outputs_attempt_id"), "outputs", ["attempt_id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_outputs_attempt_id"), table_name="outputs")
     op.drop_index(op.f("ix_events_attempt_id"), table_name="events")
     op.execute("DELETE FROM locks WHERE name = 'prune'")
     with op.batch_alter_table("jobs", schema=None) as batch_op:

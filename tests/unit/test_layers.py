@@ -51,6 +51,7 @@ LAYERS = {
     "health": 7,  # is this machine ready: db, ffprobe, fal, leases
     "prune": 7,  # retention: old events and attempts out, daily rollups in
     "report_html": 8,
+    "plaintable": 8,  # big unwrapped tables laid out as rich would, line by line (display)
     "display": 9,
     "cli": 10,
     "__main__": 11,
