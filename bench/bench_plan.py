@@ -31,7 +31,7 @@ WORK = ROOT / "bench" / ".work"
 sys.path.insert(0, str(ROOT))
 
 from batch_runner import probe  # noqa: E402
-from batch_runner.config import PROBE_CONCURRENCY, PROBE_TIMEOUT_S  # noqa: E402
+from batch_runner.config.keys import PROBE_CONCURRENCY, PROBE_TIMEOUT_S  # noqa: E402
 from batch_runner.media import make_clip  # noqa: E402
 from bench._report import publish  # noqa: E402
 from bench._report import run_measured as _run  # noqa: E402
