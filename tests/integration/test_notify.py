@@ -144,7 +144,7 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_last_attempt(receive
 
 
 class _OutageOnFirstSubmit:
-    """The run's reporter: starts a 1 s read outage at the emulator once the first job is submitted
+    """The run's reporter: starts a 3 s read outage at the emulator once the first job is submitted
     (its control route), then hands every event to the notifications."""
 
     def __init__(self, emu_url: str, inner: NotifyingReporter) -> None:
@@ -153,13 +153,14 @@ class _OutageOnFirstSubmit:
     def event(self, kind: RunEvent, job: Any, **info: Any) -> None:
         if kind == RunEvent.SUBMITTED and not self.started:
             self.started = True
-            resp = httpx.post(f"{self.emu_url}/_emulator/outage", json={"seconds": 1.0}, timeout=30)
+            # long against the 0.3 s threshold, so a loaded machine's slow breaker still sees it last
+            resp = httpx.post(f"{self.emu_url}/_emulator/outage", json={"seconds": 3.0}, timeout=30)
             assert resp.json()["active"] is True
         self.inner.event(kind, job, **info)
 
 
 def test_fal_unreachable_past_the_threshold_is_posted_and_then_its_end(tmp_path, media, emulator_factory, receiver):
-    """A read outage of 1 s against a 0.3 s threshold."""
+    """A read outage of 3 s against a 0.3 s threshold."""
     bench = make_bench(tmp_path, media, emulator_factory(), clips=1)
     env = _env(bench, receiver.url("/ok"), BATCH_RUNNER_NOTIFY_OUTAGE_AFTER_S="0.3")
     ops = ops_from_env(env)
