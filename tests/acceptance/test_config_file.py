@@ -88,6 +88,8 @@ def test_a_run_configured_by_file_logs_json_lines_that_name_their_job(tmp_path, 
     [run_name] = bench.sql("select name from runs")[0]
     assert all(line["batch"] == batch_id and line["run"] == run_name and line["level"] == "info" for line in polling)
     assert all(line["logger"] == "batch_runner.worker" and line["time"].endswith("Z") for line in polling)
+    requests = dict(bench.sql("select job_id, request_id from attempts"))
+    assert {line["job"]: line["request_id"] for line in polling} == requests  # bound as the submit is answered
     assert KEY not in out + err
 
 
