@@ -124,9 +124,7 @@ class Delivery:
             return NotDelivered(f"not written: {exc}")
         except RemoteError as exc:
             tmp.unlink(missing_ok=True)
-            return NotDelivered(
-                f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply) else None
-            )
+            return _download_failed(exc)
         except OSError as exc:  # a full disk, a read-only folder, a file where the folder should be
             _unlink_quietly(tmp)
             return NotDelivered(f"cannot write {target.parent}: {exc.strerror or type(exc).__name__}")
@@ -153,9 +151,7 @@ class Delivery:
             sha, size = self.client.download(url, tmp)
         except RemoteError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            return NotDelivered(
-                f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply) else None
-            )
+            return _download_failed(exc)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             return NotDelivered(f"cannot write a temporary file: {exc.strerror or type(exc).__name__}")
@@ -252,6 +248,12 @@ class Delivery:
         if differs and self.check.strict:
             return f"{differs[0]} (--strict-verify)", tuple(differs[1:]), got
         return None, tuple(differs), got
+
+
+def _download_failed(exc: RemoteError) -> NotDelivered:
+    """fal's CDN (or the network) failed the download after its retries: its last reply decides
+    whether the breaker hears of it."""
+    return NotDelivered(f"download failed: {exc.message}", reply=exc.reply if isinstance(exc.reply, Reply) else None)
 
 
 def sidecar(

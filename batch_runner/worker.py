@@ -315,7 +315,7 @@ class Worker:
     def _follow(self, claim: Claim) -> Handoff | None:
         job, attempt = claim.job, claim.attempt
         if job.state == JobState.DOWNLOADING and attempt.billed_micro_usd is not None and attempt.output_url:
-            return Handoff(claim, attempt.output_url, keep=True)  # a paid output fetched again: free
+            return self._handoff(claim, attempt.output_url, None, keep=True)  # a paid output fetched again: free
         if job.state == JobState.DOWNLOADING:
             completed: Completed | None = Completed((), None, None)  # it had completed before a restart
         else:
@@ -343,10 +343,14 @@ class Worker:
         self._record(claim, decision, self.biller.bill(job, decision.bill, result.billable_units))
         return None
 
-    def _handoff(self, claim: Claim, url: str, units: Decimal | None, bill: Bill = Bill.UNITS) -> Handoff:
-        """Write-ahead for delivery: DOWNLOADING with fal's output URL, which frees the job's
-        fal slot (IN_FLIGHT_STATES leaves DOWNLOADING out) and survives a stop or a crash."""
-        return Handoff(self.queue.progress(claim, JobState.DOWNLOADING, output_url=url), url, units, bill=bill)
+    def _handoff(
+        self, claim: Claim, url: str, units: Decimal | None, *, keep: bool = False, bill: Bill = Bill.UNITS
+    ) -> Handoff:
+        """Write-ahead for delivery, the one way a Handoff is made: DOWNLOADING with fal's output
+        URL (a no-op when it is so already), which frees the job's fal slot (IN_FLIGHT_STATES
+        leaves DOWNLOADING out) and survives a stop or a crash."""
+        claim = self.queue.progress(claim, JobState.DOWNLOADING, output_url=url)
+        return Handoff(claim, url, units, keep=keep, bill=bill)
 
     def _wait_completed(self, claim: Claim) -> tuple[Claim, Completed | None]:
         """Follow the status stream to COMPLETED; fall back to adaptive polling if it breaks.
@@ -414,9 +418,8 @@ class Worker:
     # ------------------------------------------------------------------ deliver
 
     def _deliver(self, handoff: Handoff) -> None:
-        url, units, keep, bill = handoff.url, handoff.units, handoff.keep, handoff.bill
-        claim = self.queue.progress(handoff.claim, JobState.DOWNLOADING, output_url=url)
-        job, attempt = claim.job, claim.attempt
+        claim, url, units, keep, bill = handoff.claim, handoff.url, handoff.units, handoff.keep, handoff.bill
+        job, attempt = claim.job, claim.attempt  # recorded DOWNLOADING by _handoff
         started = time.monotonic()
         got = self.delivery.fetch(job, attempt.number, url)
         fetched_s = time.monotonic() - started

@@ -81,9 +81,11 @@ class Bench:
         max_cost: int | None = None,
         stop: threading.Event | None = None,
         batches: list[str] | None = None,
+        reporter: Any = None,
         **pool_kw: Any,
     ) -> runner.RunSummary:
-        reporter = _Recorder(self.events)
+        """One run in-process with the fast test timings; events go to `self.events` unless
+        another reporter (a display, metrics, notifications) is given."""
         return runner.run_jobs(
             self.settings,
             load_price_table(),
@@ -94,7 +96,7 @@ class Bench:
             pool=self.pool(**pool_kw),
             max_cost_micro_usd=max_cost,
             run_name=None,
-            reporter=reporter,
+            reporter=reporter or _Recorder(self.events),
             stop=stop or threading.Event(),
         )
 

@@ -17,12 +17,9 @@ import httpx
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from batch_runner import runner
 from batch_runner.cli import cli
-from batch_runner.config import Secret
 from batch_runner.db.gauges import read_gauges
 from batch_runner.metrics import DatabaseCollector, Metrics
-from batch_runner.pricing import load_price_table
 from tests.integration.run_helpers import make_bench
 
 
@@ -122,19 +119,7 @@ def test_retries_and_fal_error_types_are_counted_as_the_attempts_table_records_t
     metrics = Metrics(DatabaseCollector(lambda run: read_gauges(engine, run, 5_000_000), 2))
     host, port = metrics.serve("127.0.0.1", 0)
     try:
-        summary = runner.run_jobs(
-            bench.settings,
-            load_price_table(),
-            bench.repo,
-            Secret("test-key"),
-            manifest=bench.manifest,
-            batches=None,
-            pool=bench.pool(),
-            max_cost_micro_usd=3_000_000,
-            run_name=None,
-            reporter=metrics,
-            stop=threading.Event(),
-        )
+        summary = bench.run(reporter=metrics, max_cost=3_000_000)
         samples = _scrape(f"http://{host}:{port}/metrics")
     finally:
         metrics.close()

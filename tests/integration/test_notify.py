@@ -15,12 +15,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from batch_runner import runner
 from batch_runner.cli import cli
 from batch_runner.config import Secret, ops_from_env
 from batch_runner.domain import RunEvent
 from batch_runner.notify import ATTEMPTS, SIGNATURE_HEADER, Notifier, NotifyingReporter, verify
-from batch_runner.pricing import load_price_table
 from tests.integration.run_helpers import make_bench
 
 SECRET = "whsec-test"
@@ -169,18 +167,8 @@ def test_fal_unreachable_past_the_threshold_is_posted_and_then_its_end(tmp_path,
     notifier = Notifier(ops, lambda kind, **d: audit.append((kind, d)), backoff_s=0.05)
     notifying = NotifyingReporter(notifier, ops.notify_outage_after_s)
     try:
-        summary = runner.run_jobs(
-            bench.settings,
-            load_price_table(),
-            bench.repo,
-            Secret("test-key"),
-            manifest=bench.manifest,
-            batches=None,
-            pool=bench.pool(outage_pause_s=0.2, outage_pause_max_s=0.4),
-            max_cost_micro_usd=None,
-            run_name=None,
-            reporter=_OutageOnFirstSubmit(bench.emulator.url, notifying),
-            stop=threading.Event(),
+        summary = bench.run(
+            reporter=_OutageOnFirstSubmit(bench.emulator.url, notifying), outage_pause_s=0.2, outage_pause_max_s=0.4
         )
         notifying.run_ended(summary.to_json())
     finally:

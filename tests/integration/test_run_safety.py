@@ -23,7 +23,6 @@ from batch_runner.config import Secret
 from batch_runner.db.ledger import Scope
 from batch_runner.domain import JobState
 from batch_runner.errors import AuthError, JobsFailedError
-from batch_runner.pricing import load_price_table
 from tests.integration.run_helpers import REFRAME_MANIFEST, make_bench
 
 
@@ -191,28 +190,12 @@ class BuggyDisplay:
                 raise RuntimeError("display bug")
 
 
-def _run(bench, reporter: Any, **pool: Any) -> runner.RunSummary:
-    return runner.run_jobs(
-        bench.settings,
-        load_price_table(),
-        bench.repo,
-        Secret("test-key"),
-        manifest=bench.manifest,
-        batches=None,
-        pool=bench.pool(**pool),
-        max_cost_micro_usd=None,
-        run_name=None,
-        reporter=reporter,
-        stop=threading.Event(),
-    )
-
-
 @pytest.mark.parametrize("kind", ["submitted", "succeeded", "queued"])
 def test_a_worker_thread_bug_lets_its_job_go_safely_and_the_run_says_so(tmp_path, media, emulator_factory, kind):
     # fal runs one at a time: the second job is surely seen queued at fal
     bench = make_bench(tmp_path, media, emulator_factory(speed=200, concurrency=1), clips=1)
     display = BuggyDisplay({kind}, times=1)
-    summary = _run(bench, display)
+    summary = bench.run(reporter=display)
     assert summary.counts == {"succeeded": 2}, summary.to_json()
     assert len(summary.unexpected) == 1 and "RuntimeError: display bug" in summary.unexpected[0]
     assert summary.to_json()["unexpected_errors"] == summary.unexpected
@@ -227,7 +210,7 @@ def test_five_worker_thread_bugs_stop_the_run_and_the_next_run_finishes_without_
     bench = make_bench(tmp_path, media, emulator_factory(speed=200), clips=3)  # 6 jobs
     # One worker thread, so exactly five bugs happen before the stop: with two, the job the other
     # thread already has in hand can raise a sixth before the stop is seen (seen under CPU load).
-    summary = _run(bench, BuggyDisplay({"submitted"}, times=100), concurrency=1)
+    summary = bench.run(reporter=BuggyDisplay({"submitted"}, times=100), concurrency=1)
     assert len(summary.unexpected) == 5 and summary.error is not None
     assert "5 unexpected errors" in summary.error.message
     assert bench.sql("select count(*) from jobs where state in ('claimed', 'downloading')") == [(0,)]
