@@ -25,6 +25,7 @@ PREFIX = "batch_runner"
 #: request-errors page, and content_policy_violation as outcome.py reads it), "other" for a type
 #: outside them, "unknown" when fal named none.
 ERROR_TYPES = RETRYABLE_ERROR_TYPES | REJECTION_ERROR_TYPES | CANCELLED_ERROR_TYPES | {"content_policy_violation"}
+_LONGEST_FIRST = tuple(sorted(ERROR_TYPES, key=len, reverse=True))  # a type inside another's name loses
 ERRORED = {
     RunEvent.RETRY,
     RunEvent.FOLLOW_LATER,
@@ -42,7 +43,7 @@ def error_type(info: dict[str, Any]) -> str:
     if isinstance(given, str) and given:
         return given if given in ERROR_TYPES else "other"
     reason = str(info.get("error") or "")
-    return next((t for t in sorted(ERROR_TYPES, key=len, reverse=True) if t in reason), "unknown")
+    return next((t for t in _LONGEST_FIRST if t in reason), "unknown")
 
 
 def usd(micro: int) -> float:
@@ -137,7 +138,7 @@ class Metrics:
             self.errors.labels(error_type(info)).inc()
         if kind in ENDED:
             self.ended.labels(kind.value).inc()
-        if kind == RunEvent.SUCCEEDED:  # needs the worker's hook: download_bytes / download_s in the event
+        if kind == RunEvent.SUCCEEDED:  # the worker reports each download's bytes and seconds
             self.download_bytes.inc(max(0, int(info.get("download_bytes") or 0)))
             self.download_seconds.inc(max(0.0, float(info.get("download_s") or 0.0)))
 

@@ -246,7 +246,5 @@ class NotifyingReporter:
 
 
 def _is_budget_warning(info: dict[str, Any]) -> bool:
-    """The pool's budget warning (budget.warning_message); `budget_warning=True` when the pool passes it."""
-    if info.get("budget_warning"):
-        return True
-    return str(info.get("message") or "").endswith("warning threshold")
+    """The pool's budget warning (the claim that crosses the run's threshold), flagged by the pool."""
+    return bool(info.get("budget_warning"))

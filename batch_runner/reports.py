@@ -185,8 +185,9 @@ def build(repo: Repository, scope: Scope, *, group_by: str, now: datetime | None
         last = mine[-1].created_at if mine else None
         # job-level figures go where its latest attempt ran (or where it was created); a pruned
         # job's are in its rollup
-        for line in [groups[k] for k in _keys(group_by, job, last)] + [total] if not job.pruned_at else []:
-            line.add_job(job)
+        if not job.pruned_at:
+            for line in [groups[k] for k in _keys(group_by, job, last)] + [total]:
+                line.add_job(job)
         for a in mine:  # money goes where each attempt ran
             for line in [groups[k] for k in _keys(group_by, job, a.created_at)] + [total]:
                 line.add_attempt(a)
