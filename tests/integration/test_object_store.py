@@ -18,18 +18,21 @@ import pytest
 from click.testing import CliRunner
 from s3fs import S3FileSystem
 
-from batch_runner import runner
+from batch_runner import runner, storage
 from batch_runner.cli import cli
 from batch_runner.domain import JobState
 from batch_runner.errors import ManifestError
 from batch_runner.manifest import load_manifest
 
 from .run_helpers import make_bench
-from .s3_helpers import (  # noqa: F401 - the s3, s3_server and s3_auth fixtures
+from .s3_helpers import (  # noqa: F401 - the s3, s3_server, s3_auth, s3rver and s3rver_server fixtures
     s3_auth_fixture,
     s3_env,
     s3_fixture,
     s3_server_fixture,
+    s3rver_fixture,
+    s3rver_server_fixture,
+    use_store,
 )
 
 EXE = Path(sys.executable).parent / "batch-runner"
@@ -297,3 +300,55 @@ def test_a_bucket_the_keys_may_not_read_or_write_is_refused_at_plan_with_nothing
         assert words in result.stderr and denied in result.stderr and "Traceback" not in result.output, result.stderr
         assert s3_auth.keys["aws_secret_access_key"] not in result.output
     assert not [r for r in bench.emulator_log() if r["request_id"]]
+
+
+def test_a_presigned_url_that_expires_while_the_job_waits_at_fal_fails_it_unpaid_and_retry_presigns_afresh(
+    tmp_path, media, emulator_factory, s3rver
+):
+    # s3rver refuses a presigned URL past its expiry as S3 does (403 AccessDenied "Request has
+    # expired"); fal answers an input it cannot download with a 422 file_download_error. The URL
+    # lives 1 s (the real setting), the request waits 3 s in fal's queue before fal fetches it.
+    emu = emulator_factory(queue_delay_s=3000.0)  # fal seconds at the factory's speed 1000: 3 s
+    bench = _bench(tmp_path, media, emu, s3rver, clips=1)
+    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "k"}
+    short = {**env, "BATCH_RUNNER_STORE_URL_LIFETIME_S": "1"}
+    witness = storage.presign(f"s3://{bench.src}/nightly/clip0.mp4", 1)  # signed as the worker signs
+    first = CliRunner().invoke(cli, ["run", str(bench.manifest), "--json"], env=short)
+    assert first.exit_code == 1, first.output  # jobs rejected: exit 1, as documented
+    refused = httpx.get(witness, timeout=30)  # what fal got: the store's own refusal of an expired URL
+    assert refused.status_code == 403 and "Request has expired" in refused.text, refused.text
+    got = json.loads(first.stdout)
+    assert got["jobs"] == {"rejected": 2} and got["billed_cost_usd"] == "0.00", got
+    assert all(f["error"] == "file_download_error: Failed to download video_url: HTTP 403" for f in got["failed"])
+    assert "X-Amz-" not in first.output and "Signature=" not in first.output  # no signed URL in a message
+    assert ledger(bench) == emulator_bill(bench) == 0  # fal bills no input it could not fetch
+    sent = [r for r in bench.emulator_log() if r["request_id"]]
+    assert len(sent) == 2  # fal took both requests and fetched each URL after it had expired
+    again = CliRunner().invoke(cli, ["retry", "--batch", "b", "--state", "rejected"], env=env)
+    assert again.exit_code == 0, again.output
+    summary = bench.run(manifest=False, batches=["b"])  # the default lifetime (7 days) outlasts the wait
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    resent = [r for r in bench.emulator_log() if r["request_id"]][2:]
+    assert len(resent) == 2 and not {r["input_sha256"] for r in resent} & {r["input_sha256"] for r in sent}
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000  # paid once, for the delivered outputs
+    assert len([k for k in s3rver.keys(bench.out) if k.endswith(".mp4")]) == 2
+
+
+def test_keys_the_store_refuses_during_a_run_fail_every_job_clearly_with_nothing_paid_or_written(
+    tmp_path, media, emulator_factory, s3rver, monkeypatch
+):
+    # Planned with good keys; the worker's keys are wrong (rotated, or another machine's): s3rver
+    # checks each signature and answers 403 SignatureDoesNotMatch, as S3 does.
+    bench = _bench(tmp_path, media, emulator_factory(), s3rver, clips=1)
+    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": "k"}
+    assert CliRunner().invoke(cli, ["enqueue", str(bench.manifest)], env=env).exit_code == 0
+    use_store(s3rver, monkeypatch, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    result = CliRunner().invoke(cli, ["work", "--batch", "b", "--until-done", "--json"], env=env)
+    assert result.exit_code == 1, result.output  # jobs failed: exit 1, as documented
+    failed = json.loads(result.stdout)["failed"]
+    assert len(failed) == 2 and all("access denied" in f["error"] for f in failed), failed
+    assert all(f"s3://{bench.src}/nightly/clip0.mp4" in f["error"] for f in failed), failed
+    assert "not-the-secret" not in result.output and "Traceback" not in result.output
+    assert not [r for r in bench.emulator_log() if r["request_id"]]  # nothing reached fal
+    assert ledger(bench) == emulator_bill(bench) == 0
+    assert s3rver.keys(bench.out) == []  # nothing partial in the output store
