@@ -14,7 +14,7 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +153,29 @@ def url_for_fal(url: str, upload: Callable[[Path], str]) -> str:
     try:
         return presign(url, _run_url_lifetime_s[0])
     except CannotPresignError:
-        with tempfile.TemporaryDirectory(prefix="batch-runner-") as tmp:
-            local = Path(tmp) / (posixpath.basename(url) or "source")
-            download(url, local)
+        with _local_copy(url) as local:
             return upload(local)
+
+
+@contextlib.contextmanager
+def readable(url: str, lifetime_s: int) -> Iterator[str]:
+    """Where ffprobe can read an object: a presigned URL (it reads only the bytes it needs), or
+    from a store that cannot presign, a temporary local copy, removed afterwards."""
+    try:
+        signed = presign(url, lifetime_s)
+    except CannotPresignError:
+        with _local_copy(url) as local:
+            yield str(local)
+        return
+    yield signed
+
+
+@contextlib.contextmanager
+def _local_copy(url: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="batch-runner-") as tmp:
+        local = Path(tmp) / (posixpath.basename(url) or "source")
+        download(url, local)
+        yield local
 
 
 def download(url: str, local: Path) -> None:

@@ -1,8 +1,10 @@
-"""Sources and outputs in an object store: moto's S3 server on 127.0.0.1 (s3_helpers.py), the
-emulator, ffprobe and s3fs all over real HTTP. Each fault ends with a clear error and no second bill."""
+"""Sources and outputs in an object store: moto's S3 server and s3rver (which checks signatures and
+presigned expiry) on 127.0.0.1 (s3_helpers.py), the emulator, ffprobe and s3fs all over real HTTP.
+Each fault ends with a clear error and no second bill."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,9 +15,12 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import fsspec
 import httpx
 import pytest
 from click.testing import CliRunner
+from fsspec.registry import _registry as fsspec_registry
+from fsspec.spec import AbstractFileSystem
 from s3fs import S3FileSystem
 
 from batch_runner import runner, storage
@@ -175,8 +180,8 @@ def test_an_output_bucket_removed_mid_run_leaves_jobs_undelivered_and_retry_fetc
 
 
 def test_a_presigned_url_fal_cannot_fetch_fails_the_job_as_fal_does_and_unpaid(tmp_path, media, emulator_factory, s3):
-    # moto does not enforce a presigned URL's expiry, so the URL goes dead the other way a store
-    # kills it: the object is gone when fal fetches it (403/404 alike: fal's file_download_error).
+    # A URL can go dead while fal holds it in two ways: it expires (the s3rver test below) or its
+    # object is deleted, as here (404; fal answers both with a file_download_error).
     emu = emulator_factory(speed=20.0)  # the request waits long enough for the object to go
     bench = _bench(tmp_path, media, emu, s3, clips=1)
     env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url}
@@ -352,3 +357,35 @@ def test_keys_the_store_refuses_during_a_run_fail_every_job_clearly_with_nothing
     assert not [r for r in bench.emulator_log() if r["request_id"]]  # nothing reached fal
     assert ledger(bench) == emulator_bill(bench) == 0
     assert s3rver.keys(bench.out) == []  # nothing partial in the output store
+
+
+class _NoPresignStore(S3FileSystem):
+    """An object store whose fsspec backend cannot presign, as fsspec's base class has it
+    (AbstractFileSystem.sign raises NotImplementedError; ossfs's OSS backend is one such): s3fs on
+    the `oss` scheme with sign() left at that default. No OSS server installs here, so the bytes
+    live on s3rver; listing, reading and writing are s3fs's own, over real HTTP."""
+
+    protocol = ("oss",)
+    sign = AbstractFileSystem.sign
+
+
+def test_a_store_that_cannot_presign_is_probed_from_a_copy_and_reaches_fal_through_fals_upload(
+    tmp_path, media, emulator_factory, s3rver, monkeypatch
+):
+    # fsspec.register_implementation("oss", …, clobber=True) writes this registry; monkeypatch undoes it
+    monkeypatch.setitem(fsspec_registry, "oss", _NoPresignStore)
+    with pytest.raises(NotImplementedError):
+        fsspec.filesystem("oss").sign("any/key")
+    bench = _bench(tmp_path, media, emulator_factory(), s3rver, clips=1)
+    bench.manifest.write_text(bench.manifest.read_text().replace(f"s3://{bench.src}/", f"oss://{bench.src}/"))
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    fps = [r[0] for r in bench.sql("select fingerprint from probes")]
+    assert fps and all(fp.startswith(f"store:oss://{bench.src}/nightly/clip0.mp4:") for fp in fps), fps
+    # one copy uploaded to fal's storage (the emulator's CDN), whose URL both jobs handed fal
+    body = s3rver.get(bench.src, "nightly/clip0.mp4")
+    uploads = bench.sql("select sha256, size_bytes, url from uploads")
+    assert [u[:2] for u in uploads] == [(hashlib.sha256(body).hexdigest(), len(body))]
+    assert uploads[0][2].startswith(bench.emulator.url)
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
+    assert len([k for k in s3rver.keys(bench.out) if k.endswith(".mp4")]) == 2
