@@ -9,7 +9,7 @@ DEMO   ?= .demo
 # fal's JavaScript client, pinned in tests/js/package-lock.json: an outside check of the emulator.
 # npm ci writes node_modules/.package-lock.json, so this reinstalls only when the pins change.
 JS_CLIENT := tests/js/node_modules/.package-lock.json
-# s3rver, pinned in tests/s3server/package-lock.json: an S3 server that checks signatures and expiry.
+# s3rver (an S3 server that checks signatures and expiry) and Azurite, pinned in tests/s3server/package-lock.json.
 S3_SERVER := tests/s3server/node_modules/.package-lock.json
 
 .PHONY: setup ffmpeg browser node demo lint test bench clean

@@ -105,7 +105,9 @@ def glob(pattern: str) -> list[str]:
     fs, path = _fs(pattern)
     fs.invalidate_cache()  # a listing cached by an earlier plan in this process may be stale
     found = _call(pattern, "cannot list", fs.glob, path, detail=True)
-    return sorted(fs.unstrip_protocol(p) for p, info in found.items() if info.get("type") == "file")
+    # in the pattern's own scheme: a backend's first name may be another (adlfs names az:// abfs://)
+    scheme = pattern.split("://", 1)[0]
+    return sorted(f"{scheme}://{p.lstrip('/')}" for p, info in found.items() if info.get("type") == "file")
 
 
 def info(url: str) -> dict[str, Any]:

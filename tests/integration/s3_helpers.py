@@ -1,7 +1,8 @@
-"""Real S3 protocol servers for the object-store tests, each a subprocess on 127.0.0.1 on a port of
-its own choosing, reached over real HTTP by s3fs, ffprobe and the emulator alike: moto's standalone
-server (`moto[server]`, dev extras) and s3rver (tests/s3server, npm), which checks signatures and
-presigned URLs' expiry as S3 does. Nothing is mocked in process."""
+"""Real object-store servers for the object-store tests, each a subprocess on 127.0.0.1 on a port of
+its own choosing, reached over real HTTP by fsspec, ffprobe and the emulator alike: moto's
+standalone S3 server (`moto[server]`, dev extras); s3rver (tests/s3server, npm), which checks
+signatures and presigned URLs' expiry as S3 does; Azurite (same package), Azure Blob Storage's
+emulator, for adlfs. Nothing is mocked in process."""
 
 from __future__ import annotations
 
@@ -175,3 +176,66 @@ def use_store(server: S3Server, monkeypatch: pytest.MonkeyPatch, **env: str) -> 
 def s3_env(server: S3Server) -> dict[str, str]:
     """The environment for a subprocess (a `work` process on another 'machine')."""
     return {**os.environ, **server.env, "AWS_ENDPOINT_URL": server.url}
+
+
+#: Azurite's one account and its published key (Azurite README, "Default storage account").
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass
+class AzureStore:
+    """Azurite's blob service; `connection` is what a user sets in AZURE_STORAGE_CONNECTION_STRING."""
+
+    url: str
+
+    @property
+    def connection(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.url}/{AZURITE_ACCOUNT};"
+        )
+
+    def client(self):  # azure-storage-blob's client, to arrange containers and look at blobs from outside
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection)
+
+    def container(self, name: str) -> str:
+        self.client().create_container(name)
+        return name
+
+    def put(self, container: str, name: str, path: Path) -> None:
+        with path.open("rb") as fh:
+            self.client().get_blob_client(container, name).upload_blob(fh)
+
+    def keys(self, container: str) -> list[str]:
+        return sorted(b.name for b in self.client().get_container_client(container).list_blobs())
+
+    def get(self, container: str, name: str) -> bytes:
+        return self.client().get_blob_client(container, name).download_blob().readall()
+
+
+@pytest.fixture(scope="session", name="azurite_server")
+def azurite_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureStore]:
+    """Azurite's blob service on 127.0.0.1, port 0 (it prints the port it took), telemetry off."""
+    exe = S3RVER / "node_modules" / ".bin" / "azurite-blob"
+    if shutil.which("node") is None:
+        skip_or_fail("node is not installed")
+    if not exe.exists():
+        skip_or_fail("Azurite is not installed: run `make test` or `npm ci --prefix tests/s3server`")
+    folder = tmp_path_factory.mktemp("azurite")
+    cmd = [str(exe), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(folder / "data")]
+    cmd += ["--disableTelemetry", "--skipApiVersionCheck"]  # no call home; adlfs's SDK may be newer than Azurite
+    for server in _serve(cmd, folder, r"successfully listens on (http://127\.0\.0\.1:\d+)", {}):
+        yield AzureStore(server.url)
+
+
+@pytest.fixture(name="azurite")
+def azurite_fixture(azurite_server: AzureStore, monkeypatch: pytest.MonkeyPatch) -> AzureStore:
+    """Azurite, with the connection string in the environment (adlfs reads it from there)."""
+    from adlfs import AzureBlobFileSystem
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection)
+    AzureBlobFileSystem.clear_instance_cache()
+    return azurite_server

@@ -30,7 +30,9 @@ from batch_runner.errors import ManifestError
 from batch_runner.manifest import load_manifest
 
 from .run_helpers import make_bench
-from .s3_helpers import (  # noqa: F401 - the s3, s3_server, s3_auth, s3rver and s3rver_server fixtures
+from .s3_helpers import (  # noqa: F401 - the s3, s3_server, s3_auth, s3rver, azurite fixtures (and servers)
+    azurite_fixture,
+    azurite_server_fixture,
     s3_auth_fixture,
     s3_env,
     s3_fixture,
@@ -389,3 +391,28 @@ def test_a_store_that_cannot_presign_is_probed_from_a_copy_and_reaches_fal_throu
     assert uploads[0][2].startswith(bench.emulator.url)
     assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
     assert len([k for k in s3rver.keys(bench.out) if k.endswith(".mp4")]) == 2
+
+
+def test_a_nightly_reframe_of_an_azure_blob_folder_lands_verified_in_an_azure_output_root(
+    tmp_path, media, emulator_factory, azurite
+):
+    # adlfs on Azurite: fal reads each source through a SAS URL (Azure's presigned URL), outputs are
+    # written through temporary blobs; the connection string comes only from the environment.
+    tag = uuid.uuid4().hex[:8]
+    src, out = azurite.container(f"src-{tag}"), azurite.container(f"out-{tag}")
+    text = STORE_MANIFEST.format(src=src, out=out).replace("s3://", "az://")
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1, manifest_text=text)
+    azurite.put(src, "nightly/clip0.mp4", tmp_path / "media" / "clip0.mp4")
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    want = [f"deliver/b/clip0_{a}.mp4{j}" for a in ("1x1", "9x16") for j in ("", ".json")]
+    assert azurite.keys(out) == sorted(want)  # no temporary blob left behind
+    side = json.loads(azurite.get(out, "deliver/b/clip0_9x16.mp4.json"))
+    assert (
+        side["source"] == f"az://{src}/nightly/clip0.mp4" and side["output"] == f"az://{out}/deliver/b/clip0_9x16.mp4"
+    )
+    assert len(azurite.get(out, "deliver/b/clip0_9x16.mp4")) == side["size_bytes"]
+    assert bench.sql("select count(*) from uploads") == [(0,)]  # fal fetched SAS URLs: nothing uploaded
+    fps = [r[0] for r in bench.sql("select fingerprint from probes")]
+    assert len(fps) == 1 and fps[0].startswith(f"store:az://{src}/nightly/clip0.mp4:"), fps
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
