@@ -9,6 +9,8 @@ DEMO   ?= .demo
 # fal's JavaScript client, pinned in tests/js/package-lock.json: an outside check of the emulator.
 # npm ci writes node_modules/.package-lock.json, so this reinstalls only when the pins change.
 JS_CLIENT := tests/js/node_modules/.package-lock.json
+# s3rver (an S3 server that checks signatures and expiry) and Azurite, pinned in tests/s3server/package-lock.json.
+S3_SERVER := tests/s3server/node_modules/.package-lock.json
 
 .PHONY: setup ffmpeg browser node demo lint test bench clean
 
@@ -25,6 +27,10 @@ node:
 
 $(JS_CLIENT): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(S3_SERVER): tests/s3server/package.json tests/s3server/package-lock.json
+	npm ci --prefix tests/s3server --no-audit --no-fund --loglevel=error
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml
@@ -46,7 +52,7 @@ lint: setup
 # `make test` (and so CI) lints first; a rule of its own, so the test recipe stays as it is.
 test: lint
 
-test: setup browser node $(JS_CLIENT)
+test: setup browser node $(JS_CLIENT) $(S3_SERVER)
 	$(PY) -m pytest
 
 bench: setup
@@ -56,4 +62,4 @@ bench: setup
 	$(PY) bench/bench_big.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) tests/js/node_modules jobs/media out .pytest_cache .ruff_cache .mypy_cache bench/.work bench/.work-run bench/.work-scale bench/.work-big
+	rm -rf $(VENV) $(DEMO) tests/js/node_modules tests/s3server/node_modules jobs/media out .pytest_cache .ruff_cache .mypy_cache bench/.work bench/.work-run bench/.work-scale bench/.work-big

@@ -107,9 +107,14 @@ def cacheable(fp: str) -> bool:
 
 def probe(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str = FFPROBE) -> ProbeResult:
     """Run ffprobe on one source and check it is the kind expected ("video" or "image")."""
+    if storage.is_store(source):  # through a short-lived presigned URL, or a local copy (storage.readable)
+        with storage.readable(source, storage.PROBE_URL_LIFETIME_S) as target:
+            return _ffprobe(source, target, kind, fp, timeout_s=timeout_s, cmd=cmd)
+    return _ffprobe(source, source, kind, fp, timeout_s=timeout_s, cmd=cmd)
+
+
+def _ffprobe(source: str, target: str, kind: str, fp: str, *, timeout_s: float, cmd: str) -> ProbeResult:
     args = [cmd, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    # an object is probed through a short-lived presigned URL; ffprobe reads only the bytes it needs
-    target = storage.presign(source, storage.PROBE_URL_LIFETIME_S) if storage.is_store(source) else source
     if is_remote(target, data_uri=False):
         args += ["-rw_timeout", str(int(URL_TIMEOUT_S * 1_000_000))]
     args.append(target)

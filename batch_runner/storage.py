@@ -14,18 +14,16 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec  # type: ignore[import-untyped]  # fsspec ships no type information
 from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
 
+from .config.keys import STORE_URL_LIFETIME_S
 from .errors import ProbeError, shorten
 
-#: A presigned URL handed to fal must outlast the queue wait: 7 days is SigV4's longest lifetime
-#: (AWS S3 docs, "Sharing objects with presigned URLs"), the same as our fal upload lifetime.
-RUN_URL_LIFETIME_S = 7 * 24 * 3600
 #: ffprobe reads a source during planning within seconds; the URL dies soon after.
 PROBE_URL_LIFETIME_S = 15 * 60
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
@@ -42,6 +40,16 @@ class StoreError(ProbeError):
 
 class CannotPresignError(StoreError):
     """The store has no presigned URLs (the caller uploads the bytes instead)."""
+
+
+#: The lifetime of the URLs `url_for_fal` presigns in this process: BATCH_RUNNER_STORE_URL_LIFETIME_S,
+#: set by the runner from its settings before any worker starts (the worker calls url_for_fal).
+_run_url_lifetime_s = [STORE_URL_LIFETIME_S]
+
+
+def use_run_url_lifetime(seconds: int) -> None:
+    """Presign the URLs handed to fal for `seconds` from now on (the setting's value)."""
+    _run_url_lifetime_s[0] = seconds
 
 
 def is_store(value: str) -> bool:
@@ -97,7 +105,9 @@ def glob(pattern: str) -> list[str]:
     fs, path = _fs(pattern)
     fs.invalidate_cache()  # a listing cached by an earlier plan in this process may be stale
     found = _call(pattern, "cannot list", fs.glob, path, detail=True)
-    return sorted(fs.unstrip_protocol(p) for p, info in found.items() if info.get("type") == "file")
+    # in the pattern's own scheme: a backend's first name may be another (adlfs names az:// abfs://)
+    scheme = pattern.split("://", 1)[0]
+    return sorted(f"{scheme}://{p.lstrip('/')}" for p, info in found.items() if info.get("type") == "file")
 
 
 def info(url: str) -> dict[str, Any]:
@@ -143,12 +153,31 @@ def url_for_fal(url: str, upload: Callable[[Path], str]) -> str:
     """What fal is handed for an object: a presigned URL that outlasts the queue wait (no byte
     through the worker), or from a store that cannot presign, a copy uploaded with `upload`."""
     try:
-        return presign(url, RUN_URL_LIFETIME_S)
+        return presign(url, _run_url_lifetime_s[0])
     except CannotPresignError:
-        with tempfile.TemporaryDirectory(prefix="batch-runner-") as tmp:
-            local = Path(tmp) / (posixpath.basename(url) or "source")
-            download(url, local)
+        with _local_copy(url) as local:
             return upload(local)
+
+
+@contextlib.contextmanager
+def readable(url: str, lifetime_s: int) -> Iterator[str]:
+    """Where ffprobe can read an object: a presigned URL (it reads only the bytes it needs), or
+    from a store that cannot presign, a temporary local copy, removed afterwards."""
+    try:
+        signed = presign(url, lifetime_s)
+    except CannotPresignError:
+        with _local_copy(url) as local:
+            yield str(local)
+        return
+    yield signed
+
+
+@contextlib.contextmanager
+def _local_copy(url: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="batch-runner-") as tmp:
+        local = Path(tmp) / (posixpath.basename(url) or "source")
+        download(url, local)
+        yield local
 
 
 def download(url: str, local: Path) -> None:

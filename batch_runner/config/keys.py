@@ -24,6 +24,7 @@ ENV_FAL_KEY_ID, ENV_FAL_KEY_SECRET = "FAL_KEY_ID", "FAL_KEY_SECRET"  # fal-clien
 ENV_FAL_ADMIN_KEY = "FAL_ADMIN_KEY"  # an ADMIN-scope key for fal's usage, request listing and billing events
 ENV_FAL_ADMIN_KEY_FILE = "FAL_ADMIN_KEY_FILE"
 ENV_LEASE_S = "BATCH_RUNNER_LEASE_S"
+ENV_STORE_URL_LIFETIME_S = "BATCH_RUNNER_STORE_URL_LIFETIME_S"
 ENV_MAX_USD_PER_DAY = "BATCH_RUNNER_MAX_USD_PER_DAY"
 ENV_MAX_USD_PER_RUN = "BATCH_RUNNER_MAX_USD_PER_RUN"
 ENV_WARN_AT_USD = "BATCH_RUNNER_WARN_AT_USD"
@@ -41,6 +42,9 @@ FAL_CDN_URL = "https://v3.fal.media"
 FAL_API_URL = "https://api.fal.ai/v1"
 
 PROBE_CONCURRENCY = 8
+#: A presigned object URL handed to fal must outlast the queue wait: 7 days is SigV4's longest lifetime
+#: (AWS S3 docs, "Sharing objects with presigned URLs"), the same as our fal upload lifetime.
+STORE_URL_LIFETIME_S = 7 * 24 * 3600
 PROBE_TIMEOUT_S = 30.0
 
 ENV_METRICS_PORT = "BATCH_RUNNER_METRICS_PORT"  # `--metrics-port`: off when unset; 0 picks a free port
@@ -83,6 +87,9 @@ KEYS: tuple[Key, ...] = (
         field="probe_concurrency"),
     Key("probe_timeout_s", ENV_PROBE_TIMEOUT_S, "number", "seconds before ffprobe is killed", default="30",
         field="probe_timeout_s"),
+    Key("store_url_lifetime_s", ENV_STORE_URL_LIFETIME_S, "int", "seconds a presigned object-store URL handed to "
+        "fal stays valid; must outlast the queue wait (SigV4: at most 604800)", default="604800 (7 days)",
+        field="store_url_lifetime_s"),
     Key("lease_s", ENV_LEASE_S, "number", "seconds a worker's claim on a job lasts unrenewed", default="60",
         field="lease_s"),
     Key("max_usd_per_run", ENV_MAX_USD_PER_RUN, "usd", "a run's budget when neither --max-cost nor the manifest "

@@ -26,6 +26,7 @@ from .keys import (
     LEASE_S,
     PROBE_CONCURRENCY,
     PROBE_TIMEOUT_S,
+    STORE_URL_LIFETIME_S,
     FalHosts,
     Secret,
     _read_key,
@@ -68,6 +69,7 @@ class Settings:
     probe_concurrency: int = PROBE_CONCURRENCY
     probe_timeout_s: float = PROBE_TIMEOUT_S
     lease_s: float = LEASE_S
+    store_url_lifetime_s: int = STORE_URL_LIFETIME_S  # presigned object URLs handed to fal
     max_usd_per_day_micro: int | None = None  # account-wide, every batch, per rolling 24 h
     max_usd_per_run_micro: int | None = None  # a run's budget when neither --max-cost nor the manifest sets one
     warn_at_micro: int | None = None  # default warning threshold of a run

@@ -1,8 +1,10 @@
-"""Sources and outputs in an object store: moto's S3 server on 127.0.0.1 (s3_helpers.py), the
-emulator, ffprobe and s3fs all over real HTTP. Each fault ends with a clear error and no second bill."""
+"""Sources and outputs in an object store: moto's S3 server and s3rver (which checks signatures and
+presigned expiry) on 127.0.0.1 (s3_helpers.py), the emulator, ffprobe and s3fs all over real HTTP.
+Each fault ends with a clear error and no second bill."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,23 +15,31 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import fsspec
 import httpx
 import pytest
 from click.testing import CliRunner
+from fsspec.registry import _registry as fsspec_registry
+from fsspec.spec import AbstractFileSystem
 from s3fs import S3FileSystem
 
-from batch_runner import runner
+from batch_runner import runner, storage
 from batch_runner.cli import cli
 from batch_runner.domain import JobState
 from batch_runner.errors import ManifestError
 from batch_runner.manifest import load_manifest
 
 from .run_helpers import make_bench
-from .s3_helpers import (  # noqa: F401 - the s3, s3_server and s3_auth fixtures
+from .s3_helpers import (  # noqa: F401 - the s3, s3_server, s3_auth, s3rver, azurite fixtures (and servers)
+    azurite_fixture,
+    azurite_server_fixture,
     s3_auth_fixture,
     s3_env,
     s3_fixture,
     s3_server_fixture,
+    s3rver_fixture,
+    s3rver_server_fixture,
+    use_store,
 )
 
 EXE = Path(sys.executable).parent / "batch-runner"
@@ -172,8 +182,8 @@ def test_an_output_bucket_removed_mid_run_leaves_jobs_undelivered_and_retry_fetc
 
 
 def test_a_presigned_url_fal_cannot_fetch_fails_the_job_as_fal_does_and_unpaid(tmp_path, media, emulator_factory, s3):
-    # moto does not enforce a presigned URL's expiry, so the URL goes dead the other way a store
-    # kills it: the object is gone when fal fetches it (403/404 alike: fal's file_download_error).
+    # A URL can go dead while fal holds it in two ways: it expires (the s3rver test below) or its
+    # object is deleted, as here (404; fal answers both with a file_download_error).
     emu = emulator_factory(speed=20.0)  # the request waits long enough for the object to go
     bench = _bench(tmp_path, media, emu, s3, clips=1)
     env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url}
@@ -297,3 +307,112 @@ def test_a_bucket_the_keys_may_not_read_or_write_is_refused_at_plan_with_nothing
         assert words in result.stderr and denied in result.stderr and "Traceback" not in result.output, result.stderr
         assert s3_auth.keys["aws_secret_access_key"] not in result.output
     assert not [r for r in bench.emulator_log() if r["request_id"]]
+
+
+def test_a_presigned_url_that_expires_while_the_job_waits_at_fal_fails_it_unpaid_and_retry_presigns_afresh(
+    tmp_path, media, emulator_factory, s3rver
+):
+    # s3rver refuses a presigned URL past its expiry as S3 does (403 AccessDenied "Request has
+    # expired"); fal answers an input it cannot download with a 422 file_download_error. The URL
+    # lives 1 s (the real setting), the request waits 3 s in fal's queue before fal fetches it.
+    emu = emulator_factory(queue_delay_s=3000.0)  # fal seconds at the factory's speed 1000: 3 s
+    bench = _bench(tmp_path, media, emu, s3rver, clips=1)
+    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "k"}
+    short = {**env, "BATCH_RUNNER_STORE_URL_LIFETIME_S": "1"}
+    witness = storage.presign(f"s3://{bench.src}/nightly/clip0.mp4", 1)  # signed as the worker signs
+    first = CliRunner().invoke(cli, ["run", str(bench.manifest), "--json"], env=short)
+    assert first.exit_code == 1, first.output  # jobs rejected: exit 1, as documented
+    refused = httpx.get(witness, timeout=30)  # what fal got: the store's own refusal of an expired URL
+    assert refused.status_code == 403 and "Request has expired" in refused.text, refused.text
+    got = json.loads(first.stdout)
+    assert got["jobs"] == {"rejected": 2} and got["billed_cost_usd"] == "0.00", got
+    assert all(f["error"] == "file_download_error: Failed to download video_url: HTTP 403" for f in got["failed"])
+    assert "X-Amz-" not in first.output and "Signature=" not in first.output  # no signed URL in a message
+    assert ledger(bench) == emulator_bill(bench) == 0  # fal bills no input it could not fetch
+    sent = [r for r in bench.emulator_log() if r["request_id"]]
+    assert len(sent) == 2  # fal took both requests and fetched each URL after it had expired
+    again = CliRunner().invoke(cli, ["retry", "--batch", "b", "--state", "rejected"], env=env)
+    assert again.exit_code == 0, again.output
+    summary = bench.run(manifest=False, batches=["b"])  # the default lifetime (7 days) outlasts the wait
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    resent = [r for r in bench.emulator_log() if r["request_id"]][2:]
+    assert len(resent) == 2 and not {r["input_sha256"] for r in resent} & {r["input_sha256"] for r in sent}
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000  # paid once, for the delivered outputs
+    assert len([k for k in s3rver.keys(bench.out) if k.endswith(".mp4")]) == 2
+
+
+def test_keys_the_store_refuses_during_a_run_fail_every_job_clearly_with_nothing_paid_or_written(
+    tmp_path, media, emulator_factory, s3rver, monkeypatch
+):
+    # Planned with good keys; the worker's keys are wrong (rotated, or another machine's): s3rver
+    # checks each signature and answers 403 SignatureDoesNotMatch, as S3 does.
+    bench = _bench(tmp_path, media, emulator_factory(), s3rver, clips=1)
+    env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": bench.emulator.url, "FAL_KEY": "k"}
+    assert CliRunner().invoke(cli, ["enqueue", str(bench.manifest)], env=env).exit_code == 0
+    use_store(s3rver, monkeypatch, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    result = CliRunner().invoke(cli, ["work", "--batch", "b", "--until-done", "--json"], env=env)
+    assert result.exit_code == 1, result.output  # jobs failed: exit 1, as documented
+    failed = json.loads(result.stdout)["failed"]
+    assert len(failed) == 2 and all("access denied" in f["error"] for f in failed), failed
+    assert all(f"s3://{bench.src}/nightly/clip0.mp4" in f["error"] for f in failed), failed
+    assert "not-the-secret" not in result.output and "Traceback" not in result.output
+    assert not [r for r in bench.emulator_log() if r["request_id"]]  # nothing reached fal
+    assert ledger(bench) == emulator_bill(bench) == 0
+    assert s3rver.keys(bench.out) == []  # nothing partial in the output store
+
+
+class _NoPresignStore(S3FileSystem):
+    """An object store whose fsspec backend cannot presign, as fsspec's base class has it
+    (AbstractFileSystem.sign raises NotImplementedError; ossfs's OSS backend is one such): s3fs on
+    the `oss` scheme with sign() left at that default. No OSS server installs here, so the bytes
+    live on s3rver; listing, reading and writing are s3fs's own, over real HTTP."""
+
+    protocol = ("oss",)
+    sign = AbstractFileSystem.sign
+
+
+def test_a_store_that_cannot_presign_is_probed_from_a_copy_and_reaches_fal_through_fals_upload(
+    tmp_path, media, emulator_factory, s3rver, monkeypatch
+):
+    # fsspec.register_implementation("oss", …, clobber=True) writes this registry; monkeypatch undoes it
+    monkeypatch.setitem(fsspec_registry, "oss", _NoPresignStore)
+    with pytest.raises(NotImplementedError):
+        fsspec.filesystem("oss").sign("any/key")
+    bench = _bench(tmp_path, media, emulator_factory(), s3rver, clips=1)
+    bench.manifest.write_text(bench.manifest.read_text().replace(f"s3://{bench.src}/", f"oss://{bench.src}/"))
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    fps = [r[0] for r in bench.sql("select fingerprint from probes")]
+    assert fps and all(fp.startswith(f"store:oss://{bench.src}/nightly/clip0.mp4:") for fp in fps), fps
+    # one copy uploaded to fal's storage (the emulator's CDN), whose URL both jobs handed fal
+    body = s3rver.get(bench.src, "nightly/clip0.mp4")
+    uploads = bench.sql("select sha256, size_bytes, url from uploads")
+    assert [u[:2] for u in uploads] == [(hashlib.sha256(body).hexdigest(), len(body))]
+    assert uploads[0][2].startswith(bench.emulator.url)
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
+    assert len([k for k in s3rver.keys(bench.out) if k.endswith(".mp4")]) == 2
+
+
+def test_a_nightly_reframe_of_an_azure_blob_folder_lands_verified_in_an_azure_output_root(
+    tmp_path, media, emulator_factory, azurite
+):
+    # adlfs on Azurite: fal reads each source through a SAS URL (Azure's presigned URL), outputs are
+    # written through temporary blobs; the connection string comes only from the environment.
+    tag = uuid.uuid4().hex[:8]
+    src, out = azurite.container(f"src-{tag}"), azurite.container(f"out-{tag}")
+    text = STORE_MANIFEST.format(src=src, out=out).replace("s3://", "az://")
+    bench = make_bench(tmp_path, media, emulator_factory(), clips=1, manifest_text=text)
+    azurite.put(src, "nightly/clip0.mp4", tmp_path / "media" / "clip0.mp4")
+    summary = bench.run()
+    assert summary.counts == {"succeeded": 2}, summary.failed
+    want = [f"deliver/b/clip0_{a}.mp4{j}" for a in ("1x1", "9x16") for j in ("", ".json")]
+    assert azurite.keys(out) == sorted(want)  # no temporary blob left behind
+    side = json.loads(azurite.get(out, "deliver/b/clip0_9x16.mp4.json"))
+    assert (
+        side["source"] == f"az://{src}/nightly/clip0.mp4" and side["output"] == f"az://{out}/deliver/b/clip0_9x16.mp4"
+    )
+    assert len(azurite.get(out, "deliver/b/clip0_9x16.mp4")) == side["size_bytes"]
+    assert bench.sql("select count(*) from uploads") == [(0,)]  # fal fetched SAS URLs: nothing uploaded
+    fps = [r[0] for r in bench.sql("select fingerprint from probes")]
+    assert len(fps) == 1 and fps[0].startswith(f"store:az://{src}/nightly/clip0.mp4:"), fps
+    assert ledger(bench) == emulator_bill(bench) == 2 * 300_000
