@@ -320,6 +320,7 @@ def test_a_presigned_url_that_expires_while_the_job_waits_at_fal_fails_it_unpaid
     env = {"BATCH_RUNNER_DB": bench.db_url, "BATCH_RUNNER_FAL_URL": emu.url, "FAL_KEY": "k"}
     short = {**env, "BATCH_RUNNER_STORE_URL_LIFETIME_S": "1"}
     witness = storage.presign(f"s3://{bench.src}/nightly/clip0.mp4", 1)  # signed as the worker signs
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in witness and "X-Amz-Expires=1&" in witness  # SigV4, 1 s
     first = CliRunner().invoke(cli, ["run", str(bench.manifest), "--json"], env=short)
     assert first.exit_code == 1, first.output  # jobs rejected: exit 1, as documented
     refused = httpx.get(witness, timeout=30)  # what fal got: the store's own refusal of an expired URL
