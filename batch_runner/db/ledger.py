@@ -61,45 +61,42 @@ def jobs_with_attempts(engine: Engine, scope: Scope) -> Generator[tuple[JobRecor
     or, when a window is given, those with an attempt in it and only those attempts. One query,
     read STREAM_ROWS rows at a time; close the iterator (or read it to the end) to free its
     connection."""
+    job_names = [c.name for c in J.c] + ["batch"]
+    attempt_names = [c.name for c in A.c] + ["endpoint", "duration_us"]
+    j_id, split, a_id = job_names.index("id"), len(job_names), len(job_names) + attempt_names.index("id")
     try:
         with engine.connect() as conn:
-            stmt = _joined(conn.dialect.name, scope)
-            rows = conn.execution_options(yield_per=STREAM_ROWS).execute(stmt).mappings()
+            rows = conn.execution_options(yield_per=STREAM_ROWS).execute(_joined(conn.dialect.name, scope))
             job: JobRecord | None = None
             mine: list[AttemptRecord] = []
-            for row in rows:
-                if job is None or row["j_id"] != job.id:
+            for row in rows.tuples():
+                if job is None or row[j_id] != job.id:
                     if job is not None:
                         yield job, mine
-                    job, mine = JobRecord.from_row(_part(row, "j_")), []
-                if row["a_id"] is not None:
-                    mine.append(AttemptRecord.from_row(_part(row, "a_")))
+                    job, mine = JobRecord.from_row(dict(zip(job_names, row[:split], strict=True))), []
+                if row[a_id] is not None:
+                    mine.append(AttemptRecord.from_row(dict(zip(attempt_names, row[split:], strict=True))))
             if job is not None:
                 yield job, mine
     except SQLAlchemyError as exc:
         raise fail(engine, "reading the ledger", exc) from exc
 
 
-def _part(row: Any, prefix: str) -> dict[str, Any]:
-    """The columns of one table in a joined row, without their label's prefix."""
-    n = len(prefix)
-    return {k[n:]: v for k, v in row.items() if k.startswith(prefix)}
-
-
 def _joined(dialect: str, scope: Scope) -> Select[Any]:
     """Jobs (with their batch's name) joined with their attempts (with the job's endpoint and the
-    delivered output's duration), ordered by job, then attempt."""
+    delivered output's duration), ordered by job, then attempt: the job's columns first (its id
+    leading), then the attempt's, as `jobs_with_attempts` reads them."""
     window = scope.window
     on = and_(A.c.job_id == J.c.id, *window)
     jobs = J.join(B, B.c.id == J.c.batch_id)
     joined = jobs.join(A, on) if window else jobs.outerjoin(A, on)
     return (
         select(
-            *(c.label(f"j_{c.name}") for c in J.c),
-            B.c.name.label("j_batch"),
-            *(c.label(f"a_{c.name}") for c in A.c),
-            J.c.endpoint.label("a_endpoint"),
-            OUT.c.duration_us.label("a_duration_us"),
+            *J.c,
+            B.c.name,
+            *A.c,
+            J.c.endpoint.label("attempt_endpoint"),  # a label of its own: never merged with the job's
+            OUT.c.duration_us,
         )
         .select_from(joined.outerjoin(OUT, OUT.c.attempt_id == A.c.id))
         .where(*_where(dialect, scope))
