@@ -2,7 +2,9 @@
 
 Each phase runs the real CLI in a subprocess (so peak RSS is per phase) on SQLite: warm plan
 (every probe cached: the cache is filled by one cold `plan` first, not measured against a
-target), enqueue, status, report (table, JSON, HTML, line items) and `plan --diff`. Then the time
+target), enqueue, status, report (table, JSON, HTML, line items as CSV and JSON) and `plan --diff`;
+then the reports again over a ledger of 150,000 attempts (written straight into the database: every
+job succeeded, every other one after a billed failure, each success with its output's row). Then the time
 from starting `run` on a 10,000-job batch (warm probes) until the emulator receives its first
 submit. Baselines measured in the same run: a bare sqlite3 executemany of 100,000 rows of the same
 size, and a bare `SELECT count(*) ... GROUP BY state` of the job table. Figures go to BENCHMARKS.md.
@@ -110,6 +112,44 @@ def baseline_insert(db: Path, rows: int) -> float:
     return elapsed
 
 
+def add_attempts(db: Path) -> int:
+    """A finished run's ledger, written straight into the database (a real run of 100,000 jobs
+    is not what this benchmark measures): every job succeeded, each even-numbered one after a
+    failed attempt billed half its estimate; each success billed its estimate and delivered a
+    5.04 s output. Returns the number of attempts."""
+    con = sqlite3.connect(db)
+    attempt = (
+        "insert into attempts (job_id, number, state, request_id, reserved_micro_usd, billed_micro_usd, error_type,"
+        " created_at, submitted_at, finished_at, batch_id, price_source)"
+        " select id, {number}, '{state}', '{state}-' || id, estimate_micro_usd, {billed}, {error}, created_at,"
+        " created_at, created_at, batch_id, 'fal' from jobs {where}"
+    )
+    with con:
+        con.execute(
+            attempt.format(
+                number=1,
+                state="failed",
+                billed="estimate_micro_usd / 2",
+                error="'downstream_service_error'",
+                where="where id % 2 = 0",
+            )
+        )
+        con.execute(
+            attempt.format(number="2 - id % 2", state="succeeded", billed="estimate_micro_usd", error="null", where="")
+        )
+        con.execute(
+            "insert into outputs (job_id, attempt_id, path, sha256, size_bytes, duration_us, created_at)"
+            " select job_id, id, 'out/' || id || '.mp4', '', 1000, 5040000, created_at from attempts"
+            " where state = 'succeeded'"
+        )
+        con.execute(
+            "update jobs set state = 'succeeded', billed_micro_usd = estimate_micro_usd, attempt_count = 2 - id % 2"
+        )
+    (count,) = con.execute("select count(*) from attempts").fetchone()
+    con.close()
+    return int(count)
+
+
 def baseline_count(db: Path) -> float:
     start = time.perf_counter()
     con = sqlite3.connect(db)
@@ -174,9 +214,30 @@ def main() -> None:
     phase("report --format json", ["report", "--batch", "big", "--format", "json"])
     phase("report --format html", ["report", "--batch", "big", "--format", "html", "-o", str(WORK / "r.html")])
     phase("report --items (CSV)", ["report", "--batch", "big", "--items", "-o", str(WORK / "items.csv")])
+    phase(
+        "report --items --format json",
+        ["report", "--batch", "big", "--items", "--format", "json", "-o", str(WORK / "items.json")],
+    )
     phase("plan --diff --json", ["plan", str(m), "--diff", "--json"])
     assert count_lines('"state": "queued"') == jobs
     phase("plan --diff (table)", ["plan", str(m), "--diff"])
+
+    attempts = add_attempts(db)
+    with_attempts = f"{attempts:,} attempts"
+    phase(f"report (table), {with_attempts}", ["report", "--batch", "big"])
+    out = phase(f"report --format json, {with_attempts}", ["report", "--batch", "big", "--format", "json"])
+    assert json.loads(out)["total"]["outcomes"] == {"succeeded": jobs}, out
+    phase(
+        f"report --format html, {with_attempts}",
+        ["report", "--batch", "big", "--format", "html", "-o", str(WORK / "r.html")],
+    )
+    phase(
+        f"report --items (CSV), {with_attempts}", ["report", "--batch", "big", "--items", "-o", str(WORK / "items.csv")]
+    )
+    phase(
+        f"report --items --format json, {with_attempts}",
+        ["report", "--batch", "big", "--items", "--format", "json", "-o", str(WORK / "items.json")],
+    )
 
     m10 = write_manifest(WORK / "ten.yaml", "ten", "media/src00[01]??.mp4")  # 200 cached sources: 10,000 jobs
     first_s, _ = first_submit(m10, db)

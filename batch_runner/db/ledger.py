@@ -69,7 +69,7 @@ def jobs_with_attempts(engine: Engine, scope: Scope) -> Generator[tuple[JobRecor
             rows = conn.execution_options(yield_per=STREAM_ROWS).execute(_joined(conn.dialect.name, scope))
             job: JobRecord | None = None
             mine: list[AttemptRecord] = []
-            for row in rows.tuples():
+            for row in rows:
                 if job is None or row[j_id] != job.id:
                     if job is not None:
                         yield job, mine
