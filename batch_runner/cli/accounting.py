@@ -79,7 +79,9 @@ def report(
     fmt = fmt or ("csv" if items else "table")
     scope = Scope(tuple(batches), tuple(projects), tuple(tags), since, until)
     if items:  # streamed: 100,000 jobs make 100,000 lines, never held together
-        pieces = reports.line_items(app.repo, scope, fmt)
+        from ..line_items import line_items
+
+        pieces = line_items(app.repo, scope, fmt)
         if output is None:
             for piece in pieces:
                 click.echo(piece, nl=False)

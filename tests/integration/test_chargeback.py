@@ -128,7 +128,7 @@ def test_line_items_are_streamed_as_the_same_text_whatever_the_pieces(
     """`report --items` is written as the ledger streams by: its JSON is json.dumps's text of
     the whole, its scope names the same days as the grouped report's, and the text is the same
     read a row at a time, handed on a line at a time, or written to a file."""
-    from batch_runner import reports
+    from batch_runner import line_items
     from batch_runner.db import ledger
 
     bench, _ = _two_projects(tmp_path, media, emulator_factory, db_url)
@@ -145,7 +145,7 @@ def test_line_items_are_streamed_as_the_same_text_whatever_the_pieces(
     whole = {fmt: _cli(env, "--items", "--format", fmt) for fmt in ("json", "csv")}
     grouped = _cli(env, "--format", "json", "--group-by", "day")
     monkeypatch.setattr(ledger, "STREAM_ROWS", 1)  # the retried job's two attempts come in two fetches
-    monkeypatch.setattr(reports, "CHUNK_LINES", 1)
+    monkeypatch.setattr(line_items, "CHUNK_LINES", 1)
     for fmt, text in whole.items():
         assert _cli(env, "--items", "--format", fmt) == text
         result = CliRunner().invoke(cli, ["report", "--items", "--format", fmt, "-o", str(tmp_path / "items")], env=env)
