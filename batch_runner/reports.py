@@ -119,6 +119,9 @@ class Line:
 
 @dataclass
 class Report:
+    """A report's figures, folded in a job at a time (`Report.add`) and finished with the pruned
+    jobs' rollups and the charts' day range (`finish`); it keeps no job but its first `cards`."""
+
     group_by: str
     groups: dict[str, Line]
     total: Line
@@ -127,7 +130,7 @@ class Report:
     job_rows: int = 0  # job rows in scope (pruned jobs' too)
     batch_names: set[str] = field(default_factory=set)  # of the jobs in scope ("" for none)
     project_names: set[str] = field(default_factory=set)  # of the jobs in scope (NO_PROJECT for none)
-    billed_by_day: dict[str, int] = field(default_factory=dict)  # every day of the range, $0 days too
+    billed_by_day: dict[str, int] = field(default_factory=dict)  # finished: every day of the range, $0 days too
     billed_by_endpoint: dict[str, int] = field(default_factory=dict)
     billed_by_project: dict[str, int] = field(default_factory=dict)
     scope: Scope = field(default_factory=Scope)

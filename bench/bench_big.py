@@ -139,7 +139,9 @@ def add_attempts(db: Path) -> int:
             )
         )
         con.execute(
-            attempt.format(number="2 - id % 2", state="succeeded", billed="estimate_micro_usd", error="null", where="")
+            attempt.format(
+                big=big, number="2 - id % 2", state="succeeded", billed="estimate_micro_usd", error="null", where=""
+            )
         )
         con.execute(
             "insert into outputs (job_id, attempt_id, path, sha256, size_bytes, duration_us, created_at)"
