@@ -123,15 +123,16 @@ def _csv_items(repo: Repository, scope: Scope) -> Iterator[str]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(ITEM_COLUMNS)
-    count = 0
+    count = held = 0
     for job, attempts in fold(repo, report):
         for line in items(job, attempts):
-            writer.writerow([_cell(c, line[c]) for c in ITEM_COLUMNS])
-            count += 1
-        if count % CHUNK_LINES == 0:
+            writer.writerow(_csv_row(line))
+            count, held = count + 1, held + 1
+        if held >= CHUNK_LINES:
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
+            held = 0
     finish(report, datetime.now(UTC), rollup_totals(repo.engine, scope))
     writer.writerow([_cell(c, item_totals(report, count).get(c)) for c in ITEM_COLUMNS])
     yield buf.getvalue()
@@ -163,6 +164,18 @@ def _member(key: str, value: Any) -> str:
 
 def _indented(value: Any, indent: str) -> str:
     return indent + json.dumps(value, indent=2).replace("\n", "\n" + indent)
+
+
+_PARAMS, _TAGS = ITEM_COLUMNS.index("params"), ITEM_COLUMNS.index("tags")
+
+
+def _csv_row(line: dict[str, Any]) -> list[Any]:
+    """An item's CSV cells as `_cell` makes them, faster: the csv module writes None as "" and
+    an int as str() does."""
+    row = list(map(line.get, ITEM_COLUMNS))
+    row[_PARAMS] = _cell("params", line["params"])
+    row[_TAGS] = _cell("tags", line["tags"])
+    return row
 
 
 def _cell(column: str, value: Any) -> str:
