@@ -18,7 +18,7 @@ from typing import Any
 from . import catalog
 from .api.client import FalClient, malformed
 from .config import Secret, Settings
-from .db.ledger import Scope, ledger
+from .db.ledger import Scope, attempts_in_scope
 from .db.repo import Repository
 from .domain import AttemptState, format_usd, usd_to_micro
 from .errors import AuthError, ConfigError, RemoteError
@@ -184,7 +184,7 @@ def reconcile(
     # next midnight, whose extra day is dropped below by its bucket.
     start, end = whole_days(asked_since, asked_until)
     days = {_day(start + DAY * i) for i in range((end - start) // DAY)}
-    attempts = ledger(repo.engine, Scope(since=start - DAY, until=end)).attempts
+    attempts = attempts_in_scope(repo.engine, Scope(since=start - DAY, until=end))
     ours: dict[tuple[str, str], int] = defaultdict(int)
     uncertain: dict[tuple[str, str], list[AttemptRecord]] = defaultdict(list)
     for a in attempts:

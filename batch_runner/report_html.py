@@ -83,7 +83,8 @@ class Chart:
 
 
 def render_html(report: Report, *, base: Path | None = None) -> str:
-    """The report as one HTML page; outputs are linked relative to `base` (the report's folder)."""
+    """The report as one HTML page; outputs are linked relative to `base` (the report's folder).
+    The contact sheet shows the report's cards: build it with `cards=MAX_CARDS`."""
     title, subtitle = _title(report)
     return _template().render(
         title=title,
@@ -95,10 +96,10 @@ def render_html(report: Report, *, base: Path | None = None) -> str:
         charts=[c for c in _charts(report) if c is not None],
         head=(report.group_by, *_COLUMNS),
         table=[_table_row(key, line.as_dict()) for key, line in sorted(report.groups.items())],
-        jobs=report.jobs[:MAX_CARDS],
+        jobs=report.cards[:MAX_CARDS],
         # once per file and page: a big batch's first cards share a few sources (an ffmpeg run each)
         thumbnail_base64=cache(_thumbnail_base64),
-        more=len(report.jobs) - MAX_CARDS,
+        more=report.job_rows - MAX_CARDS,
         base=(base or Path.cwd()).resolve(),
     )
 
@@ -118,9 +119,9 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
-def _names(given: tuple[str, ...], found: list[str], every: str) -> tuple[str, int]:
+def _names(given: tuple[str, ...], found: set[str], every: str) -> tuple[str, int]:
     """The names to show (those asked for, else those in the data) and how many there are."""
-    names = list(given) or sorted(set(found))
+    names = list(given) or sorted(found)
     if not names:
         return every, 0
     more = f" +{len(names) - MAX_TITLE_NAMES} more" if len(names) > MAX_TITLE_NAMES else ""
@@ -130,8 +131,8 @@ def _names(given: tuple[str, ...], found: list[str], every: str) -> tuple[str, i
 def _title(report: Report) -> tuple[str, str]:
     """The title names the batches, the projects and the date range; the subtitle the filters."""
     s = report.scope
-    batches, nb = _names(s.batches, [j.batch or "" for j in report.jobs], "no batch")
-    projects, np_ = _names(s.projects, [j.project or NO_PROJECT for j in report.jobs], NO_PROJECT)
+    batches, nb = _names(s.batches, report.batch_names, "no batch")
+    projects, np_ = _names(s.projects, report.project_names, NO_PROJECT)
     first, last = report.first_day, report.last_day
     days = f"{first} to {last}" if first and last and first != last else str(first or "no dates")
     title = f"{'batches' if nb > 1 else 'batch'} {batches} · {'projects' if np_ > 1 else 'project'} {projects} · {days}"

@@ -18,7 +18,8 @@ import csv
 import io
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .db.ledger import Scope, ledger
+from .db.ledger import Scope, jobs_with_attempts, known_batches, runs
 from .db.prune import RollupRow, rollup_totals
 from .db.repo import Repository
 from .domain import PROVISIONAL, AttemptState, JobState, format_usd
@@ -118,16 +119,23 @@ class Line:
 
 @dataclass
 class Report:
+    """A report's figures, folded in a job at a time (`Report.add`) and finished with the pruned
+    jobs' rollups and the charts' day range (`finish`); it keeps no job but its first `cards`."""
+
     group_by: str
     groups: dict[str, Line]
     total: Line
     runs: list[dict[str, Any]]
-    jobs: list[JobRecord] = field(default_factory=list)  # for the HTML contact sheet and line items
-    billed_by_day: dict[str, int] = field(default_factory=dict)  # every day of the range, $0 days too
+    cards: list[JobRecord] = field(default_factory=list)  # the first jobs, for the HTML contact sheet
+    job_rows: int = 0  # job rows in scope (pruned jobs' too)
+    batch_names: set[str] = field(default_factory=set)  # of the jobs in scope ("" for none)
+    project_names: set[str] = field(default_factory=set)  # of the jobs in scope (NO_PROJECT for none)
+    billed_by_day: dict[str, int] = field(default_factory=dict)  # finished: every day of the range, $0 days too
     billed_by_endpoint: dict[str, int] = field(default_factory=dict)
     billed_by_project: dict[str, int] = field(default_factory=dict)
     scope: Scope = field(default_factory=Scope)
-    attempts: list[AttemptRecord] = field(default_factory=list)
+    attempts: int = 0  # attempts in scope (their figures are in `total`)
+    reserved: int = 0  # micro-USD reserved on them (the line items' total)
     first_day: date | None = None  # the date range the report covers (inclusive)
     last_day: date | None = None
 
@@ -152,6 +160,35 @@ class Report:
             "last_day": self.last_day.isoformat() if self.last_day else None,
         }
 
+    def add(self, job: JobRecord, attempts: list[AttemptRecord], cards: int) -> None:
+        """Fold one job and its attempts in scope into the figures: job-level figures go where its
+        latest attempt ran (or where it was created), money where each attempt ran; a pruned
+        job's job-level figures are in its rollup. Keeps the first `cards` jobs."""
+        self.job_rows += 1
+        if len(self.cards) < cards:
+            self.cards.append(job)
+        self.batch_names.add(job.batch or "")
+        project = job.project or NO_PROJECT
+        self.project_names.add(project)
+        if not job.pruned_at:
+            for line in self._lines(job, attempts[-1].created_at if attempts else None):
+                line.add_job(job)
+        for a in attempts:
+            for line in self._lines(job, a.created_at):
+                line.add_attempt(a)
+            billed = a.billed_micro_usd or 0
+            day = a.created_at.astimezone(UTC).date().isoformat()
+            self.billed_by_day[day] = self.billed_by_day.get(day, 0) + billed
+            self.billed_by_endpoint[job.endpoint] = self.billed_by_endpoint.get(job.endpoint, 0) + billed
+            self.billed_by_project[project] = self.billed_by_project.get(project, 0) + billed
+            self.attempts += 1
+            self.reserved += a.reserved_micro_usd or 0
+
+    def _lines(self, job: JobRecord, when: datetime | None) -> list[Line]:
+        """The lines a job's figures go to (made when first needed), then the total."""
+        lines = [self.groups.get(k) or self.groups.setdefault(k, Line()) for k in _keys(self.group_by, job, when)]
+        return [*lines, self.total]
+
 
 def _keys(group_by: str, job: JobRecord, when: datetime | None) -> list[str]:
     if group_by == "endpoint":
@@ -167,37 +204,47 @@ def _keys(group_by: str, job: JobRecord, when: datetime | None) -> list[str]:
     return [(when or job.created_at).date().isoformat()]
 
 
-def build(repo: Repository, scope: Scope, *, group_by: str, now: datetime | None = None) -> Report:
-    """The report over `scope`; a batch asked for by name that does not exist is an error."""
-    got = ledger(repo.engine, scope)
-    missing = [b for b in scope.batches if b not in got.known_batches]
+def check(repo: Repository, scope: Scope) -> None:
+    """A batch asked for by name that does not exist is an error."""
+    known = known_batches(repo.engine, scope)
+    missing = [b for b in scope.batches if b not in known]
     if missing:
         names = ", ".join(shown(b) for b in missing[:MAX_NAMES_SHOWN])
         more = f" and {len(missing) - MAX_NAMES_SHOWN} more" if len(missing) > MAX_NAMES_SHOWN else ""
         raise ConfigError(f"no batch named {names}{more}", hint="`batch-runner status` lists the batches")
-    by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
-    for a in got.attempts:
-        by_job[a.job_id].append(a)
-    groups: dict[str, Line] = defaultdict(Line)
-    total = Line()
-    for job in got.jobs:
-        mine = by_job.get(job.id, [])
-        last = mine[-1].created_at if mine else None
-        # job-level figures go where its latest attempt ran (or where it was created); a pruned
-        # job's are in its rollup
-        if not job.pruned_at:
-            for line in [groups[k] for k in _keys(group_by, job, last)] + [total]:
-                line.add_job(job)
-        for a in mine:  # money goes where each attempt ran
-            for line in [groups[k] for k in _keys(group_by, job, a.created_at)] + [total]:
-                line.add_attempt(a)
-    rollups = rollup_totals(repo.engine, scope)
-    for r in rollups:
-        for line in [groups[_rollup_key(group_by, r)], total]:
-            line.add_rollup(r)
-    report = Report(group_by, dict(groups), total, _budgets(got.runs), got.jobs, scope=scope, attempts=got.attempts)
-    _charts(report, by_job, now or datetime.now(UTC), rollups)
+
+
+def build(repo: Repository, scope: Scope, *, group_by: str, now: datetime | None = None, cards: int = 0) -> Report:
+    """The report over `scope` (`check`ed first), folded a job at a time as the ledger streams by
+    (never held whole), keeping its first `cards` jobs."""
+    check(repo, scope)
+    report = start(repo, scope, group_by)
+    for _ in fold(repo, report, cards):
+        pass
+    finish(report, now or datetime.now(UTC), rollup_totals(repo.engine, scope))
     return report
+
+
+def start(repo: Repository, scope: Scope, group_by: str) -> Report:
+    """A report with no job folded in yet: its runs only."""
+    return Report(group_by, {}, Line(), _budgets(runs(repo.engine, scope)), scope=scope)
+
+
+def fold(repo: Repository, report: Report, cards: int = 0) -> Iterator[tuple[JobRecord, list[AttemptRecord]]]:
+    """Stream the ledger into `report`, handing on each job and its attempts once folded in."""
+    with closing(jobs_with_attempts(repo.engine, report.scope)) as stream:
+        for job, attempts in stream:
+            report.add(job, attempts, cards)
+            yield job, attempts
+
+
+def finish(report: Report, now: datetime, rollups: list[RollupRow]) -> None:
+    """Add the pruned jobs' rollups and draw the charts' figures."""
+    for r in rollups:
+        key = _rollup_key(report.group_by, r)
+        for line in [report.groups.get(key) or report.groups.setdefault(key, Line()), report.total]:
+            line.add_rollup(r)
+    _charts(report, now, rollups)
 
 
 def _rollup_key(group_by: str, r: RollupRow) -> str:
@@ -221,31 +268,42 @@ def _budgets(runs: list[RunRecord]) -> list[dict[str, Any]]:
     ]
 
 
-def _charts(report: Report, by_job: dict[int, list[AttemptRecord]], now: datetime, rollups: list[RollupRow]) -> None:
-    """Billed per day over the whole range (days without spend at $0), per endpoint, per project."""
+def _charts(report: Report, now: datetime, rollups: list[RollupRow]) -> None:
+    """Billed per day over the whole range (days without spend at $0), per endpoint, per project:
+    the pruned jobs' rollups, then the attempts' sums `Report.add` made."""
     by_day: dict[date, int] = defaultdict(int)
+    by_endpoint: dict[str, int] = {}
+    by_project: dict[str, int] = {}
     for r in rollups:
         by_day[r.day] += r.billed_micro_usd
-        report.billed_by_endpoint[r.endpoint] = report.billed_by_endpoint.get(r.endpoint, 0) + r.billed_micro_usd
+        by_endpoint[r.endpoint] = by_endpoint.get(r.endpoint, 0) + r.billed_micro_usd
         key = r.project or NO_PROJECT
-        report.billed_by_project[key] = report.billed_by_project.get(key, 0) + r.billed_micro_usd
-    for job in report.jobs:
-        for a in by_job.get(job.id, []):
-            billed = a.billed_micro_usd or 0
-            by_day[a.created_at.astimezone(UTC).date()] += billed
-            report.billed_by_endpoint[job.endpoint] = report.billed_by_endpoint.get(job.endpoint, 0) + billed
-            key = job.project or NO_PROJECT
-            report.billed_by_project[key] = report.billed_by_project.get(key, 0) + billed
-    since, until = report.scope.since, report.scope.until
-    first = since.astimezone(UTC).date() if since else min(by_day, default=now.date())
-    last = (until - timedelta(microseconds=1)).astimezone(UTC).date() if until else now.astimezone(UTC).date()
-    if last < first or (last - first).days >= MAX_CHART_DAYS:
-        first, last = min(by_day, default=first), max(by_day, default=first)
+        by_project[key] = by_project.get(key, 0) + r.billed_micro_usd
+    for iso, billed in report.billed_by_day.items():
+        by_day[date.fromisoformat(iso)] += billed
+    for folded, into in ((report.billed_by_endpoint, by_endpoint), (report.billed_by_project, by_project)):
+        for key, billed in folded.items():
+            into[key] = into.get(key, 0) + billed
+    report.billed_by_endpoint, report.billed_by_project = by_endpoint, by_project
+    first, last = day_range(report.scope, min(by_day, default=None), max(by_day, default=None), now)
     report.first_day, report.last_day = first, last
+    report.billed_by_day = {}
     day = first
     while day <= last:
         report.billed_by_day[day.isoformat()] = by_day.get(day, 0)
         day += timedelta(days=1)
+
+
+def day_range(scope: Scope, lo: date | None, hi: date | None, now: datetime) -> tuple[date, date]:
+    """The days a report covers: the window's, else the first day with spend up to today; the
+    days with spend (`lo` to `hi`) when the window is empty or longer than MAX_CHART_DAYS."""
+    first = scope.since.astimezone(UTC).date() if scope.since else (lo or now.date())
+    last = (
+        (scope.until - timedelta(microseconds=1)).astimezone(UTC).date() if scope.until else now.astimezone(UTC).date()
+    )
+    if last < first or (last - first).days >= MAX_CHART_DAYS:
+        first, last = lo or first, hi or first
+    return first, last
 
 
 MONEY_COLUMNS = (
@@ -288,135 +346,11 @@ def render(report: Report, fmt: str) -> str:
     return buf.getvalue()
 
 
-# --------------------------------------------------------------------------- line items
-
-ITEM_COLUMNS = (
-    "row_type",
-    "batch",
-    "project",
-    "job_id",
-    "job_key",
-    "endpoint",
-    "source",
-    "params",
-    "tags",
-    "job_state",
-    "job_estimate_usd",
-    "attempt",
-    "request_id",
-    "attempt_state",
-    "reserved_usd",
-    "billed_usd",
-    "billed_source",
-    "delivered_seconds",
-    "error_type",
-    "created_at",
-    "submitted_at",
-    "finished_at",
-    "output",
-)
-
-
-def _usd(micro: int | None) -> str | None:
-    return format_usd(micro) if micro is not None else None
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat() if when else None
-
-
-def _item(job: JobRecord, a: AttemptRecord | None) -> dict[str, Any]:
-    """One line: a job and one of its attempts (or none: the attempt's fields are empty)."""
-    delivered = a.duration_us if a and a.state == AttemptState.SUCCEEDED and a.duration_us else None
-    return {
-        "row_type": "item",
-        "batch": job.batch,
-        "project": job.project,
-        "job_id": job.id,
-        "job_key": job.key,
-        "endpoint": job.endpoint,
-        "source": job.source,
-        "params": job.params,
-        "tags": list(job.tags),
-        "job_state": job.state.value,
-        "job_estimate_usd": format_usd(job.estimate_micro_usd),
-        "attempt": a.number if a else None,
-        "request_id": a.request_id if a else None,
-        "attempt_state": a.state.value if a else None,
-        "reserved_usd": _usd(a.reserved_micro_usd) if a else None,
-        "billed_usd": _usd(a.billed_micro_usd) if a else None,
-        "billed_source": a.price_source if a else None,
-        "delivered_seconds": f"{Decimal(delivered) / 1_000_000:f}" if delivered else None,
-        "error_type": a.error_type if a else None,
-        "created_at": _iso(a.created_at if a else job.created_at),
-        "submitted_at": _iso(a.submitted_at) if a else None,
-        "finished_at": _iso(a.finished_at) if a else None,
-        "output": job.output_path,
-    }
-
-
-def items(report: Report) -> Iterator[dict[str, Any]]:
-    """One line per attempt in scope, in job order; a job without one has one line of its own
-    (made one at a time: 100,000 jobs make 100,000 lines)."""
-    by_job: dict[int, list[AttemptRecord]] = defaultdict(list)
-    for a in report.attempts:
-        by_job[a.job_id].append(a)
-    for job in report.jobs:
-        mine: list[AttemptRecord | None] = list(by_job.get(job.id, [])) or [None]
-        yield from (_item(job, a) for a in mine)
-
-
-def item_totals(report: Report, lines: int) -> dict[str, Any]:
-    """The totals of the line items: the report's own total figures (estimates once per job)."""
-    t = report.total.as_dict()
-    reserved = sum(a.reserved_micro_usd or 0 for a in report.attempts)
-    return {
-        "row_type": "total",
-        "lines": lines,
-        "jobs": t["jobs"],
-        "attempts": len(report.attempts),
-        "job_estimate_usd": t["estimated_usd"],
-        "reserved_usd": format_usd(reserved),
-        "billed_usd": t["billed_usd"],
-        "unconfirmed_usd": t["unconfirmed_usd"],
-        "delivered_seconds": t["delivered_seconds"],
-    }
-
-
-def render_items(report: Report, fmt: str) -> str:
-    """`report --items`: JSON {"items": [...], "totals": {...}}; CSV one line per item, then one
-    line whose `row_type` is "total" (filter on it in a spreadsheet)."""
-    if fmt == "json":
-        lines = list(items(report))
-        totals = item_totals(report, len(lines))
-        return json.dumps({"scope": report.scope_dict(), "items": lines, "totals": totals}, indent=2) + "\n"
-    if fmt != "csv":
-        raise ValueError(f"{fmt!r} is not a line-item format (json, csv)")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(ITEM_COLUMNS)
-    count = 0
-    for line in items(report):
-        writer.writerow([_cell(c, line[c]) for c in ITEM_COLUMNS])
-        count += 1
-    writer.writerow([_cell(c, item_totals(report, count).get(c)) for c in ITEM_COLUMNS])
-    return buf.getvalue()
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if column == "params":
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    if column == "tags":
-        return ";".join(value)
-    return str(value)
-
-
-def write_atomically(output: Path, text: str) -> None:
-    """Write a report whole or not at all (`atomic.write_text`)."""
+def write_atomically(output: Path, text: str | Iterable[str]) -> None:
+    """Write a report, text or pieces of text, whole or not at all (`atomic.writing`)."""
     try:
-        atomic.write_text(output, text)
+        with atomic.writing(output) as fh:
+            fh.writelines([text] if isinstance(text, str) else text)
     except OSError as exc:
         raise ConfigError(
             f"cannot write {shorten(str(output), 80)}: {exc.strerror}", hint="check the folder and free space"

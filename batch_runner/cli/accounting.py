@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -77,24 +78,31 @@ def report(
         raise click.UsageError("--items is CSV or JSON: use --format csv or --format json")
     fmt = fmt or ("csv" if items else "table")
     scope = Scope(tuple(batches), tuple(projects), tuple(tags), since, until)
-    built = reports.build(app.repo, scope, group_by=group_by)
-    if items:
-        text = reports.render_items(built, fmt)
-    elif fmt == "html":
-        from ..report_html import render_html
+    if items:  # streamed: 100,000 jobs make 100,000 lines, never held together
+        from ..line_items import line_items
 
+        pieces = line_items(app.repo, scope, fmt)
+        if output is None:
+            for piece in pieces:
+                click.echo(piece, nl=False)
+            return
+        _write(output, pieces)
+        return
+    if fmt == "html":
+        from ..report_html import MAX_CARDS, render_html
+
+        built = reports.build(app.repo, scope, group_by=group_by, cards=MAX_CARDS)
         text = render_html(built, base=output.parent if output else Path.cwd())
-    elif fmt == "table":
-        text = display.report_table(built, wrap=output is None) + "\n"
     else:
-        text = reports.render(built, fmt)
+        built = reports.build(app.repo, scope, group_by=group_by)
+        text = display.report_table(built, wrap=output is None) + "\n" if fmt == "table" else reports.render(built, fmt)
     if output is None:
         click.echo(text, nl=False)
         return
     _write(output, text)
 
 
-def _write(output: Path, text: str) -> None:
+def _write(output: Path, text: str | Iterator[str]) -> None:
     from .. import reports
 
     reports.write_atomically(output, text)

@@ -99,14 +99,16 @@ def parse_usd(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return micro
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """JSON for what json cannot encode itself, as every command's JSON writes it: a date or time
+    in ISO 8601, anything else (Decimal and the like) as its exact string."""
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)  # Decimal and the like: exact, as a string
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=json_default))
 
 
 CLI_HELP = f"""Run batches of Luma Ray video jobs on fal.ai and account for every cent.

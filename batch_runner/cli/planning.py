@@ -15,7 +15,7 @@ from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError, InvalidItemsError
 from ..manifest import load_manifest
 from ..records import JobRecord
-from .app import App, _json_default, cli, emit_json, exit_codes_help, parse_usd
+from .app import App, cli, emit_json, exit_codes_help, json_default, parse_usd
 
 
 def job_listing(job: JobRecord) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def emit_json_streamed(data: dict[str, Any]) -> None:
                 out[k] = mark(v) if isinstance(v, dict) else v
         return out
 
-    pieces = _LAZY.split(json.dumps(mark(data), indent=2, ensure_ascii=False, default=_json_default))
+    pieces = _LAZY.split(json.dumps(mark(data), indent=2, ensure_ascii=False, default=json_default))
     for i, piece in enumerate(pieces):
         if i % 2 == 0:
             click.echo(piece, nl=False)
@@ -68,7 +68,7 @@ def _echo_list(items: Iterator[Any], outer: str, chunk: int = 1000) -> None:
     """A list as json.dumps(indent=2) writes it on a line indented by `outer`."""
     inner, buf, n = outer + "  ", [], 0
     for n, item in enumerate(items, 1):
-        text = json.dumps(item, indent=2, ensure_ascii=False, default=_json_default)
+        text = json.dumps(item, indent=2, ensure_ascii=False, default=json_default)
         buf.append(("[\n" if n == 1 else ",\n") + inner + text.replace("\n", "\n" + inner))
         if len(buf) >= chunk:
             click.echo("".join(buf), nl=False)

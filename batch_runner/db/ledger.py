@@ -1,21 +1,25 @@
 """The ledger in SQL: every attempt with its job, batch, output and money, for reports, narrowed
-to a scope (batches, projects, tags, a time window) in the query itself."""
+to a scope (batches, projects, tags, a time window) in the query itself, and streamed a job at a
+time in job order (a 100,000-job batch is never held whole)."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, cast, column, exists, func, literal, or_, select
+from sqlalchemy import Engine, Select, and_, cast, column, exists, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..records import AttemptRecord, JobRecord, RunRecord
 from .models import Attempt, Batch, Job, Output, Run, table
-from .plumbing import reading
+from .plumbing import fail, reading
 
 A, J, B, OUT, R = table(Attempt), table(Job), table(Batch), table(Output), table(Run)
+STREAM_ROWS = 1000  # rows fetched at a time (a server-side cursor on PostgreSQL)
 
 
 @dataclass(frozen=True)
@@ -33,49 +37,71 @@ class Scope:
     def narrowed(self) -> bool:
         return bool(self.batches or self.projects or self.tags)
 
+    @property
+    def window(self) -> list[Any]:
+        """The attempts' time-window conditions (none when no time is given)."""
+        window = []
+        if self.since is not None:
+            window.append(A.c.created_at >= self.since)
+        if self.until is not None:
+            window.append(A.c.created_at < self.until)
+        return window
 
-@dataclass(frozen=True)
-class Ledger:
-    """The rows in scope, and which of the batches asked for exist at all."""
 
-    jobs: list[JobRecord]
-    attempts: list[AttemptRecord]
-    runs: list[RunRecord]
-    known_batches: frozenset[str]
+def known_batches(engine: Engine, scope: Scope) -> frozenset[str]:
+    """Which of the batches the scope names exist at all."""
+    if not scope.batches:
+        return frozenset()
+    stmt = select(B.c.name).where(B.c.name.in_(scope.batches))
+    return reading(engine, "reading the ledger", lambda conn: frozenset(conn.execute(stmt).scalars()))
 
 
-def ledger(engine: Engine, scope: Scope) -> Ledger:
-    """Jobs in scope (those with an attempt in the window when one is given), their attempts in
-    the window, and the runs started in the window that worked on them (every run in the window
-    when the scope names no batch, project or tag)."""
-    window = []
-    if scope.since is not None:
-        window.append(A.c.created_at >= scope.since)
-    if scope.until is not None:
-        window.append(A.c.created_at < scope.until)
-    windowed = bool(window)
+def jobs_with_attempts(engine: Engine, scope: Scope) -> Generator[tuple[JobRecord, list[AttemptRecord]], None, None]:
+    """Each job in scope with its attempts (in id order), in job id order: every job of the scope,
+    or, when a window is given, those with an attempt in it and only those attempts. One query,
+    read STREAM_ROWS rows at a time; close the iterator (or read it to the end) to free its
+    connection."""
+    job_names = [c.name for c in J.c] + ["batch"]
+    attempt_names = [c.name for c in A.c] + ["endpoint", "duration_us"]
+    j_id, split, a_id = job_names.index("id"), len(job_names), len(job_names) + attempt_names.index("id")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execution_options(yield_per=STREAM_ROWS).execute(_joined(conn.dialect.name, scope))
+            job: JobRecord | None = None
+            mine: list[AttemptRecord] = []
+            for row in rows:
+                if job is None or row[j_id] != job.id:
+                    if job is not None:
+                        yield job, mine
+                    job, mine = JobRecord.from_row(dict(zip(job_names, row[:split], strict=True))), []
+                if row[a_id] is not None:
+                    mine.append(AttemptRecord.from_row(dict(zip(attempt_names, row[split:], strict=True))))
+            if job is not None:
+                yield job, mine
+    except SQLAlchemyError as exc:
+        raise fail(engine, "reading the ledger", exc) from exc
 
-    def go(conn: Connection) -> Ledger:
-        where = _where(conn.dialect.name, scope)
-        attempts = _attempts(conn, [*where, *window])
-        job_filter = [J.c.id.in_({a.job_id for a in attempts})] if windowed else []
-        jobs = [
-            JobRecord.from_row(r)
-            for r in conn.execute(
-                select(J, B.c.name.label("batch"))
-                .select_from(J.join(B, B.c.id == J.c.batch_id))
-                .where(*where, *job_filter)
-                .order_by(J.c.id)
-            ).mappings()
-        ]
-        known = (
-            frozenset(conn.execute(select(B.c.name).where(B.c.name.in_(scope.batches))).scalars())
-            if scope.batches
-            else frozenset()
+
+def _joined(dialect: str, scope: Scope) -> Select[Any]:
+    """Jobs (with their batch's name) joined with their attempts (with the job's endpoint and the
+    delivered output's duration), ordered by job, then attempt: the job's columns first (its id
+    leading), then the attempt's, as `jobs_with_attempts` reads them."""
+    window = scope.window
+    on = and_(A.c.job_id == J.c.id, *window)
+    jobs = J.join(B, B.c.id == J.c.batch_id)
+    joined = jobs.join(A, on) if window else jobs.outerjoin(A, on)
+    return (
+        select(
+            *J.c,
+            B.c.name,
+            *A.c,
+            J.c.endpoint.label("attempt_endpoint"),  # a label of its own: never merged with the job's
+            OUT.c.duration_us,
         )
-        return Ledger(jobs, attempts, _runs(conn, scope, attempts), known)
-
-    return reading(engine, "reading the ledger", go)
+        .select_from(joined.outerjoin(OUT, OUT.c.attempt_id == A.c.id))
+        .where(*_where(dialect, scope))
+        .order_by(J.c.id, A.c.id)
+    )
 
 
 def _where(dialect: str, scope: Scope) -> list[Any]:
@@ -98,27 +124,61 @@ def _has_tag(dialect: str, tag: str) -> Any:
     return exists(select(literal(1)).select_from(each).where(column("value") == tag))
 
 
-def _runs(conn: Connection, scope: Scope, attempts: list[AttemptRecord]) -> list[RunRecord]:
-    where: list[Any] = []
-    if scope.since is not None:
-        where.append(R.c.started_at >= scope.since)
-    if scope.until is not None:
-        where.append(R.c.started_at < scope.until)
-    if scope.narrowed:
-        worked = {i for a in attempts for i in (a.run_id, a.settled_run_id) if i is not None}
-        named = select(B.c.id).where(B.c.name.in_(scope.batches)) if scope.batches else None
-        where.append(or_(R.c.id.in_(worked), R.c.batch_id.in_(named)) if named is not None else R.c.id.in_(worked))
-    return [RunRecord.from_row(r) for r in conn.execute(select(R).where(*where).order_by(R.c.id)).mappings()]
+def runs(engine: Engine, scope: Scope) -> list[RunRecord]:
+    """The runs started in the window that worked on attempts in scope (or belong to a batch the
+    scope names); every run started in the window when the scope names no batch, project or tag."""
+
+    def go(conn: Connection) -> list[RunRecord]:
+        where: list[Any] = []
+        if scope.since is not None:
+            where.append(R.c.started_at >= scope.since)
+        if scope.until is not None:
+            where.append(R.c.started_at < scope.until)
+        if scope.narrowed:
+            in_scope = [*_where(conn.dialect.name, scope), *scope.window]
+            worked = [
+                R.c.id.in_(select(run_id).select_from(_attempts_from()).where(*in_scope, run_id.is_not(None)))
+                for run_id in (A.c.run_id, A.c.settled_run_id)
+            ]
+            if scope.batches:
+                worked.append(R.c.batch_id.in_(select(B.c.id).where(B.c.name.in_(scope.batches))))
+            where.append(or_(*worked))
+        stmt = select(R).where(*where).order_by(R.c.id)
+        return [RunRecord.from_row(r) for r in conn.execute(stmt).mappings()]
+
+    return reading(engine, "reading the ledger", go)
 
 
-def _attempts(conn: Connection, where: list[Any]) -> list[AttemptRecord]:
-    """Attempts with their job's endpoint and the delivered output's duration."""
-    stmt = (
-        select(A, J.c.endpoint, OUT.c.duration_us)
-        .select_from(
-            A.join(J, J.c.id == A.c.job_id).join(B, B.c.id == J.c.batch_id).outerjoin(OUT, OUT.c.attempt_id == A.c.id)
+def _attempts_from() -> Any:
+    return A.join(J, J.c.id == A.c.job_id).join(B, B.c.id == J.c.batch_id)
+
+
+def attempts_in_scope(engine: Engine, scope: Scope) -> list[AttemptRecord]:
+    """The attempts in scope, in id order, with their job's endpoint and the delivered output's
+    duration (for `reconcile`, over a few days)."""
+
+    def go(conn: Connection) -> list[AttemptRecord]:
+        stmt = (
+            select(A, J.c.endpoint, OUT.c.duration_us)
+            .select_from(_attempts_from().outerjoin(OUT, OUT.c.attempt_id == A.c.id))
+            .where(*_where(conn.dialect.name, scope), *scope.window)
+            .order_by(A.c.id)
         )
-        .where(*where)
-        .order_by(A.c.id)
-    )
-    return [AttemptRecord.from_row(r) for r in conn.execute(stmt).mappings()]
+        return [AttemptRecord.from_row(r) for r in conn.execute(stmt).mappings()]
+
+    return reading(engine, "reading the ledger", go)
+
+
+def attempt_days(engine: Engine, scope: Scope) -> tuple[date | None, date | None]:
+    """The first and last UTC day an attempt in scope was made on (None, None: no attempt)."""
+
+    def go(conn: Connection) -> tuple[date | None, date | None]:
+        stmt = (
+            select(func.min(A.c.created_at), func.max(A.c.created_at))
+            .select_from(_attempts_from())
+            .where(*_where(conn.dialect.name, scope), *scope.window)
+        )
+        lo, hi = conn.execute(stmt).one()
+        return (lo.astimezone(UTC).date() if lo else None, hi.astimezone(UTC).date() if hi else None)
+
+    return reading(engine, "reading the ledger", go)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from click.testing import CliRunner
@@ -119,3 +120,35 @@ def test_line_items_one_per_attempt_with_totals_apart(tmp_path, media, emulator_
 
     table = CliRunner().invoke(cli, ["report", "--items", "--format", "table"], env=env)
     assert table.exit_code == 2 and "--format csv" in table.stderr and table.stdout == ""
+
+
+def test_line_items_are_streamed_as_the_same_text_whatever_the_pieces(
+    tmp_path, media, emulator_factory, db_url, monkeypatch
+):
+    """`report --items` is written as the ledger streams by: its JSON is json.dumps's text of
+    the whole, its scope names the same days as the grouped report's, and the text is the same
+    read a row at a time, handed on a line at a time, or written to a file."""
+    from batch_runner import line_items
+    from batch_runner.db import ledger
+
+    bench, _ = _two_projects(tmp_path, media, emulator_factory, db_url)
+    env = {"BATCH_RUNNER_DB": bench.db_url}
+    now = datetime.now(UTC).date()
+    week, today = (now - timedelta(days=7)).isoformat(), now.isoformat()
+    windows = {0: [], 1: ["--since", "2000-01-01"], 2: ["--since", week], 3: ["--since", week, "--until", today]}
+    for i, window in windows.items():  # all time; over a year (the days with spend); a week; before today
+        text = _cli(env, "--items", "--format", "json", *window)
+        data = json.loads(text)
+        assert text == json.dumps(data, indent=2) + "\n" and len(data["items"]) == (0 if i == 3 else 4)
+        assert data["scope"] == json.loads(_cli(env, "--format", "json", *window))["scope"]
+
+    whole = {fmt: _cli(env, "--items", "--format", fmt) for fmt in ("json", "csv")}
+    grouped = _cli(env, "--format", "json", "--group-by", "day")
+    monkeypatch.setattr(ledger, "STREAM_ROWS", 1)  # the retried job's two attempts come in two fetches
+    monkeypatch.setattr(line_items, "CHUNK_LINES", 1)
+    for fmt, text in whole.items():
+        assert _cli(env, "--items", "--format", fmt) == text
+        result = CliRunner().invoke(cli, ["report", "--items", "--format", fmt, "-o", str(tmp_path / "items")], env=env)
+        assert result.exit_code == 0 and (tmp_path / "items").read_text() == text
+    assert _cli(env, "--format", "json", "--group-by", "day") == grouped
+    assert not list(tmp_path.glob(".items.*"))  # no temporary file left behind

@@ -51,6 +51,7 @@ LAYERS = {
     "health": 7,  # is this machine ready: db, ffprobe, fal, leases
     "prune": 7,  # retention: old events and attempts out, daily rollups in
     "report_html": 8,
+    "line_items": 8,  # report --items, streamed: built on reports
     "plaintable": 8,  # big unwrapped tables laid out as rich would, line by line (display)
     "display": 9,
     "cli": 10,
