@@ -73,6 +73,11 @@ def slack_text(event: dict[str, Any]) -> str:
     bits = [f"batch-runner {event['kind']}", f"run {event.get('run') or '-'}"]
     if event.get("counts"):
         bits.append(", ".join(f"{k} {v}" for k, v in sorted(event["counts"].items())))
+    elif event.get("uncertain"):  # told mid-run, before the run's counts exist
+        bits.append(f"uncertain {event['uncertain']}")
+    if event.get("jobs"):
+        more = " …" if event.get("uncertain", 0) > len(event["jobs"]) else ""
+        bits.append("jobs " + ", ".join(str(j) for j in event["jobs"]) + more)
     if event.get("billed_usd") is not None:
         bits.append(f"billed ${event['billed_usd']}")
     if event.get("message"):

@@ -69,6 +69,11 @@ def test_urls_are_logged_without_their_query_and_slack_text_is_one_line():
     assert text == "batch-runner run.finished: run r1 — succeeded 2; billed $0.60"
 
 
+def test_slack_text_of_uncertain_jobs_told_mid_run_says_how_many_and_which():
+    event = {"kind": "jobs.uncertain", "run": "r1", "uncertain": 3, "jobs": [7, 9]}
+    assert slack_text(event) == "batch-runner jobs.uncertain: run r1 — uncertain 3; jobs 7, 9 …"
+
+
 def test_the_readme_receiver_check_accepts_our_signature_and_refuses_another():
     import re
     import time
