@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -185,6 +186,9 @@ class Pool:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
+        self._ready: deque[Claim] = deque()  # claimed by one thread's transaction for the others
+        self._busy = 0  # slot threads holding a claim
+        self._claim_lock = threading.Lock()  # one claiming transaction at a time in this process
         self.delivery: Stage[Handoff] = Stage(
             "delivery", settings.delivery_count, settings.delivery_capacity, self._deliver, stop
         )
@@ -214,6 +218,7 @@ class Pool:
         for t in slots:
             while t.is_alive():
                 t.join(timeout=0.5)
+        self._release_ready()  # claims taken for threads that stopped first
         self.delivery.close()  # the slot threads are done: deliver what waits, then end
         self.delivery.join()
         for handoff in self.delivery.leftovers():  # stopping: never started, left resumable
@@ -245,20 +250,11 @@ class Pool:
                 return
             seen = self._released.count  # read before the claim: a slot freed during it is not missed
             try:
-                claim = self.queue.claim(
-                    self.run.id,
-                    self.batches,
-                    self.settings.in_flight_cap,
-                    follow_only=self._draining.is_set(),
-                    account_daily_micro_usd=self.settings.account_daily_micro_usd,
-                )
+                claim = self._next_claim()
             except BatchRunnerError as exc:
                 self._fail(exc)
                 return
             if isinstance(claim, BudgetStop):
-                with self._lock:
-                    self.outcome.budget_stop = self.outcome.budget_stop or claim
-                self._draining.set()
                 continue
             if claim is None:
                 if self.breaker is not None:
@@ -276,12 +272,61 @@ class Pool:
                 if not self._process(claim):
                     return
 
+    def _next_claim(self) -> Claim | BudgetStop | None:
+        """A claim another thread took for this one, else one claiming transaction for every slot
+        thread free now (one lock and one commit for several jobs): this thread takes the first,
+        the rest wait in `_ready` for the free threads, which are woken. This process's threads
+        claim one at a time (the dispatch lock serialises claims anyway), so what one thread
+        claims for the others is never claimed twice over. Marks this thread busy."""
+        with self._claim_lock:
+            with self._lock:
+                if self._ready:
+                    self._busy += 1
+                    return self._ready.popleft()
+                want = max(1, self.settings.concurrency - self._busy)
+            if self.breaker is not None and self.breaker.state != "closed":
+                want = 1  # one probe while fal may be down: nothing claimed to sit waiting
+            got = self.queue.claim_many(
+                self.run.id,
+                self.batches,
+                self.settings.in_flight_cap,
+                want,
+                follow_only=self._draining.is_set(),
+                account_daily_micro_usd=self.settings.account_daily_micro_usd,
+            )
+            if got.stop is not None:
+                with self._lock:
+                    self.outcome.budget_stop = self.outcome.budget_stop or got.stop
+                self._draining.set()
+            if not got.claims:
+                return got.stop  # a stop: this thread claims again at once, follow-only
+            with self._lock:
+                self._busy += 1
+                self._ready.extend(got.claims[1:])
+        if len(got.claims) > 1:
+            self._released.fire()  # threads waiting for work take the rest
+        return got.claims[0]
+
+    def _release_ready(self) -> None:
+        """Stopping: claims taken for threads that never started them go back as they were (a
+        submit claim never sent returns to the queue; a live request stays to be followed)."""
+        with self._lock:
+            left = list(self._ready)
+            self._ready.clear()
+        for claim in left:
+            try:
+                self.queue.release(claim, unsent=claim.kind == ClaimKind.SUBMIT)
+            except BatchRunnerError as exc:  # its lease runs out by itself, and the sweep requeues it
+                log.warning("job %s: could not let it go: %s", claim.job.id, exc)
+
     def _process(self, claim: Claim) -> bool:
         """Take one claim until fal's outcome is known and hand its output to the delivery stage
         (waiting while that is full); False when this thread must stop."""
         try:
             go_on, handoff = self._guarded(claim, lambda: self.worker.process(claim))
         finally:
+            with self._lock:
+                self._busy -= 1
             if self.breaker is not None:
                 self.breaker.done()
             self._released.fire()  # its fal slot is free: this or a waiting thread claims the next job

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,15 @@ from .transition import Claim, ClaimKind, Transitions
 
 J, A, R, E = table(Job), table(Attempt), table(Run), table(Event)
 DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What one claiming transaction took: the claims, in claim order, and the budget stop that
+    ended it early (if one did)."""
+
+    claims: list[Claim]
+    stop: BudgetStop | None = None
 
 
 class Dispatch(Transitions):
@@ -159,45 +169,68 @@ class Dispatch(Transitions):
     ) -> Claim | BudgetStop | None:
         """The next job for this worker: a live request to follow first, else a queued job to
         submit (if the in-flight cap and the budgets allow). None when there is nothing."""
+        got = self.claim_many(run_id, batches, max_in_flight, 1, follow_only, account_daily_micro_usd)
+        return got.claims[0] if got.claims else got.stop
 
-        def go(conn: Connection) -> Claim | BudgetStop | None:
+    def claim_many(
+        self,
+        run_id: int,
+        batches: Sequence[str] | None,
+        max_in_flight: int,
+        want: int,
+        follow_only: bool = False,
+        account_daily_micro_usd: int | None = None,
+    ) -> Claims:
+        """Up to `want` jobs in one transaction under the dispatch lock: live requests to follow
+        first, then queued jobs to submit while the in-flight cap allows. Each submit claim is
+        decided and reserved exactly as a single claim would be (the run re-read after each
+        reservation), so a crash leaves each one resumable as a lone claim; the first budget stop
+        ends the list and comes back with the claims made before it."""
+
+        def go(conn: Connection) -> Claims:
             self._serialize(conn)
             now = self._clock(conn)
             self._sweep_stale_submits(conn, now, batches, run_id)
-            followed = self._claim_follow(conn, now, batches, run_id)
-            if followed is not None or follow_only:
-                return followed
+            claims = self._claim_follows(conn, now, batches, run_id, max(1, want))
+            if claims or follow_only:
+                return Claims(claims)
             in_flight = conn.execute(
                 select(func.count()).select_from(J).where(J.c.state.in_([s.value for s in IN_FLIGHT_STATES]))
             ).scalar_one()
-            if in_flight >= max_in_flight:
-                return None
-            job = (
-                conn.execute(
-                    select(J)
-                    .where(
-                        J.c.state == JobState.QUEUED.value,
-                        or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now),
-                        *self._scope(batches),
-                    )
-                    .order_by(J.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
+            room = min(max(1, want), max_in_flight - in_flight)
+            if room <= 0:
+                return Claims([])
+            rows = conn.execute(
+                select(J)
+                .where(
+                    J.c.state == JobState.QUEUED.value,
+                    or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now),
+                    *self._scope(batches),
                 )
-                .mappings()
-                .first()
-            )
-            if job is None:
-                return None
-            run = RunRecord.from_row(conn.execute(select(R).where(R.c.id == run_id)).mappings().one())
-            queued = JobRecord.from_row(job)
-            stop = self._budget_stop(conn, now, queued, run, account_daily_micro_usd)
-            if stop is not None:
-                return stop
-            warning = self._warn(conn, queued, run)
-            return self._submit(conn, now, queued, run_id, warning)
+                .order_by(J.c.id)
+                .limit(room)
+                .with_for_update(skip_locked=True)
+            ).mappings()
+            for queued in [JobRecord.from_row(r) for r in rows]:
+                run = RunRecord.from_row(conn.execute(select(R).where(R.c.id == run_id)).mappings().one())
+                stop = self._budget_stop(conn, now, queued, run, account_daily_micro_usd)
+                if stop is not None:
+                    return Claims(claims, stop)
+                warning = self._warn(conn, queued, run)
+                claims.append(self._submit(conn, now, queued, run_id, warning))
+            return Claims(claims)
 
-        return self._tx("claiming a job", go)
+        return self._tx("claiming jobs" if want > 1 else "claiming a job", go)
+
+    def _claim_follows(
+        self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int, want: int
+    ) -> list[Claim]:
+        """Live requests whose lease is free and whose next look is due (up to `want`), leased
+        to this worker."""
+        claims: list[Claim] = []
+        while len(claims) < want and (followed := self._claim_follow(conn, now, batches, run_id)) is not None:
+            claims.append(followed)
+        return claims
 
     def _claim_follow(
         self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int

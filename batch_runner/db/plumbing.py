@@ -23,6 +23,7 @@ from .engine import safe_url, write_lock
 from .models import Batch, Event, Job, Lock, table, utcnow
 
 J = table(Job)
+_INSERT_EVENT = insert(Event)  # built once: one or more audit rows go as its parameters
 _T = TypeVar("_T")
 
 
@@ -84,7 +85,7 @@ def event_row(
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """The one insert of audit-trail rows (made by `event_row`)."""
     if rows:
-        conn.execute(insert(Event), list(rows))
+        conn.execute(_INSERT_EVENT, list(rows))
 
 
 def upsert(dialect: str, model: Any, keys: list[str], update_with: dict[str, Any] | None = None) -> Any:

@@ -25,6 +25,7 @@ from .plumbing import owner_pid, upsert
 from .transition import Claim
 
 J, A, R = table(Job), table(Attempt), table(Run)
+_INSERT_OUTPUT = insert(table(Output))  # built once (see transition.py)
 
 
 @dataclass(frozen=True)
@@ -298,11 +299,8 @@ class JobQueue(Dispatch):
             )
             total = self._job_billed(conn, claim.job.id)
             if output is not None:
-                conn.execute(
-                    insert(Output).values(
-                        job_id=claim.job.id, attempt_id=claim.attempt.id, created_at=utcnow(), **output
-                    )
-                )
+                row = {"job_id": claim.job.id, "attempt_id": claim.attempt.id, "created_at": utcnow(), **output}
+                conn.execute(_INSERT_OUTPUT, row)
             self._set_job(conn, claim.job, state, reason, attempt_id=claim.attempt.id, billed_micro_usd=total)
 
         self._tx("finishing a job", go)
