@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from .api.transport import RetryPolicy
 from .budget import BudgetStop
+from .config.keys import STORE_URL_LIFETIME_S
 from .db.queue import JobQueue
 from .db.transition import Claim, ClaimKind
 from .domain import JobState, RunEvent
@@ -61,6 +62,7 @@ class PoolSettings:
     settle_after_s: float = 900.0  # an uncertain submit fal's list does not show after this was never created
     delivery_threads: int | None = None  # threads downloading and verifying outputs (None: see delivery_count)
     lookahead: bool = True  # upload the next queued jobs' media before their claims
+    store_url_lifetime_s: int = STORE_URL_LIFETIME_S  # presigned object URLs handed to fal outlive the queue wait
 
     @property
     def in_flight_cap(self) -> int:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import fal_prices, storage
+from . import fal_prices
 from .api.client import FalClient
 from .budget import STOP_HINT, BudgetScope, stop_message
 from .config import Secret, Settings
@@ -214,7 +214,6 @@ def _worker(
             reporter.event(RunEvent.WARNING, None, message=f"could not record {kind}: {exc.message}")
 
     breaker = CircuitBreaker(pool.outage_after, pool.outage_pause_s, pool.outage_pause_max_s, outage)
-    storage.use_run_url_lifetime(settings.store_url_lifetime_s)  # presigned object URLs the worker hands fal
     check = CheckSettings(pool.duration_tolerance_s, strict=pool.strict_verify)
     delivery = Delivery(client, prices, check, source_probe)
     synced = fal_prices.load_synced(settings.fal_prices_path)

@@ -42,16 +42,6 @@ class CannotPresignError(StoreError):
     """The store has no presigned URLs (the caller uploads the bytes instead)."""
 
 
-#: The lifetime of the URLs `url_for_fal` presigns in this process: BATCH_RUNNER_STORE_URL_LIFETIME_S,
-#: set by the runner from its settings before any worker starts (the worker calls url_for_fal).
-_run_url_lifetime_s = [STORE_URL_LIFETIME_S]
-
-
-def use_run_url_lifetime(seconds: int) -> None:
-    """Presign the URLs handed to fal for `seconds` from now on (the setting's value)."""
-    _run_url_lifetime_s[0] = seconds
-
-
 def is_store(value: str) -> bool:
     """Whether a value is an object-store URL such as s3://bucket/key (not http(s), not a path)."""
     m = _SCHEME.match(value)
@@ -161,11 +151,11 @@ def presign(url: str, lifetime_s: int) -> str:
     return signed
 
 
-def url_for_fal(url: str, upload: Callable[[Path], str]) -> str:
+def url_for_fal(url: str, upload: Callable[[Path], str], lifetime_s: int = STORE_URL_LIFETIME_S) -> str:
     """What fal is handed for an object: a presigned URL that outlasts the queue wait (no byte
     through the worker), or from a store that cannot presign, a copy uploaded with `upload`."""
     try:
-        return presign(url, _run_url_lifetime_s[0])
+        return presign(url, lifetime_s)
     except CannotPresignError:
         with _local_copy(url) as local:
             return upload(local)

@@ -8,7 +8,6 @@ turns that one decision into one recorded transition.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Mapping
@@ -31,17 +30,9 @@ from .outcome import Action, Bill, Decision, decide, decide_cancel, decide_resul
 from .output import Delivery, NotDelivered, sidecar
 from .pricing import PriceTable
 from .records import JobRecord
+from .uploads import Uploads
 
 log = get_logger("worker")
-
-# Every upload asks fal to keep the file this long (X-Fal-Object-Lifecycle, api/client.py); without
-# it the account's retention applies, which is configurable
-# (https://docs.fal.ai/documentation/model-apis/media-expiration).
-UPLOAD_LIFETIME_S = 7 * 24 * 3600
-# An uploaded URL is reused for a day less than that, counted from before its upload began (fal
-# cannot start the file's clock earlier): the day covers a job that waits in fal's queue before
-# its runner fetches the source.
-UPLOAD_TTL_S = UPLOAD_LIFETIME_S - 24 * 3600.0
 
 
 class WorkerSettings(Protocol):
@@ -59,6 +50,8 @@ class WorkerSettings(Protocol):
     def poll_max_s(self) -> float: ...
     @property
     def cancel_on_exit(self) -> bool: ...
+    @property
+    def store_url_lifetime_s(self) -> int: ...
 
 
 class Reporter(Protocol):
@@ -117,10 +110,7 @@ class Worker:
         self.reporter, self.delivery, self.stop = reporter, delivery, stop
         self.breaker = breaker
         self.biller = Biller(client, prices, delivery, synced)
-        self._upload_locks: dict[str, threading.Lock] = {}
-        self._uploaded: dict[str, tuple[str, float]] = {}  # content sha256 → URL and its reuse deadline (monotonic)
-        self._digests: dict[str, str] = {}  # file fingerprint → content sha256
-        self._lock = threading.Lock()
+        self.uploads = Uploads(client, queue)
 
     # ------------------------------------------------------------------ entry
 
@@ -277,38 +267,9 @@ class Worker:
 
     def _media_url(self, value: str) -> str:
         """A local file is uploaded to fal; an object (s3://…) goes as a presigned URL (storage.py)."""
-        return storage.url_for_fal(value, self._upload) if storage.is_store(value) else self._upload(Path(value))
-
-    def _upload(self, path: Path) -> str:
-        fp = probe.fingerprint(str(path))
-        with self._lock:
-            digest = self._digests.get(fp)
-        if digest is None:
-            with path.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            with self._lock:
-                self._digests[fp] = digest
-        with self._lock:
-            known = self._uploaded.get(digest)
-            lock = self._upload_locks.setdefault(digest, threading.Lock())
-        if known is not None and time.monotonic() < known[1]:
-            return known[0]
-        with lock:  # two threads with the same source upload it once
-            with self._lock:
-                known = self._uploaded.get(digest)
-            if known is not None and time.monotonic() < known[1]:
-                return known[0]
-            base = self.client.hosts.cdn
-            url = self.queue.cached_upload(digest, base)  # within the reuse window it was stored with
-            if url is not None:
-                return url
-            started = time.monotonic()
-            url = self.client.upload(path, lifetime_s=UPLOAD_LIFETIME_S)
-            left_s = UPLOAD_TTL_S - (time.monotonic() - started)
-            self.queue.store_upload(digest, base, url, path.stat().st_size, left_s)
-            with self._lock:
-                self._uploaded[digest] = (url, started + UPLOAD_TTL_S)
-            return url
+        if storage.is_store(value):
+            return storage.url_for_fal(value, self.uploads.url, self.settings.store_url_lifetime_s)
+        return self.uploads.url(Path(value))
 
     # ------------------------------------------------------------------ follow
 

@@ -75,7 +75,12 @@ def _fal_access(app: App, emulator: bool, concurrency: int) -> Iterator[tuple[Se
 
 
 def _pool_settings(
-    concurrency: int, max_in_flight: int | None, cancel_on_exit: bool, burst: bool, lease_s: float, strict_verify: bool
+    concurrency: int,
+    max_in_flight: int | None,
+    cancel_on_exit: bool,
+    burst: bool,
+    settings: Settings,
+    strict_verify: bool,
 ) -> Any:
     from ..pool import PoolSettings
 
@@ -84,8 +89,9 @@ def _pool_settings(
         max_in_flight=max_in_flight,
         cancel_on_exit=cancel_on_exit,
         burst=burst,
-        lease_s=lease_s,
+        lease_s=settings.lease_s,
         strict_verify=strict_verify,
+        store_url_lifetime_s=settings.store_url_lifetime_s,
     )
 
 
@@ -183,7 +189,7 @@ def _run_command(
             key,
             manifest=manifest,
             batches=list(batches) or None,
-            pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst, settings.lease_s, strict_verify),
+            pool=_pool_settings(concurrency, max_in_flight, cancel_on_exit, burst, settings, strict_verify),
             max_cost_micro_usd=max_cost,
             run_name=run_name,
             reporter=_Tee(progress, *extra),

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from batch_runner import worker
+from batch_runner import uploads
 from batch_runner.api import client as client_module
 from batch_runner.api.client import FalClient
 from batch_runner.config import FalHosts, Secret
@@ -227,8 +227,8 @@ def test_the_runner_reuses_an_upload_only_while_fal_keeps_it(tmp_path, media, em
         stored = _state(server).store.get(_file_id(url))
         fal_until = datetime.fromtimestamp(stored.expires_at, UTC)
         assert reuse_until <= fal_until  # never reused after fal deletes it
-        assert fal_until - datetime.now(UTC) > timedelta(seconds=worker.UPLOAD_LIFETIME_S - 60)
-    assert worker.UPLOAD_TTL_S < worker.UPLOAD_LIFETIME_S
+        assert fal_until - datetime.now(UTC) > timedelta(seconds=uploads.UPLOAD_LIFETIME_S - 60)
+    assert uploads.UPLOAD_TTL_S < uploads.UPLOAD_LIFETIME_S
 
 
 def test_a_refused_signed_upload_url_starts_over_once_then_fails_the_upload_not_the_key(emulator_factory, tmp_path):

@@ -40,6 +40,7 @@ LAYERS = {
     "emulator": 4,
     "fal_prices": 4,
     "billing": 4.5,  # what an outcome is recorded as billed: above output and fal_prices, below worker
+    "uploads": 4.5,  # fal's storage uploads, cached by content hash: below worker
     "worker": 5,
     "planner": 5,
     "pool": 6,
