@@ -13,8 +13,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from . import catalog, fal_prices, outpaths, probe
 from .config import Settings
 from .db.repo import EnqueueResult, Repository, StateCount
@@ -309,8 +307,11 @@ def _strip(reason: str, source: str | None) -> str:
 
 
 def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    urls = [s for s in items if is_remote(s, data_uri=False)]
-    client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True) if urls else None
+    client = None
+    if any(is_remote(s, data_uri=False) for s in items):
+        import httpx  # only URLs need it: a plan of local files starts without it
+
+        client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True)
     try:
         results = probe.run_parallel(lambda s: probe.fingerprint(s, client), items, settings.probe_concurrency)
     finally:
