@@ -65,7 +65,8 @@ class Plan:
     def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
         """The stable `plan --json` shape (money as decimal strings). `lazy`: the job list is an
         iterator, for a writer that encodes it item by item (`cli.planning.emit_json_streamed`)."""
-        jobs = (_job_json(j) for j in self.jobs)
+        usd: dict[int, str] = {}  # a batch has a few distinct prices: each formatted once
+        jobs = (_job_json(j, usd) for j in self.jobs)
         return {
             "batch": self.manifest.batch,
             "price_table": self.price_table,
@@ -157,9 +158,12 @@ def diff_jobs(planned: Sequence[JobSpec], stored: Sequence[JobOutline]) -> PlanD
     return PlanDiff(new, changed, unchanged, removed)
 
 
-def _job_json(j: JobSpec) -> dict[str, Any]:
+def _job_json(j: JobSpec, usd: dict[int, str]) -> dict[str, Any]:
     est = j.estimate
     assert est is not None
+    cost = usd.get(est.micro_usd)
+    if cost is None:
+        cost = usd[est.micro_usd] = est.usd
     return {
         "key": j.key,
         "endpoint": j.endpoint,
@@ -169,7 +173,7 @@ def _job_json(j: JobSpec) -> dict[str, Any]:
         "duration_s": float(j.probe.duration) if j.probe and j.probe.duration is not None else None,
         "billable_units": str(est.billable_units),
         "unit": est.unit,
-        "estimated_cost_usd": est.usd,
+        "estimated_cost_usd": cost,
         "priced_by": est.price_table,
         "price_verified": est.verified,
         "tags": list(j.tags),
