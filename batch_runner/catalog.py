@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from .schema import (
@@ -66,10 +67,19 @@ class Endpoint:
     def __post_init__(self) -> None:
         object.__setattr__(self, "field_map", {f.name: f for f in self.fields})
 
-    @property
+    @cached_property
     def media_fields(self) -> dict[str, str]:
-        """Every field that takes a media URL, with its kind (video or image)."""
+        """Every field that takes a media URL, with its kind (video or image). Shared: do not change it."""
         return {f.name: f.media for f in self.fields if f.media}
+
+    @cached_property
+    def _defaults(self) -> dict[str, Any]:
+        return {f.name: f.default for f in self.fields if f.default is not None}
+
+    @cached_property
+    def _missing(self) -> tuple[Issue, ...]:
+        """The issue of every required field, as check_fields words it for an input without it."""
+        return tuple(check_fields(self.fields, {}, (), False))
 
     @property
     def source_kind(self) -> str | None:
@@ -86,7 +96,7 @@ class Endpoint:
 
     def with_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
         """The input with every schema default filled in (the canonical form)."""
-        out = {f.name: f.default for f in self.fields if f.default is not None}
+        out = dict(self._defaults)
         out.update({k: v for k, v in params.items() if v is not None})
         return out
 
@@ -96,14 +106,42 @@ class Endpoint:
         *,
         source_duration: Decimal | None = None,
         allow_extra: bool = False,
+        memo: CheckMemo | None = None,
     ) -> list[Issue]:
-        """Every problem with an input: types, enums, required fields, cross-field rules."""
-        issues = list(check_fields(self.fields, params, (), allow_extra))
+        """Every problem with an input: types, enums, required fields, cross-field rules. `memo`
+        (a dict kept for one batch, which repeats values) remembers each field value's issues."""
+        if memo is None:
+            issues = list(check_fields(self.fields, params, (), allow_extra))
+        else:
+            issues = self._checked_fields(params, allow_extra, memo)
         if not issues:
             merged = self.with_defaults(params)
             for rule in self.rules:
                 issues.extend(rule(merged, source_duration))
         return issues
+
+    def _checked_fields(self, params: dict[str, Any], allow_extra: bool, memo: CheckMemo) -> list[Issue]:
+        """check_fields(self.fields, params, (), allow_extra), field by field: the issues of a value of
+        an exact type whose equal values always read alike come from the memo after the first time."""
+        issues: list[Issue] = []
+        for name, value in params.items():
+            key = (self.id, allow_extra, name, type(value), value) if type(value) in _MEMO_TYPES else None
+            found = memo.get(key) if key is not None else None
+            if found is None:
+                # a one-field input also has every other required field missing: those come below
+                found = tuple(
+                    i for i in check_fields(self.fields, {name: value}, (), allow_extra) if i not in self._missing
+                )
+                if key is not None:
+                    memo[key] = found
+            issues.extend(found)
+        issues.extend(i for i in self._missing if params.get(i.loc[0]) is None)
+        return issues
+
+
+#: Issues of one field value, by (endpoint id, allow_extra, field, type, value): see Endpoint.validate.
+CheckMemo = dict[tuple[str, bool, str, type, Any], tuple[Issue, ...]]
+_MEMO_TYPES = (str, int, bool, type(None))  # not floats: 0.0 == -0.0, and a message shows which it was
 
 
 # --------------------------------------------------------------------------- the endpoints

@@ -151,7 +151,10 @@ def _output_root(doc: LineDict, file: str, base: Path) -> Path | str:
 def _jobs(x: _Expansion, sources: list[Source]) -> list[JobSpec]:
     """Every source × every combination of the matrix, in written order."""
     keys = list(x.matrix)
-    combos = list(itertools.product(*(x.matrix[k] for k in keys))) or [()]
+    combos = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(x.matrix[k] for k in keys))]
+    swept_at = {k: f"{x.file}:{x.matrix.line_of(k)}" for k in keys}  # where each swept value is set
+    paths = outpaths.OutputPaths(x.template, x.output_root, x.file, x.template_line)
+    memo: catalog.CheckMemo = {}
     jobs: list[JobSpec] = []
     problems = Problems()
     for index, src in enumerate(sources, start=1):
@@ -159,8 +162,10 @@ def _jobs(x: _Expansion, sources: list[Source]) -> list[JobSpec]:
         if located is None:
             continue
         params, where = located
-        for combo in combos:
-            job = problems.attempt(_job, x, src, index, params, where, dict(zip(keys, combo, strict=True)))
+        where.update(swept_at)
+        tags = tuple(dict.fromkeys(x.tags + src.tags))
+        for combo in combos or [{}]:
+            job = problems.attempt(_job, x, src, index, params, where, combo, paths, memo, tags)
             if job is not None:
                 jobs.append(job)
     problems.raise_any()
@@ -195,30 +200,35 @@ def _source_params(x: _Expansion, src: Source) -> tuple[dict[str, Any], dict[str
 
 
 def _job(
-    x: _Expansion, src: Source, index: int, merged: dict[str, Any], located: dict[str, str], combo: dict[str, Any]
+    x: _Expansion,
+    src: Source,
+    index: int,
+    merged: dict[str, Any],
+    where: dict[str, str],
+    combo: dict[str, Any],
+    paths: outpaths.OutputPaths,
+    memo: catalog.CheckMemo,
+    tags: tuple[str, ...],
 ) -> JobSpec:
-    """One job: the source's parameters with one combination of the matrix, validated and placed."""
+    """One job: the source's parameters with one combination of the matrix, validated and placed.
+    `where` says where each parameter was set, the swept ones included."""
     ep = x.ep
-    params, where = dict(merged), dict(located)
-    for k, v in combo.items():
-        params[k] = v
-        where[k] = f"{x.file}:{x.matrix.line_of(k)}"
+    params = {**merged, **combo}
     if ep.source_field and src.source is not None:
         params[ep.source_field] = src.source
-        where[ep.source_field] = src.origin
+        where = {**where, ep.source_field: src.origin}
     _resolve_media(ep, params, x.base)
-    _validate(ep, params, where, src.origin)
+    _validate(ep, params, where, src.origin, memo)
     full = ep.with_defaults(params)
-    out = outpaths.render(x.template, full, src, x.batch, ep, index, x.output_root, x.file, x.template_line)
     return JobSpec(
         batch=x.batch,
         endpoint=ep.id,
         source=src.source,
         media_field=ep.source_field,
         params=full,
-        output=str(out),
+        output=paths.render(full, src, x.batch, ep, index),
         output_root=str(x.output_root),
-        tags=tuple(dict.fromkeys(x.tags + src.tags)),
+        tags=tags,
         origin=src.origin,
         extra_media={
             k: v
@@ -434,10 +444,12 @@ def _elsewhere(value: str) -> bool:
     return is_remote(value) or storage.is_store(value)
 
 
-def _validate(ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str], origin: str) -> None:
+def _validate(
+    ep: catalog.Endpoint, params: dict[str, Any], where: dict[str, str], origin: str, memo: catalog.CheckMemo
+) -> None:
     """Every problem of one job's input, each at the file:line its field was set."""
     errors: list[ManifestError] = []
-    for issue in ep.validate(params):
+    for issue in ep.validate(params, memo=memo):
         loc = where.get(issue.loc[0], origin)
         errors.append(manifest_error(issue.msg, *_where(loc), issue.field, issue.hint))
     raise_all(errors)

@@ -13,12 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from . import catalog, fal_prices, outpaths, probe
+from . import catalog, fal_prices, probe
 from .config import Settings
 from .db.repo import EnqueueResult, Repository, StateCount
-from .domain import Actor, JobSpec, JobState, ProbeResult, format_usd, is_remote
+from .domain import Actor, Estimate, JobSpec, JobState, ProbeResult, format_usd, is_remote
 from .errors import (
     BatchRunnerError,
     ConfigError,
@@ -67,7 +65,8 @@ class Plan:
     def to_json(self, *, lazy: bool = False) -> dict[str, Any]:
         """The stable `plan --json` shape (money as decimal strings). `lazy`: the job list is an
         iterator, for a writer that encodes it item by item (`cli.planning.emit_json_streamed`)."""
-        jobs = (_job_json(j) for j in self.jobs)
+        usd: dict[int, str] = {}  # a batch has a few distinct prices: each formatted once
+        jobs = (_job_json(j, usd) for j in self.jobs)
         return {
             "batch": self.manifest.batch,
             "price_table": self.price_table,
@@ -159,9 +158,12 @@ def diff_jobs(planned: Sequence[JobSpec], stored: Sequence[JobOutline]) -> PlanD
     return PlanDiff(new, changed, unchanged, removed)
 
 
-def _job_json(j: JobSpec) -> dict[str, Any]:
+def _job_json(j: JobSpec, usd: dict[int, str]) -> dict[str, Any]:
     est = j.estimate
     assert est is not None
+    cost = usd.get(est.micro_usd)
+    if cost is None:
+        cost = usd[est.micro_usd] = est.usd
     return {
         "key": j.key,
         "endpoint": j.endpoint,
@@ -171,7 +173,7 @@ def _job_json(j: JobSpec) -> dict[str, Any]:
         "duration_s": float(j.probe.duration) if j.probe and j.probe.duration is not None else None,
         "billable_units": str(est.billable_units),
         "unit": est.unit,
-        "estimated_cost_usd": est.usd,
+        "estimated_cost_usd": cost,
         "priced_by": est.price_table,
         "price_verified": est.verified,
         "tags": list(j.tags),
@@ -184,19 +186,17 @@ def job_key(job: JobSpec, fingerprints: dict[str, str]) -> str:
     media = sorted(
         {fingerprints.get(v, v) for v in ([job.source] if job.source else []) + list(job.extra_media.values())}
     )
-    canonical = json.dumps(
-        {"endpoint": job.endpoint, "input": job.params, "media": media},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = _CANONICAL.encode({"endpoint": job.endpoint, "input": job.params, "media": media})
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# json.dumps(…, sort_keys=True, separators=(",", ":"), ensure_ascii=False), made once, not per job
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repository | None) -> Plan:
     """Expand, probe (through the cache) and price a manifest. Writes no jobs, calls no API."""
-    with outpaths.folders_resolved_once():
-        manifest = load_manifest(manifest_path)
+    manifest = load_manifest(manifest_path)
     synced = fal_prices.load_synced(settings.fal_prices_path)  # fal's prices from the last `prices sync`
     probed = _probe_sources(manifest, settings, repo)
     jobs: list[JobSpec] = []
@@ -204,9 +204,10 @@ def plan(manifest_path: Path, settings: Settings, prices: PriceTable, repo: Repo
     seen_keys: dict[str, str] = {}  # key → origin
     # The priced copies replace the expanded jobs, which are let go one by one (100,000 jobs: memory)
     expanded, manifest = manifest.jobs[::-1], dataclasses.replace(manifest, jobs=[])
+    pricer = _Pricer(manifest.endpoint, probed, prices, synced)
     while expanded:
         spec = expanded.pop()
-        priced = _price(spec, manifest, probed, prices, synced)
+        priced = pricer.price(spec)
         if isinstance(priced, InvalidItem):
             invalid.setdefault((priced.source, priced.reason), priced)
             continue
@@ -282,24 +283,51 @@ def _probe_sources(manifest: Manifest, settings: Settings, repo: Repository | No
     return _Probed(fingerprints, probes, failed, len(misses), hits)
 
 
-def _price(
-    spec: JobSpec, manifest: Manifest, probed: _Probed, prices: PriceTable, synced: fal_prices.SyncedPrices | None
-) -> JobSpec | InvalidItem:
-    """The manifest's job, probed and priced with its key (a new value), or why it is invalid."""
-    ep = manifest.endpoint
-    bad = next((probed.failed[m] for m in [spec.source, *spec.extra_media.values()] if m in probed.failed), None)
-    if bad:
-        return InvalidItem(spec.source or "", _strip(bad, spec.source), spec.origin)
-    pr = probed.probes.get(spec.source) if spec.source else None
-    duration = pr.duration if pr else None
-    issues = ep.validate(spec.params, source_duration=duration)
-    if issues:
-        reason = f"{issues[0].field}: {issues[0].msg}" + (f" ({issues[0].hint})" if issues[0].hint else "")
-        return InvalidItem(spec.source or "", reason, spec.origin)
-    estimate = fal_prices.reserve(prices.estimate(ep, spec.params, duration), prices.entry(ep.id), synced)
-    fingerprint = probed.fingerprints.get(spec.source, "") if spec.source else ""
-    key = job_key(spec, probed.fingerprints)  # endpoint, input and media fingerprints: not the price
-    return dataclasses.replace(spec, probe=pr, fingerprint=fingerprint, estimate=estimate, key=key)
+class _Pricer:
+    """Checks and prices the manifest's jobs one by one; a batch repeats its values, so each field
+    value is checked and each price worked out once (the memos live as long as the plan)."""
+
+    def __init__(
+        self, ep: catalog.Endpoint, probed: _Probed, prices: PriceTable, synced: fal_prices.SyncedPrices | None
+    ) -> None:
+        self.ep, self.probed, self.prices, self.synced = ep, probed, prices, synced
+        self.checks: catalog.CheckMemo = {}
+        self.estimates: dict[tuple[Any, ...], Estimate] = {}
+
+    def price(self, spec: JobSpec) -> JobSpec | InvalidItem:
+        """The manifest's job, probed and priced with its key (a new value), or why it is invalid."""
+        ep, probed = self.ep, self.probed
+        bad = next((probed.failed[m] for m in [spec.source, *spec.extra_media.values()] if m in probed.failed), None)
+        if bad:
+            return InvalidItem(spec.source or "", _strip(bad, spec.source), spec.origin)
+        pr = probed.probes.get(spec.source) if spec.source else None
+        duration = pr.duration if pr else None
+        issues = ep.validate(spec.params, source_duration=duration, memo=self.checks)
+        if issues:
+            reason = f"{issues[0].field}: {issues[0].msg}" + (f" ({issues[0].hint})" if issues[0].hint else "")
+            return InvalidItem(spec.source or "", reason, spec.origin)
+        estimate = self._estimate(spec.params, duration)
+        fingerprint = probed.fingerprints.get(spec.source, "") if spec.source else ""
+        key = job_key(spec, probed.fingerprints)  # endpoint, input and media fingerprints: not the price
+        return _priced(spec, probe=pr, fingerprint=fingerprint, estimate=estimate, key=key)
+
+    def _estimate(self, params: dict[str, Any], duration: Decimal | None) -> Estimate:
+        """The table's estimate, reserved against the synced fal price; the same for every job
+        whose inputs the price depends on are equal (pricing.PriceTable.price_inputs)."""
+        key = self.prices.price_inputs(self.ep, params, duration)
+        found = self.estimates.get(key) if key is not None else None
+        if found is None:
+            found = fal_prices.reserve(
+                self.prices.estimate(self.ep, params, duration), self.prices.entry(self.ep.id), self.synced
+            )
+            if key is not None:
+                self.estimates[key] = found
+        return found
+
+
+def _priced(spec: JobSpec, **changes: Any) -> JobSpec:
+    """dataclasses.replace(spec, **changes) without its per-call look at the fields (10,000 jobs)."""
+    return JobSpec(**{**spec.__dict__, **changes})
 
 
 def _strip(reason: str, source: str | None) -> str:
@@ -309,8 +337,11 @@ def _strip(reason: str, source: str | None) -> str:
 
 
 def _fingerprint_all(items: list[str], settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    urls = [s for s in items if is_remote(s, data_uri=False)]
-    client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True) if urls else None
+    client = None
+    if any(is_remote(s, data_uri=False) for s in items):
+        import httpx  # only URLs need it: a plan of local files starts without it
+
+        client = httpx.Client(timeout=probe.URL_TIMEOUT_S, follow_redirects=True)
     try:
         results = probe.run_parallel(lambda s: probe.fingerprint(s, client), items, settings.probe_concurrency)
     finally:

@@ -81,6 +81,29 @@ class PriceTable:
                 f"price table {self.label} has no price for {endpoint_id}", hint="add it to your --prices file"
             ) from None
 
+    def price_inputs(
+        self, endpoint: catalog.Endpoint, params: dict[str, Any], duration: Decimal | None
+    ) -> tuple[Any, ...] | None:
+        """Everything `estimate` reads of a job, as a key: jobs with equal keys have equal estimates
+        (the duration as written, so that 5E+1 s and 50 s bill as they print). None when the table
+        has no such endpoint or a value cannot be a key."""
+        entry = self.entries.get(endpoint.id)
+        if entry is None:
+            return None
+        key = (
+            endpoint.id,
+            None if endpoint.billing == catalog.PER_VIDEO or duration is None else str(duration),
+            "duration" in params,
+            params.get("duration"),
+            params.get("resolution"),
+            *(params.get(k) for mod in entry.modifiers for k in mod.when),
+        )
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
     def estimate(self, endpoint: catalog.Endpoint, params: dict[str, Any], duration: Decimal | None) -> Estimate:
         """The exact price of one job; `params` must already carry the schema defaults."""
         entry = self.entry(endpoint.id)

@@ -18,17 +18,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
-
-from . import avprobe, storage
+from . import storage
 from .domain import ProbeResult, is_remote
 from .errors import BatchRunnerError, ProbeError, ToolMissingError
 
+if TYPE_CHECKING:  # httpx and PyAV (avprobe) are imported where used: a warm plan needs neither
+    import httpx
+
 FFPROBE = "ffprobe"
 URL_TIMEOUT_S = 10.0
-_IMAGE_FORMATS = avprobe.IMAGE_FORMATS
 _T = TypeVar("_T")
 
 
@@ -75,6 +75,8 @@ def fingerprint(source: str, client: httpx.Client | None = None) -> str:
 
 
 def _url_fingerprint(url: str, client: httpx.Client | None) -> str:
+    import httpx
+
     own = client is None
     client = client or httpx.Client(timeout=URL_TIMEOUT_S, follow_redirects=True)
     try:
@@ -145,6 +147,8 @@ def probe_source(source: str, kind: str, fp: str, *, timeout_s: float, cmd: str 
     or that `_parse` refuses, figures it cannot reproduce) goes to ffprobe, whose answer or error
     message stands. The in-process read has no timeout: fingerprint() admits regular files only."""
     if not is_remote(source, data_uri=False) and not storage.is_store(source):
+        from . import avprobe
+
         try:
             return _parse(source, kind, fp, avprobe.ffprobe_info(source))
         except ProbeError:
@@ -201,6 +205,8 @@ def _explain(stderr: str, kind: str, media_magic: bool | None) -> str:
 
 
 def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult:
+    from .avprobe import IMAGE_FORMATS
+
     streams = info.get("streams") or []
     fmt = info.get("format") or {}
     video = next(
@@ -209,7 +215,7 @@ def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult
     )
     if video is None:
         raise ProbeError(f"{source}: no video stream; not a {kind} file")
-    is_image = fmt.get("format_name", "") in _IMAGE_FORMATS
+    is_image = fmt.get("format_name", "") in IMAGE_FORMATS
     if kind == "video" and is_image:
         raise ProbeError(f"{source}: is an image, not a video", hint="use it as an image_url input")
     if kind == "image" and not is_image and _is_moving(video, fmt):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -37,9 +38,15 @@ from bench._report import publish  # noqa: E402
 from bench._report import run_measured as _run  # noqa: E402
 
 
-def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str]:
+def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str, float]:
+    """Wall seconds, peak RSS (KiB), stdout, stderr and the command's CPU seconds (user + system,
+    its threads included): on a shared machine CPU seconds vary far less than wall time."""
     exe = Path(sys.executable).parent / "batch-runner"
-    return _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, rss, out, err = _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, rss, out, err, cpu
 
 
 ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]
@@ -89,24 +96,31 @@ def probe_phase(files: list[Path]) -> tuple[float, float]:
 ROUNDS = 3  # cold and warm plans each run this many times (a fresh database per round); the best counts
 
 
-def cold_and_warm(m: Path, work: Path, sources: int, jobs: int, rounds: int) -> tuple[float, int, float, int]:
-    """Best wall time (and its peak RSS) of a cold plan on an empty database and of the warm plan
-    after it: the smallest of a few rounds, so another process's burst does not pass for the
-    probe phase (cold − warm) on a shared machine."""
+Best = tuple[float, int, float]  # wall seconds, peak RSS (KiB), CPU seconds
+
+
+def cold_and_warm(m: Path, work: Path, sources: int, jobs: int, rounds: int) -> tuple[Best, Best]:
+    """Best wall time (and its peak RSS), and least CPU time, of a cold plan on an empty database
+    and of the warm plan after it: the smallest of a few rounds, so another process's burst does
+    not pass for the probe phase (cold − warm) on a shared machine."""
     colds, warms = [], []
     for r in range(rounds):
         db = work / f"bench{r}.db"
         db.unlink(missing_ok=True)
         run_measured(["db", "upgrade"], db)  # an explicit --db is never created by itself; not measured
-        wall, rss, out, err = run_measured(["plan", str(m), "--json"], db)
+        wall, rss, out, err, cpu = run_measured(["plan", str(m), "--json"], db)
         assert len(json.loads(out)["jobs"]) == jobs
         assert f"probed {sources} source(s), 0 from cache" in err, err
-        colds.append((wall, rss))
-        wall, rss, out, err = run_measured(["plan", str(m), "--json"], db)
+        colds.append((wall, rss, cpu))
+        wall, rss, out, err, cpu = run_measured(["plan", str(m), "--json"], db)
         assert f"probed 0 source(s), {sources} from cache" in err, err
-        warms.append((wall, rss))
-    (cold, cold_rss), (warm, warm_rss) = min(colds), min(warms)
-    return cold, cold_rss, warm, warm_rss
+        warms.append((wall, rss, cpu))
+    return _best(colds), _best(warms)
+
+
+def _best(runs: list[Best]) -> Best:
+    wall, rss, _ = min(runs)
+    return wall, rss, min(cpu for _, _, cpu in runs)
 
 
 def baseline_insert(rows: int, row_bytes: int) -> float:
@@ -150,12 +164,12 @@ def main() -> None:
 
     base_probe = baseline_ffprobe(files)
     phase, phase_ffprobe = probe_phase(files)
-    cold, cold_rss, warm, warm_rss = cold_and_warm(m, WORK, opts.sources, jobs, ROUNDS)
+    (cold, cold_rss, cold_cpu), (warm, warm_rss, warm_cpu) = cold_and_warm(m, WORK, opts.sources, jobs, ROUNDS)
     db = WORK / f"bench{ROUNDS - 1}.db"
-    warm_table, _, _, _ = run_measured(["plan", str(m)], db)
-    enq, enq_rss, out, _ = run_measured(["enqueue", str(m), "--json"], db)
+    warm_table, _, _, _, table_cpu = run_measured(["plan", str(m)], db)
+    enq, enq_rss, out, _, enq_cpu = run_measured(["enqueue", str(m), "--json"], db)
     assert json.loads(out)["added"] == jobs
-    enq_again, _, out, _ = run_measured(["enqueue", str(m), "--json"], db)
+    enq_again, _, out, _, again_cpu = run_measured(["enqueue", str(m), "--json"], db)
     assert json.loads(out)["added"] == 0
     row_bytes = sqlite3.connect(db).execute("select avg(length(input_json)) from jobs").fetchone()[0]
     base_insert = baseline_insert(jobs, int(row_bytes))
@@ -172,6 +186,7 @@ def main() -> None:
         (
             "cold plan (empty probe cache), --json: whole command",
             f"{cold:.2f} s",
+            f"{cold_cpu:.2f} s",
             f"{cold_rss / 1024:.0f} MB",
             vs_loop(cold_rate),
             "≥ 150 sources/s",
@@ -180,6 +195,7 @@ def main() -> None:
         (
             "cold plan's probe phase (best cold − best warm plan)",
             f"{cold - warm:.2f} s",
+            f"{cold_cpu - warm_cpu:.2f} s",
             "",
             vs_loop(extra_rate) if cold - warm > 0.01 else "within the noise of the two runs",
             "≥ 150 sources/s",
@@ -189,6 +205,7 @@ def main() -> None:
             f"probe call alone (probe_sources, {PROBE_CONCURRENCY} threads)",
             f"{phase:.2f} s",
             "",
+            "",
             f"{vs_loop(phase_rate)}; {phase_rate / old_rate:.1f}× ffprobe per source, same pool ({old_rate:.0f}/s)",
             "≥ 150 sources/s",
             phase_rate >= 150,
@@ -196,6 +213,7 @@ def main() -> None:
         (
             "warm plan (all probes cached), --json",
             f"{warm:.2f} s",
+            f"{warm_cpu:.2f} s",
             f"{warm_rss / 1024:.0f} MB",
             f"{warm / cold:.2f}× the cold plan",
             "< 3 s",
@@ -204,6 +222,7 @@ def main() -> None:
         (
             "warm plan, table output",
             f"{warm_table:.2f} s",
+            f"{table_cpu:.2f} s",
             "",
             f"{warm_table / cold:.2f}× the cold plan",
             "< 3 s",
@@ -212,6 +231,7 @@ def main() -> None:
         (
             "enqueue 10,000 new jobs (incl. warm plan)",
             f"{enq:.2f} s",
+            f"{enq_cpu:.2f} s",
             f"{enq_rss / 1024:.0f} MB",
             (
                 f"its write phase (enqueue − warm plan, {enq - warm:.2f} s) is "
@@ -223,6 +243,7 @@ def main() -> None:
         (
             "enqueue again (adds nothing)",
             f"{enq_again:.2f} s",
+            f"{again_cpu:.2f} s",
             "",
             f"{enq_again / enq:.2f}× the first enqueue",
             "",
@@ -236,10 +257,10 @@ def main() -> None:
             f"combinations = {jobs:,} jobs (`make bench`); cold and warm plans: best of {ROUNDS} rounds."
         ),
         "",
-        "| phase | wall | peak RSS | ratio against the same-run baseline | target | met |",
-        "|---|---|---|---|---|---|",
+        "| phase | wall | CPU (user + system) | peak RSS | ratio against the same-run baseline | target | met |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} | {f} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, f, ok in rows]
     publish("plan-bench", "Plan and enqueue", lines, write=not opts.no_write)
 
 

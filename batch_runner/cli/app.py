@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import display
 from ..config import (
     ENV_CONFIG,
     ENV_DB,
@@ -21,12 +22,13 @@ from ..config import (
     environment_help,
     load_settings,
 )
-from ..db import engine as db_engine
-from ..db.repo import Repository
 from ..domain import usd_to_micro
 from ..errors import EXIT_CODES, BatchRunnerError
 from ..logs import setup_logging
 from ..pricing import PriceTable, load_price_table
+
+if TYPE_CHECKING:  # the database layer (SQLAlchemy, Alembic) is imported on first use
+    from ..db.repo import Repository
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
@@ -58,6 +60,57 @@ class Group(click.Group):
             raise CliError(err) from err
 
 
+#: The module of this package that adds each top-level command. Running one command imports only
+#: its module (`plan` needs none of the run machinery); help, listings and a name missing here
+#: import every module (load_commands). tests/unit/test_cli_lazy.py keeps the table true.
+COMMAND_MODULES = {
+    "cancel": "running",
+    "db": "tooling",
+    "emulator": "tooling",
+    "endpoints": "planning",
+    "enqueue": "planning",
+    "health": "ops",
+    "plan": "planning",
+    "prices": "accounting",
+    "prune": "ops",
+    "reconcile": "accounting",
+    "report": "accounting",
+    "resolve": "running",
+    "retry": "running",
+    "run": "running",
+    "samples": "tooling",
+    "show": "running",
+    "status": "planning",
+    "work": "running",
+}
+
+
+_PACKAGE = __name__.rpartition(".")[0]  # batch_runner.cli
+
+
+def load_commands() -> None:
+    """Import every module of this package, so every command is on the group."""
+    for mod in pkgutil.iter_modules(sys.modules[_PACKAGE].__path__):
+        importlib.import_module(f"{_PACKAGE}.{mod.name}")
+
+
+class LazyGroup(Group):
+    """The top-level group: a command's module is imported when the command is looked up."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMAND_MODULES.get(cmd_name)
+            if module is not None:
+                importlib.import_module(f"{_PACKAGE}.{module}")
+            if cmd_name not in self.commands:
+                load_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_commands()
+        return super().list_commands(ctx)
+
+
 class App:
     """Per-invocation state: settings, and the price table and database opened on first use."""
 
@@ -79,6 +132,9 @@ class App:
         """The job database. Only the default location is created by itself: a --db that names no
         database is an error (exit 6), not a new empty ledger that would pay for everything again."""
         if self._repo is None:
+            from ..db import engine as db_engine
+            from ..db.repo import Repository
+
             self._repo = Repository(
                 db_engine.open_engine(
                     self.settings.db_url, pool_size=self.pool_size, allow_new=self.settings.db_is_default
@@ -123,7 +179,9 @@ Environment (each has a key in the config file, README "Configuration"):
 """
 
 
-@click.group(cls=Group, help=CLI_HELP, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, help=CLI_HELP, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--config",
     "config_path",
@@ -192,6 +250,8 @@ def main() -> None:
     try:
         code = cli.main(prog_name="batch-runner", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
+        from .. import display
+
         click.echo(display.INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as exc:

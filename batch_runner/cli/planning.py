@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .. import display, planner, runner
+from .. import display, planner
 from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError, InvalidItemsError
 from ..manifest import load_manifest
@@ -216,6 +216,8 @@ def enqueue(app: App, manifest: Path, skip_invalid: bool, require_jobs: bool, as
 def status(app: App, batch: str | None, states: tuple[str, ...], as_json: bool) -> None:
     """Count jobs by batch and state, or list the jobs in some states."""
     if states:
+        from .. import runner  # the run machinery (fal client, pool): not needed to plan
+
         rows = runner.select_jobs(app.repo, [batch] if batch else None, [JobState(s) for s in states], [])
         if as_json:
             emit_json({"jobs": [job_listing(r) for r in rows]})

@@ -8,12 +8,9 @@ import threading
 import weakref
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -22,6 +19,12 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import DatabaseBehindError, DatabaseError, DatabaseNotFoundError, shorten
 
+if TYPE_CHECKING:  # Alembic is imported where it is used: opening a current SQLite file needs none of it
+    from alembic.config import Config
+
+#: The newest migration (tests/unit/test_db_head.py checks it is Alembic's head): a SQLite file at
+#: it is current, known without loading Alembic and its scripts.
+HEAD_REVISION = "0008"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 #: tables every batch-runner schema has had since revision 0001
@@ -101,7 +104,7 @@ def inspect_sqlite(path: Path, *, allow_new: bool) -> str | None:
             "not our schema); it was left untouched",
             hint=_CHECK_HINT,
         )
-    if revision is not None and revision not in _known_revisions():
+    if revision is not None and revision != HEAD_REVISION and revision not in _known_revisions():
         shown = repr(revision) if len(revision) <= 32 else repr(revision[:32]) + "…"  # another program's text
         raise DatabaseNotFoundError(
             f"{path} is at schema revision {shown}, which this batch-runner does not know; it was left untouched",
@@ -145,6 +148,8 @@ def _read_schema(path: Path) -> tuple[frozenset[str], str | None]:
 
 
 def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
     return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
@@ -176,6 +181,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
@@ -239,11 +246,15 @@ def create(url: str, pool_size: int | None = None) -> Engine:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -254,6 +265,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     pysqlite runs DDL outside a transaction, so a failure could leave a half-migrated file:
     the file is backed up first and restored if anything fails.
     """
+    from alembic import command
+
     cfg = alembic_config()
     if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
         with engine.begin() as conn:
@@ -314,11 +327,13 @@ def open_engine(
     that is behind raises DatabaseBehindError with the fix.
     """
     path = sqlite_file(url)
-    if path is not None:
-        inspect_sqlite(path, allow_new=allow_new)
+    stored = inspect_sqlite(path, allow_new=allow_new) if path is not None else None
     engine = create(url, pool_size)
     is_sqlite = engine.dialect.name == "sqlite"
     try:
+        if stored == HEAD_REVISION:  # a current SQLite file: connecting is all there is left to check
+            with engine.connect():
+                return engine
         current = current_revision(engine)
         head = head_revision()
         if current is not None and current not in _known_revisions():  # PostgreSQL (SQLite is inspected above)

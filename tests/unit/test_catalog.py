@@ -159,3 +159,32 @@ def test_defaults_fill_the_canonical_input():
 def test_issue_renders_as_a_fal_422_detail_item():
     [issue] = _issues("ray-3.2/reframe", {**REFRAME, "aspect_ratio": "2:1"})
     assert issue.as_detail() == {"loc": ["body", "aspect_ratio"], "msg": issue.msg, "type": "enum"}
+
+
+_INPUTS = [
+    {"prompt": "p", "video_url": "a.mp4", "aspect_ratio": "9:16"},
+    {"prompt": "p", "video_url": "a.mp4", "aspect_ratio": "9x16"},
+    {"prompt": 3, "video_url": None, "aspect_ratio": "1:1", "resolution": "2k"},
+    {"prompt": "p", "video_url": "a.mp4", "aspect_ratio": "1:1", "hdr": True, "loop": 1, "extra": "x"},
+    {"prompt": "p", "video_url": "a.mp4", "aspect_ratio": "1:1", "grid_position_x": True, "x_start": 5, "x_end": 2},
+    {"prompt": "p", "video_url": "a.mp4", "aspect_ratio": "1:1", "grid_position_x": 1, "x_start": 1.0},
+    {"prompt": "\x00", "aspect_ratio": "3:4", "source_position": {"x_norm": 0.9, "y_norm": 0, "w_norm": 0.5}},
+    {"prompt": "p", "image_url": "i.png", "duration": "10s", "loop": True, "end_image_url": "e.png"},
+    {"prompt": " ", "reference_image_urls": ["a", 3], "duration": "9s", "mode": "flex_9"},
+    {},
+]
+
+
+@pytest.mark.parametrize("allow_extra", [False, True])
+def test_validate_with_a_memo_reports_exactly_what_validate_reports(allow_extra):
+    """A plan keeps one memo for all its jobs: whatever order they come in, each job gets the issues
+    a memo-less check gives it (booleans are not taken for the integers they equal)."""
+    memo: catalog.CheckMemo = {}
+    for _ in range(2):  # the second round answers from the memo
+        for ep in catalog.ENDPOINTS:
+            for params in _INPUTS:
+                for duration in (None, Decimal("31")):
+                    plain = ep.validate(params, source_duration=duration, allow_extra=allow_extra)
+                    memoised = ep.validate(params, source_duration=duration, allow_extra=allow_extra, memo=memo)
+                    assert memoised == plain, (ep.alias, params)
+    assert memo

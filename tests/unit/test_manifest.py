@@ -1,5 +1,6 @@
 """Manifest parsing and expansion; every error names file:line and the field."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,33 @@ def test_two_jobs_with_the_same_output_path(files: Path):
 def test_template_escaping_the_output_root(files: Path):
     err = fails(files, HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4]\noutput: "../../{stem}.mp4"\n')
     assert err.field == "output" and "escapes the output root" in str(err)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{batch}/{stem}.mp4",  # a folder that does not exist yet
+        "linked/{stem}.mp4",  # a folder that is a symlink
+        "real/{stem}.mp4",  # an existing folder whose a.mp4 is a symlink (out of the root) and b.mp4 is not
+        "real/../{stem}_{aspect_ratio}.mp4",  # a relative step inside the root
+        "{stem}/..",  # a relative step as the name
+        "../out/{stem}.mp4",  # out of the root and back in
+    ],
+)
+def test_outputs_are_the_resolved_paths_of_the_template(files: Path, template: str):
+    """Outputs resolve each folder once; they are still what Path.resolve gives for every job."""
+    out = files / "out"
+    (out / "real").mkdir(parents=True)
+    os.symlink(out / "real", out / "linked")
+    os.symlink(files / "outside.mp4", out / "real" / "a.mp4")
+    body = HEAD + '  aspect_ratio: "1:1"\nsources: [media/a.mp4, media/b.mp4]\n' + f'output: "{template}"\n'
+    if template in ("real/{stem}.mp4", "linked/{stem}.mp4", "{stem}/.."):  # a.mp4 leads out; a/.. is the root
+        assert "escapes the output root" in str(fails(files, body))
+        return
+    m = load(files, body)
+    for job, stem in zip(m.jobs, ("a", "b"), strict=True):
+        rendered = template.format(batch="nightly", stem=stem, aspect_ratio="1x1")
+        assert job.output == str((out / rendered).resolve())
 
 
 def test_unknown_placeholder(files: Path):

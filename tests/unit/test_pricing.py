@@ -172,3 +172,28 @@ def test_money_is_never_float():
 )
 def test_format_usd(micro, text):
     assert format_usd(micro) == text
+
+
+def test_jobs_with_equal_price_inputs_have_equal_estimates():
+    """Planning prices each distinct price_inputs key once: the key holds all an estimate reads."""
+    seen: dict[tuple, object] = {}
+    durations = [None, Decimal("5"), Decimal("5.04"), Decimal("5E+1"), Decimal("50"), Decimal("50.0")]
+    extras = [{}, {"resolution": "720p"}, {"resolution": "1080p", "duration": "10s"}, {"hdr": True}, {"loop": True}]
+    for ep in catalog.ENDPOINTS:
+        for extra in extras:
+            params = ep.with_defaults({"prompt": "p", "aspect_ratio": "1:1", **extra})
+            for duration in durations:
+                key = TABLE.price_inputs(ep, params, duration)
+                assert key is not None
+                try:
+                    est = TABLE.estimate(ep, params, duration)
+                except ValueError:  # bills per second and has no duration
+                    continue
+                assert seen.setdefault(key, est) == est, (ep.alias, extra, duration)
+                assert str(seen[key].billable_units) == str(est.billable_units)  # 5E+1 s is not 50 s as printed
+
+
+def test_price_inputs_of_an_unhashable_value_is_none():
+    ep = catalog.endpoint("ray-3.2/text-to-video")
+    params = ep.with_defaults({"prompt": "p", "resolution": ["720p"]})
+    assert TABLE.price_inputs(ep, params, None) is None

@@ -1,0 +1,57 @@
+"""The CLI's start-up: a command imports only its own module, so `plan` starts without the run
+machinery (fal client, worker pool, httpx), PyAV when it has nothing to probe, or Alembic when the
+database is current."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from batch_runner.cli import cli
+from batch_runner.cli.app import COMMAND_MODULES
+from tests.conftest import REPO, write
+
+
+def test_the_lazy_group_names_the_module_of_every_command():
+    defined_in = {name: cmd.callback.__module__.rsplit(".", 1)[-1] for name, cmd in cli.commands.items()}
+    assert defined_in == COMMAND_MODULES
+
+
+_RUN_PLAN = """
+import json, os, sys
+from batch_runner.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+with open(os.environ["SEEN"], "w") as fh:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, fh)
+"""
+
+
+def test_plan_starts_without_the_run_machinery_or_migrations(tmp_path: Path):
+    manifest = write(
+        tmp_path / "m.yaml",
+        "batch: b\nendpoint: ray-3.2/text-to-video\nsources:\n  - params: {prompt: hello}\n",
+    )
+    seen = tmp_path / "modules.json"
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "PYTHONPATH": str(REPO), "SEEN": str(seen)}
+    for run in ("creates the database", "finds it current"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _RUN_PLAN, "plan", str(manifest), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(seen.read_text())
+        assert result["code"] == 0
+        loaded = set(result["modules"])
+        assert "batch_runner.planner" in loaded
+        heavy = ["httpx", "av", "batch_runner.runner", "batch_runner.pool", "batch_runner.api.client"]
+        for name in heavy + (["alembic"] if run == "finds it current" else []):
+            assert name not in loaded, f"plan imported {name} when it {run}"
