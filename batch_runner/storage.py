@@ -16,10 +16,10 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec  # type: ignore[import-untyped]  # fsspec ships no type information
-from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
+if TYPE_CHECKING:  # fsspec is imported on the first object-store URL: with it come asyncio and ssl
+    from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]  # fsspec ships no types
 
 from .config.keys import STORE_URL_LIFETIME_S
 from .errors import ProbeError, shorten
@@ -56,11 +56,15 @@ def _s3_options(url: str) -> dict[str, Any]:
     m = _SCHEME.match(url)
     if m is None or m.group(1).lower() not in ("s3", "s3a"):
         return {}
+    import fsspec  # type: ignore[import-untyped]
+
     configured = fsspec.config.conf.get("s3", {}).get("config_kwargs", {})
     return {"config_kwargs": {**configured, "signature_version": "s3v4"}}
 
 
 def _fs(url: str) -> tuple[AbstractFileSystem, str]:
+    import fsspec
+
     try:
         fs, path = fsspec.core.url_to_fs(url, **_s3_options(url))
     except ImportError as exc:  # a scheme whose backend (gcsfs, adlfs, …) is not installed: fsspec names it

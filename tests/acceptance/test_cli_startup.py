@@ -1,6 +1,6 @@
 """The CLI's start-up: a command imports only its own module, so `plan` starts without the run
-machinery (fal client, worker pool, httpx), PyAV when it has nothing to probe, or Alembic when the
-database is current."""
+machinery (fal client, worker pool, httpx), fsspec when no URL is an object store's, PyAV when
+it has nothing to probe, or Alembic when the database is current."""
 
 from __future__ import annotations
 
@@ -52,6 +52,6 @@ def test_plan_starts_without_the_run_machinery_or_migrations(tmp_path: Path):
         assert result["code"] == 0
         loaded = set(result["modules"])
         assert "batch_runner.planner" in loaded
-        heavy = ["httpx", "av", "batch_runner.runner", "batch_runner.pool", "batch_runner.api.client"]
+        heavy = ["httpx", "av", "fsspec", "batch_runner.runner", "batch_runner.pool", "batch_runner.api.client"]
         for name in heavy + (["alembic"] if run == "finds it current" else []):
             assert name not in loaded, f"plan imported {name} when it {run}"
