@@ -17,7 +17,7 @@ import av
 import av.error
 from av.stream import Disposition
 
-from .domain import ProbeResult
+from .domain import IMAGE_FORMATS, ProbeResult
 from .errors import ProbeError
 
 
@@ -53,9 +53,8 @@ def probe_video(path: Path, fingerprint: str) -> ProbeResult:
         raise ProbeError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-# Containers of still images (ffprobe's format_name): no display matrix at the stream level, so no
+# A still image's container (domain.IMAGE_FORMATS) has no display matrix at the stream level, so no
 # frame is decoded (a decoder may read a rotation from EXIF that ffprobe's -show_streams never shows).
-IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
 
 
 def ffprobe_info(path: str) -> dict[str, Any]:
@@ -176,4 +175,4 @@ def _rotation(container: av.container.InputContainer, video: av.video.stream.Vid
     return 0
 
 
-__all__ = ["IMAGE_FORMATS", "ffprobe_info", "probe_video"]
+__all__ = ["ffprobe_info", "probe_video"]

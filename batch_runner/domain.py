@@ -117,6 +117,11 @@ def format_seconds(seconds: Decimal) -> str:
     return f"{d.quantize(Decimal(1)) if d == d.to_integral_value() else d:f}"
 
 
+#: Containers of still images, as ffprobe and libavformat name them (format_name): read by both
+#: probe paths (probe.py's ffprobe, avprobe.py's PyAV), so neither imports the other for it.
+IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe")
+
+
 def is_remote(value: str, *, data_uri: bool = True) -> bool:
     """Whether a source or media value is fetched from elsewhere rather than read as a local path:
     an http(s) URL or a data URI. `data_uri=False` asks for an http(s) URL only (what an HTTP client

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import storage
-from .domain import ProbeResult, is_remote
+from .domain import IMAGE_FORMATS, ProbeResult, is_remote
 from .errors import BatchRunnerError, ProbeError, ToolMissingError
 
 if TYPE_CHECKING:  # httpx and PyAV (avprobe) are imported where used: a warm plan needs neither
@@ -205,8 +205,6 @@ def _explain(stderr: str, kind: str, media_magic: bool | None) -> str:
 
 
 def _parse(source: str, kind: str, fp: str, info: dict[str, Any]) -> ProbeResult:
-    from .avprobe import IMAGE_FORMATS
-
     streams = info.get("streams") or []
     fmt = info.get("format") or {}
     video = next(
