@@ -185,9 +185,12 @@ class Report:
             self.reserved += a.reserved_micro_usd or 0
 
     def _lines(self, job: JobRecord, when: datetime | None) -> list[Line]:
-        """The lines a job's figures go to (made when first needed), then the total."""
-        lines = [self.groups.get(k) or self.groups.setdefault(k, Line()) for k in _keys(self.group_by, job, when)]
-        return [*lines, self.total]
+        """The lines a job's figures go to, then the total."""
+        return [*(self.line(k) for k in _keys(self.group_by, job, when)), self.total]
+
+    def line(self, key: str) -> Line:
+        """The group's line, made when first needed."""
+        return self.groups.get(key) or self.groups.setdefault(key, Line())
 
 
 def _keys(group_by: str, job: JobRecord, when: datetime | None) -> list[str]:
@@ -241,8 +244,7 @@ def fold(repo: Repository, report: Report, cards: int = 0) -> Iterator[tuple[Job
 def finish(report: Report, now: datetime, rollups: list[RollupRow]) -> None:
     """Add the pruned jobs' rollups and draw the charts' figures."""
     for r in rollups:
-        key = _rollup_key(report.group_by, r)
-        for line in [report.groups.get(key) or report.groups.setdefault(key, Line()), report.total]:
+        for line in [report.line(_rollup_key(report.group_by, r)), report.total]:
             line.add_rollup(r)
     _charts(report, now, rollups)
 

@@ -40,11 +40,15 @@ class Scope:
     @property
     def window(self) -> list[Any]:
         """The attempts' time-window conditions (none when no time is given)."""
+        return self.between(A.c.created_at)
+
+    def between(self, when: Any) -> list[Any]:
+        """The conditions that put the time column `when` in [since, until)."""
         window = []
         if self.since is not None:
-            window.append(A.c.created_at >= self.since)
+            window.append(when >= self.since)
         if self.until is not None:
-            window.append(A.c.created_at < self.until)
+            window.append(when < self.until)
         return window
 
 
@@ -129,11 +133,7 @@ def runs(engine: Engine, scope: Scope) -> list[RunRecord]:
     scope names); every run started in the window when the scope names no batch, project or tag."""
 
     def go(conn: Connection) -> list[RunRecord]:
-        where: list[Any] = []
-        if scope.since is not None:
-            where.append(R.c.started_at >= scope.since)
-        if scope.until is not None:
-            where.append(R.c.started_at < scope.until)
+        where = scope.between(R.c.started_at)
         if scope.narrowed:
             in_scope = [*_where(conn.dialect.name, scope), *scope.window]
             worked = [
