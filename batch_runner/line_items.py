@@ -15,6 +15,7 @@ from .db.ledger import Scope, attempt_days
 from .db.prune import rollup_totals
 from .db.repo import Repository
 from .domain import AttemptState, format_usd
+from .jsontext import list_pieces
 from .records import AttemptRecord, JobRecord
 from .reports import Report, check, day_range, finish, fold, start
 
@@ -144,26 +145,27 @@ def _json_items(repo: Repository, scope: Scope) -> Iterator[str]:
     report, now, rollups = start(repo, scope, "endpoint"), datetime.now(UTC), rollup_totals(repo.engine, scope)
     days = [d for d in attempt_days(repo.engine, scope) if d is not None] + [r.day for r in rollups]
     report.first_day, report.last_day = day_range(scope, min(days, default=None), max(days, default=None), now)
-    yield "{\n" + _member("scope", report.scope_dict()) + ',\n  "items": ['
-    count, chunk = 0, []
-    for job, attempts in fold(repo, report):
-        for line in items(job, attempts):
-            chunk.append(("\n" if count == 0 else ",\n") + _indented(line, "    "))
-            count += 1
-        if len(chunk) >= CHUNK_LINES:
-            yield "".join(chunk)
-            chunk = []
+    yield "{\n" + _member("scope", report.scope_dict()) + ',\n  "items": '
+    count = [0]
+
+    def lines() -> Iterator[dict[str, Any]]:
+        for job, attempts in fold(repo, report):
+            for line in items(job, attempts):
+                count[0] += 1
+                yield line
+
+    yield from list_pieces(lines(), "  ", _dumps, CHUNK_LINES)
     finish(report, now, rollups)
-    yield "".join(chunk) + ("\n  ]" if count else "]") + ",\n" + _member("totals", item_totals(report, count)) + "\n}\n"
+    yield ",\n" + _member("totals", item_totals(report, count[0])) + "\n}\n"
 
 
 def _member(key: str, value: Any) -> str:
     """One member of a top-level object as json.dumps(indent=2) writes it."""
-    return f"  {json.dumps(key)}: " + _indented(value, "  ")[2:]
+    return f"  {json.dumps(key)}: " + _dumps(value).replace("\n", "\n  ")
 
 
-def _indented(value: Any, indent: str) -> str:
-    return indent + json.dumps(value, indent=2).replace("\n", "\n" + indent)
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2)
 
 
 _PARAMS, _TAGS = ITEM_COLUMNS.index("params"), ITEM_COLUMNS.index("tags")

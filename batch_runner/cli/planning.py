@@ -13,6 +13,7 @@ import click
 from .. import display, planner
 from ..domain import JobState, format_usd
 from ..errors import BudgetExceededError, InvalidItemsError
+from ..jsontext import list_pieces
 from ..manifest import load_manifest
 from ..records import JobRecord
 from .app import App, cli, emit_json, exit_codes_help, json_default, parse_usd
@@ -64,16 +65,14 @@ def emit_json_streamed(data: dict[str, Any]) -> None:
     click.echo("")
 
 
-def _echo_list(items: Iterator[Any], outer: str, chunk: int = 1000) -> None:
+def _echo_list(items: Iterator[Any], outer: str) -> None:
     """A list as json.dumps(indent=2) writes it on a line indented by `outer`."""
-    inner, buf, n = outer + "  ", [], 0
-    for n, item in enumerate(items, 1):
-        text = json.dumps(item, indent=2, ensure_ascii=False, default=json_default)
-        buf.append(("[\n" if n == 1 else ",\n") + inner + text.replace("\n", "\n" + inner))
-        if len(buf) >= chunk:
-            click.echo("".join(buf), nl=False)
-            buf = []
-    click.echo("".join(buf) + (f"\n{outer}]" if n else "[]"), nl=False)
+    for piece in list_pieces(items, outer, _dumps):
+        click.echo(piece, nl=False)
+
+
+def _dumps(item: Any) -> str:
+    return json.dumps(item, indent=2, ensure_ascii=False, default=json_default)
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -20,6 +20,7 @@ LAYERS = {
     "yamlload": 2,
     "records": 2,  # rows as frozen records, built once in db/
     "atomic": 1,  # files written whole or not at all
+    "jsontext": 1,  # JSON text piece by piece, as json.dumps(indent=2) writes the whole
     "avprobe": 2.5,  # in-process probing (PyAV), below probe.py that falls back to ffprobe
     "outpaths": 3.5,  # output paths from the manifest template: above sources, below manifest
     "budget": 2,  # pure rules over numbers; db/ asks them under the claim's lock, so it sits below db
