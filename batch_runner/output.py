@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import avprobe, catalog, storage
+from . import catalog, storage
 from .api.answers import Reply
 from .api.client import FalClient
 from .domain import Estimate, ProbeResult, format_seconds, format_usd
@@ -215,6 +215,8 @@ class Delivery:
     def _verify(self, job: JobRecord, path: Path) -> tuple[str | None, tuple[str, ...], ProbeResult]:
         """Probe the download in-process (avprobe: ffprobe's figures without a process per file):
         (what breaks fal's promise, what differs from our convention, the figures)."""
+        from . import avprobe  # PyAV (about 60 ms to import) loads at the first delivery, not before the first submit
+
         try:
             got = avprobe.probe_video(path, f"file:{path}")
         except ProbeError as exc:

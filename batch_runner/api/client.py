@@ -6,9 +6,11 @@ into the Authorization header; it is never logged, stored or shown.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mimetypes
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,15 @@ STREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0, read=30.0)  # fal sends keep-
 MULTIPART_THRESHOLD = 90 * 1024 * 1024
 MULTIPART_CHUNK = 10 * 1024 * 1024
 DOWNLOAD_CHUNK = 1 << 20
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every client in this process, built on first use: httpx builds and
+    loads the CA bundle into a new one for each client otherwise, about 25 ms of CPU each and four
+    clients per run. Built as httpx builds its default (certifi's bundle, or SSL_CERT_FILE /
+    SSL_CERT_DIR when set); a context is safe to share between clients and threads."""
+    return httpx.create_ssl_context()
 
 
 def _utcnow() -> datetime:
@@ -83,6 +94,7 @@ class FalClient:
             follow_redirects=True,
             headers={"Authorization": f"Key {key.reveal()}", "User-Agent": "batch-runner/0.1"},
             transport=transport,
+            verify=tls_context(),
         )
         # Output files live on CDN hosts: fetch them without our key, so it never leaves for them.
         self._plain = httpx.Client(
@@ -91,6 +103,7 @@ class FalClient:
             follow_redirects=True,
             headers={"User-Agent": "batch-runner/0.1"},
             transport=transport,
+            verify=tls_context(),
         )
         self.stop = stop or threading.Event()
         self.transport = Transport(self._http, policy or RetryPolicy(), self.stop)

@@ -396,6 +396,8 @@ class Queue:
                     "cost_usd": _usd(req.cost_micro_usd) if req.cost_micro_usd is not None else None,
                     "error": req.error,
                     "error_type": req.error_type,
+                    "started_at": iso(req.started_at) if req.started_at is not None else None,
+                    "completed_at": iso(req.completed_at) if req.completed_at is not None else None,
                 }
             rows.append(row)
         return rows
