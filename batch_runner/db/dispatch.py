@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import BigInteger, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .. import budget
@@ -22,11 +22,57 @@ from ..budget import BudgetStop
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, AttemptState, JobState
 from ..records import AttemptRecord, JobRecord, RunRecord
 from .models import Attempt, Batch, Event, Job, Run, table, utcnow
-from .plumbing import owner_pid
-from .transition import Claim, ClaimKind, Transitions
+from .plumbing import IN_BATCHES, owner_pid
+from .transition import _ATTEMPT, _JOB_BY_ID, Claim, ClaimKind, Transitions
+
+
+def _pair(build: Callable[..., Any]) -> tuple[Any, Any]:
+    return build(), build(IN_BATCHES)
+
 
 J, A, R, E = table(Job), table(Attempt), table(Run), table(Event)
 DAY = timedelta(hours=24)
+
+# A claim's statements, built once (see transition.py); each job query comes as a pair, for every
+# batch and for the batches named in b_batches (Plumbing._scoped picks one).
+_NOW = bindparam("b_now", type_=J.c.lease_expires_at.type)
+_EST = bindparam("b_est", type_=BigInteger())
+_FREE = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < _NOW)
+_DUE = or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= _NOW)
+_STALE_SUBMITS = _pair(
+    lambda *scope: select(J).where(J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < _NOW, *scope)
+)
+_NEXT_FOLLOW = _pair(
+    lambda *scope: (
+        select(J)
+        .where(J.c.state.in_([s.value for s in FOLLOW_STATES]), _FREE, _DUE, *scope)
+        .order_by(J.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+)
+_NEXT_QUEUED = _pair(
+    lambda *scope: (
+        select(J)
+        .where(J.c.state == JobState.QUEUED.value, _DUE, *scope)
+        .order_by(J.c.id)
+        .limit(bindparam("b_room"))
+        .with_for_update(skip_locked=True)
+    )
+)
+_IN_FLIGHT = select(func.count()).select_from(J).where(J.c.state.in_([s.value for s in IN_FLIGHT_STATES]))
+_RUN = select(R).where(R.c.id == bindparam("b_run_id"))
+# The reservation repeats the run rule as its WHERE: a bill settled since the read (outside the
+# dispatch lock) may have raised what the run has committed.
+_RESERVE = (
+    update(R)
+    .where(
+        R.c.id == bindparam("b_run_id"),
+        or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + _EST <= R.c.budget_micro_usd),
+    )
+    .values(reserved_micro_usd=R.c.reserved_micro_usd + _EST)
+)
+_INSERT_ATTEMPT = insert(A)
 
 
 @dataclass(frozen=True)
@@ -194,25 +240,13 @@ class Dispatch(Transitions):
             claims = self._claim_follows(conn, now, batches, run_id, max(1, want))
             if claims or follow_only:
                 return Claims(claims)
-            in_flight = conn.execute(
-                select(func.count()).select_from(J).where(J.c.state.in_([s.value for s in IN_FLIGHT_STATES]))
-            ).scalar_one()
+            in_flight = conn.execute(_IN_FLIGHT).scalar_one()
             room = min(max(1, want), max_in_flight - in_flight)
             if room <= 0:
                 return Claims([])
-            rows = conn.execute(
-                select(J)
-                .where(
-                    J.c.state == JobState.QUEUED.value,
-                    or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now),
-                    *self._scope(batches),
-                )
-                .order_by(J.c.id)
-                .limit(room)
-                .with_for_update(skip_locked=True)
-            ).mappings()
+            rows = conn.execute(*self._scoped(_NEXT_QUEUED, batches, {"b_now": now, "b_room": room})).mappings()
             for queued in [JobRecord.from_row(r) for r in rows]:
-                run = RunRecord.from_row(conn.execute(select(R).where(R.c.id == run_id)).mappings().one())
+                run = RunRecord.from_row(conn.execute(_RUN, {"b_run_id": run_id}).mappings().one())
                 stop = self._budget_stop(conn, now, queued, run, account_daily_micro_usd)
                 if stop is not None:
                     return Claims(claims, stop)
@@ -236,19 +270,7 @@ class Dispatch(Transitions):
         self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int
     ) -> Claim | None:
         """A live request whose lease is free and whose next look is due, leased to this worker."""
-        free = or_(J.c.lease_owner.is_(None), J.c.lease_expires_at < now)
-        due = or_(J.c.next_attempt_at.is_(None), J.c.next_attempt_at <= now)
-        follow = (
-            conn.execute(
-                select(J)
-                .where(J.c.state.in_([s.value for s in FOLLOW_STATES]), free, due, *self._scope(batches))
-                .order_by(J.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            .mappings()
-            .first()
-        )
+        follow = conn.execute(*self._scoped(_NEXT_FOLLOW, batches, {"b_now": now})).mappings().first()
         if follow is None:
             return None
         job = JobRecord.from_row(follow)
@@ -276,16 +298,7 @@ class Dispatch(Transitions):
         stop = budget.run_stop(job.id, est, run.reserved_micro_usd, run.budget_micro_usd)
         if stop is not None:
             return stop
-        # The reservation repeats the run rule as its WHERE: a bill settled since the read (outside
-        # the dispatch lock) may have raised what the run has committed.
-        reserved = conn.execute(
-            update(R)
-            .where(
-                R.c.id == run.id,
-                or_(R.c.budget_micro_usd.is_(None), R.c.reserved_micro_usd + est <= R.c.budget_micro_usd),
-            )
-            .values(reserved_micro_usd=R.c.reserved_micro_usd + est)
-        )
+        reserved = conn.execute(_RESERVE, {"b_run_id": run.id, "b_est": est})
         if reserved.rowcount != 1:
             limit = run.budget_micro_usd or 0
             return BudgetStop(job.id, est, limit - run.reserved_micro_usd, limit, budget.BudgetScope.RUN)
@@ -314,30 +327,31 @@ class Dispatch(Transitions):
         number = job.attempt_count + 1
         lease_end = now + timedelta(seconds=self.lease_s)
         key = conn.execute(
-            insert(A).values(
-                job_id=job.id,
-                number=number,
-                run_id=run_id,
-                batch_id=job.batch_id,
-                worker=self.worker,
-                state=AttemptState.PREPARING.value,
-                reserved_micro_usd=est,
-                created_at=now,
-            )
+            _INSERT_ATTEMPT,
+            {
+                "job_id": job.id,
+                "number": number,
+                "run_id": run_id,
+                "batch_id": job.batch_id,
+                "worker": self.worker,
+                "state": AttemptState.PREPARING.value,
+                "reserved_micro_usd": est,
+                "created_at": now,
+            },
         ).inserted_primary_key
         assert key is not None  # a single-row INSERT always reports its primary key
         attempt_id = key[0]
         conn.execute(
-            update(J)
-            .where(J.c.id == job.id)
-            .values(
-                state=JobState.SUBMITTING.value,
-                attempt_count=number,
-                lease_owner=self.worker,
-                lease_expires_at=lease_end,
-                updated_at=now,
-                next_attempt_at=None,
-            )
+            _JOB_BY_ID,
+            {
+                "b_job_id": job.id,
+                "state": JobState.SUBMITTING.value,
+                "attempt_count": number,
+                "lease_owner": self.worker,
+                "lease_expires_at": lease_end,
+                "updated_at": now,
+                "next_attempt_at": None,
+            },
         )
         self._event(
             conn,
@@ -350,7 +364,7 @@ class Dispatch(Transitions):
             reserved_micro_usd=est,
             worker=self.worker,
         )
-        created = AttemptRecord.from_row(conn.execute(select(A).where(A.c.id == attempt_id)).mappings().one())
+        created = AttemptRecord.from_row(conn.execute(_ATTEMPT, {"b_attempt_id": attempt_id}).mappings().one())
         claimed = job.evolve(
             state=JobState.SUBMITTING,
             attempt_count=number,
@@ -376,9 +390,7 @@ class Dispatch(Transitions):
     ) -> None:
         """Jobs left in `submitting` by a dead worker: requeue what was never sent, and mark
         what may have been sent as uncertain (never resubmitted automatically)."""
-        stale = conn.execute(
-            select(J).where(J.c.state == JobState.SUBMITTING.value, J.c.lease_expires_at < now, *self._scope(batches))
-        ).mappings()
+        stale = conn.execute(*self._scoped(_STALE_SUBMITS, batches, {"b_now": now})).mappings()
         for job in [JobRecord.from_row(r) for r in stale]:
             attempt = self._latest_attempt(conn, job.id)
             if attempt.state == AttemptState.PREPARING.value:

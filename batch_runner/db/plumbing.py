@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +24,11 @@ from .models import Batch, Event, Job, Lock, table, utcnow
 
 J = table(Job)
 _INSERT_EVENT = insert(Event)  # built once: one or more audit rows go as its parameters
+# Built once as well (see transition.py): the dispatch lock, the server's clock, and the WHERE term
+# that keeps a job query to some batches (their names go as the expanding parameter b_batches).
+_TAKE_DISPATCH = update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1)
+_SERVER_NOW = select(func.clock_timestamp())
+IN_BATCHES = J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(bindparam("b_batches", expanding=True))))
 _T = TypeVar("_T")
 
 
@@ -167,7 +172,7 @@ class Plumbing:
         server's clock, so workers on machines whose clocks disagree still agree on when a lease
         ends; SQLite is on this machine anyway."""
         if conn.dialect.name == "postgresql":
-            server_now: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
+            server_now: datetime = conn.execute(_SERVER_NOW).scalar_one()
             return server_now
         return utcnow()
 
@@ -182,7 +187,7 @@ class Plumbing:
     def _serialize(conn: Connection) -> None:
         """Take the `dispatch` row lock: held to the end of the transaction, it makes claims and run
         creation one at a time across every thread, process and machine."""
-        conn.execute(update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1))
+        conn.execute(_TAKE_DISPATCH)
 
     @staticmethod
     def _scope(batches: Sequence[str] | None) -> list[Any]:
@@ -190,3 +195,12 @@ class Plumbing:
         if not batches:
             return []
         return [J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(list(batches))))]
+
+    @staticmethod
+    def _scoped(
+        statements: tuple[Any, Any], batches: Sequence[str] | None, params: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run one of a prebuilt pair, (every batch, IN_BATCHES), for these batches."""
+        if not batches:
+            return statements[0], params
+        return statements[1], {**params, "b_batches": list(batches)}

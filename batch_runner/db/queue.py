@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, TERMINAL_STATES, AttemptState, JobState
@@ -22,10 +22,11 @@ from ..records import JobRecord, RunRecord
 from .dispatch import Dispatch
 from .models import Attempt, Event, Job, Output, Run, Upload, table, utcnow
 from .plumbing import owner_pid, upsert
-from .transition import Claim
+from .transition import _ATTEMPT_BY_ID, Claim
 
 J, A, R = table(Job), table(Attempt), table(Run)
 _INSERT_OUTPUT = insert(table(Output))  # built once (see transition.py)
+_ATTEMPT_STILL = update(A).where(A.c.id == bindparam("b_attempt_id"), A.c.state == bindparam("b_state"))
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,14 @@ class JobQueue(Dispatch):
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             moved = conn.execute(
-                update(A)
-                .where(A.c.id == claim.attempt.id, A.c.state == AttemptState.PREPARING.value)
-                .values(state=AttemptState.SENDING.value, input_sha256=input_sha256, sent_at=self._clock(conn))
+                _ATTEMPT_STILL,
+                {
+                    "b_attempt_id": claim.attempt.id,
+                    "b_state": AttemptState.PREPARING.value,
+                    "state": AttemptState.SENDING.value,
+                    "input_sha256": input_sha256,
+                    "sent_at": self._clock(conn),
+                },
             ).rowcount
             if moved != 1:
                 raise LeaseLostError(f"job {claim.job.id}: attempt {claim.attempt.number} was closed by another worker")
@@ -80,7 +86,7 @@ class JobQueue(Dispatch):
             try:
                 self._hold(conn, claim)
             except LeaseLostError:
-                conn.execute(update(A).where(A.c.id == claim.attempt.id).values(**request))
+                conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, **request})
                 self._event(
                     conn,
                     "attempt.submitted_after_lease_lost",
@@ -91,7 +97,7 @@ class JobQueue(Dispatch):
                 )
                 return None
             conn.execute(
-                update(A).where(A.c.id == claim.attempt.id).values(state=AttemptState.SUBMITTED.value, **request)
+                _ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "state": AttemptState.SUBMITTED.value, **request}
             )
             job = self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt.id, keep_lease=True)
             self._event(
@@ -121,7 +127,7 @@ class JobQueue(Dispatch):
 
         def go(conn: Connection) -> Claim:
             self._hold(conn, claim)
-            conn.execute(update(A).where(A.c.id == claim.attempt.id).values(state=state.value, **extra))
+            conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "state": state.value, **extra})
             job = claim.job
             if job.state != state:
                 job = self._set_job(conn, job, state, attempt_id=claim.attempt.id, keep_lease=True)
@@ -249,7 +255,7 @@ class JobQueue(Dispatch):
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
-            conn.execute(update(A).where(A.c.id == claim.attempt.id).values(settled_run_id=claim.run_id))
+            conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "settled_run_id": claim.run_id})
             self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt.id)
 
         self._tx("marking a job uncertain", go)

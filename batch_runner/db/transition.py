@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, func, select, update
+from sqlalchemy import BigInteger, Interval, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain import AttemptState, JobState
@@ -25,6 +25,13 @@ J, A, R = table(Job), table(Attempt), table(Run)
 _JOB_BY_ID = update(J).where(J.c.id == bindparam("b_job_id"))
 _ATTEMPT_BY_ID = update(A).where(A.c.id == bindparam("b_attempt_id"))
 _JOB_BILLED = select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == bindparam("b_job_id"))
+_LATEST_ATTEMPT = select(A).where(A.c.job_id == bindparam("b_job_id")).order_by(A.c.number.desc()).limit(1)
+_ATTEMPT = select(A).where(A.c.id == bindparam("b_attempt_id"))
+_SETTLE_RESERVATION = (  # billed replaces what was reserved: b_delta = billed - reserved
+    update(R)
+    .where(R.c.id == bindparam("b_run_id"))
+    .values(reserved_micro_usd=R.c.reserved_micro_usd + bindparam("b_delta", type_=BigInteger()))
+)
 _HELD = (J.c.id == bindparam("b_job_id"), J.c.lease_owner == bindparam("b_owner"))
 _HOLD_UNTIL = update(J).where(*_HELD).values(lease_expires_at=bindparam("b_until", type_=J.c.lease_expires_at.type))
 # PostgreSQL: the lease ends by the server's clock (see Plumbing._clock)
@@ -120,17 +127,13 @@ class Transitions(Plumbing):
             and attempt.billed_micro_usd is None
         ):
             conn.execute(
-                update(R)
-                .where(R.c.id == attempt.run_id)
-                .values(reserved_micro_usd=R.c.reserved_micro_usd + billed - attempt.reserved_micro_usd)
+                _SETTLE_RESERVATION, {"b_run_id": attempt.run_id, "b_delta": billed - attempt.reserved_micro_usd}
             )
         return attempt.evolve(state=state, error=error, **money, **values)
 
     @staticmethod
     def _latest_attempt(conn: Connection, job_id: int) -> AttemptRecord:
-        return AttemptRecord.from_row(
-            conn.execute(select(A).where(A.c.job_id == job_id).order_by(A.c.number.desc()).limit(1)).mappings().one()
-        )
+        return AttemptRecord.from_row(conn.execute(_LATEST_ATTEMPT, {"b_job_id": job_id}).mappings().one())
 
     @staticmethod
     def _job_billed(conn: Connection, job_id: int) -> int:
@@ -139,9 +142,8 @@ class Transitions(Plumbing):
 
     def _lease(self, conn: Connection, job_id: int, now: datetime) -> None:
         conn.execute(
-            update(J)
-            .where(J.c.id == job_id)
-            .values(lease_owner=self.worker, lease_expires_at=now + timedelta(seconds=self.lease_s))
+            _JOB_BY_ID,
+            {"b_job_id": job_id, "lease_owner": self.worker, "lease_expires_at": now + timedelta(seconds=self.lease_s)},
         )
 
     def _hold(self, conn: Connection, claim: Claim) -> None:
