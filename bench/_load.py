@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,15 +57,23 @@ class EmulatorProcess:
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        assert self.proc.stdout is not None  # stdout=PIPE
         self.url = self.proc.stdout.readline().strip()
         return self
 
-    def health(self) -> dict:
-        return httpx.get(f"{self.url}/_emulator/health", timeout=30).json()
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{self.url}/_emulator/health", timeout=30).json()
+        return body
 
-    def accepted_per_input(self) -> Counter:
-        """Requests fal accepted, per input payload hash."""
-        rows = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
+    def requests(self) -> list[dict[str, Any]]:
+        """Every submission the emulator received, as its inspection lists it (received_at, and for
+        accepted ones started_at and completed_at: batch_runner/emulator/queue.py `inspection`)."""
+        rows: list[dict[str, Any]] = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
+        return rows
+
+    def accepted_per_input(self, rows: list[dict[str, Any]] | None = None) -> Counter[str]:
+        """Requests fal accepted, per input payload hash (from `rows` if already read)."""
+        rows = self.requests() if rows is None else rows
         return Counter(r["input_sha256"] for r in rows if r["request_id"])
 
     def __exit__(self, *exc: object) -> None:

@@ -5,8 +5,9 @@ Each contender gets a fresh emulator process (fal's time model sped up, outputs 
 per shape so the emulator's ffmpeg does not eat the CPU the workers need) and a fresh database
 with the batch already enqueued. Every process runs `work --until-done` with the same number of
 threads, and the account's in-flight limit is raised to cover them all, as a team adding machines
-would. Wall time runs from starting the workers to the last one exiting. Figures go to
-BENCHMARKS.md.
+would. Wall time runs from starting the workers to the last one exiting. A second table breaks
+each row's time above fal's floor down from the emulator's own timestamps (start-up, tail, fal's
+latency, refill gaps; issue 14). Figures go to BENCHMARKS.md.
 
 Usage: python bench/bench_scale.py [--sources 8] [--speed 30] [--threads 8] [--no-write]
 """
@@ -14,6 +15,7 @@ Usage: python bench/bench_scale.py [--sources 8] [--speed 30] [--threads 8] [--n
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import os
 import shutil
@@ -21,8 +23,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work-scale"
@@ -40,7 +45,7 @@ def prepare(sources: int) -> Path:
     return write_load_batch(WORK, sources, GRID_X)
 
 
-def fresh_database(backend: str, tag: str) -> tuple[str, object]:
+def fresh_database(backend: str, tag: str) -> tuple[str, Callable[[], None]]:
     """A URL for an empty database, and how to drop it."""
     if backend == "sqlite":
         path = WORK / f"{tag}.db"
@@ -69,9 +74,90 @@ def warm_renders(data_dir: Path) -> None:
         subprocess.run([str(EXE), "--fal-url", emu.url, "run", str(warm)], env=env, check=True, capture_output=True)
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """One contender's accepted requests as fal (the emulator) timed them, in seconds from starting
+    the workers, ordered by when fal received them; and when the last worker exited."""
+
+    received: list[float]
+    completed: list[float]
+    exited: float
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], start: float, exited: float) -> Timeline:
+        """`rows` from the emulator's /_emulator/requests; `start` and `exited` are time.time()."""
+
+        def at(stamp: str) -> float:
+            return datetime.fromisoformat(stamp).timestamp() - start
+
+        accepted = [r for r in rows if r["request_id"]]
+        assert all(r["completed_at"] for r in accepted), "a request never completed"
+        spans = sorted((at(r["received_at"]), at(r["completed_at"])) for r in accepted)
+        return cls([r for r, _ in spans], [c for _, c in spans], exited - start)
+
+    def first_submit(self) -> float:
+        """From starting the workers to fal receiving the first submit."""
+        return self.received[0]
+
+    def tail(self) -> float:
+        """From fal's last completion to the last worker exiting."""
+        return self.exited - max(self.completed)
+
+    def latencies(self) -> list[float]:
+        """fal's own time per request, receipt to completion, in the order fal received them."""
+        return [c - r for r, c in zip(self.received, self.completed, strict=True)]
+
+    def floor(self, slots: int) -> float:
+        """fal's floor at its measured latencies: list scheduling of the requests, in the order fal
+        received them, each on the earliest-free of `slots` with no gap from one's completion to the
+        next's submit and each taking its measured latency; the makespan."""
+        free = [0.0] * slots
+        for latency in self.latencies():
+            heapq.heappush(free, heapq.heappop(free) + latency)
+        return max(free)
+
+    def refill_gaps(self, slots: int) -> list[float]:
+        """For each submit after the first `slots`, the time since the earliest completion not yet
+        matched by a submit (the slot it refilled), sorted."""
+        done = sorted(self.completed)
+        return sorted(self.received[i] - done[i - slots] for i in range(slots, len(self.received)))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of the table: a contender's wall time, worker CPU, fal's peak, and its timeline."""
+
+    label: str
+    processes: int
+    wall: float
+    cpu: float
+    peak: int
+    timeline: Timeline
+
+
+def run_workers(env: dict[str, str], tag: str, processes: int, threads: int) -> tuple[float, float, float, float]:
+    """Start `processes` workers and wait for them all: time.time() at their start and at the last
+    exit, the wall time between (perf_counter), and their CPU seconds."""
+    logs = [(WORK / f"{tag}-{i}.log").open("w") for i in range(processes)]
+    command = [str(EXE), "work", "--batch", "bench", "--until-done", "--concurrency", str(threads)]
+    command += ["--max-in-flight", str(threads * processes), "--json"]
+    started, start = time.time(), time.perf_counter()
+    procs = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    cpu = 0.0
+    for p in procs:
+        _, status, usage = os.wait4(p.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{tag}: a worker failed; see {WORK}/{tag}-*.log")
+        cpu += usage.ru_utime + usage.ru_stime
+    wall, exited = time.perf_counter() - start, time.time()
+    for log in logs:
+        log.close()
+    return started, exited, wall, cpu
+
+
 def contender(
-    manifest: Path, backend: str, processes: int, threads: int, speed: float, jobs: int, data_dir: Path
-) -> dict:
+    manifest: Path, label: str, backend: str, processes: int, threads: int, speed: float, jobs: int, data_dir: Path
+) -> Result:
     tag = f"{backend}-{processes}"
     shutil.rmtree(WORK / "out", ignore_errors=True)
     url, drop = fresh_database(backend, tag)
@@ -83,43 +169,16 @@ def contender(
         emulator = ("--speed", str(speed), "--reuse-renders", "--concurrency", "1000", "--data-dir", str(data_dir))
         with EmulatorProcess(*emulator) as emu:
             env["BATCH_RUNNER_FAL_URL"] = emu.url
-            logs = [(WORK / f"{tag}-{i}.log").open("w") for i in range(processes)]
-            start = time.perf_counter()
-            procs = [
-                subprocess.Popen(
-                    [
-                        str(EXE),
-                        "work",
-                        "--batch",
-                        "bench",
-                        "--until-done",
-                        "--concurrency",
-                        str(threads),
-                        "--max-in-flight",
-                        str(threads * processes),
-                        "--json",
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                for log in logs
-            ]
-            cpu = 0.0
-            for p in procs:
-                _, status, usage = os.wait4(p.pid, 0)
-                if os.waitstatus_to_exitcode(status) != 0:
-                    raise SystemExit(f"{tag}: a worker failed; see {WORK}/{tag}-*.log")
-                cpu += usage.ru_utime + usage.ru_stime
-            wall = time.perf_counter() - start
-            per_input = emu.accepted_per_input()
+            started, exited, wall, cpu = run_workers(env, tag, processes, threads)
+            rows = emu.requests()
             peak = emu.health()["peak_open_requests"]
+        per_input = emu.accepted_per_input(rows)
         assert len(per_input) == jobs and set(per_input.values()) == {1}, f"{tag}: a job was not done exactly once"
         done = len(list((WORK / "out" / "bench").glob("*.mp4")))
         assert done == jobs, f"{tag}: {done} outputs"
     finally:
         drop()
-    return {"tag": tag, "wall": wall, "cpu": cpu, "peak": peak}
+    return Result(label, processes, wall, cpu, peak, Timeline.from_rows(rows, started, exited))
 
 
 def claim_ms(manifest: Path, backend: str, claims: int = 200, per: int = 8) -> tuple[float, float]:
@@ -158,6 +217,81 @@ def claim_ms(manifest: Path, backend: str, claims: int = 200, per: int = 8) -> t
         drop()
 
 
+def model_floor(jobs: int, slots: int, speed: float) -> float:
+    """The wall time fal's latency model alone allows: rounds of (queue delay + processing) at this
+    many in flight (the emulator's 2 s queue delay and Ray 2 Flash reframe's 60 s, divided by speed)."""
+    return math.ceil(jobs / slots) * (2.0 + 60.0) / speed
+
+
+def row_name(r: Result, results: list[Result]) -> str:
+    return "1 process (baseline)" if r is results[0] else f"{r.processes} process{'es' if r.processes > 1 else ''}"
+
+
+def scale_table(results: list[Result], jobs: int, threads: int, speed: float) -> list[str]:
+    lines = [
+        (
+            "| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
+            "| fal's floor at its measured latencies (share reached) "
+            "| peak requests in flight at fal | worker CPU per job |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = results[0].wall
+    for r in results:
+        floor = model_floor(jobs, threads * r.processes, speed)
+        measured = r.timeline.floor(threads * r.processes)
+        lines.append(
+            f"| {row_name(r, results)} | {r.label} | {r.wall:.1f} s | {jobs / r.wall:.1f} | {base / r.wall:.2f} "
+            f"| {floor:.1f} s ({floor / r.wall:.0%}) | {measured:.1f} s ({measured / r.wall:.1%}) "
+            f"| {r.peak} | {r.cpu / jobs * 1000:.0f} ms |"
+        )
+    return lines
+
+
+def breakdown_table(results: list[Result], threads: int, speed: float) -> list[str]:
+    """Where each row's time above fal's floor goes, from the emulator's timestamps."""
+    lines = [
+        (
+            f"Where the time above fal's floor goes. *Start-up*: from starting the worker processes to fal "
+            f"receiving the first submit. *Tail*: from fal's last completion to the last worker exiting. "
+            f"*fal latency*: fal's own time per request, receipt to completion as the emulator measured it "
+            f"(mean), and in brackets the model's (2 s queue + 60 s processing) / speed; the "
+            f"main table's measured floor schedules these latencies, in the order fal received the requests, "
+            f"on the in-flight slots with no gap between one's completion and the next submit. *Refill gap*: "
+            f"for each submit after the first {threads} × processes, the time since the earliest completion "
+            f"not yet refilled (mean and 90th percentile) — the worker's share of each round."
+        ),
+        "",
+        (
+            "| workers | database | start-up to first submit | tail after last completion "
+            "| fal latency per request, mean (model) | refill gap mean | refill gap p90 |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t = r.timeline
+        latencies, gaps = t.latencies(), t.refill_gaps(threads * r.processes)
+        mean_gap = f"{sum(gaps) / len(gaps) * 1000:.0f} ms" if gaps else "n/a"
+        p90_gap = f"{gaps[min(len(gaps) - 1, int(len(gaps) * 0.9))] * 1000:.0f} ms" if gaps else "n/a"
+        lines.append(
+            f"| {row_name(r, results)} | {r.label} | {t.first_submit():.2f} s | {t.tail():.2f} s "
+            f"| {sum(latencies) / len(latencies):.3f} s ({62 / speed:.3f} s) | {mean_gap} | {p90_gap} |"
+        )
+    return lines
+
+
+def claims_note(latency: dict[str, tuple[float, float]], threads: int) -> str:
+    return (
+        f"One claim (dispatch row lock, sweep, pick, budget reservation, attempt row, audit event), "
+        f"alone, in-process: {latency['sqlite'][0]:.1f} ms on SQLite, {latency['postgresql'][0]:.1f} ms on "
+        f"PostgreSQL; claimed {threads} to a transaction (what a worker's free threads take at once), "
+        f"{latency['sqlite'][1]:.1f} ms and {latency['postgresql'][1]:.1f} ms per job. Claims queue on one row "
+        f"lock, so they are bounded at about {1000 / latency['postgresql'][1]:.0f} jobs a second on PostgreSQL "
+        f"across all machines. Before the timed rows, one untimed run renders each output shape into the "
+        f"emulator data folder that every row's emulator then uses (the emulator's own ffmpeg cost, not fal's)."
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", type=int, default=8)
@@ -179,49 +313,27 @@ def main() -> None:
     warm_renders(data_dir)
     results = []
     for label, backend, n in runs:
-        r = contender(manifest, backend, n, opts.threads, opts.speed, jobs, data_dir)
+        r = contender(manifest, label, backend, n, opts.threads, opts.speed, jobs, data_dir)
         print(
-            f"{label} × {n}: {r['wall']:.1f} s, {jobs / r['wall']:.1f} jobs/s, worker CPU {r['cpu']:.1f} s, "
-            f"peak in flight {r['peak']}",
+            f"{label} × {n}: {r.wall:.1f} s, {jobs / r.wall:.1f} jobs/s, worker CPU {r.cpu:.1f} s, "
+            f"peak in flight {r.peak}",
             flush=True,
         )
-        results.append((label, n, r))
+        results.append(r)
     latency = {b: claim_ms(manifest, b, claims=min(200, jobs), per=opts.threads) for b in ("sqlite", "postgresql")}
-    base = results[0][2]["wall"]
-    processing = 60.0 / opts.speed
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         (
             f"Measured {stamp} on {os.cpu_count()} cores: {jobs} jobs (Ray 2 Flash reframe), {opts.threads} threads "
-            f"per worker process, emulator at speed {opts.speed:g} ({processing:.1f} s of processing per job, "
+            f"per worker process, emulator at speed {opts.speed:g} ({60.0 / opts.speed:.1f} s of processing per job, "
             f"outputs rendered once per shape), `--max-in-flight` = threads × processes (`make bench`)."
         ),
         "",
-        (
-            "| workers | database | wall | jobs/s | throughput vs baseline | fal's own floor (share of it reached) "
-            "| peak requests in flight at fal | worker CPU per job |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, n, r in results:
-        name = "1 process (baseline)" if r is results[0][2] else f"{n} process{'es' if n > 1 else ''}"
-        # the wall time fal's latency alone allows: rounds of (queue delay + processing) at this many in flight
-        floor = math.ceil(jobs / (opts.threads * n)) * (2.0 + 60.0) / opts.speed
-        lines.append(
-            f"| {name} | {label} | {r['wall']:.1f} s | {jobs / r['wall']:.1f} | {base / r['wall']:.2f} "
-            f"| {floor:.1f} s ({floor / r['wall']:.0%}) | {r['peak']} | {r['cpu'] / jobs * 1000:.0f} ms |"
-        )
-    lines += [
+        *scale_table(results, jobs, opts.threads, opts.speed),
         "",
-        (
-            f"One claim (dispatch row lock, sweep, pick, budget reservation, attempt row, audit event), "
-            f"alone, in-process: {latency['sqlite'][0]:.1f} ms on SQLite, {latency['postgresql'][0]:.1f} ms on "
-            f"PostgreSQL; claimed {opts.threads} to a transaction (what a worker's free threads take at once), "
-            f"{latency['sqlite'][1]:.1f} ms and {latency['postgresql'][1]:.1f} ms per job. Claims queue on one row "
-            f"lock, so they are bounded at about {1000 / latency['postgresql'][1]:.0f} jobs a second on PostgreSQL "
-            f"across all machines. Before the timed rows, one untimed run renders each output shape into the "
-            f"emulator data folder that every row's emulator then uses (the emulator's own ffmpeg cost, not fal's)."
-        ),
+        *breakdown_table(results, opts.threads, opts.speed),
+        "",
+        claims_note(latency, opts.threads),
     ]
     publish("scale-bench", "Scale-out", lines, write=not opts.no_write)
 
