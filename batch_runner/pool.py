@@ -50,6 +50,7 @@ class PoolSettings:
     poll_max_s: float = 15.0
     idle_s: float = 0.5  # how often an idle worker looks for work at first...
     idle_max_s: float = 5.0  # ...doubling while it finds none (many idle workers, one dispatch lock)
+    watch_s: float = 0.5  # a burst run's one watching idle thread looks this often (the batch may end elsewhere)
     duration_tolerance_s: Decimal = Decimal("0.25")
     strict_verify: bool = False  # an output that differs from the output convention fails its job
     cancel_on_exit: bool = False
@@ -188,6 +189,8 @@ class Pool:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
+        self._finished = threading.Event()  # burst mode: one thread found nothing left; the idle others end too
+        self._watcher: int | None = None  # the one idle slot thread that looks again at the short interval
         self._ready: deque[Claim] = deque()  # claimed by one thread's transaction for the others
         self._busy = 0  # slot threads holding a claim
         self._claim_lock = threading.Lock()  # one claiming transaction at a time in this process
@@ -266,6 +269,7 @@ class Pool:
                 idle += 1
                 continue
             idle = 0
+            self._unwatch()
             if claim.kind == ClaimKind.SUBMIT:
                 self.lookahead.poke()  # the queue's head moved: ready the next uploads
             if claim.warning:
@@ -340,19 +344,45 @@ class Pool:
         """False when this thread should exit (burst mode and nothing left for it). Otherwise wait
         until a slot frees or a job ends (`seen` is the release count before the claim that found
         nothing), or a while: longer the longer nothing was found, so idle workers do not hammer
-        the dispatch lock."""
+        the dispatch lock. In burst mode one idle thread, the watcher, looks every `watch_s`: the
+        batch's last jobs may end in another process, which wakes nothing here, and a run that
+        waited out the others' backoff would exit up to `idle_max_s` late."""
+        if self._finished.is_set():
+            return False
         remaining = self.queue.remaining(self.batches)
         active = sum(n for s, n in remaining.items() if s != JobState.QUEUED.value)
         queued = remaining.get(JobState.QUEUED.value, 0)
         if self.settings.burst and active == 0 and (queued == 0 or self._draining.is_set()):
+            self._finished.set()
+            self._released.fire()  # the other idle threads end now, not at their next look
             return False
         wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
+        shortest = self.settings.idle_s
+        if self.settings.burst and self._watch():
+            # The batch's last jobs may be another process's: nothing here is woken when they end,
+            # so one idle thread keeps looking at the short interval (its claims wake the others).
+            wait = shortest = self.settings.watch_s
         due = self.queue.next_retry_at(self.batches)
         if due is not None:
             until_due = (due - datetime.now(UTC)).total_seconds()
-            wait = max(self.settings.idle_s, min(until_due, wait if active else 30.0))
+            wait = max(shortest, min(until_due, wait if active else 30.0))
         self._released.wait(seen, wait, self.stop)
         return True
+
+    def _watch(self) -> bool:
+        """True for the watcher: this thread if it is, or if no idle thread is yet."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = me
+            return self._watcher == me
+
+    def _unwatch(self) -> None:
+        """This thread has work: another idle thread may watch."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._watcher == me:
+                self._watcher = None
 
     # ------------------------------------------------------------------ delivery stage
 
