@@ -9,21 +9,22 @@ PostgreSQL the job rows are then picked with `FOR UPDATE SKIP LOCKED`.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, func, insert, or_, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .. import budget
 from ..budget import BudgetStop
-from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, AttemptState, JobState
+from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobState
 from ..records import AttemptRecord, JobRecord, RunRecord
 from .models import Attempt, Batch, Event, Job, Run, table, utcnow
 from .plumbing import IN_BATCHES, owner_pid
-from .transition import _ATTEMPT, _JOB_BY_ID, Claim, ClaimKind, Transitions
+from .transition import _JOB_BY_ID, Claim, ClaimKind, Transitions
 
 
 def _pair(build: Callable[..., Any]) -> tuple[Any, Any]:
@@ -72,7 +73,7 @@ _RESERVE = (
     )
     .values(reserved_micro_usd=R.c.reserved_micro_usd + _EST)
 )
-_INSERT_ATTEMPT = insert(A)
+_INSERT_ATTEMPT = insert(A).returning(*A.c)  # the new attempt's row, with its id, in the same round trip
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class Claims:
 
 class Dispatch(Transitions):
     """Runs, claims and the stale-submit sweep: everything that takes the dispatch lock."""
+
+    def __init__(self, engine: Engine, actor: Actor, lease_s: float, *, pid_namespace: str | None = None) -> None:
+        super().__init__(engine, actor, lease_s, pid_namespace=pid_namespace)
+        self._sweep_lock = threading.Lock()
+        self._next_sweep: datetime | None = None  # when a claim next sweeps stale submits (see _sweep_due)
 
     # ------------------------------------------------------------------ runs
 
@@ -167,8 +173,7 @@ class Dispatch(Transitions):
         (`current_run_id`) is held by this process and is never closed here."""
 
         def go(conn: Connection) -> list[str]:
-            self._serialize(conn)  # a worker joining one of these runs waits for the verdict, or comes first
-            now = self._clock(conn)
+            now = self._serialize(conn)  # a worker joining one of these runs waits for the verdict, or comes first
             runs = conn.execute(select(R).where(R.c.status == "running", R.c.id != current_run_id)).mappings().all()
             if not runs:
                 return []
@@ -234,9 +239,9 @@ class Dispatch(Transitions):
         ends the list and comes back with the claims made before it."""
 
         def go(conn: Connection) -> Claims:
-            self._serialize(conn)
-            now = self._clock(conn)
-            self._sweep_stale_submits(conn, now, batches, run_id)
+            now = self._serialize(conn)
+            if self._sweep_due(now):
+                self._sweep_stale_submits(conn, now, batches, run_id)
             claims = self._claim_follows(conn, now, batches, run_id, max(1, want))
             if claims or follow_only:
                 return Claims(claims)
@@ -326,21 +331,24 @@ class Dispatch(Transitions):
         est = job.estimate_micro_usd
         number = job.attempt_count + 1
         lease_end = now + timedelta(seconds=self.lease_s)
-        key = conn.execute(
-            _INSERT_ATTEMPT,
-            {
-                "job_id": job.id,
-                "number": number,
-                "run_id": run_id,
-                "batch_id": job.batch_id,
-                "worker": self.worker,
-                "state": AttemptState.PREPARING.value,
-                "reserved_micro_usd": est,
-                "created_at": now,
-            },
-        ).inserted_primary_key
-        assert key is not None  # a single-row INSERT always reports its primary key
-        attempt_id = key[0]
+        created = AttemptRecord.from_row(
+            conn.execute(
+                _INSERT_ATTEMPT,
+                {
+                    "job_id": job.id,
+                    "number": number,
+                    "run_id": run_id,
+                    "batch_id": job.batch_id,
+                    "worker": self.worker,
+                    "state": AttemptState.PREPARING.value,
+                    "reserved_micro_usd": est,
+                    "created_at": now,
+                },
+            )
+            .mappings()
+            .one()
+        )
+        attempt_id = created.id
         conn.execute(
             _JOB_BY_ID,
             {
@@ -364,7 +372,6 @@ class Dispatch(Transitions):
             reserved_micro_usd=est,
             worker=self.worker,
         )
-        created = AttemptRecord.from_row(conn.execute(_ATTEMPT, {"b_attempt_id": attempt_id}).mappings().one())
         claimed = job.evolve(
             state=JobState.SUBMITTING,
             attempt_count=number,
@@ -380,10 +387,18 @@ class Dispatch(Transitions):
         ask fal about them before it starts."""
 
         def go(conn: Connection) -> None:
-            self._serialize(conn)
-            self._sweep_stale_submits(conn, self._clock(conn), batches, run_id)
+            self._sweep_stale_submits(conn, self._serialize(conn), batches, run_id)
 
         self._tx("sweeping stale submits", go)
+
+    def _sweep_due(self, now: datetime) -> bool:
+        """A claim sweeps at most every quarter lease: a submit goes stale only when its lease has
+        run out, so sweeping at every claim found nothing almost every time, at a query per claim."""
+        with self._sweep_lock:
+            if self._next_sweep is not None and now < self._next_sweep:
+                return False
+            self._next_sweep = now + timedelta(seconds=self.lease_s / 4)
+            return True
 
     def _sweep_stale_submits(
         self, conn: Connection, now: datetime, batches: Sequence[str] | None, run_id: int | None = None

@@ -27,6 +27,7 @@ _INSERT_EVENT = insert(Event)  # built once: one or more audit rows go as its pa
 # Built once as well (see transition.py): the dispatch lock, the server's clock, and the WHERE term
 # that keeps a job query to some batches (their names go as the expanding parameter b_batches).
 _TAKE_DISPATCH = update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1)
+_TAKE_DISPATCH_AT = _TAKE_DISPATCH.returning(func.clock_timestamp())  # PostgreSQL: the lock and the clock at once
 _SERVER_NOW = select(func.clock_timestamp())
 IN_BATCHES = J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(bindparam("b_batches", expanding=True))))
 _T = TypeVar("_T")
@@ -184,10 +185,15 @@ class Plumbing:
         return utcnow() + timedelta(seconds=self.lease_s)
 
     @staticmethod
-    def _serialize(conn: Connection) -> None:
+    def _serialize(conn: Connection) -> datetime:
         """Take the `dispatch` row lock: held to the end of the transaction, it makes claims and run
-        creation one at a time across every thread, process and machine."""
+        creation one at a time across every thread, process and machine. Returns the time by
+        `_clock` once the lock is held (on PostgreSQL in the same round trip)."""
+        if conn.dialect.name == "postgresql":
+            server_now: datetime = conn.execute(_TAKE_DISPATCH_AT).scalar_one()
+            return server_now
         conn.execute(_TAKE_DISPATCH)
+        return utcnow()
 
     @staticmethod
     def _scope(batches: Sequence[str] | None) -> list[Any]:
