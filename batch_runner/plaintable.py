@@ -4,9 +4,10 @@ here instead of through rich, which takes seconds to lay out 100,000 rows. The t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from rich.cells import cell_len
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.table import Table
 
 PLAIN_ROWS = 200  # an unwrapped table this long is laid out here, not by rich (seconds at 100,000 rows)
 
@@ -42,4 +43,8 @@ def lines(table: Table) -> Iterator[str]:
 
 
 def _cell_len(value: str) -> int:
-    return len(value) if value.isascii() else cell_len(value)
+    if value.isascii():
+        return len(value)
+    from rich.cells import cell_len
+
+    return cell_len(value)
