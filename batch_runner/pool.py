@@ -28,7 +28,7 @@ from .domain import JobState, RunEvent
 from .errors import BatchRunnerError
 from .logs import get_logger, log_context
 from .records import JobRecord, RunRecord
-from .stages import Lookahead, Signal, Stage
+from .stages import Lookahead, Precedence, Signal, Stage
 from .worker import Handoff, Worker
 
 log = get_logger("pool")
@@ -36,6 +36,7 @@ _R = TypeVar("_R")
 
 DELIVERY_THREADS_MAX = 8  # delivery threads unless PoolSettings.delivery_threads says otherwise
 UNEXPECTED_ERRORS_MAX = 5  # unexpected errors (bugs) in one process before the run stops itself
+REFILL_FIRST_S = 0.25  # the longest a delivery waits for slot threads refilling (see Precedence)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,9 @@ class Pool:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
+        # A slot thread from claiming to fal's answer to its submit goes before deliveries: a freed
+        # fal slot is refilled at once, the output it made is fetched a few milliseconds later.
+        self._refills = Precedence(REFILL_FIRST_S)
         self._finished = threading.Event()  # burst mode: one thread found nothing left; the idle others end too
         self._watcher: int | None = None  # the one idle slot thread that looks again at the short interval
         self._ready: deque[Claim] = deque()  # claimed by one thread's transaction for the others
@@ -249,10 +253,17 @@ class Pool:
     # ------------------------------------------------------------------ slot stage
 
     def _loop(self) -> None:
+        try:
+            self._slot()
+        finally:
+            self._refills.end()
+
+    def _slot(self) -> None:
         idle = 0  # claims in a row that found nothing
         while not self.stop.is_set() and self.outcome.fatal is None:
             if self.breaker is not None and not self.breaker.acquire(self.stop):
                 return
+            self._refills.begin()  # until this slot's next submit has fal's answer, or nothing is claimed
             seen = self._released.count  # read before the claim: a slot freed during it is not missed
             try:
                 claim = self._next_claim()
@@ -261,6 +272,8 @@ class Pool:
                 return
             if isinstance(claim, BudgetStop):
                 continue
+            if claim is None or claim.kind != ClaimKind.SUBMIT:
+                self._refills.end()
             if claim is None:
                 if self.breaker is not None:
                     self.breaker.done()
@@ -329,7 +342,7 @@ class Pool:
         """Take one claim until fal's outcome is known and hand its output to the delivery stage
         (waiting while that is full); False when this thread must stop."""
         try:
-            go_on, handoff = self._guarded(claim, lambda: self.worker.process(claim))
+            go_on, handoff = self._guarded(claim, lambda: self.worker.process(claim, self._refills.end))
         finally:
             with self._lock:
                 self._busy -= 1
@@ -388,6 +401,7 @@ class Pool:
 
     def _deliver(self, handoff: Handoff) -> bool:
         """The delivery stage's work on one output; False when this thread must stop."""
+        self._refills.defer(self.stop)
         if self.breaker is not None and not self.breaker.acquire(self.stop):
             self._release(handoff)
             return False

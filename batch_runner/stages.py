@@ -1,6 +1,7 @@
 """The pool's pipeline parts, free of jobs and fal: a bounded hand-off stage worked by its own
 threads (delivery), a look-ahead thread that readies the next items before they are taken
-(uploads), and a signal that wakes waiting threads the moment something is released.
+(uploads), a signal that wakes waiting threads the moment something is released, and a precedence
+that holds deliveries back while a freed slot is being refilled.
 """
 
 from __future__ import annotations
@@ -40,6 +41,44 @@ class Signal:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self._count == seen and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, STOP_CHECK_S))
+
+
+class Precedence:
+    """Urgent work first: while any thread is doing urgent work (refilling a freed fal slot), the
+    threads that `defer` (deliveries) wait, at most `max_wait_s` each, so they are never starved.
+    Each thread counts once however often it calls `begin`; `end` without `begin` does nothing."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self._cond = threading.Condition()
+        self._urgent = 0
+        self._mine = threading.local()
+
+    def begin(self) -> None:
+        if getattr(self._mine, "on", False):
+            return
+        self._mine.on = True
+        with self._cond:
+            self._urgent += 1
+
+    def end(self) -> None:
+        if not getattr(self._mine, "on", False):
+            return
+        self._mine.on = False
+        with self._cond:
+            self._urgent -= 1
+            if not self._urgent:
+                self._cond.notify_all()
+
+    def defer(self, stop: threading.Event) -> None:
+        """Return when no urgent work is under way, after `max_wait_s`, or soon after `stop`."""
+        deadline = time.monotonic() + self.max_wait_s
+        with self._cond:
+            while self._urgent and not stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return

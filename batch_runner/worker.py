@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -114,12 +114,17 @@ class Worker:
 
     # ------------------------------------------------------------------ entry
 
-    def process(self, claim: Claim) -> Handoff | None:
+    def process(self, claim: Claim, sent: Callable[[], None] | None = None) -> Handoff | None:
         """Submit (or follow) a claimed job until fal's outcome is known: the output to deliver,
-        or None when the job ended here (or was left for later)."""
+        or None when the job ended here (or was left for later). `sent` is called once the submit
+        has fal's answer (or will not be sent)."""
         try:
             if claim.kind == ClaimKind.SUBMIT:
-                submitted = self._submit(claim)
+                try:
+                    submitted = self._submit(claim)
+                finally:
+                    if sent is not None:
+                        sent()
                 if submitted is None:
                     return None
                 claim = submitted

@@ -1,11 +1,12 @@
 """The pool's pipeline parts on their own: a bounded stage with back-pressure, what a stop leaves,
-the wake-up signal, and the look-ahead that readies each item once."""
+the wake-up signal, the look-ahead that readies each item once, and the precedence that holds
+deliveries back while slots are refilled."""
 
 from __future__ import annotations
 
 import threading
 
-from batch_runner.stages import Lookahead, Signal, Stage
+from batch_runner.stages import Lookahead, Precedence, Signal, Stage
 
 JOIN_S = 30  # a bound so a broken stage fails the test instead of hanging it
 
@@ -112,3 +113,54 @@ def test_the_look_ahead_readies_each_item_once_only_while_active_and_survives_a_
     _until(lambda: readied == [1, 3, 4])
     ahead.close()
     assert readied == [1, 3, 4] and peeks and all(peeks)  # never looked while inactive
+
+
+def _defer_in_thread(first: Precedence, stop: threading.Event) -> threading.Thread:
+    t = threading.Thread(target=first.defer, args=(stop,), daemon=True)
+    t.start()
+    return t
+
+
+def _urgent_in_thread(first: Precedence, done: threading.Event) -> threading.Thread:
+    """A thread that begins urgent work (twice: it counts once) and ends it when `done` is set."""
+
+    def work() -> None:
+        first.begin()
+        first.begin()
+        done.wait(JOIN_S)
+        first.end()
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t
+
+
+def test_deferred_work_waits_for_urgent_work_and_goes_when_it_ends():
+    first, stop, done = Precedence(max_wait_s=JOIN_S), threading.Event(), threading.Event()
+    first.end()  # without begin: nothing to end
+    urgent = _urgent_in_thread(first, done)
+    while not first._urgent:  # the urgent thread has begun
+        threading.Event().wait(0.01)
+    deferred = _defer_in_thread(first, stop)
+    deferred.join(0.2)
+    assert deferred.is_alive()  # held back while the urgent work is under way
+    done.set()
+    urgent.join(JOIN_S)
+    deferred.join(JOIN_S)
+    assert not deferred.is_alive() and first._urgent == 0  # the double begin counted once
+
+
+def test_deferred_work_is_never_starved_and_a_stop_releases_it():
+    first, stop, done = Precedence(max_wait_s=0.05), threading.Event(), threading.Event()
+    urgent = _urgent_in_thread(first, done)
+    while not first._urgent:
+        threading.Event().wait(0.01)
+    _defer_in_thread(first, stop).join(JOIN_S)  # returns after max_wait_s though the urgent work goes on
+    patient = Precedence(max_wait_s=JOIN_S)
+    patient.begin()
+    held = _defer_in_thread(patient, stop)
+    stop.set()
+    held.join(JOIN_S)
+    assert not held.is_alive() and first._urgent == 1
+    done.set()
+    urgent.join(JOIN_S)
