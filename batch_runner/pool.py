@@ -51,7 +51,7 @@ class PoolSettings:
     poll_max_s: float = 15.0
     idle_s: float = 0.5  # how often an idle worker looks for work at first...
     idle_max_s: float = 5.0  # ...doubling while it finds none (many idle workers, one dispatch lock)
-    watch_s: float = 0.5  # a burst run's one watching idle thread looks this often (the batch may end elsewhere)
+    watch_s: float = 0.25  # a burst run's one watching idle thread looks this often (the batch may end elsewhere)
     duration_tolerance_s: Decimal = Decimal("0.25")
     strict_verify: bool = False  # an output that differs from the output convention fails its job
     cancel_on_exit: bool = False
