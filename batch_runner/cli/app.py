@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import pkgutil
@@ -240,15 +241,25 @@ def cli(
     settings = load_settings(config_path).with_overrides(**flags)
     secrets = [k.reveal() for k in (settings.fal_key, settings.fal_admin_key) if k]
     log = setup_logging(verbose, secrets, settings.log_format)
+    if ctx.obj is OWN_PROCESS:
+        # The command's module is imported by now (click resolves the command first), and what the
+        # imports made lives to the end of the process: out of the collector's sight, collections
+        # during the command do not walk it again and again, and the exit does not collect it
+        # (about 0.1 s of every command's exit). Only in a process of its own (main), not in a
+        # caller's process, whose own objects it would keep for good.
+        gc.freeze()
     if settings.config_path is not None:
         log.info("settings from the config file %s (flags and the environment win over it)", settings.config_path)
     ctx.obj = App(settings, verbose)
 
 
+OWN_PROCESS = object()  # the context's object main() starts with: the command runs in a process of its own
+
+
 def main() -> None:
     """Console entry point. Click would turn Ctrl-C into exit 1; we exit 130 as documented."""
     try:
-        code = cli.main(prog_name="batch-runner", standalone_mode=False)
+        code = cli.main(prog_name="batch-runner", standalone_mode=False, obj=OWN_PROCESS)
     except (KeyboardInterrupt, click.exceptions.Abort):
         from .. import display
 

@@ -4,6 +4,7 @@ it has nothing to probe, or Alembic when the database is current."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -21,14 +22,14 @@ def test_the_lazy_group_names_the_module_of_every_command():
 
 
 _RUN_PLAN = """
-import json, os, sys
+import gc, json, os, sys
 from batch_runner.cli import main
 try:
     main()
 except SystemExit as exc:
     code = exc.code
 with open(os.environ["SEEN"], "w") as fh:
-    json.dump({"code": code, "modules": sorted(sys.modules)}, fh)
+    json.dump({"code": code, "modules": sorted(sys.modules), "frozen": gc.get_freeze_count()}, fh)
 """
 
 
@@ -55,3 +56,13 @@ def test_plan_starts_without_the_run_machinery_or_migrations(tmp_path: Path):
         heavy = ["httpx", "av", "fsspec", "batch_runner.runner", "batch_runner.pool", "batch_runner.api.client"]
         for name in heavy + (["alembic"] if run == "finds it current" else []):
             assert name not in loaded, f"plan imported {name} when it {run}"
+        assert result["frozen"] > 0  # its own process: what the imports made is out of the collector's sight
+
+
+def test_a_command_run_in_a_callers_process_freezes_nothing_of_the_callers(tmp_path: Path):
+    from click.testing import CliRunner
+
+    before = gc.get_freeze_count()
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "j.db"), "endpoints"])
+    assert result.exit_code == 0, result.output
+    assert gc.get_freeze_count() == before
