@@ -36,7 +36,7 @@ _R = TypeVar("_R")
 
 DELIVERY_THREADS_MAX = 8  # delivery threads unless PoolSettings.delivery_threads says otherwise
 UNEXPECTED_ERRORS_MAX = 5  # unexpected errors (bugs) in one process before the run stops itself
-REFILL_FIRST_S = 0.25  # the longest a delivery waits for slot threads refilling (see Precedence)
+REFILL_FIRST_S = 0.05  # the longest a delivery waits for slot threads refilling (a round's refills: ~30 ms)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,8 @@ class Pool:
         self._done = threading.Event()
         self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
         # A slot thread from claiming to fal's answer to its submit goes before deliveries: a freed
-        # fal slot is refilled at once, the output it made is fetched a few milliseconds later.
+        # fal slot is refilled at once, the output it made is fetched a few milliseconds later
+        # (at most REFILL_FIRST_S: with many slots some thread is nearly always refilling).
         self._refills = Precedence(REFILL_FIRST_S)
         self._finished = threading.Event()  # burst mode: one thread found nothing left; the idle others end too
         self._watcher: int | None = None  # the one idle slot thread that looks again at the short interval
@@ -260,7 +261,7 @@ class Pool:
 
     def _slot(self) -> None:
         idle = 0  # claims in a row that found nothing
-        while not self.stop.is_set() and self.outcome.fatal is None:
+        while not self.stop.is_set() and self.outcome.fatal is None and not self._finished.is_set():
             if self.breaker is not None and not self.breaker.acquire(self.stop):
                 return
             self._refills.begin()  # until this slot's next submit has fal's answer, or nothing is claimed
@@ -271,6 +272,7 @@ class Pool:
                 self._fail(exc)
                 return
             if isinstance(claim, BudgetStop):
+                self._refills.end()  # nothing to refill with: claims again, follow-only
                 continue
             if claim is None or claim.kind != ClaimKind.SUBMIT:
                 self._refills.end()
@@ -371,9 +373,10 @@ class Pool:
             return False
         wait = min(self.settings.idle_s * 2 ** min(idle, 10), max(self.settings.idle_s, self.settings.idle_max_s))
         shortest = self.settings.idle_s
-        if self.settings.burst and self._watch():
-            # The batch's last jobs may be another process's: nothing here is woken when they end,
-            # so one idle thread keeps looking at the short interval (its claims wake the others).
+        if self.settings.burst and (queued == 0 or self._draining.is_set()) and self._watch():
+            # Nothing left to submit, and the batch's last jobs may be another process's: nothing
+            # here is woken when they end, so one idle thread keeps looking at the short interval
+            # (its claims wake the others). Before the tail, idle threads back off as they did.
             wait = shortest = self.settings.watch_s
         due = self.queue.next_retry_at(self.batches)
         if due is not None:

@@ -24,7 +24,7 @@ from ..domain import FOLLOW_STATES, IN_FLIGHT_STATES, Actor, AttemptState, JobSt
 from ..records import AttemptRecord, JobRecord, RunRecord
 from .models import Attempt, Batch, Event, Job, Run, table, utcnow
 from .plumbing import IN_BATCHES, owner_pid
-from .transition import _JOB_BY_ID, Claim, ClaimKind, Transitions
+from .transition import JOB_BY_ID, Claim, ClaimKind, Transitions
 
 
 def _pair(build: Callable[..., Any]) -> tuple[Any, Any]:
@@ -349,8 +349,8 @@ class Dispatch(Transitions):
             .one()
         )
         attempt_id = created.id
-        conn.execute(
-            _JOB_BY_ID,
+        JOB_BY_ID(
+            conn,
             {
                 "b_job_id": job.id,
                 "state": JobState.SUBMITTING.value,

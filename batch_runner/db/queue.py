@@ -22,11 +22,11 @@ from ..records import JobRecord, RunRecord
 from .dispatch import Dispatch
 from .models import Attempt, Event, Job, Output, Run, Upload, table, utcnow
 from .plumbing import owner_pid, upsert
-from .transition import _ATTEMPT_BY_ID, Claim
+from .transition import ATTEMPT_BY_ID, Claim, Setter
 
 J, A, R = table(Job), table(Attempt), table(Run)
 _INSERT_OUTPUT = insert(table(Output))  # built once (see transition.py)
-_ATTEMPT_STILL = update(A).where(A.c.id == bindparam("b_attempt_id"), A.c.state == bindparam("b_state"))
+_ATTEMPT_STILL = Setter.of(A, A.c.id == bindparam("b_attempt_id"), A.c.state == bindparam("b_state"))
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class JobQueue(Dispatch):
 
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
-            moved = conn.execute(
-                _ATTEMPT_STILL,
+            moved = _ATTEMPT_STILL(
+                conn,
                 {
                     "b_attempt_id": claim.attempt.id,
                     "b_state": AttemptState.PREPARING.value,
@@ -86,7 +86,7 @@ class JobQueue(Dispatch):
             try:
                 self._hold(conn, claim)
             except LeaseLostError:
-                conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, **request})
+                ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, **request})
                 self._event(
                     conn,
                     "attempt.submitted_after_lease_lost",
@@ -96,9 +96,7 @@ class JobQueue(Dispatch):
                     worker=self.worker,
                 )
                 return None
-            conn.execute(
-                _ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "state": AttemptState.SUBMITTED.value, **request}
-            )
+            ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "state": AttemptState.SUBMITTED.value, **request})
             job = self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt.id, keep_lease=True)
             self._event(
                 conn,
@@ -127,7 +125,7 @@ class JobQueue(Dispatch):
 
         def go(conn: Connection) -> Claim:
             self._hold(conn, claim)
-            conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "state": state.value, **extra})
+            ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "state": state.value, **extra})
             job = claim.job
             if job.state != state:
                 job = self._set_job(conn, job, state, attempt_id=claim.attempt.id, keep_lease=True)
@@ -255,7 +253,7 @@ class JobQueue(Dispatch):
         def go(conn: Connection) -> None:
             self._hold(conn, claim)
             self._end_attempt(conn, claim.attempt, AttemptState.UNCERTAIN, reason, billed=None)
-            conn.execute(_ATTEMPT_BY_ID, {"b_attempt_id": claim.attempt.id, "settled_run_id": claim.run_id})
+            ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "settled_run_id": claim.run_id})
             self._set_job(conn, claim.job, JobState.UNCERTAIN, reason, attempt_id=claim.attempt.id)
 
         self._tx("marking a job uncertain", go)
@@ -334,6 +332,7 @@ class JobQueue(Dispatch):
             if dead:
                 conn.execute(update(J).where(J.c.lease_owner.in_(dead)).values(lease_expires_at=self._clock(conn)))
                 self._event(conn, "worker.dead", dead=dead)
+                self._next_sweep = None  # their half-sent submits are stale now: the next claim sweeps
             return len(dead)
 
         return self._tx("reclaiming dead workers' jobs", go)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Interval, bindparam, func, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import BigInteger, Interval, Table, Update, bindparam, func, select, update
+from sqlalchemy.engine import Connection, CursorResult
 
 from ..domain import AttemptState, JobState
 from ..errors import LeaseLostError
@@ -22,8 +22,32 @@ J, A, R = table(Job), table(Attempt), table(Run)
 # The per-job statements, built once: SQLAlchemy builds and keys a statement in Python at every
 # call otherwise, which was a large share of a worker's CPU per job. Values go as parameters (an
 # UPDATE without .values() sets the columns its parameters name).
-_JOB_BY_ID = update(J).where(J.c.id == bindparam("b_job_id"))
-_ATTEMPT_BY_ID = update(A).where(A.c.id == bindparam("b_attempt_id"))
+
+
+@dataclass(frozen=True)
+class Setter:
+    """A prebuilt UPDATE whose SET columns are the parameters not named b_*. SQLAlchemy would drop
+    a key that names no column without a word (a misspelt bill would be lost), so every such key
+    must be a column of the table, and there must be one."""
+
+    statement: Update
+    columns: frozenset[str]
+
+    @classmethod
+    def of(cls, table_: Table, *where: Any) -> Setter:
+        return cls(update(table_).where(*where), frozenset(table_.c.keys()))
+
+    def __call__(self, conn: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        sets = {k for k in params if not k.startswith("b_")}
+        if not sets or not sets <= self.columns:
+            raise ValueError(
+                f"UPDATE {self.statement.table}: no column named {sorted(sets - self.columns) or 'to set'}"
+            )
+        return conn.execute(self.statement, params)
+
+
+JOB_BY_ID = Setter.of(J, J.c.id == bindparam("b_job_id"))
+ATTEMPT_BY_ID = Setter.of(A, A.c.id == bindparam("b_attempt_id"))
 _JOB_BILLED = select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == bindparam("b_job_id"))
 _LATEST_ATTEMPT = select(A).where(A.c.job_id == bindparam("b_job_id")).order_by(A.c.number.desc()).limit(1)
 _ATTEMPT = select(A).where(A.c.id == bindparam("b_attempt_id"))
@@ -83,7 +107,7 @@ class Transitions(Plumbing):
             new["last_error"] = reason
         if not keep_lease:
             new.update(lease_owner=None, lease_expires_at=None)
-        conn.execute(_JOB_BY_ID, {"b_job_id": job.id, **new})
+        JOB_BY_ID(conn, {"b_job_id": job.id, **new})
         self._event(
             conn,
             f"job.{state.value}",
@@ -116,9 +140,7 @@ class Transitions(Plumbing):
         money: dict[str, Any] = {} if keep_billed else {"billed_micro_usd": billed, "finished_at": utcnow()}
         if run_id is not None and not keep_billed:
             money["settled_run_id"] = run_id
-        conn.execute(
-            _ATTEMPT_BY_ID, {"b_attempt_id": attempt.id, "state": state.value, "error": error, **money, **values}
-        )
+        ATTEMPT_BY_ID(conn, {"b_attempt_id": attempt.id, "state": state.value, "error": error, **money, **values})
         if (
             not keep_billed
             and billed is not None
@@ -141,8 +163,8 @@ class Transitions(Plumbing):
         return int(conn.execute(_JOB_BILLED, {"b_job_id": job_id}).scalar_one())
 
     def _lease(self, conn: Connection, job_id: int, now: datetime) -> None:
-        conn.execute(
-            _JOB_BY_ID,
+        JOB_BY_ID(
+            conn,
             {"b_job_id": job_id, "lease_owner": self.worker, "lease_expires_at": now + timedelta(seconds=self.lease_s)},
         )
 
