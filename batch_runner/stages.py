@@ -20,6 +20,17 @@ T = TypeVar("T")
 STOP_CHECK_S = 0.5  # how often a waiting thread looks at the stop event (set by a signal handler)
 
 
+def _wait_while(cond: threading.Condition, busy: Callable[[], bool], timeout_s: float, stop: threading.Event) -> None:
+    """Wait on `cond` while `busy()`, at most `timeout_s`, looking at `stop` every STOP_CHECK_S."""
+    deadline = time.monotonic() + timeout_s
+    with cond:
+        while busy() and not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            cond.wait(min(left, STOP_CHECK_S))
+
+
 class Signal:
     """A counter that waiters watch: `fire` wakes every thread waiting for a change at once."""
 
@@ -38,13 +49,7 @@ class Signal:
 
     def wait(self, seen: int, timeout_s: float, stop: threading.Event) -> None:
         """Return when the count moved past `seen`, after `timeout_s`, or soon after `stop`."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._count == seen and not stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(min(left, STOP_CHECK_S))
+        _wait_while(self._cond, lambda: self._count == seen, timeout_s, stop)
 
 
 class Precedence:
@@ -76,13 +81,7 @@ class Precedence:
 
     def defer(self, stop: threading.Event) -> None:
         """Return when no urgent work is under way, after `max_wait_s`, or soon after `stop`."""
-        deadline = time.monotonic() + self.max_wait_s
-        with self._cond:
-            while self._urgent and not stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(min(left, STOP_CHECK_S))
+        _wait_while(self._cond, lambda: self._urgent > 0, self.max_wait_s, stop)
 
 
 class Stage(Generic[T]):

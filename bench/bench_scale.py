@@ -182,9 +182,10 @@ def contender(
 
 
 def claim_ms(manifest: Path, backend: str, claims: int = 200, per: int = 8) -> tuple[float, float]:
-    """Mean wall time per claimed job (dispatch lock, sweep, pick, reserve, attempt, audit event),
-    in-process with nothing else running: one job per transaction, and `per` jobs per transaction
-    (what a pool of `per` free threads claims at once)."""
+    """Mean wall time per claimed job (dispatch lock, pick, reserve, attempt, audit event; the
+    stale-submit sweep runs at most every quarter lease), in-process with nothing else running:
+    one job per transaction, and `per` jobs per transaction (what a pool of `per` free threads
+    claims at once)."""
     from batch_runner import planner
     from batch_runner.config import Settings
     from batch_runner.db import engine as db_engine
@@ -282,7 +283,8 @@ def breakdown_table(results: list[Result], threads: int, speed: float) -> list[s
 
 def claims_note(latency: dict[str, tuple[float, float]], threads: int) -> str:
     return (
-        f"One claim (dispatch row lock, sweep, pick, budget reservation, attempt row, audit event), "
+        f"One claim (dispatch row lock, pick, budget reservation, attempt row, audit event; the stale-submit "
+        f"sweep at most every quarter lease), "
         f"alone, in-process: {latency['sqlite'][0]:.1f} ms on SQLite, {latency['postgresql'][0]:.1f} ms on "
         f"PostgreSQL; claimed {threads} to a transaction (what a worker's free threads take at once), "
         f"{latency['sqlite'][1]:.1f} ms and {latency['postgresql'][1]:.1f} ms per job. Claims queue on one row "

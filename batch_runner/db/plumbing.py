@@ -28,7 +28,14 @@ _INSERT_EVENT = insert(Event)  # built once: one or more audit rows go as its pa
 _TAKE_DISPATCH = update(Lock).where(Lock.name == "dispatch").values(counter=Lock.counter + 1)
 _TAKE_DISPATCH_AT = _TAKE_DISPATCH.returning(func.clock_timestamp())  # PostgreSQL: the lock and the clock at once
 _SERVER_NOW = select(func.clock_timestamp())
-IN_BATCHES = J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(bindparam("b_batches", expanding=True))))
+
+
+def in_batches(names: Any) -> Any:
+    """The WHERE term that keeps a job query to the batches named: a list, or a bound parameter."""
+    return J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(names)))
+
+
+IN_BATCHES = in_batches(bindparam("b_batches", expanding=True))
 _T = TypeVar("_T")
 
 
@@ -199,14 +206,14 @@ class Plumbing:
             server_now: datetime = conn.execute(_TAKE_DISPATCH_AT).scalar_one()
             return server_now
         conn.execute(_TAKE_DISPATCH)
-        return utcnow()
+        return Plumbing._clock(conn)
 
     @staticmethod
     def _scope(batches: Sequence[str] | None) -> list[Any]:
         """The WHERE terms that keep a job query to these batches (none: every batch)."""
         if not batches:
             return []
-        return [J.c.batch_id.in_(select(Batch.id).where(Batch.name.in_(list(batches))))]
+        return [in_batches(list(batches))]
 
     @staticmethod
     def _scoped(

@@ -50,7 +50,6 @@ JOB_BY_ID = Setter.of(J, J.c.id == bindparam("b_job_id"))
 ATTEMPT_BY_ID = Setter.of(A, A.c.id == bindparam("b_attempt_id"))
 _JOB_BILLED = select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == bindparam("b_job_id"))
 _LATEST_ATTEMPT = select(A).where(A.c.job_id == bindparam("b_job_id")).order_by(A.c.number.desc()).limit(1)
-_ATTEMPT = select(A).where(A.c.id == bindparam("b_attempt_id"))
 _SETTLE_RESERVATION = (  # billed replaces what was reserved: b_delta = billed - reserved
     update(R)
     .where(R.c.id == bindparam("b_run_id"))
