@@ -192,8 +192,9 @@ class Pool:
         self._released = Signal()  # a fal slot freed, or a job ended: waiting slot threads look again
         # A slot thread from claiming to fal's answer to its submit goes before deliveries: a freed
         # fal slot is refilled at once, the output it made is fetched a few milliseconds later
-        # (at most REFILL_FIRST_S: with many slots some thread is nearly always refilling).
-        self._refills = Precedence(REFILL_FIRST_S)
+        # (at most REFILL_FIRST_S). For rounds of several slots freeing together; a lone slot's
+        # deliveries are not held back (they fell behind it, and a stop then left them undelivered).
+        self._refills = Precedence(REFILL_FIRST_S if settings.concurrency > 1 else 0.0)
         self._finished = threading.Event()  # burst mode: one thread found nothing left; the idle others end too
         self._watcher: int | None = None  # the one idle slot thread that looks again at the short interval
         self._ready: deque[Claim] = deque()  # claimed by one thread's transaction for the others

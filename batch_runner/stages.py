@@ -53,35 +53,44 @@ class Signal:
 
 
 class Precedence:
-    """Urgent work first: while any thread is doing urgent work (refilling a freed fal slot), the
-    threads that `defer` (deliveries) wait, at most `max_wait_s` each, so they are never starved.
-    Each thread counts once however often it calls `begin`; `end` without `begin` does nothing."""
+    """Urgent work first: a thread that `defer`s (a delivery) waits for the urgent work (refilling
+    a freed fal slot) under way when it asks, at most `max_wait_s`; urgent work begun after that
+    does not hold it back, so deliveries never wait on an endless stream of refills. Each thread
+    counts once however often it calls `begin`; `end` without `begin` does nothing."""
 
     def __init__(self, max_wait_s: float) -> None:
         self.max_wait_s = max_wait_s
         self._cond = threading.Condition()
-        self._urgent = 0
+        self._issued = 0  # tickets handed out so far, one per piece of urgent work begun
+        self._open: set[int] = set()  # the tickets of urgent work under way
         self._mine = threading.local()
 
     def begin(self) -> None:
-        if getattr(self._mine, "on", False):
+        if getattr(self._mine, "ticket", None) is not None:
             return
-        self._mine.on = True
         with self._cond:
-            self._urgent += 1
+            self._mine.ticket = self._issued
+            self._open.add(self._issued)
+            self._issued += 1
 
     def end(self) -> None:
-        if not getattr(self._mine, "on", False):
+        ticket = getattr(self._mine, "ticket", None)
+        if ticket is None:
             return
-        self._mine.on = False
+        self._mine.ticket = None
         with self._cond:
-            self._urgent -= 1
-            if not self._urgent:
-                self._cond.notify_all()
+            self._open.discard(ticket)
+            self._cond.notify_all()
+
+    def under_way(self) -> int:
+        with self._cond:
+            return len(self._open)
 
     def defer(self, stop: threading.Event) -> None:
-        """Return when no urgent work is under way, after `max_wait_s`, or soon after `stop`."""
-        _wait_while(self._cond, lambda: self._urgent > 0, self.max_wait_s, stop)
+        """Return when the urgent work under way now has ended, after `max_wait_s`, or soon after `stop`."""
+        with self._cond:
+            before = self._issued
+        _wait_while(self._cond, lambda: any(t < before for t in self._open), self.max_wait_s, stop)
 
 
 class Stage(Generic[T]):

@@ -139,7 +139,7 @@ def test_deferred_work_waits_for_urgent_work_and_goes_when_it_ends():
     first, stop, done = Precedence(max_wait_s=JOIN_S), threading.Event(), threading.Event()
     first.end()  # without begin: nothing to end
     urgent = _urgent_in_thread(first, done)
-    while not first._urgent:  # the urgent thread has begun
+    while not first.under_way():  # the urgent thread has begun
         threading.Event().wait(0.01)
     deferred = _defer_in_thread(first, stop)
     deferred.join(0.2)
@@ -147,13 +147,13 @@ def test_deferred_work_waits_for_urgent_work_and_goes_when_it_ends():
     done.set()
     urgent.join(JOIN_S)
     deferred.join(JOIN_S)
-    assert not deferred.is_alive() and first._urgent == 0  # the double begin counted once
+    assert not deferred.is_alive() and first.under_way() == 0  # the double begin counted once
 
 
 def test_deferred_work_is_never_starved_and_a_stop_releases_it():
     first, stop, done = Precedence(max_wait_s=0.05), threading.Event(), threading.Event()
     urgent = _urgent_in_thread(first, done)
-    while not first._urgent:
+    while not first.under_way():
         threading.Event().wait(0.01)
     _defer_in_thread(first, stop).join(JOIN_S)  # returns after max_wait_s though the urgent work goes on
     patient = Precedence(max_wait_s=JOIN_S)
@@ -161,6 +161,26 @@ def test_deferred_work_is_never_starved_and_a_stop_releases_it():
     held = _defer_in_thread(patient, stop)
     stop.set()
     held.join(JOIN_S)
-    assert not held.is_alive() and first._urgent == 1
+    assert not held.is_alive() and first.under_way() == 1
     done.set()
     urgent.join(JOIN_S)
+
+
+def test_urgent_work_begun_after_a_defer_does_not_hold_it_back():
+    first, stop = Precedence(max_wait_s=JOIN_S), threading.Event()
+    done_first, done_later = threading.Event(), threading.Event()
+    under_way = _urgent_in_thread(first, done_first)
+    while not first.under_way():
+        threading.Event().wait(0.01)
+    deferred = _defer_in_thread(first, stop)
+    deferred.join(0.2)
+    later = _urgent_in_thread(first, done_later)  # begun while the defer waits
+    while first.under_way() < 2:
+        threading.Event().wait(0.01)
+    assert deferred.is_alive()
+    done_first.set()
+    under_way.join(JOIN_S)
+    deferred.join(JOIN_S)
+    assert not deferred.is_alive() and first.under_way() == 1  # it went while the later work goes on
+    done_later.set()
+    later.join(JOIN_S)
