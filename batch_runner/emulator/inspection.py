@@ -45,6 +45,7 @@ async def health(emu: Emulator, request: HttpRequest) -> Response:
             "speed": emu.config.speed,
             "instant": emu.config.instant,
             "renders": emu.queue.producer.renders_made,
+            "probes": emu.queue.producer.probes_made,
             "http_requests": dict(emu.http_requests),
             "peak_open_requests": emu.queue.peak_open,
             "started_at": iso(request.app.state.started_at),

@@ -35,7 +35,9 @@ class Producer:
         self.config, self.store, self.workdir = config, store, workdir
         self._renders: dict[str, asyncio.Future[Path]] = {}
         self.renders_made = 0  # distinct outputs rendered with ffmpeg
-        self._input_info: dict[Path, render.MediaInfo] = {}  # stored files never change: probe once
+        self.probes_made = 0  # inputs read with ffprobe
+        # stored files never change: probe each once (per kind of read)
+        self._input_info: dict[tuple[Path, bool], asyncio.Future[render.MediaInfo]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="render")
         self._http: httpx.AsyncClient | None = None
 
@@ -48,15 +50,22 @@ class Producer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def probe_input(self, path: Path, *, video: bool) -> render.MediaInfo:
-        stored = path.is_relative_to(self.store.root)
-        if stored and path in self._input_info:
-            return self._input_info[path]
-        info = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: render.probe_media(path, video=video)
-        )
-        if stored:
-            self._input_info[path] = info
-        return info
+        """Probe an input once: a stored file's probe is shared by every request that reads it,
+        including those that arrive while it runs (a batch sends dozens of jobs per source at once;
+        each used to start its own ffprobe)."""
+        loop = asyncio.get_running_loop()
+        probe = functools.partial(render.probe_media, path, video=video)
+        if not path.is_relative_to(self.store.root):
+            self.probes_made += 1
+            return await loop.run_in_executor(self._pool, probe)
+        key = (path, video)
+        fut = self._input_info.get(key)
+        if fut is None:
+            self.probes_made += 1
+            fut = loop.run_in_executor(self._pool, probe)
+            self._input_info[key] = fut
+            fut.add_done_callback(functools.partial(_forget_failed, self._input_info, key))
+        return await asyncio.shield(fut)
 
     async def fetch_inputs(self, req: Request) -> dict[str, Path]:
         """Download every media input to a local file (our own URLs are read from disk)."""
@@ -118,12 +127,14 @@ class Producer:
             fut = loop.run_in_executor(self._pool, _render_to, ep, params, inputs, spec, out, self.config.fps)
             self._renders[key] = fut
             self.renders_made += 1
-            fut.add_done_callback(functools.partial(self._forget_failed, key))
+            fut.add_done_callback(functools.partial(_forget_failed, self._renders, key))
         return await asyncio.shield(fut)
 
-    def _forget_failed(self, key: str, fut: asyncio.Future[Path]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self._renders.pop(key, None)
+
+def _forget_failed(shared: dict[Any, Any], key: Any, fut: asyncio.Future[Any]) -> None:
+    """A failed or cancelled shared render or probe is tried afresh by the next request."""
+    if fut.cancelled() or fut.exception() is not None:
+        shared.pop(key, None)
 
 
 def _file_digest(path: Path) -> str:

@@ -332,3 +332,20 @@ def test_identical_requests_reuse_one_render(api):
     for _ in range(2):
         wait_done(api, submit(api, T2V, {"prompt": "same"})["status_url"])
     assert api.get("/_emulator/health").json()["renders"] == 1
+
+
+def test_requests_arriving_together_probe_a_stored_source_once(emulator_factory, media):
+    """A batch sends dozens of jobs per source at once. Each used to start its own ffprobe of the
+    same stored file before the first had finished, which made the emulator, not the client, the
+    bottleneck of every load benchmark."""
+    server = emulator_factory(instant=True)
+    reframe = "fal-ai/luma-dream-machine/ray-2-flash/reframe"
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Key {EMU_KEY}"}, timeout=30) as api:
+        url = upload(api, media["c0_5"])
+        bodies = [
+            submit(api, reframe, {"video_url": url, "aspect_ratio": "9:16", "grid_position_x": x}) for x in range(12)
+        ]
+        for body in bodies:
+            assert "error" not in wait_done(api, body["status_url"])
+        health = api.get("/_emulator/health").json()
+    assert health["probes"] == 1 and health["renders"] == 1
