@@ -104,7 +104,11 @@ class Stage(Generic[T]):
     ) -> None:
         self.name, self.capacity, self.work, self.stop = name, max(1, capacity), work, stop
         self._items: deque[T] = deque()
-        self._cond = threading.Condition()
+        # one lock, two conditions, as queue.Queue: a put wakes one worker thread and a take one
+        # producer. One condition woken for all made every take wake every blocked producer
+        # (dozens of slot threads when delivery is the bottleneck) to find one free place.
+        lock = threading.Lock()
+        self._not_full, self._not_empty = threading.Condition(lock), threading.Condition(lock)
         self._closed = False
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(max(1, threads))
@@ -116,24 +120,24 @@ class Stage(Generic[T]):
 
     def put(self, item: T) -> bool:
         """Hand an item over, waiting while the stage is full; False (not taken) when stopping."""
-        with self._cond:
+        with self._not_full:
             while len(self._items) >= self.capacity and not self.stop.is_set():
-                self._cond.wait(STOP_CHECK_S)
+                self._not_full.wait(STOP_CHECK_S)
             if self.stop.is_set():
                 return False
             self._items.append(item)
-            self._cond.notify_all()
+            self._not_empty.notify()
             return True
 
     def waiting(self) -> int:
-        with self._cond:
+        with self._not_full:
             return len(self._items)
 
     def close(self) -> None:
         """No more items: the threads end once nothing waits."""
-        with self._cond:
+        with self._not_empty:
             self._closed = True
-            self._cond.notify_all()
+            self._not_empty.notify_all()
 
     def join(self) -> None:
         for t in self._threads:
@@ -142,20 +146,20 @@ class Stage(Generic[T]):
 
     def leftovers(self) -> list[T]:
         """Items that never started (the stage stopped); they are removed from the stage."""
-        with self._cond:
+        with self._not_full:
             items = list(self._items)
             self._items.clear()
-            self._cond.notify_all()
+            self._not_full.notify_all()
             return items
 
     def _next(self) -> T | None:
-        with self._cond:
+        with self._not_empty:
             while not self._items and not self._closed and not self.stop.is_set():
-                self._cond.wait(STOP_CHECK_S)
+                self._not_empty.wait(STOP_CHECK_S)
             if self.stop.is_set() or not self._items:
                 return None
             item = self._items.popleft()
-            self._cond.notify_all()  # a producer waiting for room may go on
+            self._not_full.notify()  # one producer waiting for room may go on
             return item
 
     def _run(self) -> None:
