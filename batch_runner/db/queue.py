@@ -83,8 +83,8 @@ class JobQueue(Dispatch):
         }
 
         def go(conn: Connection) -> Claim | None:
-            try:
-                self._hold(conn, claim)
+            try:  # the job's update first (the lease fence, as every change takes the job row, then the attempt's)
+                job = self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt.id, fence=True)
             except LeaseLostError:
                 ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, **request})
                 self._event(
@@ -97,7 +97,6 @@ class JobQueue(Dispatch):
                 )
                 return None
             ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "state": AttemptState.SUBMITTED.value, **request})
-            job = self._set_job(conn, claim.job, JobState.SUBMITTED, attempt_id=claim.attempt.id, keep_lease=True)
             self._event(
                 conn,
                 "attempt.submitted",
@@ -124,11 +123,12 @@ class JobQueue(Dispatch):
         extra = {"output_url": output_url} if output_url else {}
 
         def go(conn: Connection) -> Claim:
-            self._hold(conn, claim)
-            ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "state": state.value, **extra})
             job = claim.job
-            if job.state != state:
-                job = self._set_job(conn, job, state, attempt_id=claim.attempt.id, keep_lease=True)
+            if job.state != state:  # the job's update is the lease fence
+                job = self._set_job(conn, job, state, attempt_id=claim.attempt.id, fence=True)
+            else:
+                self._hold(conn, claim)
+            ATTEMPT_BY_ID(conn, {"b_attempt_id": claim.attempt.id, "state": state.value, **extra})
             return claim.moved(job, claim.attempt.evolve(state=AttemptState(state.value), **extra))
 
         return self._tx("recording progress", go)

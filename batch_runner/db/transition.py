@@ -38,11 +38,15 @@ class Setter:
         return cls(update(table_).where(*where), frozenset(table_.c.keys()))
 
     def __call__(self, conn: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        if not any(not k.startswith("b_") for k in params):
+            raise ValueError(f"UPDATE {self.statement.table}: no column named to set")
+        return self.run(conn, params)
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> CursorResult[Any]:
+        """Execute with these parameters; a statement with values of its own may set nothing more."""
         sets = {k for k in params if not k.startswith("b_")}
-        if not sets or not sets <= self.columns:
-            raise ValueError(
-                f"UPDATE {self.statement.table}: no column named {sorted(sets - self.columns) or 'to set'}"
-            )
+        if not sets <= self.columns:
+            raise ValueError(f"UPDATE {self.statement.table}: no column named {sorted(sets - self.columns)}")
         return conn.execute(self.statement, params)
 
 
@@ -61,6 +65,13 @@ _HOLD_UNTIL = update(J).where(*_HELD).values(lease_expires_at=bindparam("b_until
 _HOLD_FOR = (
     update(J).where(*_HELD).values(lease_expires_at=func.clock_timestamp() + bindparam("b_lease", type_=Interval()))
 )
+# A claimed job's state change that is its own lease fence (renews the lease, or changes nothing
+# when the lease was taken over): one statement where _hold and the update were two. The SET
+# columns beside the lease are the parameters, as for a Setter.
+_HELD_SET = {
+    "sqlite": Setter(_HOLD_UNTIL, frozenset(J.c.keys())),
+    "postgresql": Setter(_HOLD_FOR, frozenset(J.c.keys())),
+}
 
 
 class ClaimKind(str, enum.Enum):
@@ -95,18 +106,25 @@ class Transitions(Plumbing):
         *,
         attempt_id: int | None = None,
         keep_lease: bool = False,
+        fence: bool = False,
         **values: Any,
     ) -> JobRecord:
-        """The job moves to `state`, with its event; returns the job as it now is."""
+        """The job moves to `state`, with its event; returns the job as it now is. `fence`: the
+        update is also the lease fence (see `_hold`): it keeps and renews this worker's lease, and
+        raises LeaseLostError, changing nothing, when the lease was taken over."""
         now = utcnow()
         new = {"state": state.value, "updated_at": now, **values}
         if state == JobState.SUCCEEDED:
             new["last_error"] = None
         elif reason is not None:
             new["last_error"] = reason
-        if not keep_lease:
-            new.update(lease_owner=None, lease_expires_at=None)
-        JOB_BY_ID(conn, {"b_job_id": job.id, **new})
+        if fence:
+            if self._hold_params(conn, _HELD_SET, job.id, new) != 1:
+                raise LeaseLostError(f"job {job.id}: its lease was taken over; this worker lets it go")
+        else:
+            if not keep_lease:
+                new.update(lease_owner=None, lease_expires_at=None)
+            JOB_BY_ID(conn, {"b_job_id": job.id, **new})
         self._event(
             conn,
             f"job.{state.value}",
@@ -169,14 +187,20 @@ class Transitions(Plumbing):
 
     def _hold(self, conn: Connection, claim: Claim) -> None:
         """Fence a change to a claimed job: renew the lease if this worker still holds it, else
-        raise LeaseLostError (the transaction rolls back, so nothing of the change is written)."""
-        key = {"b_job_id": claim.job.id, "b_owner": self.worker}
-        if conn.dialect.name == "postgresql":
-            held = conn.execute(_HOLD_FOR, {**key, "b_lease": timedelta(seconds=self.lease_s)}).rowcount
-        else:
-            held = conn.execute(_HOLD_UNTIL, {**key, "b_until": utcnow() + timedelta(seconds=self.lease_s)}).rowcount
-        if held != 1:
+        raise LeaseLostError (the transaction rolls back, so nothing of the change is written).
+        A change that updates the job row anyway fences with it (`_set_job(fence=True)`)."""
+        if self._hold_params(conn, _HELD_SET, claim.job.id, {}) != 1:
             raise LeaseLostError(f"job {claim.job.id}: its lease was taken over; this worker lets it go")
+
+    def _hold_params(self, conn: Connection, setters: dict[str, Setter], job_id: int, sets: dict[str, Any]) -> int:
+        """Run the fenced UPDATE of this dialect, renewing the lease (by the server's clock on
+        PostgreSQL) and setting `sets`; the rows it changed (1, or 0 when the lease is not ours)."""
+        key = {"b_job_id": job_id, "b_owner": self.worker, **sets}
+        if conn.dialect.name == "postgresql":
+            key["b_lease"] = timedelta(seconds=self.lease_s)
+        else:
+            key["b_until"] = utcnow() + timedelta(seconds=self.lease_s)
+        return int(setters[conn.dialect.name].run(conn, key).rowcount)
 
     # ------------------------------------------------------------------ fal's answer to a cancel
 

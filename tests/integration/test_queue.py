@@ -80,6 +80,9 @@ def test_a_stalled_follower_cannot_settle_a_job_another_worker_took_over(bench):
     with pytest.raises(LeaseLostError):
         a.progress(ca, JobState.DOWNLOADING)
     assert bench.sql("select count(*) from outputs") == [(0,)]  # nothing of A's finish was written
+    # nor of its progress: the job's update is the fence, and the attempt's comes after it
+    assert bench.sql("select state, output_url from attempts where job_id = 1") == [("submitted", None)]
+    assert bench.sql("select count(*) from events where kind = 'job.downloading'") == [(0,)]
     assert bench.sql("select state, lease_owner from jobs where id = 1") == [("submitted", b.worker)]
     b.finish(
         cb,
@@ -105,6 +108,30 @@ def test_a_late_answer_after_the_sweep_is_kept_on_the_attempt(bench):
         a.submitted(ca, "req-9", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64)
     assert bench.sql("select state, request_id from attempts where job_id = 1") == [("uncertain", "req-9")]
     assert bench.sql("select state from jobs where id = 1") == [("uncertain",)]
+
+
+def test_each_recorded_step_renews_the_lease_it_is_fenced_by(bench):
+    """submitted and progress fence with the job's own update: the lease must come out renewed,
+    as a separate fence renewed it."""
+    a = _worker(bench, "a", lease_s=SHORT)
+    run = a.start_run("shared", "b", None)
+    ca = _claim(a, run.id)
+    ca = a.sending(ca, "0" * 64)
+    steps = [
+        lambda c: a.submitted(c, "req-1", "http://fal/status", "http://fal/result", "http://fal/cancel", "0" * 64),
+        lambda c: a.progress(c, JobState.IN_PROGRESS),
+        lambda c: a.progress(c, JobState.DOWNLOADING, output_url="http://fal/out.mp4"),
+    ]
+    for step in steps:
+        (before,) = bench.sql("select lease_expires_at from jobs where id = 1")[0]
+        time.sleep(0.05)
+        ca = step(ca)
+        (after, owner) = bench.sql("select lease_expires_at, lease_owner from jobs where id = 1")[0]
+        assert owner == a.worker and str(after) > str(before)
+    assert bench.sql("select state from jobs where id = 1") == [("downloading",)]
+    assert bench.sql("select state, output_url from attempts where job_id = 1") == [
+        ("downloading", "http://fal/out.mp4")
+    ]
 
 
 def test_heartbeats_keep_a_slow_job_from_being_taken_over(bench):
