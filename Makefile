@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	@sh scripts/demo.sh "$(BR)" "$(DEMO)"
 
-# ruff (lint and format check) and mypy (strict on batch_runner/), all configured in pyproject.toml.
+# ruff (lint and format check) and mypy (strict on batch_runner/ and bench/), all configured in pyproject.toml.
 # `ruff format` fixes the formatting, `ruff check --fix` the fixable findings.
 lint: setup
 	$(PY) -m ruff check

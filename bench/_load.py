@@ -4,6 +4,7 @@ scale-out tests: many small Ray 2 Flash reframe jobs over distinct 1 s sources."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -70,6 +71,12 @@ class EmulatorProcess:
         accepted ones started_at and completed_at: batch_runner/emulator/queue.py `inspection`)."""
         rows: list[dict[str, Any]] = httpx.get(f"{self.url}/_emulator/requests", timeout=60).json()["requests"]
         return rows
+
+    def cpu_seconds(self) -> float:
+        """The emulator's CPU so far, its own and its finished children's (ffmpeg renders, ffprobe)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def accepted_per_input(self, rows: list[dict[str, Any]] | None = None) -> Counter[str]:
         """Requests fal accepted, per input payload hash (from `rows` if already read)."""

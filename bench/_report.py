@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_measured(args: list[str], env: dict[str, str], workdir: Path) -> tuple[float, int, str, str]:
-    """Run a command: wall seconds, the child's own peak RSS (KiB, via wait4), stdout, stderr."""
+def run_measured(args: list[str], env: dict[str, str], workdir: Path) -> tuple[float, int, str, str, float]:
+    """Run a command: wall seconds, the child's own peak RSS (KiB, via wait4), stdout, stderr,
+    and its CPU seconds (user + system, via wait4)."""
     out_f = (workdir / "stdout.txt").open("w+b")
     err_f = (workdir / "stderr.txt").open("w+b")
     start = time.perf_counter()
@@ -27,7 +28,7 @@ def run_measured(args: list[str], env: dict[str, str], workdir: Path) -> tuple[f
     out, err = out_f.read().decode(), err_f.read().decode()
     if code != 0:
         raise SystemExit(f"{' '.join(args)} failed ({code}): {err[-2000:]}")
-    return wall, usage.ru_maxrss, out, err
+    return wall, usage.ru_maxrss, out, err, usage.ru_utime + usage.ru_stime
 
 
 def publish(name: str, title: str, lines: list[str], write: bool) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -42,11 +41,7 @@ def run_measured(args: list[str], db: Path) -> tuple[float, int, str, str, float
     """Wall seconds, peak RSS (KiB), stdout, stderr and the command's CPU seconds (user + system,
     its threads included): on a shared machine CPU seconds vary far less than wall time."""
     exe = Path(sys.executable).parent / "batch-runner"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, rss, out, err = _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, rss, out, err, cpu
+    return _run([str(exe), *args], {**os.environ, "BATCH_RUNNER_DB": f"sqlite:///{db}"}, WORK)
 
 
 ASPECTS = ["9:16", "1:1", "4:3", "3:4", "16:9"]

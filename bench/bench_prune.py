@@ -68,7 +68,7 @@ def measure(url: str, jobs_per_tx: int) -> dict[str, float]:
         db_prune.prune(engine, datetime.now(UTC) - timedelta(days=90), jobs_per_tx=jobs_per_tx)
         total = time.perf_counter() - start
     finally:
-        db_prune._prune_some = original  # type: ignore[assignment]
+        db_prune._prune_some = original
         engine.dispose()
     durations.sort()
     return {"total_s": round(total, 2), "transactions": len(durations), "max_tx_ms": round(durations[-1] * 1000, 1)}

@@ -11,6 +11,7 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import fal_client
 import fal_client.client as fc
@@ -31,7 +32,7 @@ for job in jobs:
 http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=threads * 2))
 
 
-def one(i_job: tuple[int, dict]) -> None:
+def one(i_job: tuple[int, dict[str, Any]]) -> None:
     i, job = i_job
     handle = client.submit(job["endpoint"], {**job["input"], "video_url": urls[job["input"]["video_url"]]})
     result = handle.get()
