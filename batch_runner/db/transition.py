@@ -53,6 +53,16 @@ class Setter:
 JOB_BY_ID = Setter.of(J, J.c.id == bindparam("b_job_id"))
 ATTEMPT_BY_ID = Setter.of(A, A.c.id == bindparam("b_attempt_id"))
 _JOB_BILLED = select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == bindparam("b_job_id"))
+# A job's update that also sets its billed total, the sum over its attempts as the statement
+# sees them (its own transaction's attempt update included), in the same statement.
+_JOB_BY_ID_BILLED = Setter(
+    JOB_BY_ID.statement.values(
+        billed_micro_usd=select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
+        .where(A.c.job_id == J.c.id)
+        .scalar_subquery()
+    ),
+    JOB_BY_ID.columns,
+)
 _LATEST_ATTEMPT = select(A).where(A.c.job_id == bindparam("b_job_id")).order_by(A.c.number.desc()).limit(1)
 _SETTLE_RESERVATION = (  # billed replaces what was reserved: b_delta = billed - reserved
     update(R)
@@ -107,11 +117,14 @@ class Transitions(Plumbing):
         attempt_id: int | None = None,
         keep_lease: bool = False,
         fence: bool = False,
+        billed_from_attempts: bool = False,
         **values: Any,
     ) -> JobRecord:
         """The job moves to `state`, with its event; returns the job as it now is. `fence`: the
         update is also the lease fence (see `_hold`): it keeps and renews this worker's lease, and
-        raises LeaseLostError, changing nothing, when the lease was taken over."""
+        raises LeaseLostError, changing nothing, when the lease was taken over.
+        `billed_from_attempts`: the job's billed total becomes the sum over its attempts (the
+        returned record does not carry it)."""
         now = utcnow()
         new = {"state": state.value, "updated_at": now, **values}
         if state == JobState.SUCCEEDED:
@@ -119,12 +132,13 @@ class Transitions(Plumbing):
         elif reason is not None:
             new["last_error"] = reason
         if fence:
+            assert not billed_from_attempts, "a fenced update does not set the billed total"
             if self._hold_params(conn, _HELD_SET, job.id, new) != 1:
                 raise LeaseLostError(f"job {job.id}: its lease was taken over; this worker lets it go")
         else:
             if not keep_lease:
                 new.update(lease_owner=None, lease_expires_at=None)
-            JOB_BY_ID(conn, {"b_job_id": job.id, **new})
+            (_JOB_BY_ID_BILLED if billed_from_attempts else JOB_BY_ID)(conn, {"b_job_id": job.id, **new})
         self._event(
             conn,
             f"job.{state.value}",

@@ -251,3 +251,24 @@ def test_the_in_flight_cap_and_the_budget_hold_across_many_claiming_workers(benc
     assert reserved == 7 * PRICE == budget
     assert bench.sql("select count(*) from attempts")[0][0] == 7  # every claim was a distinct job
     assert bench.sql("select count(distinct job_id) from attempts")[0][0] == 7
+
+
+def test_a_job_paid_twice_carries_the_sum_of_its_attempts_bills(bench):
+    """finish sets the job's billed total in the job's own UPDATE (a sum over its attempts that
+    sees this transaction's attempt): a failed but billed attempt, resubmitted on purpose, then a
+    success, bill the job twice."""
+    a = _worker(bench, "a")
+    run = a.start_run("twice", "b", None)
+    first = a.submitted(a.sending(_claim(a, run.id), "0" * 64), "req-1", "s", "r", "c", "0" * 64)
+    a.finish(first, JobState.FAILED, "the output was unusable", billed_micro_usd=PRICE)
+    assert bench.sql("select state, billed_micro_usd from jobs where id = 1") == [("failed", PRICE)]
+    assert bench.repo.requeue_jobs([1], [JobState.FAILED], "on purpose") == 1
+    second = a.claim(run.id, None, max_in_flight=10)
+    assert isinstance(second, Claim) and (second.job.id, second.attempt.number) == (1, 2)
+    second = a.submitted(a.sending(second, "0" * 64), "req-2", "s", "r", "c", "0" * 64)
+    a.finish(second, JobState.SUCCEEDED, None, billed_micro_usd=PRICE + 7)
+    assert bench.sql("select state, billed_micro_usd from jobs where id = 1") == [("succeeded", 2 * PRICE + 7)]
+    assert bench.sql("select number, billed_micro_usd from attempts where job_id = 1 order by number") == [
+        (1, PRICE),
+        (2, PRICE + 7),
+    ]
