@@ -133,7 +133,7 @@ class Transitions(Plumbing):
             new["last_error"] = reason
         if fence:
             assert not billed_from_attempts, "a fenced update does not set the billed total"
-            if self._hold_params(conn, _HELD_SET, job.id, new) != 1:
+            if self._fenced(conn, job.id, new) != 1:
                 raise LeaseLostError(f"job {job.id}: its lease was taken over; this worker lets it go")
         else:
             if not keep_lease:
@@ -203,10 +203,10 @@ class Transitions(Plumbing):
         """Fence a change to a claimed job: renew the lease if this worker still holds it, else
         raise LeaseLostError (the transaction rolls back, so nothing of the change is written).
         A change that updates the job row anyway fences with it (`_set_job(fence=True)`)."""
-        if self._hold_params(conn, _HELD_SET, claim.job.id, {}) != 1:
+        if self._fenced(conn, claim.job.id, {}) != 1:
             raise LeaseLostError(f"job {claim.job.id}: its lease was taken over; this worker lets it go")
 
-    def _hold_params(self, conn: Connection, setters: dict[str, Setter], job_id: int, sets: dict[str, Any]) -> int:
+    def _fenced(self, conn: Connection, job_id: int, sets: dict[str, Any]) -> int:
         """Run the fenced UPDATE of this dialect, renewing the lease (by the server's clock on
         PostgreSQL) and setting `sets`; the rows it changed (1, or 0 when the lease is not ours)."""
         key = {"b_job_id": job_id, "b_owner": self.worker, **sets}
@@ -214,7 +214,7 @@ class Transitions(Plumbing):
             key["b_lease"] = timedelta(seconds=self.lease_s)
         else:
             key["b_until"] = utcnow() + timedelta(seconds=self.lease_s)
-        return int(setters[conn.dialect.name].run(conn, key).rowcount)
+        return int(_HELD_SET[conn.dialect.name].run(conn, key).rowcount)
 
     # ------------------------------------------------------------------ fal's answer to a cancel
 
