@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from ..domain import PENDING_BILLING_EVENTS, PROVISIONAL, AttemptState, JobState
 from ..records import AttemptRecord, JobRecord
 from .models import Attempt, Job, Run, table, utcnow
-from .transition import Transitions
+from .transition import JOB_BY_ID_BILLED, Transitions
 
 J, A, R = table(Job), table(Attempt), table(Run)
 
@@ -134,7 +134,7 @@ class Settler(Transitions):
                 reason,
                 attempt_id=attempt.id,
                 next_attempt_at=None,
-                billed_micro_usd=self._job_billed(conn, job.id),
+                billed_from_attempts=True,
                 retry_base=job.attempt_count,
             )
 
@@ -185,11 +185,7 @@ class Settler(Transitions):
             ).rowcount
             if moved != 1:  # settled meanwhile by another process: nothing to do
                 return
-            conn.execute(
-                update(J)
-                .where(J.c.id == attempt.job_id)
-                .values(billed_micro_usd=self._job_billed(conn, attempt.job_id))
-            )
+            JOB_BY_ID_BILLED.run(conn, {"b_job_id": attempt.job_id})
             if attempt.run_id is not None:  # the run's committed figure follows fal's
                 conn.execute(
                     update(R)

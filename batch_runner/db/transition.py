@@ -52,10 +52,10 @@ class Setter:
 
 JOB_BY_ID = Setter.of(J, J.c.id == bindparam("b_job_id"))
 ATTEMPT_BY_ID = Setter.of(A, A.c.id == bindparam("b_attempt_id"))
-_JOB_BILLED = select(func.coalesce(func.sum(A.c.billed_micro_usd), 0)).where(A.c.job_id == bindparam("b_job_id"))
 # A job's update that also sets its billed total, the sum over its attempts as the statement
-# sees them (its own transaction's attempt update included), in the same statement.
-_JOB_BY_ID_BILLED = Setter(
+# sees them (its own transaction's attempt update included), in the same statement: the one
+# definition of a job's billed total.
+JOB_BY_ID_BILLED = Setter(
     JOB_BY_ID.statement.values(
         billed_micro_usd=select(func.coalesce(func.sum(A.c.billed_micro_usd), 0))
         .where(A.c.job_id == J.c.id)
@@ -78,10 +78,7 @@ _HOLD_FOR = (
 # A claimed job's state change that is its own lease fence (renews the lease, or changes nothing
 # when the lease was taken over): one statement where _hold and the update were two. The SET
 # columns beside the lease are the parameters, as for a Setter.
-_HELD_SET = {
-    "sqlite": Setter(_HOLD_UNTIL, frozenset(J.c.keys())),
-    "postgresql": Setter(_HOLD_FOR, frozenset(J.c.keys())),
-}
+_HELD_SET = {"sqlite": Setter(_HOLD_UNTIL, JOB_BY_ID.columns), "postgresql": Setter(_HOLD_FOR, JOB_BY_ID.columns)}
 
 
 class ClaimKind(str, enum.Enum):
@@ -115,14 +112,13 @@ class Transitions(Plumbing):
         reason: str | None = None,
         *,
         attempt_id: int | None = None,
-        keep_lease: bool = False,
         fence: bool = False,
         billed_from_attempts: bool = False,
         **values: Any,
     ) -> JobRecord:
-        """The job moves to `state`, with its event; returns the job as it now is. `fence`: the
-        update is also the lease fence (see `_hold`): it keeps and renews this worker's lease, and
-        raises LeaseLostError, changing nothing, when the lease was taken over.
+        """The job moves to `state`, with its event; returns the job as it now is. The lease ends,
+        unless `fence`: then the update is also the lease fence (see `_hold`): it keeps and renews
+        this worker's lease, and raises LeaseLostError, changing nothing, when the lease was taken over.
         `billed_from_attempts`: the job's billed total becomes the sum over its attempts (the
         returned record does not carry it)."""
         now = utcnow()
@@ -136,9 +132,8 @@ class Transitions(Plumbing):
             if self._fenced(conn, job.id, new) != 1:
                 raise LeaseLostError(f"job {job.id}: its lease was taken over; this worker lets it go")
         else:
-            if not keep_lease:
-                new.update(lease_owner=None, lease_expires_at=None)
-            (_JOB_BY_ID_BILLED if billed_from_attempts else JOB_BY_ID)(conn, {"b_job_id": job.id, **new})
+            new.update(lease_owner=None, lease_expires_at=None)
+            (JOB_BY_ID_BILLED if billed_from_attempts else JOB_BY_ID)(conn, {"b_job_id": job.id, **new})
         self._event(
             conn,
             f"job.{state.value}",
@@ -187,11 +182,6 @@ class Transitions(Plumbing):
     @staticmethod
     def _latest_attempt(conn: Connection, job_id: int) -> AttemptRecord:
         return AttemptRecord.from_row(conn.execute(_LATEST_ATTEMPT, {"b_job_id": job_id}).mappings().one())
-
-    @staticmethod
-    def _job_billed(conn: Connection, job_id: int) -> int:
-        """A job's billed total: the sum over its attempts."""
-        return int(conn.execute(_JOB_BILLED, {"b_job_id": job_id}).scalar_one())
 
     def _lease(self, conn: Connection, job_id: int, now: datetime) -> None:
         JOB_BY_ID(
